@@ -1,0 +1,93 @@
+// The engine's face towards the interposer: one Socket per TCP connection that smcpre
+// tracks, one Listener per listening socket. The interposer keeps them in its fd table
+// (dup'd fds share one object) and asks, per call, where the bytes go.
+//
+// The fd the application holds is and stays the kernel's TCP socket; the engine only
+// decides whether the *bytes* travel over it (Path::kKernel) or over SMC (Path::kSmc).
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <memory>
+
+namespace smcpre::core {
+
+enum class Path { kKernel, kSmc };
+
+class Listener;
+class Socket;
+class Connection;
+
+// Process-wide entry points. All of them are cheap no-ops (returning nullptr) when
+// smcpre is disabled for the process.
+class Engine {
+ public:
+  // listen() succeeded on a TCP socket: publish it in the host-wide listener registry.
+  // The object unpublishes itself when destroyed (the listener's last fd was closed).
+  static std::shared_ptr<Listener> on_listen(int fd);
+
+  // A *blocking* connect() on `fd` succeeded. If the destination is eligible, runs the
+  // client CLC handshake (blocking, bounded by the handshake timeout) and returns the
+  // socket, on SMC or fallen back to TCP. Returns nullptr for a connection smcpre leaves
+  // alone (not TCP, not eligible, disabled): the interposer then forgets the fd.
+  static std::shared_ptr<Socket> on_connected(int fd);
+
+  // accept()/accept4() on a published listener returned `fd`. The server side decides
+  // lazily, on the first data call, whether the peer proposed SMC (DESIGN.md 3, rule 2).
+  static std::shared_ptr<Socket> on_accepted(int fd, const std::shared_ptr<Listener>& listener);
+
+  // Called in the child after fork(): engine threads are gone there; inherited
+  // connections stay owned by the parent and become inert in the child.
+  static void after_fork_in_child();
+};
+
+// Result of Socket::poll_state().
+struct Readiness {
+  bool readable = false;  // data, EOF or error pending
+  bool writable = false;  // send space or error pending
+  bool hangup = false;    // both directions closed / reset
+  bool error = false;
+};
+
+class Socket {
+ public:
+  virtual ~Socket() = default;
+
+  // Resolves a pending server-side decision or a pending fallback clean-up, then says
+  // where a receive (or send) on `fd` goes. May block on a blocking socket for at most
+  // the handshake timeout. Never fails: any trouble ends in Path::kKernel.
+  virtual Path route_recv(int fd, int flags) = 0;
+  virtual Path route_send(int fd, int flags) = 0;
+
+  // SMC path only. Same contract as recvmsg/sendmsg on a TCP socket (MSG_PEEK,
+  // MSG_WAITALL, MSG_DONTWAIT, MSG_NOSIGNAL honoured): returns bytes or -1 with errno.
+  // send raises SIGPIPE like TCP unless MSG_NOSIGNAL.
+  virtual ssize_t recv(const iovec* iov, int iovcnt, int flags) = 0;
+  virtual ssize_t send(const iovec* iov, int iovcnt, int flags) = 0;
+
+  // SMC path: SMC shutdown semantics (SHUT_WR sends peer_done_writing). Returns 0 or
+  // -1/errno like shutdown(2). On the kernel path the interposer calls the real one.
+  virtual int shutdown(int how) = 0;
+
+  // The application closes its last fd referring to this socket. The engine keeps a
+  // private duplicate of the TCP socket until SMC close has finished, so the caller may
+  // close `fd` right after this returns.
+  virtual void release(int fd) = 0;
+
+  // getsockopt(SO_ERROR) when smcpre owns the answer (pending SMC error): returns true
+  // and fills *error (clearing it like the kernel does).
+  virtual bool take_so_error(int* error) = 0;
+
+  // A poller (poll/select/epoll) is about to look at this socket. An undecided server
+  // socket is settled to TCP (polled sockets are not accelerated in this slice).
+  virtual void on_polled(int fd) = 0;
+
+  // Current readiness of an SMC-path socket (for poll/select over SMC sockets).
+  virtual Readiness poll_state() = 0;
+
+  virtual bool is_smc() const = 0;
+};
+
+}  // namespace smcpre::core
