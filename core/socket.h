@@ -88,6 +88,10 @@ class Socket {
   virtual Readiness poll_state() = 0;
 
   virtual bool is_smc() const = 0;
+
+  // The application changed the file status flags (fcntl F_SETFL, ioctl FIONBIO):
+  // O_NONBLOCK decides whether SMC-path calls wait.
+  virtual void on_status_flags(int flags) = 0;
 };
 
 }  // namespace smcpre::core

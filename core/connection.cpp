@@ -1,0 +1,413 @@
+#include "core/connection.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "config/log.h"
+#include "config/sys.h"
+#include "core/link_group.h"
+
+namespace smcpre::core {
+namespace {
+
+// Linux announces consumed bytes once they reach min(RMBE size / 10, ~2 KiB), or at
+// once when the peer asked (write_blocked, cons_curs_upd_req).
+uint32_t update_limit_for(uint32_t rmb_size) {
+  return std::min<uint32_t>(rmb_size / 10, 2048);
+}
+
+size_t iov_total(const iovec* iov, int iovcnt) {
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
+  return total;
+}
+
+// Copies `length` bytes out of a ring starting at absolute position `pos` into the iovec
+// array, skipping the first `skip` bytes of the iovec space.
+void copy_from_ring(const uint8_t* ring, uint32_t ring_size, uint64_t pos, size_t length,
+                    const iovec* iov, int iovcnt, size_t skip) {
+  int i = 0;
+  while (i < iovcnt && skip >= iov[i].iov_len) skip -= iov[i++].iov_len;
+  while (length > 0 && i < iovcnt) {
+    auto* dst = static_cast<uint8_t*>(iov[i].iov_base) + skip;
+    size_t room = std::min(iov[i].iov_len - skip, length);
+    size_t done = 0;
+    while (done < room) {
+      const uint32_t offset = static_cast<uint32_t>((pos + done) % ring_size);
+      const size_t piece = std::min<size_t>(room - done, ring_size - offset);
+      std::memcpy(dst + done, ring + offset, piece);
+      done += piece;
+    }
+    pos += room;
+    length -= room;
+    skip = 0;
+    ++i;
+  }
+}
+
+}  // namespace
+
+Connection::Connection(std::shared_ptr<LinkGroup> group, std::unique_ptr<rdma::MemoryRegion> rmb)
+    : group_(std::move(group)),
+      rmb_(std::move(rmb)),
+      rmb_size_(static_cast<uint32_t>(rmb_->length())),
+      update_limit_(update_limit_for(rmb_size_)),
+      direct_writes_(true) {}
+
+Connection::~Connection() {
+  const int fd = held_fd_.exchange(-1);
+  if (fd >= 0) sys::close(fd);
+  // An RMB may be reused only if the peer can no longer write into it.
+  const bool clean = closed_.load() && peer_closed_.load() && !aborted_.load() &&
+                     !peer_aborted_.load() && !link_down_.load();
+  if (clean && rmb_) group_->give_back_rmb(std::move(rmb_));
+}
+
+void Connection::set_peer(const rdma::RemoteRegion& peer_rmb, uint32_t peer_token) {
+  peer_rmb_ = peer_rmb;
+  peer_token_ = peer_token;
+  peer_ready_.store(true, std::memory_order_release);
+  flush_pending_cdc();
+}
+
+bool Connection::send_cdc(CdcContext context, bool write_blocked) {
+  if (!peer_ready_.load(std::memory_order_acquire)) {
+    cdc_pending_.store(true, std::memory_order_relaxed);
+    return false;
+  }
+  Link& link = group_->link();
+  while (true) {
+    int rc;
+    {
+      std::lock_guard lock(link.send_mutex());
+      cdc::Message msg{};
+      msg.seq = ++tx_seq_;
+      msg.token = peer_token_;
+      msg.prod = to_wire(tx_prod_.load(std::memory_order_relaxed), peer_rmb_.length);
+      const uint64_t cons = rx_cons_.load(std::memory_order_relaxed);
+      msg.cons = to_wire(cons, rmb_size_);
+      msg.write_blocked = write_blocked;
+      msg.peer_done_writing = shut_wr_.load(std::memory_order_relaxed);
+      msg.peer_conn_closed = closed_.load(std::memory_order_relaxed);
+      msg.peer_conn_abort = aborted_.load(std::memory_order_relaxed);
+      uint8_t wire[cdc::kSize];
+      cdc::encode(msg, std::span<uint8_t, cdc::kSize>(wire));
+      rc = link.post_message(wire);
+      if (rc == 0) {
+        rx_cons_announced_.store(cons, std::memory_order_relaxed);
+        cdc_pending_.store(false, std::memory_order_relaxed);
+        return true;
+      }
+      --tx_seq_;  // not sent: the number goes to the next message
+    }
+    if (rc != EAGAIN || context == CdcContext::kReceiver) {
+      cdc_pending_.store(rc == EAGAIN, std::memory_order_relaxed);
+      return false;
+    }
+    link.progress();
+    cpu_relax();
+  }
+}
+
+void Connection::flush_pending_cdc() {
+  if (cdc_pending_.load(std::memory_order_relaxed)) send_cdc(CdcContext::kApplication);
+}
+
+void Connection::maybe_announce_consumed() {
+  const uint64_t unannounced =
+      rx_cons_.load(std::memory_order_relaxed) - rx_cons_announced_.load(std::memory_order_relaxed);
+  if (unannounced == 0) return;
+  if (peer_write_blocked_.exchange(false, std::memory_order_relaxed) ||
+      unannounced >= update_limit_ || cdc_pending_.load(std::memory_order_relaxed)) {
+    send_cdc(CdcContext::kApplication);
+  }
+}
+
+ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocking) {
+  const size_t want = iov_total(iov, iovcnt);
+  if (want == 0) return 0;
+  std::lock_guard lock(rx_mutex_);
+  const bool peek = flags & MSG_PEEK;
+  const bool dontwait = nonblocking || (flags & MSG_DONTWAIT);
+  const bool waitall = (flags & MSG_WAITALL) && !peek;
+  size_t copied = 0;
+  while (true) {
+    if (shut_rd_.load(std::memory_order_relaxed)) return static_cast<ssize_t>(copied);
+    const uint64_t available = rx_available();
+    if (available > 0) {
+      const size_t n = std::min<uint64_t>(available, want - copied);
+      copy_from_ring(static_cast<const uint8_t*>(rmb_->addr()), rmb_size_,
+                     rx_cons_.load(std::memory_order_relaxed), n, iov, iovcnt, copied);
+      if (peek) return static_cast<ssize_t>(n);
+      rx_cons_.fetch_add(n, std::memory_order_release);
+      copied += n;
+      maybe_announce_consumed();
+      if (!waitall || copied == want) return static_cast<ssize_t>(copied);
+      continue;
+    }
+    // Nothing buffered: end of stream, error, or wait.
+    if (peer_aborted_.load(std::memory_order_acquire) ||
+        link_down_.load(std::memory_order_acquire)) {
+      if (copied > 0) return static_cast<ssize_t>(copied);
+      int error = pending_error_.exchange(0);
+      errno = error != 0 ? error : ECONNRESET;
+      return -1;
+    }
+    if (peer_done_writing_.load(std::memory_order_acquire) ||
+        peer_closed_.load(std::memory_order_acquire)) {
+      return static_cast<ssize_t>(copied);
+    }
+    if (dontwait) {
+      if (copied > 0) return static_cast<ssize_t>(copied);
+      errno = EAGAIN;
+      return -1;
+    }
+    WaitResult r = wait_adaptive(group_->link(), queue_, rx_budget_, -1, [this] {
+      return rx_available() > 0 || peer_done_writing_.load(std::memory_order_acquire) ||
+             peer_closed_.load(std::memory_order_acquire) ||
+             peer_aborted_.load(std::memory_order_acquire) ||
+             link_down_.load(std::memory_order_acquire) || shut_rd_.load();
+    });
+    if (r == WaitResult::kInterrupted) {
+      if (copied > 0) return static_cast<ssize_t>(copied);
+      errno = EINTR;
+      return -1;
+    }
+    if (r == WaitResult::kLinkDown) on_link_down();
+  }
+}
+
+ssize_t Connection::fail_send(int error, int flags) {
+  if (error == EPIPE && !(flags & MSG_NOSIGNAL)) pthread_kill(pthread_self(), SIGPIPE);
+  errno = error;
+  return -1;
+}
+
+bool Connection::writes_possible() const {
+  return !peer_closed_.load(std::memory_order_acquire) &&
+         !peer_aborted_.load(std::memory_order_acquire) &&
+         !link_down_.load(std::memory_order_acquire);
+}
+
+ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocking) {
+  const size_t total = iov_total(iov, iovcnt);
+  std::lock_guard lock(tx_mutex_);
+  if (shut_wr_.load() || closed_.load()) return fail_send(EPIPE, flags);
+  if (!writes_possible()) {
+    int error = pending_error_.exchange(0);
+    return fail_send(error != 0 ? error : EPIPE, flags);
+  }
+  if (total == 0) return 0;
+  const bool dontwait = nonblocking || (flags & MSG_DONTWAIT);
+  Link& link = group_->link();
+  size_t sent = 0;
+  int iov_index = 0;
+  size_t iov_offset = 0;
+  bool announced_blocked = false;
+  while (sent < total) {
+    uint64_t space = tx_space();
+    if (space == 0) {
+      if (dontwait) break;
+      if (!announced_blocked) {
+        // Ask the peer for a consumer-cursor update as soon as it consumes.
+        send_cdc(CdcContext::kApplication, true);
+        announced_blocked = true;
+      }
+      WaitResult r = wait_adaptive(link, queue_, tx_budget_, -1,
+                                   [this] { return tx_space() > 0 || !writes_possible(); });
+      if (r == WaitResult::kInterrupted) break;
+      if (r == WaitResult::kLinkDown) on_link_down();
+      if (!writes_possible()) {
+        if (sent > 0) break;
+        int error = pending_error_.exchange(0);
+        return fail_send(error != 0 ? error : EPIPE, flags);
+      }
+      continue;
+    }
+    announced_blocked = false;
+    size_t chunk = std::min<uint64_t>(space, total - sent);
+    uint64_t prod = tx_prod_.load(std::memory_order_relaxed);
+    // RDMA WRITE the chunk into the peer's ring (a piece per iovec part and ring wrap),
+    // then one CDC with the new producer cursor; RC ordering delivers it after the data.
+    size_t left = chunk;
+    int rc = 0;
+    while (left > 0 && rc == 0) {
+      const auto* src = static_cast<const uint8_t*>(iov[iov_index].iov_base) + iov_offset;
+      size_t piece = std::min(left, iov[iov_index].iov_len - iov_offset);
+      const uint32_t offset = static_cast<uint32_t>(prod % peer_rmb_.length);
+      piece = std::min<size_t>(piece, peer_rmb_.length - offset);
+      if (piece > 0) {
+        while (true) {
+          {
+            std::lock_guard send_lock(link.send_mutex());
+            rc = link.qp().post_write(src, static_cast<uint32_t>(piece), 0, peer_rmb_.addr + offset,
+                                      peer_rmb_.rkey, 0, false);
+          }
+          if (rc != EAGAIN) break;
+          link.progress();
+          cpu_relax();
+        }
+        if (rc != 0) break;
+      }
+      prod += piece;
+      left -= piece;
+      iov_offset += piece;
+      if (iov_offset == iov[iov_index].iov_len) {
+        ++iov_index;
+        iov_offset = 0;
+      }
+    }
+    if (rc != 0) {
+      link.fail("RDMA WRITE failed");
+      on_link_down();
+      if (sent > 0) break;
+      return fail_send(ECONNRESET, flags);
+    }
+    tx_prod_.store(prod, std::memory_order_relaxed);
+    sent += chunk;
+    send_cdc(CdcContext::kApplication);
+  }
+  if (sent == 0) {
+    if (dontwait) {
+      errno = EAGAIN;
+      return -1;
+    }
+    errno = EINTR;
+    return -1;
+  }
+  return static_cast<ssize_t>(sent);
+}
+
+int Connection::shutdown(int how) {
+  if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) {
+    errno = EINVAL;
+    return -1;
+  }
+  if (how != SHUT_WR) {
+    shut_rd_.store(true);
+    queue_.wake();
+  }
+  if (how != SHUT_RD && !shut_wr_.exchange(true)) {
+    std::lock_guard lock(tx_mutex_);  // after any write in progress
+    send_cdc(CdcContext::kApplication);
+  }
+  return 0;
+}
+
+void Connection::close(int held_fd) {
+  held_fd_.store(held_fd);
+  // Unread data makes the close abortive, as TCP answers it with a RST.
+  const bool unread = rx_available() > 0;
+  {
+    std::lock_guard lock(tx_mutex_);
+    if (unread && writes_possible()) {
+      aborted_.store(true);
+    }
+    shut_wr_.store(true);
+    closed_.store(true);
+    if (!link_down_.load()) send_cdc(CdcContext::kApplication);
+  }
+  finish_if_closed();
+}
+
+void Connection::finish_if_closed() {
+  if (!closed_.load()) return;
+  if (aborted_.load() || peer_closed_.load() || peer_aborted_.load() || link_down_.load()) {
+    finish();
+  }
+}
+
+void Connection::finish() {
+  if (finished_.exchange(true)) return;
+  const int fd = held_fd_.exchange(-1);
+  if (fd >= 0) sys::close(fd);
+  group_->remove_connection(local_token_);
+}
+
+void Connection::protocol_error(const char* what) {
+  SMC_LOG_WARN("connection {:#x}: protocol error from peer ({}): aborting", local_token_, what);
+  pending_error_.store(ECONNRESET);
+  if (!aborted_.exchange(true)) send_cdc(CdcContext::kReceiver);
+  peer_aborted_.store(true);  // no more data accepted from the peer
+  queue_.wake();
+  finish_if_closed();
+}
+
+void Connection::on_cdc(const cdc::Message& msg) {
+  if (peer_aborted_.load(std::memory_order_relaxed)) return;
+  if (rx_seq_valid_ && !seq_newer(msg.seq, rx_seq_)) return;  // stale or duplicate
+  rx_seq_ = msg.seq;
+  rx_seq_valid_ = true;
+
+  const uint64_t old_prod = rx_peer_prod_.load(std::memory_order_relaxed);
+  const auto prod = from_wire(msg.prod, old_prod, rmb_size_);
+  if (!prod) return protocol_error("producer cursor outside the ring");
+  if (*prod > old_prod) {
+    if (*prod - rx_cons_.load(std::memory_order_acquire) > rmb_size_) {
+      return protocol_error("producer cursor more than one ring ahead");
+    }
+    rx_peer_prod_.store(*prod, std::memory_order_release);
+  }
+  if (peer_ready_.load(std::memory_order_acquire)) {
+    const uint64_t old_cons = tx_peer_cons_.load(std::memory_order_relaxed);
+    const auto cons = from_wire(msg.cons, old_cons, peer_rmb_.length);
+    if (!cons) return protocol_error("consumer cursor outside the ring");
+    if (*cons > old_cons) {
+      if (*cons > tx_prod_.load(std::memory_order_acquire)) {
+        return protocol_error("consumer cursor ahead of what was sent");
+      }
+      tx_peer_cons_.store(*cons, std::memory_order_release);
+    }
+  }
+  if (msg.write_blocked || msg.cons_curs_upd_req) peer_write_blocked_.store(true);
+  if (msg.peer_done_writing) peer_done_writing_.store(true, std::memory_order_release);
+  if (msg.peer_conn_closed) peer_closed_.store(true, std::memory_order_release);
+  if (msg.peer_conn_abort) {
+    pending_error_.store(ECONNRESET);
+    peer_aborted_.store(true, std::memory_order_release);
+  }
+  queue_.wake();
+
+  // A blocked writer on the other side waits for our consumer cursor: send it now if we
+  // consumed since the last announcement (the reader may be asleep waiting for more).
+  if (peer_write_blocked_.load(std::memory_order_relaxed) || cdc_pending_.load()) {
+    const uint64_t cons = rx_cons_.load(std::memory_order_relaxed);
+    if (cons != rx_cons_announced_.load(std::memory_order_relaxed) || cdc_pending_.load()) {
+      peer_write_blocked_.store(false);
+      send_cdc(CdcContext::kReceiver);
+    }
+  }
+  finish_if_closed();
+}
+
+void Connection::on_link_down() {
+  if (link_down_.exchange(true)) return;
+  if (!closed_.load()) pending_error_.store(ECONNRESET);
+  queue_.wake();
+  finish_if_closed();
+}
+
+Readiness Connection::readiness() {
+  Readiness r;
+  const bool down = link_down_.load() || peer_aborted_.load();
+  r.readable = rx_available() > 0 || peer_done_writing_.load() || peer_closed_.load() || down ||
+               shut_rd_.load();
+  r.writable =
+      (peer_ready_.load() && tx_space() > 0) || down || peer_closed_.load() || shut_wr_.load();
+  r.error = pending_error_.load() != 0;
+  r.hangup = down || (peer_closed_.load() && shut_wr_.load());
+  return r;
+}
+
+bool Connection::take_error(int* error) {
+  int e = pending_error_.exchange(0);
+  if (e == 0) return false;
+  *error = e;
+  return true;
+}
+
+}  // namespace smcpre::core

@@ -1,0 +1,124 @@
+// One SMC connection: our RMB element (the ring the peer RDMA-WRITEs into), the peer's,
+// and the cursors and flags that CDC messages carry (SMC-PROTOCOL.md "CDC message").
+//
+// Cursors are kept as monotonically increasing 64-bit byte counts:
+//   tx_prod_      bytes we have written into the peer's ring
+//   tx_peer_cons_ bytes of those the peer has consumed (its consumer cursor)
+//   rx_peer_prod_ bytes the peer has written into our ring
+//   rx_cons_      bytes of those we have consumed
+// Data in flight in either direction never exceeds the ring size.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "core/cdc.h"
+#include "core/cursor.h"
+#include "core/progress.h"
+#include "core/socket.h"
+#include "core/wait.h"
+#include "rdma/device.h"
+
+namespace smcpre::core {
+
+class LinkGroup;
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(std::shared_ptr<LinkGroup> group, std::unique_ptr<rdma::MemoryRegion> rmb);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  LinkGroup& group() { return *group_; }
+  const rdma::MemoryRegion& rmb() const { return *rmb_; }
+  uint32_t local_token() const { return local_token_; }
+  void set_local_token(uint32_t token) { local_token_ = token; }
+  // The peer's RMB element and alert token, learned from CLC Accept/Confirm. Until this
+  // is set, nothing is sent to the peer.
+  void set_peer(const rdma::RemoteRegion& peer_rmb, uint32_t peer_token);
+
+  // Blocking-socket semantics of TCP; `nonblocking` is the socket's O_NONBLOCK.
+  ssize_t recv(const iovec* iov, int iovcnt, int flags, bool nonblocking);
+  ssize_t send(const iovec* iov, int iovcnt, int flags, bool nonblocking);
+  int shutdown(int how);
+  // The application closed the socket. `held_fd` is a private duplicate of the TCP
+  // socket, closed once SMC close has finished.
+  void close(int held_fd);
+  Readiness readiness();
+  bool take_error(int* error);
+
+  // Receive processing (the thread reaping the link, in order per connection).
+  void on_cdc(const cdc::Message& message);
+  void on_link_down();
+
+  uint64_t bytes_sent() const { return tx_prod_.load(std::memory_order_relaxed); }
+  uint64_t bytes_received() const { return rx_cons_.load(std::memory_order_relaxed); }
+
+ private:
+  enum class CdcContext { kApplication, kReceiver };
+  // Builds a CDC from the current state and posts it. The receiver context never waits
+  // (it may hold the link's poll role): a full send queue leaves the update pending.
+  bool send_cdc(CdcContext context, bool write_blocked = false);
+  void flush_pending_cdc();
+  void maybe_announce_consumed();
+  void protocol_error(const char* what);
+  void finish_if_closed();
+  void finish();
+  bool writes_possible() const;
+  uint64_t rx_available() const {
+    return rx_peer_prod_.load(std::memory_order_acquire) - rx_cons_.load(std::memory_order_relaxed);
+  }
+  uint64_t tx_space() const {
+    return peer_rmb_.length - (tx_prod_.load(std::memory_order_relaxed) -
+                               tx_peer_cons_.load(std::memory_order_acquire));
+  }
+  ssize_t fail_send(int error, int flags);
+
+  std::shared_ptr<LinkGroup> group_;
+  std::unique_ptr<rdma::MemoryRegion> rmb_;
+  const uint32_t rmb_size_;
+  const uint32_t update_limit_;
+  const bool direct_writes_;
+  uint32_t local_token_ = 0;
+  uint32_t peer_token_ = 0;
+  rdma::RemoteRegion peer_rmb_{};
+  std::atomic<bool> peer_ready_{false};
+
+  std::mutex tx_mutex_;  // one writer at a time
+  std::mutex rx_mutex_;  // one reader at a time
+  std::atomic<uint64_t> tx_prod_{0};
+  std::atomic<uint64_t> tx_peer_cons_{0};
+  std::atomic<uint64_t> rx_peer_prod_{0};
+  std::atomic<uint64_t> rx_cons_{0};
+  std::atomic<uint64_t> rx_cons_announced_{0};
+  uint16_t tx_seq_ = 0;  // under the link's send lock
+  uint16_t rx_seq_ = 0;  // receiver context only
+  bool rx_seq_valid_ = false;
+
+  // What the peer told us.
+  std::atomic<bool> peer_write_blocked_{false};
+  std::atomic<bool> peer_done_writing_{false};
+  std::atomic<bool> peer_closed_{false};
+  std::atomic<bool> peer_aborted_{false};
+  // What we did.
+  std::atomic<bool> shut_rd_{false};
+  std::atomic<bool> shut_wr_{false};
+  std::atomic<bool> closed_{false};
+  std::atomic<bool> aborted_{false};
+  std::atomic<bool> link_down_{false};
+  std::atomic<bool> cdc_pending_{false};
+  std::atomic<bool> finished_{false};
+  std::atomic<int> pending_error_{0};
+  std::atomic<int> held_fd_{-1};
+
+  WaitQueue queue_;
+  SpinBudget rx_budget_;
+  SpinBudget tx_budget_;
+};
+
+}  // namespace smcpre::core

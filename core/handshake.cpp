@@ -1,0 +1,411 @@
+#include "core/handshake.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <time.h>
+
+#include <cerrno>
+#include <string>
+
+#include "config/log.h"
+#include "config/sys.h"
+#include "core/connection.h"
+#include "core/decline.h"
+#include "core/engine_state.h"
+#include "core/link_group.h"
+#include "core/local_address.h"
+#include "core/progress.h"
+#include "core/wait.h"
+
+namespace smcpre::core {
+namespace {
+
+constexpr uint32_t code(DeclineCode c) {
+  return static_cast<uint32_t>(c);
+}
+
+int64_t deadline_after_ms(uint32_t ms) {
+  return now_ns() + int64_t{ms} * 1'000'000;
+}
+
+int remaining_ms(int64_t deadline_ns) {
+  if (deadline_ns < 0) return -1;
+  int64_t left = deadline_ns - now_ns();
+  if (left <= 0) return 0;
+  return static_cast<int>((left + 999'999) / 1'000'000);
+}
+
+bool send_all(int fd, const std::vector<uint8_t>& bytes) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = sys::send(fd, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      pollfd p{fd, POLLOUT, 0};
+      sys::poll(&p, 1, 100);
+      continue;
+    }
+    if (n <= 0) return false;
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+clc::LocalInfo local_info(EngineState& engine, rdma::Device& device) {
+  clc::LocalInfo info;
+  info.peer_id = engine.peer_id();
+  info.gid = device.gid();
+  info.mac = device.mac();
+  return info;
+}
+
+PeerIdentity identity_of(const clc::LocalInfo& info) {
+  return PeerIdentity{info.peer_id, info.gid, info.mac};
+}
+
+// Accept/Confirm fields describing our side of a connection.
+clc::AcceptConfirm describe(EngineState& engine, rdma::Device& device, LinkGroup& group,
+                            Connection& connection, bool first_contact) {
+  const rdma::QpEndpoint ep = group.local_endpoint();
+  clc::AcceptConfirm msg;
+  msg.first_contact = first_contact;
+  msg.local = local_info(engine, device);
+  msg.qp_num = ep.qp_num;
+  msg.rmb_rkey = connection.rmb().rkey();
+  msg.conn_idx = 1;
+  msg.rmbe_alert_token = connection.local_token();
+  msg.rmbe_size_code = clc::rmbe_size_code(static_cast<uint32_t>(connection.rmb().length()));
+  msg.qp_mtu = static_cast<uint8_t>(ep.mtu);
+  msg.rmb_vaddr = connection.rmb().remote_addr();
+  msg.psn = ep.psn;
+  return msg;
+}
+
+rdma::QpEndpoint endpoint_of(const clc::AcceptConfirm& msg) {
+  rdma::QpEndpoint ep;
+  ep.gid = msg.local.gid;
+  ep.mac = msg.local.mac;
+  ep.qp_num = msg.qp_num;
+  ep.psn = msg.psn;
+  ep.mtu = static_cast<rdma::PathMtu>(msg.qp_mtu);
+  return ep;
+}
+
+// A connection under construction; removed from its group unless handed out.
+struct PendingConnection {
+  std::shared_ptr<LinkGroup> group;
+  std::shared_ptr<Connection> connection;
+  ~PendingConnection() {
+    if (group && connection) group->remove_connection(connection->local_token());
+  }
+  std::shared_ptr<Connection> release() {
+    group.reset();
+    return std::move(connection);
+  }
+};
+
+// Creates our RMB element and registers the connection in the group.
+uint32_t create_connection(EngineState& engine, PendingConnection* pending) {
+  std::string error;
+  auto rmb = pending->group->take_rmb(engine.config().rmb_size, &error);
+  if (!rmb) {
+    SMC_LOG_WARN("cannot register an RMB of {} bytes: {}", engine.config().rmb_size, error);
+    return code(DeclineCode::kMem);
+  }
+  pending->connection = std::make_shared<Connection>(pending->group, std::move(rmb));
+  if (pending->group->add_connection(pending->connection) == 0) {
+    pending->connection.reset();
+    return code(DeclineCode::kMem);
+  }
+  return 0;
+}
+
+uint32_t attach_peer_rmb(LinkGroup& group, Connection& connection, const clc::AcceptConfirm& msg,
+                         int timeout_ms) {
+  rdma::RemoteRegion region;
+  region.addr = msg.rmb_vaddr;
+  region.rkey = msg.rmb_rkey;
+  region.length = clc::rmbe_size_bytes(msg.rmbe_size_code);
+  std::string error;
+  if (!group.link().qp().prepare_remote_region(region, timeout_ms, &error)) {
+    SMC_LOG_WARN("peer RMB unusable: {}", error);
+    return code(DeclineCode::kErrRtok);
+  }
+  connection.set_peer(region, msg.rmbe_alert_token);
+  return 0;
+}
+
+bool wait_link_confirmed(LinkGroup& group, int64_t deadline_ns) {
+  SpinBudget budget;
+  Link& link = group.link();
+  return wait_adaptive(link, link.events(), budget, deadline_ns,
+                       [&link] { return link.confirmed(); }) == WaitResult::kReady;
+}
+
+uint32_t connect_error_code(const std::string& error) {
+  if (error.find("credential") != std::string::npos) return code(DeclineCode::kPeerCred);
+  return code(DeclineCode::kErrRdyLnk);
+}
+
+HandshakeResult fallback(uint32_t reason, bool swallow = false) {
+  HandshakeResult r;
+  r.reason = reason;
+  r.swallow = swallow;
+  return r;
+}
+
+}  // namespace
+
+ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
+                 clc::Header* header) {
+  uint8_t buf[clc::kMaxMessageSize];
+  while (true) {
+    ssize_t n = sys::recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) return ClcRead::kEof;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) return ClcRead::kError;
+      n = 0;
+    }
+    const auto result =
+        clc::parse_header(std::span<const uint8_t>(buf, static_cast<size_t>(n)), header);
+    if (result == clc::HeaderResult::kNotClc) return ClcRead::kNotClc;
+    if (result == clc::HeaderResult::kOk && static_cast<size_t>(n) >= header->length) {
+      message->assign(buf, buf + header->length);
+      // Consume exactly the message; it is all there already.
+      ssize_t got = sys::recv(fd, buf, header->length, MSG_DONTWAIT);
+      if (got != header->length) return ClcRead::kError;
+      return ClcRead::kMessage;
+    }
+    if (!wait) return ClcRead::kNeedMore;
+    const int left = remaining_ms(deadline_ns);
+    if (left == 0) return ClcRead::kNeedMore;
+    if (n == 0) {
+      pollfd p{fd, POLLIN, 0};
+      int r = sys::poll(&p, 1, left);
+      if (r < 0 && errno == EINTR) return ClcRead::kInterrupted;
+    } else {
+      // Part of a message is there and poll() would not wait for the rest: the rest of a
+      // message sent in one piece is at most a round trip away.
+      timespec ts{0, 200'000};
+      nanosleep(&ts, nullptr);
+    }
+  }
+}
+
+void send_decline(int fd, EngineState& engine, uint32_t reason) {
+  clc::Decline decline;
+  decline.peer_id = engine.peer_id();
+  decline.diagnosis = reason;
+  decline.out_of_sync = reason == code(DeclineCode::kSyncErr);
+  send_all(fd, clc::encode(decline));
+}
+
+HandshakeResult client_handshake(int fd, EngineState& engine) {
+  const config::Config& config = engine.config();
+  uint32_t reason = 0;
+  rdma::Device* device = engine.device(&reason);
+  if (!device) return fallback(reason);  // nothing proposed: plain TCP
+
+  LocalSubnets subnets;
+  local_subnets(fd, &subnets);
+  clc::Proposal proposal;
+  proposal.local = local_info(engine, *device);
+  proposal.ipv4_subnet_be = subnets.ipv4_subnet_be;
+  proposal.ipv4_prefix_len = subnets.ipv4_prefix_len;
+  proposal.ipv6_prefixes = subnets.ipv6_prefixes;
+  if (!send_all(fd, clc::encode(proposal))) return fallback(code(DeclineCode::kIntErr));
+
+  const int64_t deadline = deadline_after_ms(config.handshake_timeout_ms);
+  std::vector<uint8_t> bytes;
+  clc::Header header;
+  ClcRead read;
+  while ((read = read_clc(fd, deadline, true, &bytes, &header)) == ClcRead::kInterrupted) {
+  }
+  switch (read) {
+    case ClcRead::kMessage:
+      break;
+    case ClcRead::kNotClc:
+      // The server's application spoke first: the server stays TCP and swallows our
+      // Proposal; its bytes stay in the stream for our application.
+      SMC_LOG_DEBUG("client: server answered with application data: TCP");
+      return fallback(code(DeclineCode::kPeerNoSmc));
+    case ClcRead::kNeedMore:
+      SMC_LOG_INFO("client: no CLC answer within {} ms: TCP", config.handshake_timeout_ms);
+      send_decline(fd, engine, code(DeclineCode::kHandshakeTimeout));
+      return fallback(code(DeclineCode::kHandshakeTimeout), true);
+    default:
+      return fallback(code(DeclineCode::kPeerNoSmc));
+  }
+  std::string error;
+  if (header.type == clc::Type::kDecline) {
+    clc::Decline decline;
+    HandshakeResult r = fallback(code(DeclineCode::kPeerDecl));
+    if (clc::parse_decline(bytes, &decline, &error)) {
+      r.reason = decline.diagnosis;
+      SMC_LOG_INFO("client: server declined: {} ({:#010x}): TCP", decline_name(decline.diagnosis),
+                   decline.diagnosis);
+    }
+    r.peer_declined = true;
+    return r;
+  }
+  clc::AcceptConfirm accept;
+  if (header.type != clc::Type::kAccept || !clc::parse_accept(bytes, &accept, &error)) {
+    SMC_LOG_WARN("client: bad CLC answer ({}): declining", error.empty() ? "not an Accept" : error);
+    send_decline(fd, engine, code(DeclineCode::kProtocol));
+    return fallback(code(DeclineCode::kProtocol));
+  }
+
+  const PeerIdentity server = identity_of(accept.local);
+  PendingConnection pending;
+  if (accept.first_contact) {
+    pending.group = LinkGroup::create(*device, rdma::Role::kClient, server, config, &error);
+    if (!pending.group) {
+      SMC_LOG_WARN("client: cannot create a link group: {}", error);
+      send_decline(fd, engine, code(DeclineCode::kMem));
+      return fallback(code(DeclineCode::kMem));
+    }
+  } else {
+    pending.group = engine.find_group(server, rdma::Role::kClient, accept.qp_num);
+    if (!pending.group) {
+      SMC_LOG_WARN("client: server reuses a link group we do not have: declining");
+      send_decline(fd, engine, code(DeclineCode::kSyncErr));
+      return fallback(code(DeclineCode::kSyncErr));
+    }
+  }
+  if (uint32_t r = create_connection(engine, &pending); r != 0) {
+    send_decline(fd, engine, r);
+    return fallback(r);
+  }
+  if (accept.first_contact &&
+      !pending.group->connect(endpoint_of(accept), remaining_ms(deadline), &error)) {
+    SMC_LOG_WARN("client: cannot connect the link: {}", error);
+    uint32_t r = connect_error_code(error);
+    send_decline(fd, engine, r);
+    return fallback(r);
+  }
+  if (uint32_t r =
+          attach_peer_rmb(*pending.group, *pending.connection, accept, remaining_ms(deadline));
+      r != 0) {
+    send_decline(fd, engine, r);
+    return fallback(r);
+  }
+  clc::AcceptConfirm confirm =
+      describe(engine, *device, *pending.group, *pending.connection, accept.first_contact);
+  if (!send_all(fd, clc::encode_confirm(confirm))) return fallback(code(DeclineCode::kIntErr));
+  if (accept.first_contact) {
+    // The server confirms the new link over the link itself; we answer (in the link's
+    // receive processing) and only then is the link usable.
+    if (!wait_link_confirmed(*pending.group, deadline)) {
+      SMC_LOG_WARN("client: no CONFIRM LINK from the server: TCP");
+      return fallback(code(DeclineCode::kTimeoutCl), true);
+    }
+    pending.group->set_active();
+    engine.add_group(pending.group);
+    SMC_LOG_DEBUG("client: link group created (id {})", pending.group->id());
+  } else {
+    SMC_LOG_DEBUG("client: link group reused (id {})", pending.group->id());
+  }
+  HandshakeResult result;
+  result.connection = pending.release();
+  return result;
+}
+
+HandshakeResult server_handshake(int fd, EngineState& engine,
+                                 const std::vector<uint8_t>& proposal_bytes, bool nonblocking) {
+  const config::Config& config = engine.config();
+  std::string error;
+  clc::Proposal proposal;
+  if (!clc::parse_proposal(proposal_bytes, &proposal, &error)) {
+    SMC_LOG_WARN("server: malformed CLC Proposal ({}): declining", error);
+    send_decline(fd, engine, code(DeclineCode::kProtocol));
+    return fallback(code(DeclineCode::kProtocol));
+  }
+  auto decline = [&](uint32_t reason) {
+    send_decline(fd, engine, reason);
+    return fallback(reason);
+  };
+  if (nonblocking) return decline(code(DeclineCode::kNonBlocking));
+  uint32_t reason = 0;
+  rdma::Device* device = engine.device(&reason);
+  if (!device) return decline(reason);
+  LocalSubnets subnets;
+  if (!local_subnets(fd, &subnets) || !subnets_match(subnets, proposal)) {
+    SMC_LOG_INFO("server: client subnet does not match ours: declining");
+    return decline(code(DeclineCode::kDiffPrefix));
+  }
+
+  const PeerIdentity client = identity_of(proposal.local);
+  PendingConnection pending;
+  pending.group = engine.find_group(client, rdma::Role::kServer, std::nullopt);
+  const bool first_contact = !pending.group;
+  if (first_contact) {
+    pending.group = LinkGroup::create(*device, rdma::Role::kServer, client, config, &error);
+    if (!pending.group) {
+      SMC_LOG_WARN("server: cannot create a link group: {}", error);
+      return decline(code(DeclineCode::kMem));
+    }
+  }
+  if (uint32_t r = create_connection(engine, &pending); r != 0) return decline(r);
+  clc::AcceptConfirm accept =
+      describe(engine, *device, *pending.group, *pending.connection, first_contact);
+  if (!send_all(fd, clc::encode_accept(accept))) return fallback(code(DeclineCode::kIntErr));
+
+  const int64_t deadline = deadline_after_ms(config.handshake_timeout_ms);
+  std::vector<uint8_t> bytes;
+  clc::Header header;
+  ClcRead read;
+  while ((read = read_clc(fd, deadline, true, &bytes, &header)) == ClcRead::kInterrupted) {
+  }
+  if (read == ClcRead::kNeedMore) {
+    SMC_LOG_INFO("server: no CLC Confirm within {} ms: TCP", config.handshake_timeout_ms);
+    send_decline(fd, engine, code(DeclineCode::kHandshakeTimeout));
+    return fallback(code(DeclineCode::kHandshakeTimeout), true);
+  }
+  if (read != ClcRead::kMessage) return fallback(code(DeclineCode::kPeerNoSmc));
+  if (header.type == clc::Type::kDecline) {
+    clc::Decline d;
+    HandshakeResult r = fallback(code(DeclineCode::kPeerDecl));
+    if (clc::parse_decline(bytes, &d, &error)) r.reason = d.diagnosis;
+    r.peer_declined = true;
+    SMC_LOG_INFO("server: client declined: {}: TCP", decline_name(r.reason));
+    return r;
+  }
+  clc::AcceptConfirm confirm;
+  if (header.type != clc::Type::kConfirm || !clc::parse_confirm(bytes, &confirm, &error)) {
+    SMC_LOG_WARN("server: bad CLC Confirm ({}): declining", error);
+    return decline(code(DeclineCode::kProtocol));
+  }
+  if (first_contact) {
+    if (!pending.group->connect(endpoint_of(confirm), remaining_ms(deadline), &error)) {
+      SMC_LOG_WARN("server: cannot connect the link: {}", error);
+      return decline(connect_error_code(error));
+    }
+  } else if (confirm.qp_num != pending.group->peer_qp_num()) {
+    SMC_LOG_WARN("server: Confirm names QP {:#x}, link group has {:#x}: declining", confirm.qp_num,
+                 pending.group->peer_qp_num());
+    return decline(code(DeclineCode::kSyncErr));
+  }
+  if (uint32_t r =
+          attach_peer_rmb(*pending.group, *pending.connection, confirm, remaining_ms(deadline));
+      r != 0) {
+    return decline(r);
+  }
+  if (first_contact) {
+    if (!pending.group->link().send_confirm_link_request() ||
+        !wait_link_confirmed(*pending.group, deadline)) {
+      SMC_LOG_WARN("server: CONFIRM LINK not answered: TCP");
+      return decline(code(DeclineCode::kTimeoutCl));
+    }
+    pending.group->set_active();
+    engine.add_group(pending.group);
+    SMC_LOG_DEBUG("server: link group created (id {})", pending.group->id());
+  } else {
+    SMC_LOG_DEBUG("server: link group reused (id {})", pending.group->id());
+  }
+  HandshakeResult result;
+  result.connection = pending.release();
+  return result;
+}
+
+}  // namespace smcpre::core

@@ -1,0 +1,45 @@
+// The CLC handshake on a fresh TCP connection (RFC 7609; DESIGN.md section 3). Every
+// failure ends in a fallback to TCP on the same connection: a Decline with a reason code
+// goes to the peer whenever it may still be waiting for a CLC message.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/clc.h"
+
+namespace smcpre::core {
+
+class Connection;
+class EngineState;
+
+struct HandshakeResult {
+  std::shared_ptr<Connection> connection;  // set: SMC; null: fallback to TCP
+  uint32_t reason = 0;                     // fallback reason (DeclineCode or the peer's)
+  bool peer_declined = false;
+  // The peer may still send CLC messages we must not hand to the application.
+  bool swallow = false;
+};
+
+// Reading CLC messages from the start of a TCP byte stream without consuming anything
+// that is not one.
+enum class ClcRead { kMessage, kNotClc, kNeedMore, kEof, kError, kInterrupted };
+
+// Peeks at the stream; if it starts with a complete CLC message, consumes exactly that
+// message into *message. With `wait`, waits until a decision or `deadline_ns` (-1: no
+// deadline); without, answers from what is there now.
+ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
+                 clc::Header* header);
+
+// Client: after a successful connect() to an eligible server.
+HandshakeResult client_handshake(int fd, EngineState& engine);
+
+// Server: `proposal_bytes` is the Proposal just consumed from the stream.
+HandshakeResult server_handshake(int fd, EngineState& engine,
+                                 const std::vector<uint8_t>& proposal_bytes, bool nonblocking);
+
+// Sends a Decline (best effort).
+void send_decline(int fd, EngineState& engine, uint32_t code);
+
+}  // namespace smcpre::core

@@ -1,0 +1,170 @@
+#include "core/link.h"
+
+#include <cstring>
+
+#include "config/log.h"
+#include "core/cdc.h"
+#include "core/link_group.h"
+#include "core/llc.h"
+
+namespace smcpre::core {
+namespace {
+constexpr int kPollBatch = 16;
+}
+
+Link::Link(LinkGroup* group, std::unique_ptr<rdma::QueuePair> qp,
+           std::unique_ptr<rdma::MemoryRegion> recv_buffers, uint32_t recv_depth)
+    : group_(group),
+      qp_(std::move(qp)),
+      recv_buffers_(std::move(recv_buffers)),
+      recv_depth_(recv_depth) {}
+
+Link::~Link() = default;
+
+bool Link::repost(uint64_t index) {
+  auto* base = static_cast<uint8_t*>(recv_buffers_->addr());
+  int rc =
+      qp_->post_recv(base + index * kRecvBufferSize, kRecvBufferSize, recv_buffers_->lkey(), index);
+  if (rc != 0) {
+    SMC_LOG_WARN("link: post_recv failed: errno {}", rc);
+    return false;
+  }
+  return true;
+}
+
+bool Link::post_all_receives(std::string* error) {
+  for (uint32_t i = 0; i < recv_depth_; ++i) {
+    if (!repost(i)) {
+      *error = "cannot post receive buffers";
+      return false;
+    }
+  }
+  return true;
+}
+
+int Link::post_message(std::span<const uint8_t, kWrMessageSize> message) {
+  if (failed()) return EPIPE;
+  // Never waits: callers hold the send lock, and whoever would reap completions to free
+  // the send queue may be waiting for that lock. EAGAIN goes back to the caller.
+  int rc = qp_->post_send_inline(message.data(), kWrMessageSize, 0, false);
+  if (rc != 0 && rc != EAGAIN) fail("post_send failed");
+  return rc;
+}
+
+bool Link::progress() {
+  if (polling_.test_and_set(std::memory_order_acquire)) return false;
+  bool any = false;
+  rdma::WorkCompletion wc[kPollBatch];
+  int n = qp_->poll_recv(wc);
+  for (int i = 0; i < n; ++i) {
+    any = true;
+    if (wc[i].status != rdma::WcStatus::kSuccess) {
+      if (!failed()) {
+        SMC_LOG_WARN("link: receive completion error {}", rdma::to_string(wc[i].status));
+      }
+      fail(rdma::to_string(wc[i].status));
+      continue;
+    }
+    if (wc[i].wr_id >= recv_depth_) continue;  // never ours: ignore defensively
+    const auto* data =
+        static_cast<const uint8_t*>(recv_buffers_->addr()) + wc[i].wr_id * kRecvBufferSize;
+    // Copy out first so the buffer can go back to the queue before the work is done.
+    uint8_t message[kRecvBufferSize];
+    uint32_t length = std::min<uint32_t>(wc[i].byte_len, kRecvBufferSize);
+    std::memcpy(message, data, length);
+    repost(wc[i].wr_id);
+    handle_receive(message, length);
+  }
+  n = qp_->poll_send(wc);
+  for (int i = 0; i < n; ++i) {
+    any = true;
+    if (wc[i].status != rdma::WcStatus::kSuccess) {
+      SMC_LOG_WARN("link: send completion error {}", rdma::to_string(wc[i].status));
+      fail(rdma::to_string(wc[i].status));
+    }
+  }
+  if (!failed() && qp_->in_error()) fail("queue pair in error");
+  polling_.clear(std::memory_order_release);
+  return any;
+}
+
+void Link::handle_receive(const uint8_t* data, uint32_t length) {
+  if (length == 0) return;
+  if (data[0] == cdc::kType) {
+    cdc::Message msg;
+    std::string error;
+    if (!cdc::decode(std::span<const uint8_t>(data, length), &msg, &error)) {
+      SMC_LOG_WARN("link: malformed CDC message dropped: {}", error);
+      return;
+    }
+    group_->on_cdc(msg);
+    return;
+  }
+  handle_llc(data, length);
+}
+
+void Link::handle_llc(const uint8_t* data, uint32_t length) {
+  std::string error;
+  std::span<const uint8_t> bytes(data, length);
+  switch (llc::classify(data[0])) {
+    case llc::Type::kConfirmLink: {
+      llc::ConfirmLink msg;
+      if (!llc::decode(bytes, &msg, &error)) break;
+      if (msg.response) {
+        confirmed_.store(true, std::memory_order_release);
+      } else {
+        llc::ConfirmLink reply = group_->make_confirm_link(true);
+        uint8_t out[kWrMessageSize];
+        llc::encode(reply, std::span<uint8_t, kWrMessageSize>(out));
+        {
+          std::lock_guard lock(send_mutex_);
+          if (post_message(out) != 0) break;
+        }
+        confirmed_.store(true, std::memory_order_release);
+      }
+      SMC_LOG_DEBUG("link: CONFIRM LINK {} received", msg.response ? "response" : "request");
+      events_.wake();
+      return;
+    }
+    case llc::Type::kTestLink: {
+      llc::TestLink msg;
+      if (!llc::decode(bytes, &msg, &error)) break;
+      if (!msg.response) {
+        msg.response = true;
+        uint8_t out[kWrMessageSize];
+        llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
+        std::lock_guard lock(send_mutex_);
+        post_message(out);
+      }
+      return;
+    }
+    case llc::Type::kDeleteLink: {
+      llc::DeleteLink msg;
+      if (!llc::decode(bytes, &msg, &error)) break;
+      SMC_LOG_INFO("link: peer deleted the link (reason {:#x})", msg.reason);
+      fail("peer sent DELETE LINK");
+      return;
+    }
+    default:
+      SMC_LOG_WARN("link: unexpected message type {:#04x} ignored", data[0]);
+      return;
+  }
+  SMC_LOG_WARN("link: malformed LLC message dropped: {}", error);
+}
+
+bool Link::send_confirm_link_request() {
+  llc::ConfirmLink msg = group_->make_confirm_link(false);
+  uint8_t out[kWrMessageSize];
+  llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
+  std::lock_guard lock(send_mutex_);
+  return post_message(out) == 0;
+}
+
+void Link::fail(const char* why) {
+  if (failed_.exchange(true, std::memory_order_acq_rel)) return;
+  SMC_LOG_WARN("link: down ({}); its connections are reset", why);
+  events_.wake();
+  group_->on_link_down();
+}
+
+}  // namespace smcpre::core

@@ -1,0 +1,153 @@
+#include "core/link_group.h"
+
+#include <sys/random.h>
+
+#include "config/log.h"
+#include "core/connection.h"
+#include "core/progress.h"
+
+namespace smcpre::core {
+namespace {
+constexpr size_t kMaxConnectionsPerGroup = 0xffff;
+std::atomic<uint32_t> next_group_id{1};
+}  // namespace
+
+LinkGroup::LinkGroup(rdma::Role role, const PeerIdentity& peer) : role_(role), peer_(peer) {
+  id_ = next_group_id.fetch_add(1);
+}
+
+LinkGroup::~LinkGroup() = default;
+
+std::shared_ptr<LinkGroup> LinkGroup::create(rdma::Device& device, rdma::Role role,
+                                             const PeerIdentity& peer, const config::Config& config,
+                                             std::string* error) {
+  std::shared_ptr<LinkGroup> group(new LinkGroup(role, peer));
+  group->device_ = &device;
+  group->pd_ = device.alloc_pd(error);
+  if (!group->pd_) return nullptr;
+  rdma::QpConfig qp_config;
+  qp_config.send_depth = config.sq_depth;
+  qp_config.recv_depth = config.rq_depth;
+  qp_config.max_inline = kRecvBufferSize;
+  qp_config.rnr_retry = config.rnr_retry;
+  qp_config.min_rnr_timer = config.min_rnr_timer;
+  auto qp = group->pd_->create_qp(qp_config, error);
+  if (!qp) return nullptr;
+  auto buffers = group->pd_->register_memory(size_t{config.rq_depth} * kRecvBufferSize, error);
+  if (!buffers) return nullptr;
+  group->link_ =
+      std::make_unique<Link>(group.get(), std::move(qp), std::move(buffers), config.rq_depth);
+  // Receive buffers go up before the peer can send anything (it learns our QP from CLC).
+  if (!group->link_->post_all_receives(error)) return nullptr;
+  return group;
+}
+
+bool LinkGroup::connect(const rdma::QpEndpoint& remote, int timeout_ms, std::string* error) {
+  if (!link_->qp().connect(remote, role_, timeout_ms, error)) return false;
+  peer_qp_num_ = remote.qp_num;
+  if (!progress_thread().add_link(shared_from_this())) {
+    *error = "cannot start the progress thread";
+    return false;
+  }
+  return true;
+}
+
+void LinkGroup::set_active() {
+  active_.store(true, std::memory_order_release);
+}
+
+uint32_t LinkGroup::add_connection(const std::shared_ptr<Connection>& connection) {
+  std::lock_guard lock(table_mutex_);
+  size_t index = 0;
+  while (index < connections_.size() && connections_[index]) ++index;
+  if (index == kMaxConnectionsPerGroup) return 0;
+  if (index == connections_.size()) {
+    connections_.emplace_back();
+    token_generation_.push_back(0);
+  }
+  connections_[index] = connection;
+  ++live_connections_;
+  // Token = generation (high half) | index + 1 (low half): a late CDC for a previous
+  // connection in the same slot does not reach the new one.
+  const uint16_t generation = ++token_generation_[index];
+  const uint32_t token = (uint32_t{generation} << 16) | static_cast<uint32_t>(index + 1);
+  connection->set_local_token(token);
+  return token;
+}
+
+void LinkGroup::remove_connection(uint32_t token) {
+  std::shared_ptr<Connection> removed;  // destroyed outside the lock
+  std::lock_guard lock(table_mutex_);
+  const size_t index = (token & 0xffff) - 1;
+  if (index >= connections_.size() || !connections_[index]) return;
+  if (connections_[index]->local_token() != token) return;
+  removed = std::move(connections_[index]);
+  --live_connections_;
+}
+
+std::shared_ptr<Connection> LinkGroup::find_connection(uint32_t token) {
+  std::lock_guard lock(table_mutex_);
+  const size_t index = (token & 0xffff) - 1;
+  if (index >= connections_.size() || !connections_[index]) return nullptr;
+  if (connections_[index]->local_token() != token) return nullptr;
+  return connections_[index];
+}
+
+size_t LinkGroup::connection_count() {
+  std::lock_guard lock(table_mutex_);
+  return live_connections_;
+}
+
+std::unique_ptr<rdma::MemoryRegion> LinkGroup::take_rmb(uint32_t size, std::string* error) {
+  {
+    std::lock_guard lock(rmb_mutex_);
+    for (auto it = free_rmbs_.begin(); it != free_rmbs_.end(); ++it) {
+      if ((*it)->length() == size) {
+        auto rmb = std::move(*it);
+        free_rmbs_.erase(it);
+        return rmb;
+      }
+    }
+  }
+  return pd_->register_memory(size, error);
+}
+
+void LinkGroup::give_back_rmb(std::unique_ptr<rdma::MemoryRegion> rmb) {
+  std::lock_guard lock(rmb_mutex_);
+  free_rmbs_.push_back(std::move(rmb));
+}
+
+void LinkGroup::on_cdc(const cdc::Message& message) {
+  auto connection = find_connection(message.token);
+  if (!connection) {
+    SMC_LOG_DEBUG("link group {}: CDC for unknown token {:#x} dropped", id_, message.token);
+    return;
+  }
+  connection->on_cdc(message);
+}
+
+void LinkGroup::on_link_down() {
+  std::vector<std::shared_ptr<Connection>> all;
+  {
+    std::lock_guard lock(table_mutex_);
+    for (auto& c : connections_) {
+      if (c) all.push_back(c);
+    }
+  }
+  for (auto& c : all) c->on_link_down();
+}
+
+llc::ConfirmLink LinkGroup::make_confirm_link(bool response) const {
+  llc::ConfirmLink msg{};
+  const rdma::QpEndpoint local = link_->qp().local_endpoint();
+  msg.response = response;
+  msg.mac = local.mac;
+  msg.gid = local.gid;
+  msg.qp_num = local.qp_num;
+  msg.link_num = 1;
+  msg.link_uid = id_;
+  msg.max_links = 1;
+  return msg;
+}
+
+}  // namespace smcpre::core

@@ -1,0 +1,91 @@
+// A link group: the RDMA relationship with one peer process (RFC 7609 "LGR"). It owns the
+// protection domain, the link, the table of connections by alert token, and a pool of
+// RMBs that later connections between the same pair reuse.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "core/cdc.h"
+#include "core/link.h"
+#include "core/llc.h"
+#include "rdma/device.h"
+
+namespace smcpre::core {
+
+class Connection;
+
+struct PeerIdentity {
+  std::array<uint8_t, 8> peer_id{};
+  rdma::Gid gid{};
+  rdma::Mac mac{};
+  bool operator==(const PeerIdentity&) const = default;
+};
+
+class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
+ public:
+  // Creates the protection domain, the queue pair and its receive buffers; the link is
+  // connected later by connect().
+  static std::shared_ptr<LinkGroup> create(rdma::Device& device, rdma::Role role,
+                                           const PeerIdentity& peer, const config::Config& config,
+                                           std::string* error);
+  ~LinkGroup();
+
+  rdma::Role role() const { return role_; }
+  const PeerIdentity& peer() const { return peer_; }
+  Link& link() { return *link_; }
+  uint32_t peer_qp_num() const { return peer_qp_num_; }
+  rdma::QpEndpoint local_endpoint() const { return link_->qp().local_endpoint(); }
+
+  // INIT -> RTR -> RTS towards the peer and the receive buffers posted.
+  bool connect(const rdma::QpEndpoint& remote, int timeout_ms, std::string* error);
+  // First contact completed (CONFIRM LINK exchanged): later connections may reuse it.
+  void set_active();
+  bool active() const { return active_.load(std::memory_order_acquire) && !link_->failed(); }
+  bool failed() const { return link_->failed(); }
+
+  // Connections by alert token (the token is ours: CDCs addressed to us carry it).
+  uint32_t add_connection(const std::shared_ptr<Connection>& connection);
+  void remove_connection(uint32_t token);
+  std::shared_ptr<Connection> find_connection(uint32_t token);
+  size_t connection_count();
+
+  // RMBs: registered once, reused by later connections of this group.
+  std::unique_ptr<rdma::MemoryRegion> take_rmb(uint32_t size, std::string* error);
+  void give_back_rmb(std::unique_ptr<rdma::MemoryRegion> rmb);
+
+  // Called by the link (receive processing, any polling thread).
+  void on_cdc(const cdc::Message& message);
+  void on_link_down();
+  llc::ConfirmLink make_confirm_link(bool response) const;
+
+  uint32_t id() const { return id_; }
+
+ private:
+  LinkGroup(rdma::Role role, const PeerIdentity& peer);
+
+  const rdma::Role role_;
+  const PeerIdentity peer_;
+  uint32_t id_ = 0;
+  rdma::Device* device_ = nullptr;
+  std::unique_ptr<rdma::ProtectionDomain> pd_;
+  std::unique_ptr<Link> link_;
+  uint32_t peer_qp_num_ = 0;
+  std::atomic<bool> active_{false};
+
+  std::mutex table_mutex_;
+  std::vector<std::shared_ptr<Connection>> connections_;  // index = (token & 0xffff) - 1
+  std::vector<uint16_t> token_generation_;
+  size_t live_connections_ = 0;
+
+  std::mutex rmb_mutex_;
+  std::vector<std::unique_ptr<rdma::MemoryRegion>> free_rmbs_;
+};
+
+}  // namespace smcpre::core

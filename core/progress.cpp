@@ -1,0 +1,230 @@
+#include "core/progress.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "config/config.h"
+#include "config/log.h"
+#include "config/sys.h"
+#include "core/link_group.h"
+
+namespace smcpre::core {
+namespace {
+
+// An application thread that polled this recently is assumed to poll again soon (the gap
+// between two requests of a ping-pong); the background thread does not arm meanwhile.
+constexpr int64_t kAppPollGraceNs = 200'000;
+// While application threads poll, the background thread still looks every millisecond.
+constexpr int kBusyTimeoutMs = 1;
+constexpr int kIdleTimeoutMs = 1000;
+constexpr int64_t kMinSpinNs = 2'000;
+
+}  // namespace
+
+ProgressThread::ProgressThread() = default;
+
+ProgressThread::~ProgressThread() {
+  stop();
+}
+
+bool ProgressThread::ensure_started() {
+  if (thread_.joinable()) return true;
+  if (epoll_fd_ < 0) epoll_fd_ = sys::epoll_create1(EPOLL_CLOEXEC);
+  if (kick_fd_ < 0) kick_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (epoll_fd_ < 0 || kick_fd_ < 0) {
+    SMC_LOG_ERROR("progress thread: cannot create epoll/eventfd: errno {}", errno);
+    return false;
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = nullptr;  // nullptr marks the kick fd
+  sys::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, kick_fd_, &ev);
+  try {
+    thread_ = std::thread([this] { run(); });
+  } catch (...) {
+    SMC_LOG_ERROR("progress thread: cannot start");
+    return false;
+  }
+  return true;
+}
+
+bool ProgressThread::add_link(std::shared_ptr<LinkGroup> group) {
+  std::lock_guard lock(mutex_);
+  if (!ensure_started()) return false;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = group.get();
+  if (sys::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, group->link().qp().notify_fd(), &ev) != 0) {
+    SMC_LOG_ERROR("progress thread: epoll_ctl add failed: errno {}", errno);
+    return false;
+  }
+  groups_.push_back(std::move(group));
+  uint64_t one = 1;
+  sys::write(kick_fd_, &one, sizeof one);
+  return true;
+}
+
+void ProgressThread::on_app_sleep() {
+  if (armed_.load(std::memory_order_acquire) || kick_fd_ < 0) return;
+  uint64_t one = 1;
+  sys::write(kick_fd_, &one, sizeof one);
+}
+
+void ProgressThread::stop() {
+  if (!thread_.joinable()) return;
+  stopping_.store(true);
+  uint64_t one = 1;
+  sys::write(kick_fd_, &one, sizeof one);
+  thread_.join();
+}
+
+void ProgressThread::run() {
+  pthread_setname_np(pthread_self(), "smcpre-progress");
+  epoll_event events[32];
+  while (!stopping_.load(std::memory_order_relaxed)) {
+    bool app_polling = false;
+    int64_t deadline = -1;
+    {
+      std::lock_guard lock(mutex_);
+      const int64_t now = now_ns();
+      for (auto it = groups_.begin(); it != groups_.end();) {
+        LinkGroup& group = **it;
+        Link& link = group.link();
+        // A failed link whose connections are all gone is released here, the one place
+        // that may destroy a group without anyone else still polling it.
+        if (link.failed() && group.connection_count() == 0) {
+          sys::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, link.qp().notify_fd(), nullptr);
+          it = groups_.erase(it);
+          continue;
+        }
+        link.progress();
+        if (link.app_pollers.load(std::memory_order_relaxed) > 0 ||
+            now - link.last_app_poll_ns.load(std::memory_order_relaxed) < kAppPollGraceNs) {
+          app_polling = true;
+        }
+        int64_t d = link.qp().next_deadline_ns();
+        if (d >= 0 && (deadline < 0 || d < deadline)) deadline = d;
+        ++it;
+      }
+      if (!app_polling) {
+        // Arm, then look once more: a completion that arrived before arming would
+        // otherwise wait for the next one.
+        for (auto& group : groups_) group->link().qp().arm_recv_notify();
+        armed_.store(true, std::memory_order_release);
+        for (auto& group : groups_) group->link().progress();
+      }
+    }
+    int timeout_ms = app_polling ? kBusyTimeoutMs : kIdleTimeoutMs;
+    if (deadline >= 0) {
+      int64_t left_ms = (deadline - now_ns() + 999'999) / 1'000'000;
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(left_ms, 0, timeout_ms));
+    }
+    int n = sys::epoll_wait(epoll_fd_, events, 32, timeout_ms);
+    armed_.store(false, std::memory_order_release);
+    if (n <= 0) continue;
+    std::lock_guard lock(mutex_);
+    for (int i = 0; i < n; ++i) {
+      auto* target = static_cast<LinkGroup*>(events[i].data.ptr);
+      if (target == nullptr) {
+        uint64_t value;
+        sys::read(kick_fd_, &value, sizeof value);
+        continue;
+      }
+      for (auto& group : groups_) {
+        if (group.get() == target) group->link().qp().consume_notify();
+      }
+    }
+  }
+}
+
+namespace {
+std::atomic<ProgressThread*> g_progress{nullptr};
+std::mutex g_progress_mutex;
+}  // namespace
+
+ProgressThread& progress_thread() {
+  // Deliberately never destroyed: the thread may outlive static destruction order at
+  // exit, and after fork() the child must not join a thread it does not have.
+  ProgressThread* p = g_progress.load(std::memory_order_acquire);
+  if (p) return *p;
+  std::lock_guard lock(g_progress_mutex);
+  p = g_progress.load(std::memory_order_acquire);
+  if (!p) {
+    p = new ProgressThread();
+    g_progress.store(p, std::memory_order_release);
+  }
+  return *p;
+}
+
+void reset_progress_thread_after_fork() {
+  // The parent's thread does not exist here; its object (and any lock it held) is
+  // abandoned, and a new thread starts with the child's first link.
+  g_progress.store(nullptr, std::memory_order_release);
+  new (&g_progress_mutex) std::mutex();
+}
+
+void SpinBudget::on_hit(int64_t max_ns) {
+  int64_t b = budget_ns_.load(std::memory_order_relaxed);
+  budget_ns_.store(std::min(max_ns, std::max(kMinSpinNs, b * 2)), std::memory_order_relaxed);
+}
+
+void SpinBudget::on_miss() {
+  int64_t b = budget_ns_.load(std::memory_order_relaxed);
+  budget_ns_.store(std::max(kMinSpinNs, b / 2), std::memory_order_relaxed);
+}
+
+WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,
+                              bool (*pred)(void*), void* ctx) {
+  const int64_t max_spin_ns = int64_t{config::current().spin_us} * 1000;
+  if (budget.ns() < 0) budget.budget_ns_.store(max_spin_ns, std::memory_order_relaxed);
+
+  // Phase 1: poll the link ourselves.
+  const int64_t start = now_ns();
+  const int64_t spin_ns = std::min(budget.ns(), max_spin_ns);
+  if (spin_ns > 0) {
+    link.app_pollers.fetch_add(1, std::memory_order_relaxed);
+    int64_t now = start;
+    bool hit = false;
+    while (true) {
+      link.progress();
+      if (pred(ctx)) {
+        hit = true;
+        break;
+      }
+      if (link.failed()) break;
+      now = now_ns();
+      if (now - start >= spin_ns || (deadline_ns >= 0 && now >= deadline_ns)) break;
+      for (int i = 0; i < 16; ++i) cpu_relax();
+    }
+    link.last_app_poll_ns.store(now, std::memory_order_relaxed);
+    link.app_pollers.fetch_sub(1, std::memory_order_relaxed);
+    if (hit) {
+      budget.on_hit(max_spin_ns);
+      return WaitResult::kReady;
+    }
+    budget.on_miss();
+  }
+  // Phase 2: sleep; the background thread reaps and wakes us.
+  link.last_app_poll_ns.store(0, std::memory_order_relaxed);
+  while (true) {
+    uint32_t seen = queue.seq();
+    link.progress();
+    if (pred(ctx)) return WaitResult::kReady;
+    if (link.failed()) return WaitResult::kLinkDown;
+    if (deadline_ns >= 0 && now_ns() >= deadline_ns) return WaitResult::kTimeout;
+    progress_thread().on_app_sleep();
+    // Bounded sleep so a lost notification can never turn into a hang.
+    int64_t wake_at = now_ns() + 1'000'000'000;
+    if (deadline_ns >= 0 && deadline_ns < wake_at) wake_at = deadline_ns;
+    int r = queue.sleep(seen, wake_at);
+    if (r == EINTR) {
+      if (pred(ctx)) return WaitResult::kReady;
+      return WaitResult::kInterrupted;
+    }
+  }
+}
+
+}  // namespace smcpre::core

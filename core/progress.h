@@ -1,0 +1,90 @@
+// The background progress thread and the adaptive wait that application threads use.
+//
+// Latency on this kind of machine is decided by wake-ups (DESIGN.md 4a): a futex or eventfd
+// wake per message costs as much as the whole kernel TCP path. So a waiting application
+// thread first polls the link itself (no thread hop, no syscall), for a budget that adapts
+// to whether polling pays; only then does it sleep. The background thread keeps every link's
+// receive queue reaped when no application thread is polling (so the queue never runs dry
+// and the peer never meets RNR because nobody reads), and stays out of the way — no armed
+// notification, so no eventfd write in the peer's send path — while application threads
+// are polling.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "core/link.h"
+#include "core/wait.h"
+
+namespace smcpre::core {
+class LinkGroup;
+}
+
+namespace smcpre::core {
+
+class ProgressThread {
+ public:
+  ProgressThread();
+  ~ProgressThread();
+  ProgressThread(const ProgressThread&) = delete;
+  ProgressThread& operator=(const ProgressThread&) = delete;
+
+  // Starts the thread on first use (threads start lazily, DESIGN.md 8). The thread keeps
+  // the group alive until its link has failed and its last connection is gone.
+  bool add_link(std::shared_ptr<LinkGroup> group);
+  // An application thread stops polling and goes to sleep: make sure the background
+  // thread watches with notifications armed.
+  void on_app_sleep();
+  void stop();
+
+ private:
+  void run();
+  bool ensure_started();
+
+  std::mutex mutex_;  // guards links_ and the epoll set against the thread's use of them
+  std::vector<std::shared_ptr<LinkGroup>> groups_;
+  std::thread thread_;
+  int epoll_fd_ = -1;
+  int kick_fd_ = -1;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> armed_{false};
+};
+
+ProgressThread& progress_thread();
+void reset_progress_thread_after_fork();
+
+enum class WaitResult { kReady, kTimeout, kInterrupted, kLinkDown };
+
+// Per waiter: how long polling is worth before sleeping. Grows when a wait is satisfied
+// while polling, shrinks when polling ran out and the wait needed a sleep anyway.
+class SpinBudget {
+ public:
+  int64_t ns() const { return budget_ns_.load(std::memory_order_relaxed); }
+  void on_hit(int64_t max_ns);
+  void on_miss();
+
+ private:
+  std::atomic<int64_t> budget_ns_{-1};  // -1: not yet initialised from config
+  friend WaitResult wait_adaptive_impl(Link&, WaitQueue&, SpinBudget&, int64_t, bool (*)(void*),
+                                       void*);
+};
+
+WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,
+                              bool (*pred)(void*), void* ctx);
+
+// Waits until pred() holds, the deadline (CLOCK_MONOTONIC ns, -1 = none) passes, a signal
+// interrupts the sleep, or the link fails.
+template <typename Pred>
+WaitResult wait_adaptive(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,
+                         Pred&& pred) {
+  if (pred()) return WaitResult::kReady;
+  return wait_adaptive_impl(
+      link, queue, budget, deadline_ns,
+      [](void* ctx) { return (*static_cast<std::remove_reference_t<Pred>*>(ctx))(); }, &pred);
+}
+
+}  // namespace smcpre::core

@@ -1,0 +1,380 @@
+// The per-TCP-socket state machine between the interposer and the engine:
+//
+//   client:  connect() -> handshake -> kSmc | kTcp | kTcpSwallow
+//   server:  accept() -> kServerUndecided -(first data call)-> kSmc | kTcp | kTcpSwallow
+//   kTcpSwallow -(the peer's late CLC messages consumed)-> kTcp
+//
+// kTcpSwallow exists because after a fallback the peer may still have CLC messages in
+// flight (a Proposal that arrived after our application spoke, an Accept that crossed our
+// Decline); they are consumed, never shown to the application.
+#include "core/socket.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+#include "config/log.h"
+#include "config/registry.h"
+#include "config/sys.h"
+#include "core/connection.h"
+#include "core/decline.h"
+#include "core/engine_state.h"
+#include "core/handshake.h"
+
+namespace smcpre::core {
+
+class Listener {
+ public:
+  explicit Listener(std::optional<registry::ListenerRegistration> registration)
+      : registration_(std::move(registration)) {}
+
+ private:
+  std::optional<registry::ListenerRegistration> registration_;
+};
+
+namespace {
+
+// A route_* decision that must fail the application's call (e.g. EINTR while waiting for
+// the first bytes of an undecided connection) hands the error to the recv/send that
+// follows on the same thread.
+thread_local int t_deferred_errno = 0;
+
+std::string runtime_dir(const config::Config& config) {
+  return config.runtime_dir.empty() ? config::runtime_dir_default() : config.runtime_dir;
+}
+
+bool is_loopback(const sockaddr_storage& a) {
+  if (a.ss_family == AF_INET) {
+    return (ntohl(reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr) >> 24) == 127;
+  }
+  if (a.ss_family == AF_INET6) {
+    const in6_addr& v6 = reinterpret_cast<const sockaddr_in6&>(a).sin6_addr;
+    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+  }
+  return false;
+}
+
+bool same_address(const sockaddr_storage& a, const sockaddr_storage& b) {
+  if (a.ss_family != b.ss_family) return false;
+  if (a.ss_family == AF_INET) {
+    return reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in&>(b).sin_addr.s_addr;
+  }
+  return std::memcmp(&reinterpret_cast<const sockaddr_in6&>(a).sin6_addr,
+                     &reinterpret_cast<const sockaddr_in6&>(b).sin6_addr, 16) == 0;
+}
+
+uint16_t port_of(const sockaddr_storage& a) {
+  if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
+  return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
+}
+
+bool fd_nonblocking(int fd) {
+  int flags = sys::fcntl(fd, F_GETFL);
+  return flags >= 0 && (flags & O_NONBLOCK);
+}
+
+class SmcSocket final : public Socket {
+ public:
+  enum class State { kServerUndecided, kSmc, kTcpSwallow, kTcp };
+
+  SmcSocket(State state, bool nonblocking)
+      : state_(state), nonblocking_(nonblocking), generation_(EngineState::generation()) {}
+
+  void set_connection(std::shared_ptr<Connection> connection) {
+    connection_ = std::move(connection);
+  }
+  void set_reason(uint32_t reason) { reason_ = reason; }
+
+  Path route_recv(int fd, int flags) override {
+    State s = state_.load(std::memory_order_acquire);
+    if (s == State::kSmc) return Path::kSmc;
+    if (s == State::kTcp) return Path::kKernel;
+    return settle(fd, /*sending=*/false, flags);
+  }
+
+  Path route_send(int fd, int flags) override {
+    State s = state_.load(std::memory_order_acquire);
+    if (s == State::kSmc) return Path::kSmc;
+    if (s == State::kTcp || s == State::kTcpSwallow) return Path::kKernel;
+    return settle(fd, /*sending=*/true, flags);
+  }
+
+  ssize_t recv(const iovec* iov, int iovcnt, int flags) override {
+    if (int e = take_deferred()) return fail(e);
+    if (!usable()) return fail(EOPNOTSUPP);
+    return connection_->recv(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed));
+  }
+
+  ssize_t send(const iovec* iov, int iovcnt, int flags) override {
+    if (int e = take_deferred()) return fail(e);
+    if (!usable()) return fail(EOPNOTSUPP);
+    return connection_->send(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed));
+  }
+
+  int shutdown(int how) override {
+    if (!usable()) return static_cast<int>(fail(EOPNOTSUPP));
+    return connection_->shutdown(how);
+  }
+
+  void release(int fd) override {
+    if (state_.load() != State::kSmc || !connection_) return;
+    // A fork child's copy of a parent's connection is the parent's to close.
+    if (generation_ != EngineState::generation()) return;
+    connection_->close(sys::dup_cloexec(fd));
+  }
+
+  bool take_so_error(int* error) override {
+    if (state_.load() != State::kSmc || !usable()) return false;
+    return connection_->take_error(error);
+  }
+
+  void on_polled(int fd) override {
+    if (state_.load(std::memory_order_acquire) != State::kServerUndecided) return;
+    std::lock_guard lock(mutex_);
+    if (state_.load() != State::kServerUndecided) return;
+    // Polled sockets are not accelerated in this slice: decide for TCP now, declining a
+    // Proposal that is already there so the client does not wait.
+    decide_server(fd, /*polled=*/true, /*wait=*/false);
+    if (state_.load() == State::kServerUndecided) {
+      finish_tcp(static_cast<uint32_t>(DeclineCode::kNonBlocking), true);
+    }
+  }
+
+  Readiness poll_state() override {
+    if (!usable()) return Readiness{true, true, true, true};
+    return connection_->readiness();
+  }
+
+  bool is_smc() const override { return state_.load(std::memory_order_acquire) == State::kSmc; }
+
+  void on_status_flags(int flags) override {
+    nonblocking_.store(flags & O_NONBLOCK, std::memory_order_relaxed);
+  }
+
+ private:
+  static ssize_t fail(int error) {
+    errno = error;
+    return -1;
+  }
+
+  static int take_deferred() {
+    int e = t_deferred_errno;
+    t_deferred_errno = 0;
+    return e;
+  }
+
+  bool usable() const { return connection_ && generation_ == EngineState::generation(); }
+
+  void finish_tcp(uint32_t reason, bool swallow) {
+    reason_ = reason;
+    state_.store(swallow ? State::kTcpSwallow : State::kTcp, std::memory_order_release);
+  }
+
+  // Slow path: the server's first data call, or swallowing after a fallback.
+  Path settle(int fd, bool sending, int flags) {
+    std::lock_guard lock(mutex_);
+    const bool wait = !sending && !(flags & MSG_DONTWAIT) && !nonblocking_.load();
+    if (state_.load() == State::kServerUndecided) {
+      if (!decide_server(fd, false, wait)) return Path::kSmc;  // deferred error
+    }
+    if (state_.load() == State::kTcpSwallow && !sending) {
+      if (!swallow(fd, wait)) return Path::kSmc;  // deferred error
+    }
+    switch (state_.load()) {
+      case State::kSmc:
+        return Path::kSmc;
+      case State::kServerUndecided:
+        return Path::kKernel;  // nothing there yet and not waiting: the kernel says EAGAIN
+      default:
+        return Path::kKernel;
+    }
+  }
+
+  // Looks for a Proposal at the start of the stream. Returns false if the caller's call
+  // must fail with t_deferred_errno.
+  bool decide_server(int fd, bool polled, bool wait) {
+    EngineState* engine = EngineState::get();
+    if (!engine) {
+      finish_tcp(static_cast<uint32_t>(DeclineCode::kDisabled), false);
+      return true;
+    }
+    std::vector<uint8_t> message;
+    clc::Header header;
+    // A part of a message already there is completed (bounded); with nothing there a
+    // blocking receive waits as long as the application's own call would.
+    const int64_t bounded = now_ns() + int64_t{engine->config().handshake_timeout_ms} * 1'000'000;
+    ClcRead read = read_clc(fd, -1, false, &message, &header);
+    if (read == ClcRead::kNeedMore) {
+      std::vector<uint8_t> peek(clc::kHeaderSize);
+      ssize_t n = sys::recv(fd, peek.data(), peek.size(), MSG_PEEK | MSG_DONTWAIT);
+      if (n > 0) {
+        read = read_clc(fd, bounded, true, &message, &header);
+      } else if (wait) {
+        read = read_clc(fd, -1, true, &message, &header);
+      }
+    }
+    switch (read) {
+      case ClcRead::kInterrupted:
+        t_deferred_errno = EINTR;
+        return false;
+      case ClcRead::kNeedMore:
+        if (!wait && !polled) {
+          // The server application writes before any Proposal arrived (rule 2): TCP for
+          // good; a Proposal arriving later is swallowed.
+          SMC_LOG_DEBUG("server: application spoke first: TCP");
+          finish_tcp(static_cast<uint32_t>(DeclineCode::kLateProposal), true);
+        }
+        return true;  // a non-blocking receive: still undecided
+      case ClcRead::kMessage:
+        break;
+      default:  // not CLC (a plain client), EOF, error
+        finish_tcp(static_cast<uint32_t>(DeclineCode::kPeerNoSmc), false);
+        return true;
+    }
+    if (header.type != clc::Type::kProposal) {
+      // A Decline (the client gave up waiting) or garbage in CLC clothing.
+      if (header.type != clc::Type::kDecline) {
+        send_decline(fd, *engine, static_cast<uint32_t>(DeclineCode::kProtocol));
+      }
+      finish_tcp(static_cast<uint32_t>(DeclineCode::kPeerDecl), true);
+      return true;
+    }
+    HandshakeResult r = server_handshake(fd, *engine, message, polled || fd_nonblocking(fd));
+    return adopt(r);
+  }
+
+  bool adopt(const HandshakeResult& r) {
+    if (r.connection) {
+      connection_ = r.connection;
+      state_.store(State::kSmc, std::memory_order_release);
+      SMC_LOG_INFO("connection SMC established (token {:#x})", connection_->local_token());
+    } else {
+      finish_tcp(r.reason, r.swallow);
+    }
+    return true;
+  }
+
+  // Consumes CLC messages at the start of the stream. Returns false on a deferred error.
+  bool swallow(int fd, bool wait) {
+    EngineState* engine = EngineState::get();
+    const uint32_t timeout_ms = engine ? engine->config().handshake_timeout_ms : 2000;
+    while (true) {
+      std::vector<uint8_t> message;
+      clc::Header header;
+      const int64_t bounded = now_ns() + int64_t{timeout_ms} * 1'000'000;
+      ClcRead read = read_clc(fd, bounded, false, &message, &header);
+      if (read == ClcRead::kNeedMore) {
+        uint8_t b;
+        ssize_t n = sys::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0) {
+          read = read_clc(fd, bounded, true, &message, &header);
+          // Bytes that never complete a message are application data after all.
+          if (read == ClcRead::kNeedMore) read = ClcRead::kNotClc;
+        } else if (wait) {
+          read = read_clc(fd, -1, true, &message, &header);
+        } else {
+          return true;  // nothing yet; the kernel answers EAGAIN
+        }
+      }
+      if (read == ClcRead::kInterrupted) {
+        t_deferred_errno = EINTR;
+        return false;
+      }
+      if (read != ClcRead::kMessage) {
+        state_.store(State::kTcp, std::memory_order_release);
+        return true;
+      }
+      SMC_LOG_DEBUG("swallowed a late CLC message (type {})", static_cast<int>(header.type));
+    }
+  }
+
+  std::mutex mutex_;
+  std::atomic<State> state_;
+  std::atomic<bool> nonblocking_;
+  const uint64_t generation_;
+  std::shared_ptr<Connection> connection_;
+  uint32_t reason_ = 0;
+};
+
+// Client eligibility (DESIGN.md 6): a same-host server that published its port, or a
+// destination matching SMCPRE_PEERS; never an excluded port.
+bool eligible(int fd, const config::Config& config) {
+  sockaddr_storage peer{}, local{};
+  socklen_t plen = sizeof peer, llen = sizeof local;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) != 0) return false;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen) != 0) return false;
+  if (peer.ss_family != AF_INET && peer.ss_family != AF_INET6) return false;
+  const uint16_t port = port_of(peer);
+  if (config::port_excluded(config.exclude_ports, port)) return false;
+  if ((is_loopback(peer) || same_address(peer, local)) &&
+      registry::is_published(runtime_dir(config), port)) {
+    return true;
+  }
+  return config::peer_rules_match(config.peers, reinterpret_cast<const sockaddr*>(&peer));
+}
+
+}  // namespace
+
+std::shared_ptr<Listener> Engine::on_listen(int fd) {
+  EngineState* engine = EngineState::get();
+  if (!engine) return nullptr;
+  sockaddr_storage local{};
+  socklen_t len = sizeof local;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) return nullptr;
+  if (local.ss_family != AF_INET && local.ss_family != AF_INET6) return nullptr;
+  std::string error;
+  auto registration = registry::ListenerRegistration::publish(runtime_dir(engine->config()),
+                                                              port_of(local), &error);
+  if (!registration) {
+    SMC_LOG_WARN("listener on port {} not published ({}): clients will use TCP", port_of(local),
+                 error);
+  } else {
+    SMC_LOG_DEBUG("listener on port {} published", port_of(local));
+  }
+  // Tracked either way: accepted connections still answer a client's Proposal.
+  return std::make_shared<Listener>(std::move(registration));
+}
+
+std::shared_ptr<Socket> Engine::on_connected(int fd) {
+  EngineState* engine = EngineState::get();
+  if (!engine) return nullptr;
+  const int saved_errno = errno;
+  std::shared_ptr<SmcSocket> socket;
+  if (eligible(fd, engine->config())) {
+    HandshakeResult r = client_handshake(fd, *engine);
+    if (r.connection) {
+      socket = std::make_shared<SmcSocket>(SmcSocket::State::kSmc, false);
+      socket->set_connection(r.connection);
+      SMC_LOG_INFO("connection SMC established (token {:#x})", r.connection->local_token());
+    } else {
+      socket = std::make_shared<SmcSocket>(
+          r.swallow ? SmcSocket::State::kTcpSwallow : SmcSocket::State::kTcp, false);
+      socket->set_reason(r.reason);
+      SMC_LOG_INFO("connection falls back to TCP: {}", decline_name(r.reason));
+    }
+  }
+  errno = saved_errno;
+  return socket;
+}
+
+std::shared_ptr<Socket> Engine::on_accepted(int fd, const std::shared_ptr<Listener>& listener) {
+  if (!listener || !EngineState::get()) return nullptr;
+  const int saved_errno = errno;
+  auto socket = std::make_shared<SmcSocket>(SmcSocket::State::kServerUndecided, fd_nonblocking(fd));
+  errno = saved_errno;
+  return socket;
+}
+
+void Engine::after_fork_in_child() {
+  EngineState::reset_after_fork();
+}
+
+}  // namespace smcpre::core
