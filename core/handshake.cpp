@@ -284,11 +284,15 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
     send_decline(fd, engine, r);
     return fallback(r);
   }
-  if (uint32_t r =
-          attach_peer_rmb(*pending.group, *pending.connection, accept, remaining_ms(deadline));
-      r != 0) {
-    send_decline(fd, engine, r);
-    return fallback(r);
+  // On a link group in use, the server's new RMB was announced over the link already; on
+  // a new link the server announces it only after our Confirm (it connects its side then).
+  if (!accept.first_contact) {
+    if (uint32_t r =
+            attach_peer_rmb(*pending.group, *pending.connection, accept, remaining_ms(deadline));
+        r != 0) {
+      send_decline(fd, engine, r);
+      return fallback(r);
+    }
   }
   clc::AcceptConfirm confirm =
       describe(engine, *device, *pending.group, *pending.connection, accept.first_contact);
@@ -298,7 +302,15 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
     // receive processing) and only then is the link usable.
     if (!wait_link_confirmed(*pending.group, deadline)) {
       SMC_LOG_WARN("client: no CONFIRM LINK from the server: TCP");
+      send_decline(fd, engine, code(DeclineCode::kTimeoutCl));
       return fallback(code(DeclineCode::kTimeoutCl), true);
+    }
+    if (uint32_t r =
+            attach_peer_rmb(*pending.group, *pending.connection, accept, remaining_ms(deadline));
+        r != 0) {
+      pending.group->link().fail("peer RMB unusable after CONFIRM LINK");
+      send_decline(fd, engine, r);
+      return fallback(r, true);
     }
     pending.group->set_active();
     engine.add_group(pending.group);

@@ -1,0 +1,349 @@
+// The engine end to end over the shm device, without the interposer: two processes, a
+// real TCP connection on loopback, the CLC handshake, and data through RMB rings.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/clc.h"
+#include "core/socket.h"
+
+using smcpre::core::Engine;
+using smcpre::core::Path;
+using smcpre::core::Socket;
+
+namespace {
+
+struct TestEnv {
+  TestEnv() {
+    char tmpl[] = "/tmp/smcpre-test-XXXXXX";
+    dir = mkdtemp(tmpl);
+    setenv("SMCPRE_RUNTIME_DIR", dir.c_str(), 1);
+    setenv("SMCPRE_RMB_SIZE", "64K", 1);  // small rings: wraps and flow control get exercised
+    signal(SIGPIPE, SIG_IGN);
+  }
+  std::string dir;
+};
+TestEnv& env() {
+  static TestEnv e;
+  return e;
+}
+
+int listen_loopback(uint16_t* port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(listen(fd, 64) == 0);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+int connect_loopback(uint16_t port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return -1;
+  return fd;
+}
+
+uint8_t pattern(uint64_t i) {
+  return static_cast<uint8_t>((i * 2654435761u) >> 13);
+}
+
+// Moves bytes through the engine's Socket the way the interposer would.
+ssize_t sock_send(Socket& s, int fd, const void* buf, size_t len, int flags = 0) {
+  if (s.route_send(fd, flags) == Path::kKernel) return send(fd, buf, len, flags);
+  iovec v{const_cast<void*>(buf), len};
+  return s.send(&v, 1, flags);
+}
+ssize_t sock_recv(Socket& s, int fd, void* buf, size_t len, int flags = 0) {
+  if (s.route_recv(fd, flags) == Path::kKernel) return recv(fd, buf, len, flags);
+  iovec v{buf, len};
+  return s.recv(&v, 1, flags);
+}
+
+bool send_pattern(Socket& s, int fd, uint64_t total, std::mt19937& rng) {
+  std::vector<uint8_t> buf(1 << 20);
+  uint64_t sent = 0;
+  while (sent < total) {
+    size_t chunk =
+        std::min<uint64_t>(total - sent, 1 + rng() % (rng() % 4 == 0 ? buf.size() : 9000));
+    for (size_t i = 0; i < chunk; ++i) buf[i] = pattern(sent + i);
+    ssize_t n = sock_send(s, fd, buf.data(), chunk);
+    if (n <= 0) return false;
+    sent += static_cast<uint64_t>(n);
+  }
+  return true;
+}
+
+// Returns bytes received until EOF, or -1 on a content mismatch or error.
+int64_t recv_pattern(Socket& s, int fd, std::mt19937& rng) {
+  std::vector<uint8_t> buf(1 << 20);
+  uint64_t got = 0;
+  while (true) {
+    size_t want = 1 + rng() % buf.size();
+    ssize_t n = sock_recv(s, fd, buf.data(), want);
+    if (n < 0) return -1;
+    if (n == 0) return static_cast<int64_t>(got);
+    for (ssize_t i = 0; i < n; ++i) {
+      if (buf[i] != pattern(got + i)) return -1;
+    }
+    got += static_cast<uint64_t>(n);
+  }
+}
+
+// Runs `child` in a forked process (exit status 0 = pass) and `parent` here.
+void run_pair(const std::function<int()>& child, const std::function<void()>& parent) {
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    Engine::after_fork_in_child();
+    alarm(60);
+    _exit(child());
+  }
+  parent();
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+}
+
+}  // namespace
+
+TEST_CASE("client and server move data over SMC in both directions") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  REQUIRE(listener);
+  const uint64_t sizes[] = {1, 100, 65535, 65536, 65537, 3 * 1024 * 1024 + 7};
+  run_pair(
+      [&] {
+        close(lfd);
+        std::mt19937 rng(7);
+        for (uint64_t size : sizes) {
+          int fd = connect_loopback(port);
+          auto s = Engine::on_connected(fd);
+          if (!s || !s->is_smc()) return 10;
+          if (!send_pattern(*s, fd, size, rng)) return 11;
+          if (s->shutdown(SHUT_WR) != 0) return 12;
+          // Then the server sends the same amount back.
+          if (recv_pattern(*s, fd, rng) != static_cast<int64_t>(size)) return 13;
+          s->release(fd);
+          close(fd);
+        }
+        return 0;
+      },
+      [&] {
+        std::mt19937 rng(9);
+        for (uint64_t size : sizes) {
+          int fd = accept(lfd, nullptr, nullptr);
+          REQUIRE(fd >= 0);
+          auto s = Engine::on_accepted(fd, listener);
+          REQUIRE(s);
+          REQUIRE(recv_pattern(*s, fd, rng) == static_cast<int64_t>(size));
+          REQUIRE(s->is_smc());
+          REQUIRE(send_pattern(*s, fd, size, rng));
+          s->release(fd);
+          close(fd);
+        }
+      });
+  close(lfd);
+}
+
+TEST_CASE("a plain TCP client is served as TCP, bytes untouched") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  run_pair(
+      [&] {
+        close(lfd);
+        int fd = connect_loopback(port);
+        const char msg[] = "GET / HTTP/1.0\r\n\r\n";
+        if (send(fd, msg, sizeof msg, 0) != sizeof msg) return 1;
+        char reply[5] = {};
+        if (recv(fd, reply, 4, MSG_WAITALL) != 4 || std::strcmp(reply, "pong") != 0) return 2;
+        close(fd);
+        return 0;
+      },
+      [&] {
+        int fd = accept(lfd, nullptr, nullptr);
+        auto s = Engine::on_accepted(fd, listener);
+        char buf[64] = {};
+        REQUIRE(sock_recv(*s, fd, buf, 19, MSG_WAITALL) == 19);
+        REQUIRE(std::string(buf) == "GET / HTTP/1.0\r\n\r\n");
+        REQUIRE_FALSE(s->is_smc());
+        REQUIRE(sock_send(*s, fd, "pong", 4) == 4);
+        close(fd);
+      });
+  close(lfd);
+}
+
+TEST_CASE("a server that writes first is correct whichever path it takes") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  run_pair(
+      [&] {
+        close(lfd);
+        int fd = connect_loopback(port);
+        auto s = Engine::on_connected(fd);
+        if (!s) return 1;
+        char buf[8] = {};
+        if (sock_recv(*s, fd, buf, 7, MSG_WAITALL) != 7 || std::string(buf) != "220 hi\n") return 2;
+        if (sock_send(*s, fd, "QUIT\n", 5) != 5) return 3;
+        s->release(fd);
+        close(fd);
+        return 0;
+      },
+      [&] {
+        int fd = accept(lfd, nullptr, nullptr);
+        auto s = Engine::on_accepted(fd, listener);
+        REQUIRE(sock_send(*s, fd, "220 hi\n", 7) == 7);
+        char buf[8] = {};
+        REQUIRE(sock_recv(*s, fd, buf, 5, MSG_WAITALL) == 5);
+        REQUIRE(std::string(buf) == "QUIT\n");
+        s->release(fd);
+        close(fd);
+      });
+  close(lfd);
+}
+
+TEST_CASE("a Proposal arriving after the server spoke is swallowed, never shown") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  run_pair(
+      [&] {
+        close(lfd);
+        int fd = connect_loopback(port);  // a raw client, playing a late smcpre client
+        char buf[8] = {};
+        if (recv(fd, buf, 7, MSG_WAITALL) != 7) return 1;
+        smcpre::core::clc::Proposal proposal;
+        proposal.ipv4_subnet_be = htonl(0x7f000000);
+        proposal.ipv4_prefix_len = 8;
+        std::vector<uint8_t> bytes = smcpre::core::clc::encode(proposal);
+        bytes.insert(bytes.end(), {'Q', 'U', 'I', 'T', '\n'});
+        if (send(fd, bytes.data(), bytes.size(), 0) != static_cast<ssize_t>(bytes.size())) return 2;
+        close(fd);
+        return 0;
+      },
+      [&] {
+        int fd = accept(lfd, nullptr, nullptr);
+        auto s = Engine::on_accepted(fd, listener);
+        REQUIRE(sock_send(*s, fd, "220 hi\n", 7) == 7);  // before any Proposal: TCP for good
+        char buf[16] = {};
+        REQUIRE(sock_recv(*s, fd, buf, 5, MSG_WAITALL) == 5);
+        REQUIRE(std::string(buf) == "QUIT\n");
+        REQUIRE(sock_recv(*s, fd, buf, sizeof buf) == 0);
+        REQUIRE_FALSE(s->is_smc());
+        close(fd);
+      });
+  close(lfd);
+}
+
+TEST_CASE("close semantics: EOF, EPIPE after the peer closed, ECONNRESET on abortive close") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  run_pair(
+      [&] {
+        close(lfd);
+        // 1: the server closes after sending; we read the data, then EOF, then EPIPE.
+        int fd = connect_loopback(port);
+        auto s = Engine::on_connected(fd);
+        if (!s || !s->is_smc()) return 1;
+        if (sock_send(*s, fd, "go", 2) != 2) return 8;
+        char buf[16];
+        if (sock_recv(*s, fd, buf, 5, MSG_WAITALL) != 5) return 2;
+        if (sock_recv(*s, fd, buf, sizeof buf) != 0) return 3;
+        if (sock_send(*s, fd, "x", 1, MSG_NOSIGNAL) != -1 || errno != EPIPE) return 4;
+        s->release(fd);
+        close(fd);
+        // 2: we close with unread data: the server sees ECONNRESET.
+        fd = connect_loopback(port);
+        s = Engine::on_connected(fd);
+        if (!s || !s->is_smc()) return 5;
+        if (sock_send(*s, fd, "ping", 4) != 4) return 6;
+        // wait until the server's data has arrived, unread
+        if (sock_recv(*s, fd, buf, 1, MSG_PEEK) != 1) return 7;
+        s->release(fd);
+        close(fd);
+        return 0;
+      },
+      [&] {
+        int fd = accept(lfd, nullptr, nullptr);
+        auto s = Engine::on_accepted(fd, listener);
+        char go[2];
+        REQUIRE(sock_recv(*s, fd, go, 2, MSG_WAITALL) == 2);
+        REQUIRE(sock_send(*s, fd, "hello", 5) == 5);
+        REQUIRE(s->is_smc());
+        s->release(fd);
+        close(fd);
+
+        fd = accept(lfd, nullptr, nullptr);
+        s = Engine::on_accepted(fd, listener);
+        char buf[8];
+        REQUIRE(sock_recv(*s, fd, buf, 4, MSG_WAITALL) == 4);
+        REQUIRE(sock_send(*s, fd, "unread", 6) == 6);
+        ssize_t n = sock_recv(*s, fd, buf, sizeof buf);
+        REQUIRE(n == -1);
+        REQUIRE(errno == ECONNRESET);
+        s->release(fd);
+        close(fd);
+      });
+  close(lfd);
+}
+
+TEST_CASE("a peer process that dies mid-stream ends the connection with ECONNRESET") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    Engine::after_fork_in_child();
+    close(lfd);
+    int fd = connect_loopback(port);
+    auto s = Engine::on_connected(fd);
+    std::mt19937 rng(1);
+    send_pattern(*s, fd, 1 << 20, rng);
+    kill(getpid(), SIGKILL);  // mid-stream, without any close
+    _exit(1);
+  }
+  int fd = accept(lfd, nullptr, nullptr);
+  auto s = Engine::on_accepted(fd, listener);
+  std::vector<uint8_t> buf(65536);
+  ssize_t n;
+  uint64_t total = 0;
+  while ((n = sock_recv(*s, fd, buf.data(), buf.size())) > 0) total += static_cast<uint64_t>(n);
+  REQUIRE(s->is_smc());
+  REQUIRE(n == -1);
+  REQUIRE(errno == ECONNRESET);
+  int status;
+  waitpid(pid, &status, 0);
+  s->release(fd);
+  close(fd);
+  close(lfd);
+}
