@@ -19,8 +19,8 @@ enum class DeviceChoice { kAuto, kShm, kVerbs, kNone };
 
 // One SMCPRE_PEERS rule: an IPv4/IPv6 subnet and an inclusive port range.
 struct PeerRule {
-  int family = AF_UNSPEC;      // AF_UNSPEC: any address
-  uint8_t addr[16] = {};       // network byte order; first 4 bytes for AF_INET
+  int family = AF_UNSPEC;  // AF_UNSPEC: any address
+  uint8_t addr[16] = {};   // network byte order; first 4 bytes for AF_INET
   uint8_t prefix_len = 0;
   uint16_t port_min = 1;
   uint16_t port_max = 65535;
@@ -32,12 +32,14 @@ struct PortRange {
 };
 
 struct Config {
-  bool enabled = true;                     // SMCPRE_ENABLE=0|1
+  bool enabled = true;                        // SMCPRE_ENABLE=0|1
   DeviceChoice device = DeviceChoice::kAuto;  // SMCPRE_DEVICE=auto|shm|verbs|none|<ibdev>[:port]
-  std::string verbs_device;                // SMCPRE_DEVICE=<ibdev>[:port]
+  std::string verbs_device;                   // SMCPRE_DEVICE=<ibdev>[:port]
   int verbs_port = 0;
-  uint32_t rmb_size = 256 * 1024;          // SMCPRE_RMB_SIZE, 16K..8M, power of two (CLC nibble)
-  std::string log_level = "off";           // SMCPRE_LOG: trace|debug|info|warn|error|off
+  uint32_t rmb_size = 256 * 1024;  // SMCPRE_RMB_SIZE, 16K..8M, power of two (CLC nibble)
+  // SMCPRE_LOG, stored canonically: trace|debug|info|warn|error|critical|off ("warning" and
+  // any letter case are accepted on input).
+  std::string log_level = "off";
   std::string log_file;                    // SMCPRE_LOG_FILE
   uint32_t handshake_timeout_ms = 2000;    // SMCPRE_HANDSHAKE_TIMEOUT_MS, 1..600000
   std::string runtime_dir;                 // SMCPRE_RUNTIME_DIR (default: see runtime_dir_default)
@@ -46,23 +48,38 @@ struct Config {
   std::vector<uint32_t> shm_allowed_uids;  // SMCPRE_SHM_UIDS: uids besides our own
   // Receive path (issue 5 grows these).
   std::optional<std::vector<int>> backlog_cpus;  // SMCPRE_BACKLOG_CPUS; nullopt = default
-  bool backlog_inline = false;             // SMCPRE_BACKLOG_CPUS=none
-  uint32_t pool_size = 1024;               // SMCPRE_POOL_SIZE receive buffers per process
-  uint32_t rq_depth = 64;                  // SMCPRE_RQ_DEPTH receive queue depth per link
-  uint32_t sq_depth = 256;                 // SMCPRE_SQ_DEPTH
+  bool backlog_inline = false;                   // SMCPRE_BACKLOG_CPUS=none
+  uint32_t pool_size = 1024;                     // SMCPRE_POOL_SIZE receive buffers per process
+  uint32_t rq_depth = 64;                        // SMCPRE_RQ_DEPTH receive queue depth per link
+  uint32_t sq_depth = 256;                       // SMCPRE_SQ_DEPTH
   // Waiting: poll up to this long before sleeping (adaptive below it).
-  uint32_t spin_us = 50;                   // SMCPRE_SPIN_US, 0..100000
-  uint8_t rnr_retry = 7;                   // SMCPRE_RNR_RETRY 0..7 (7 = forever)
-  uint8_t min_rnr_timer = 5;               // SMCPRE_RNR_TIMER IB code 1..31
-  std::string stats;                       // SMCPRE_STATS (issue 6)
+  uint32_t spin_us = 50;      // SMCPRE_SPIN_US, 0..100000
+  uint8_t rnr_retry = 7;      // SMCPRE_RNR_RETRY 0..7 (7 = forever)
+  uint8_t min_rnr_timer = 5;  // SMCPRE_RNR_TIMER IB code 1..31
+  std::string stats;          // SMCPRE_STATS: "" (unset), "exit" or "none"
+  // SMCPRE_* names that parse() does not know: not an error (a newer or older smcpre may
+  // know them), but current() logs a warning for each.
+  std::vector<std::string> unknown_variables;
 };
 
-// Parses `env` (name -> value; names absent from the map are unset). On a bad value,
-// returns a Config with enabled=false and sets *error to one line naming the variable.
+// Parses `env` (name -> value; names absent from the map are unset; names without the
+// SMCPRE_ prefix are ignored). Sets *error (if not null) to "" on success. On a bad value,
+// returns a default Config with enabled=false (keeping only log_level, log_file,
+// runtime_dir and unknown_variables) and sets *error to one line naming the first bad
+// variable (in name order), its value and what is expected.
 Config parse(const std::map<std::string, std::string>& env, std::string* error);
 
-// The process's configuration, parsed once from environ on first use (thread-safe).
+// The process's configuration, parsed once from environ on first use (thread-safe). The
+// first call reports problems: a bad value goes to stderr as "smcpre: <error>" whatever
+// SMCPRE_LOG says (and to the log too when SMCPRE_LOG_FILE is set); unknown variables are
+// logged as warnings.
 const Config& current();
+
+namespace detail {
+// current() without the reporting, for the logger's own lazy setup: the report logs, and
+// logging must be able to read the configuration without recursing into the report.
+const Config& parsed_environment();
+}  // namespace detail
 
 // Default runtime dir: /run/smcpre for root, else $XDG_RUNTIME_DIR/smcpre, else
 // /tmp/smcpre-<uid>.

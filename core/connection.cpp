@@ -149,18 +149,14 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
       if (!waitall || copied == want) return static_cast<ssize_t>(copied);
       continue;
     }
-    // Nothing buffered: end of stream, error, or wait.
-    if (peer_aborted_.load(std::memory_order_acquire) ||
-        link_down_.load(std::memory_order_acquire)) {
-      if (copied > 0) return static_cast<ssize_t>(copied);
-      int error = pending_error_.exchange(0);
-      errno = error != 0 ? error : ECONNRESET;
-      return -1;
-    }
+    // Nothing buffered: end of stream, error, or wait. An orderly close the peer sent
+    // before its link went away is still an orderly close (EOF), as TCP's FIN would be.
+    if (peer_aborted_.load(std::memory_order_acquire)) return end_with_reset(copied);
     if (peer_done_writing_.load(std::memory_order_acquire) ||
         peer_closed_.load(std::memory_order_acquire)) {
       return static_cast<ssize_t>(copied);
     }
+    if (link_down_.load(std::memory_order_acquire)) return end_with_reset(copied);
     if (dontwait) {
       if (copied > 0) return static_cast<ssize_t>(copied);
       errno = EAGAIN;
@@ -179,6 +175,13 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
     }
     if (r == WaitResult::kLinkDown) on_link_down();
   }
+}
+
+ssize_t Connection::end_with_reset(size_t copied) {
+  if (copied > 0) return static_cast<ssize_t>(copied);
+  int error = pending_error_.exchange(0);
+  errno = error != 0 ? error : ECONNRESET;
+  return -1;
 }
 
 ssize_t Connection::fail_send(int error, int flags) {
@@ -314,6 +317,18 @@ void Connection::close(int held_fd) {
   finish_if_closed();
 }
 
+void Connection::close_at_exit() {
+  if (closed_.load() || link_down_.load()) return;
+  // The process exits with the socket open: the kernel would close it (FIN, or RST with
+  // unread data). Do the same so the peer sees EOF, not a reset, when the link goes.
+  const bool unread = rx_available() > 0;
+  std::unique_lock lock(tx_mutex_, std::try_to_lock);  // a writer may be stuck mid-call
+  if (unread) aborted_.store(true);
+  shut_wr_.store(true);
+  closed_.store(true);
+  send_cdc(CdcContext::kReceiver);
+}
+
 void Connection::finish_if_closed() {
   if (!closed_.load()) return;
   if (aborted_.load() || peer_closed_.load() || peer_aborted_.load() || link_down_.load()) {
@@ -386,7 +401,7 @@ void Connection::on_cdc(const cdc::Message& msg) {
 
 void Connection::on_link_down() {
   if (link_down_.exchange(true)) return;
-  if (!closed_.load()) pending_error_.store(ECONNRESET);
+  if (!closed_.load() && !peer_closed_.load()) pending_error_.store(ECONNRESET);
   queue_.wake();
   finish_if_closed();
 }

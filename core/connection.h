@@ -49,6 +49,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The application closed the socket. `held_fd` is a private duplicate of the TCP
   // socket, closed once SMC close has finished.
   void close(int held_fd);
+  // Orderly close of a connection the exiting process never closed.
+  void close_at_exit();
   Readiness readiness();
   bool take_error(int* error);
 
@@ -78,6 +80,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
                                tx_peer_cons_.load(std::memory_order_acquire));
   }
   ssize_t fail_send(int error, int flags);
+  ssize_t end_with_reset(size_t copied);
 
   std::shared_ptr<LinkGroup> group_;
   std::unique_ptr<rdma::MemoryRegion> rmb_;

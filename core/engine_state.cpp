@@ -39,6 +39,10 @@ void EngineState::reset_after_fork() {
   reset_progress_thread_after_fork();
 }
 
+EngineState* EngineState::get_if_created() {
+  return g_state.load(std::memory_order_acquire);
+}
+
 uint64_t EngineState::generation() {
   return g_generation.load(std::memory_order_acquire);
 }
@@ -106,6 +110,17 @@ std::shared_ptr<LinkGroup> EngineState::find_group(const PeerIdentity& peer, rdm
     ++it;
   }
   return found;
+}
+
+void EngineState::close_all_at_exit() {
+  std::vector<std::shared_ptr<LinkGroup>> groups;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& weak : groups_) {
+      if (auto g = weak.lock()) groups.push_back(std::move(g));
+    }
+  }
+  for (auto& g : groups) g->close_all_at_exit();
 }
 
 void EngineState::add_group(std::shared_ptr<LinkGroup> group) {

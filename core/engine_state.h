@@ -22,6 +22,7 @@ class EngineState {
 
   // nullptr when smcpre is disabled for this process.
   static EngineState* get();
+  static EngineState* get_if_created();
   static void reset_after_fork();
   static uint64_t generation();
 
@@ -36,6 +37,8 @@ class EngineState {
   std::shared_ptr<LinkGroup> find_group(const PeerIdentity& peer, rdma::Role role,
                                         std::optional<uint32_t> peer_qp_num);
   void add_group(std::shared_ptr<LinkGroup> group);
+  // Process exit: every connection still open is closed the way the kernel would.
+  void close_all_at_exit();
 
  private:
   const config::Config& config_;

@@ -26,7 +26,7 @@ bool Link::repost(uint64_t index) {
   int rc =
       qp_->post_recv(base + index * kRecvBufferSize, kRecvBufferSize, recv_buffers_->lkey(), index);
   if (rc != 0) {
-    SMC_LOG_WARN("link: post_recv failed: errno {}", rc);
+    if (!qp_->in_error()) SMC_LOG_WARN("link: post_recv failed: errno {}", rc);
     return false;
   }
   return true;
@@ -55,35 +55,56 @@ bool Link::progress() {
   if (polling_.test_and_set(std::memory_order_acquire)) return false;
   bool any = false;
   rdma::WorkCompletion wc[kPollBatch];
-  int n = qp_->poll_recv(wc);
-  for (int i = 0; i < n; ++i) {
-    any = true;
-    if (wc[i].status != rdma::WcStatus::kSuccess) {
-      if (!failed()) {
-        SMC_LOG_WARN("link: receive completion error {}", rdma::to_string(wc[i].status));
+  // After an error, everything the peer completed before it is still delivered (the
+  // devices deliver before they flush): drain it all, so that an orderly close the peer
+  // sent just before it went away is seen as one, then declare the link down.
+  const bool draining = error_pending_.load(std::memory_order_acquire) || qp_->in_error();
+  bool flushed = false;
+  int n;
+  do {
+    n = qp_->poll_recv(wc);
+    for (int i = 0; i < n; ++i) {
+      any = true;
+      if (wc[i].status != rdma::WcStatus::kSuccess) {
+        if (wc[i].status != rdma::WcStatus::kFlushError) {
+          SMC_LOG_WARN("link: receive completion error: {}", rdma::to_string(wc[i].status));
+        }
+        flushed = true;
+        error_pending_.store(true, std::memory_order_release);
+        continue;
       }
-      fail(rdma::to_string(wc[i].status));
-      continue;
+      if (wc[i].wr_id >= recv_depth_) continue;  // never ours: ignore defensively
+      const auto* data =
+          static_cast<const uint8_t*>(recv_buffers_->addr()) + wc[i].wr_id * kRecvBufferSize;
+      // Copy out first so the buffer can go back to the queue before the work is done.
+      uint8_t message[kRecvBufferSize];
+      const uint32_t length = std::min<uint32_t>(wc[i].byte_len, kRecvBufferSize);
+      std::memcpy(message, data, length);
+      if (!draining) repost(wc[i].wr_id);
+      handle_receive(message, length);
     }
-    if (wc[i].wr_id >= recv_depth_) continue;  // never ours: ignore defensively
-    const auto* data =
-        static_cast<const uint8_t*>(recv_buffers_->addr()) + wc[i].wr_id * kRecvBufferSize;
-    // Copy out first so the buffer can go back to the queue before the work is done.
-    uint8_t message[kRecvBufferSize];
-    uint32_t length = std::min<uint32_t>(wc[i].byte_len, kRecvBufferSize);
-    std::memcpy(message, data, length);
-    repost(wc[i].wr_id);
-    handle_receive(message, length);
-  }
+  } while (draining && n > 0);
   n = qp_->poll_send(wc);
   for (int i = 0; i < n; ++i) {
     any = true;
     if (wc[i].status != rdma::WcStatus::kSuccess) {
-      SMC_LOG_WARN("link: send completion error {}", rdma::to_string(wc[i].status));
-      fail(rdma::to_string(wc[i].status));
+      SMC_LOG_WARN("link: send completion error: {}", rdma::to_string(wc[i].status));
+      error_pending_.store(true, std::memory_order_release);
     }
   }
-  if (!failed() && qp_->in_error()) fail("queue pair in error");
+  if (!draining && (error_pending_.load(std::memory_order_acquire) || qp_->in_error())) {
+    // Drain on the next pass (right away, below).
+    polling_.clear(std::memory_order_release);
+    return progress() || any;
+  }
+  if (draining && !failed_.exchange(true, std::memory_order_acq_rel)) {
+    SMC_LOG_WARN("link: down ({}); its connections are reset",
+                 flushed ? "peer gone" : "queue pair error");
+    events_.wake();
+    polling_.clear(std::memory_order_release);
+    group_->on_link_down();
+    return true;
+  }
   polling_.clear(std::memory_order_release);
   return any;
 }
@@ -161,10 +182,10 @@ bool Link::send_confirm_link_request() {
 }
 
 void Link::fail(const char* why) {
-  if (failed_.exchange(true, std::memory_order_acq_rel)) return;
-  SMC_LOG_WARN("link: down ({}); its connections are reset", why);
-  events_.wake();
-  group_->on_link_down();
+  if (failed() || error_pending_.exchange(true, std::memory_order_acq_rel)) return;
+  SMC_LOG_DEBUG("link: failing ({})", why);
+  // Whoever polls next drains what arrived and then declares the link down.
+  progress();
 }
 
 }  // namespace smcpre::core

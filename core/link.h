@@ -75,6 +75,7 @@ class Link {
   std::atomic_flag polling_ = ATOMIC_FLAG_INIT;
   std::atomic<bool> confirmed_{false};
   std::atomic<bool> failed_{false};
+  std::atomic<bool> error_pending_{false};  // failing: drain, then failed_
   WaitQueue events_;
 };
 

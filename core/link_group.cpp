@@ -137,6 +137,17 @@ void LinkGroup::on_link_down() {
   for (auto& c : all) c->on_link_down();
 }
 
+void LinkGroup::close_all_at_exit() {
+  std::vector<std::shared_ptr<Connection>> all;
+  {
+    std::lock_guard lock(table_mutex_);
+    for (auto& c : connections_) {
+      if (c) all.push_back(c);
+    }
+  }
+  for (auto& c : all) c->close_at_exit();
+}
+
 llc::ConfirmLink LinkGroup::make_confirm_link(bool response) const {
   llc::ConfirmLink msg{};
   const rdma::QpEndpoint local = link_->qp().local_endpoint();

@@ -63,6 +63,7 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   // Called by the link (receive processing, any polling thread).
   void on_cdc(const cdc::Message& message);
   void on_link_down();
+  void close_all_at_exit();
   llc::ConfirmLink make_confirm_link(bool response) const;
 
   uint32_t id() const { return id_; }

@@ -9,6 +9,7 @@
 #include "config/config.h"
 #include "config/log.h"
 #include "config/sys.h"
+#include "core/handshake.h"
 #include "core/link_group.h"
 
 namespace smcpre::core {
@@ -21,6 +22,8 @@ constexpr int64_t kAppPollGraceNs = 200'000;
 constexpr int kBusyTimeoutMs = 1;
 constexpr int kIdleTimeoutMs = 1000;
 constexpr int64_t kMinSpinNs = 2'000;
+// How often sockets in a lingering close are looked at.
+constexpr int kLingerPollMs = 10;
 
 }  // namespace
 
@@ -65,6 +68,36 @@ bool ProgressThread::add_link(std::shared_ptr<LinkGroup> group) {
   uint64_t one = 1;
   sys::write(kick_fd_, &one, sizeof one);
   return true;
+}
+
+void ProgressThread::linger_close(int fd, int64_t deadline_ns) {
+  std::lock_guard lock(mutex_);
+  if (!ensure_started()) {
+    sys::close(fd);
+    return;
+  }
+  lingering_.push_back({fd, deadline_ns});
+  uint64_t one = 1;
+  sys::write(kick_fd_, &one, sizeof one);
+}
+
+void ProgressThread::reap_lingering() {
+  const int64_t now = now_ns();
+  for (auto it = lingering_.begin(); it != lingering_.end();) {
+    std::vector<uint8_t> message;
+    clc::Header header;
+    ClcRead read;
+    while ((read = read_clc(it->fd, -1, false, &message, &header)) == ClcRead::kMessage) {
+      SMC_LOG_DEBUG("closed socket: swallowed a late CLC message (type {})",
+                    static_cast<int>(header.type));
+    }
+    if (read == ClcRead::kNeedMore && now < it->deadline_ns) {
+      ++it;
+      continue;
+    }
+    sys::close(it->fd);
+    it = lingering_.erase(it);
+  }
 }
 
 void ProgressThread::on_app_sleep() {
@@ -118,6 +151,11 @@ void ProgressThread::run() {
       }
     }
     int timeout_ms = app_polling ? kBusyTimeoutMs : kIdleTimeoutMs;
+    {
+      std::lock_guard lock(mutex_);
+      reap_lingering();
+      if (!lingering_.empty()) timeout_ms = std::min(timeout_ms, kLingerPollMs);
+    }
     if (deadline >= 0) {
       int64_t left_ms = (deadline - now_ns() + 999'999) / 1'000'000;
       timeout_ms = static_cast<int>(std::clamp<int64_t>(left_ms, 0, timeout_ms));

@@ -39,6 +39,11 @@ class ProgressThread {
   // An application thread stops polling and goes to sleep: make sure the background
   // thread watches with notifications armed.
   void on_app_sleep();
+  // Takes over a TCP socket the application closed while the peer may still send CLC
+  // messages (a late Proposal, an Accept that crossed our Decline): they are consumed so
+  // that the close stays an orderly FIN instead of a RST over unread bytes. The socket is
+  // closed when they have come, on other data or EOF, or at the deadline.
+  void linger_close(int fd, int64_t deadline_ns);
   void stop();
 
  private:
@@ -47,6 +52,12 @@ class ProgressThread {
 
   std::mutex mutex_;  // guards links_ and the epoll set against the thread's use of them
   std::vector<std::shared_ptr<LinkGroup>> groups_;
+  struct Lingering {
+    int fd;
+    int64_t deadline_ns;
+  };
+  std::vector<Lingering> lingering_;
+  void reap_lingering();  // under mutex_
   std::thread thread_;
   int epoll_fd_ = -1;
   int kick_fd_ = -1;

@@ -26,6 +26,7 @@
 #include "core/decline.h"
 #include "core/engine_state.h"
 #include "core/handshake.h"
+#include "core/progress.h"
 
 namespace smcpre::core {
 
@@ -125,7 +126,12 @@ class SmcSocket final : public Socket {
   }
 
   void release(int fd) override {
-    if (state_.load() != State::kSmc || !connection_) return;
+    const State state = state_.load();
+    if (state == State::kServerUndecided || state == State::kTcpSwallow) {
+      linger(fd);
+      return;
+    }
+    if (state != State::kSmc || !connection_) return;
     // A fork child's copy of a parent's connection is the parent's to close.
     if (generation_ != EngineState::generation()) return;
     connection_->close(sys::dup_cloexec(fd));
@@ -169,6 +175,18 @@ class SmcSocket final : public Socket {
     int e = t_deferred_errno;
     t_deferred_errno = 0;
     return e;
+  }
+
+  // The peer may still send CLC bytes nobody will read; closing now would turn the
+  // application's orderly close into a RST. FIN now, swallow them, close later.
+  void linger(int fd) {
+    EngineState* engine = EngineState::get();
+    if (!engine) return;
+    const int held = sys::dup_cloexec(fd);
+    if (held < 0) return;
+    sys::shutdown(held, SHUT_WR);
+    progress_thread().linger_close(
+        held, now_ns() + int64_t{engine->config().handshake_timeout_ms} * 1'000'000);
   }
 
   bool usable() const { return connection_ && generation_ == EngineState::generation(); }
@@ -375,6 +393,10 @@ std::shared_ptr<Socket> Engine::on_accepted(int fd, const std::shared_ptr<Listen
 
 void Engine::after_fork_in_child() {
   EngineState::reset_after_fork();
+}
+
+void Engine::at_exit() {
+  if (EngineState* engine = EngineState::get_if_created()) engine->close_all_at_exit();
 }
 
 }  // namespace smcpre::core

@@ -41,6 +41,10 @@ class Engine {
   // Called in the child after fork(): engine threads are gone there; inherited
   // connections stay owned by the parent and become inert in the child.
   static void after_fork_in_child();
+
+  // The process exits (library destructor): connections it left open get the orderly
+  // close the kernel would give their TCP sockets.
+  static void at_exit();
 };
 
 // Result of Socket::poll_state().

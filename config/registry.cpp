@@ -1,0 +1,224 @@
+// The listener registry: files locked with flock(2). Races resolved here (see registry.h):
+// - A client removes a file only while holding LOCK_EX on it, so never while any listener
+//   holds LOCK_SH.
+// - A listener may lock a file that a client has just removed; it notices because the
+//   path no longer names its inode, and starts over with a fresh file.
+// - Nobody removes the path unless it still names the inode they hold locked.
+#include "config/registry.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <ctime>
+#include <system_error>
+
+#include "config/config.h"
+#include "config/sys.h"
+
+namespace smcpre::registry {
+namespace {
+
+// Publishing waits out clients that briefly hold LOCK_EX while removing a stale file;
+// bounded so that a broken or hostile lock holder can never hang the application's listen().
+constexpr int kPublishAttempts = 64;
+constexpr long kBusyWaitNs = 1000000;  // 1 ms between attempts
+constexpr int kQueryAttempts = 4;
+
+std::string errno_text(int err) {
+  return std::generic_category().message(err);
+}
+
+void set_error(std::string* error, std::string text) {
+  if (error != nullptr) *error = std::move(text);
+}
+
+// True if `path` (still) names the file open on `fd`.
+bool fd_is_at_path(int fd, const std::string& path) {
+  struct stat by_fd;
+  struct stat by_path;
+  if (::fstat(fd, &by_fd) != 0 || ::lstat(path.c_str(), &by_path) != 0) return false;
+  return by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
+}
+
+// Creates `path` with exactly `mode` (mkdir's mode passes through the umask, but the
+// registry's modes are part of its design), or accepts an existing directory.
+bool make_directory(const std::string& path, mode_t mode, std::string* error) {
+  if (::mkdir(path.c_str(), mode) == 0) {
+    if (::chmod(path.c_str(), mode) != 0) {
+      set_error(error, "cannot set mode of " + path + ": " + errno_text(errno));
+      return false;
+    }
+    return true;
+  }
+  const int err = errno;
+  struct stat st;
+  if (err != EEXIST || ::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    set_error(error,
+              "cannot create directory " + path + ": " + errno_text(err == EEXIST ? ENOTDIR : err));
+    return false;
+  }
+  return true;
+}
+
+bool ensure_directories(const std::string& runtime_dir, std::string* error) {
+  if (runtime_dir.empty() || runtime_dir.front() != '/') {
+    set_error(error, "runtime dir \"" + runtime_dir + "\" is not an absolute path");
+    return false;
+  }
+  // mkdir -p for the parents; a parent that cannot be made shows up as the error below.
+  for (size_t slash = runtime_dir.find('/', 1); slash != std::string::npos;
+       slash = runtime_dir.find('/', slash + 1)) {
+    ::mkdir(runtime_dir.substr(0, slash).c_str(), 0755);
+  }
+  // The default per-user dir (possibly in /tmp) is private: anyone able to add files to it
+  // could make our clients send CLC proposals to servers that do not speak SMC.
+  const uid_t uid = ::geteuid();
+  const bool per_user = uid != 0 && runtime_dir == config::runtime_dir_default();
+  if (!make_directory(runtime_dir, per_user ? 0700 : 0755, error)) return false;
+  if (per_user) {
+    struct stat st;
+    if (::lstat(runtime_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != uid ||
+        (st.st_mode & 022) != 0) {
+      set_error(error, "runtime dir " + runtime_dir + " is not a directory owned by uid " +
+                           std::to_string(uid) + " and writable by it alone");
+      return false;
+    }
+  }
+  return make_directory(runtime_dir + "/listeners", 0755, error);
+}
+
+// Opens (creating) `path` and takes LOCK_SH on the file the path names. Returns the fd,
+// or -1 with *error set.
+int lock_shared(const std::string& path, std::string* error) {
+  for (int attempt = 0; attempt < kPublishAttempts; ++attempt) {
+    int fd = ::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0) {
+      if (errno == EINTR) continue;
+      set_error(error, "cannot open " + path + ": " + errno_text(errno));
+      return -1;
+    }
+    if (::flock(fd, LOCK_SH | LOCK_NB) == 0) {
+      if (fd_is_at_path(fd, path)) return fd;
+      // A client removed it as stale between our open and our lock: start over.
+      sys::close(fd);
+      continue;
+    }
+    const int err = errno;
+    sys::close(fd);
+    if (err == EWOULDBLOCK) {
+      // A client holds LOCK_EX for as long as it takes to remove a stale file.
+      timespec pause{0, kBusyWaitNs};
+      ::nanosleep(&pause, nullptr);
+    } else if (err != EINTR) {
+      set_error(error, "cannot lock " + path + ": " + errno_text(err));
+      return -1;
+    }
+  }
+  set_error(error, "cannot lock " + path + ": held exclusively by another process");
+  return -1;
+}
+
+}  // namespace
+
+std::string listener_path(const std::string& runtime_dir, uint16_t port) {
+  return runtime_dir + "/listeners/tcp-" + std::to_string(port);
+}
+
+std::optional<ListenerRegistration> ListenerRegistration::publish(const std::string& runtime_dir,
+                                                                  uint16_t port,
+                                                                  std::string* error) {
+  if (port == 0) {
+    set_error(error, "cannot publish port 0");
+    return std::nullopt;
+  }
+  if (!ensure_directories(runtime_dir, error)) return std::nullopt;
+  std::string path = listener_path(runtime_dir, port);
+  int fd = lock_shared(path, error);
+  if (fd < 0) return std::nullopt;
+  return ListenerRegistration(fd, std::move(path), port);
+}
+
+ListenerRegistration::ListenerRegistration(int fd, std::string path, uint16_t port)
+    : fd_(fd), owner_(::getpid()), port_(port), path_(std::move(path)) {}
+
+ListenerRegistration::ListenerRegistration(ListenerRegistration&& other) noexcept
+    : fd_(other.fd_), owner_(other.owner_), port_(other.port_), path_(std::move(other.path_)) {
+  other.fd_ = -1;
+}
+
+ListenerRegistration& ListenerRegistration::operator=(ListenerRegistration&& other) noexcept {
+  if (this != &other) {
+    release();
+    fd_ = other.fd_;
+    owner_ = other.owner_;
+    port_ = other.port_;
+    path_ = std::move(other.path_);
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+ListenerRegistration::~ListenerRegistration() {
+  release();
+}
+
+void ListenerRegistration::release() {
+  if (fd_ < 0) return;
+  // An inherited fd shares the publisher's lock: converting it would take the lock away
+  // from the parent, and removing the file would unpublish the parent's listener.
+  if (owner_ == ::getpid()) {
+    // Converting our LOCK_SH to LOCK_EX succeeds only if no other listener holds the file.
+    // (On failure Linux has already dropped our shared lock; we are closing anyway.)
+    if (::flock(fd_, LOCK_EX | LOCK_NB) == 0 && fd_is_at_path(fd_, path_)) {
+      ::unlink(path_.c_str());
+    }
+  }
+  sys::close(fd_);
+  fd_ = -1;
+}
+
+bool ListenerRegistration::renew_after_fork(std::string* error) {
+  if (fd_ < 0) {
+    set_error(error, "registration was moved from or dropped");
+    return false;
+  }
+  if (owner_ == ::getpid()) return true;
+  int fd = lock_shared(path_, error);
+  // Closing the inherited fd leaves the parent's lock alone: the parent still has its own
+  // descriptor for the same open file description.
+  sys::close(fd_);
+  fd_ = fd;
+  owner_ = ::getpid();
+  return fd >= 0;
+}
+
+bool is_published(const std::string& runtime_dir, uint16_t port) {
+  if (port == 0) return false;
+  const std::string path = listener_path(runtime_dir, port);
+  for (int attempt = 0; attempt < kQueryAttempts; ++attempt) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+      if (errno == EINTR) continue;
+      return false;  // absent, or unreadable: no proof of an smcpre listener
+    }
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      sys::close(fd);
+      if (err == EWOULDBLOCK) return true;  // a live listener holds LOCK_SH
+      if (err == EINTR) continue;
+      return false;
+    }
+    // Nobody holds it: a listener died without cleaning up. Remove it while we hold the
+    // lock -- unless the path names a newer file by now, which deserves a fresh look.
+    const bool stale = fd_is_at_path(fd, path);
+    if (stale) ::unlink(path.c_str());  // may fail in a dir we cannot write: harmless
+    sys::close(fd);
+    if (stale) return false;
+  }
+  return false;
+}
+
+}  // namespace smcpre::registry
