@@ -21,7 +21,6 @@ constexpr int64_t kAppPollGraceNs = 200'000;
 // While application threads poll, the background thread still looks every millisecond.
 constexpr int kBusyTimeoutMs = 1;
 constexpr int kIdleTimeoutMs = 1000;
-constexpr int64_t kMinSpinNs = 2'000;
 // How often sockets in a lingering close are looked at.
 constexpr int kLingerPollMs = 10;
 
@@ -204,24 +203,25 @@ void reset_progress_thread_after_fork() {
   new (&g_progress_mutex) std::mutex();
 }
 
-void SpinBudget::on_hit(int64_t max_ns) {
-  int64_t b = budget_ns_.load(std::memory_order_relaxed);
-  budget_ns_.store(std::min(max_ns, std::max(kMinSpinNs, b * 2)), std::memory_order_relaxed);
+void SpinBudget::record(int64_t waited_ns, int64_t max_ns) {
+  // Long waits count as a few budgets at most, so a connection that turns busy again
+  // starts polling after a handful of waits.
+  const int64_t sample = std::min(waited_ns, 4 * max_ns);
+  const int64_t avg = average_ns_.load(std::memory_order_relaxed);
+  average_ns_.store(avg + (sample - avg) / 8, std::memory_order_relaxed);
 }
 
-void SpinBudget::on_miss() {
-  int64_t b = budget_ns_.load(std::memory_order_relaxed);
-  budget_ns_.store(std::max(kMinSpinNs, b / 2), std::memory_order_relaxed);
-}
-
-WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,
-                              bool (*pred)(void*), void* ctx) {
+WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget,
+                              int64_t deadline_ns, bool (*pred)(void*), void* ctx) {
   const int64_t max_spin_ns = int64_t{config::current().spin_us} * 1000;
-  if (budget.ns() < 0) budget.budget_ns_.store(max_spin_ns, std::memory_order_relaxed);
-
-  // Phase 1: poll the link ourselves.
   const int64_t start = now_ns();
-  const int64_t spin_ns = std::min(budget.ns(), max_spin_ns);
+  auto done = [&](WaitResult r) {
+    budget.record(now_ns() - start, max_spin_ns);
+    return r;
+  };
+
+  // Phase 1: poll the link ourselves: no syscall, no thread hop.
+  const int64_t spin_ns = budget.spin_ns(max_spin_ns);
   if (spin_ns > 0) {
     link.app_pollers.fetch_add(1, std::memory_order_relaxed);
     int64_t now = start;
@@ -235,32 +235,28 @@ WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, 
       if (link.failed()) break;
       now = now_ns();
       if (now - start >= spin_ns || (deadline_ns >= 0 && now >= deadline_ns)) break;
-      for (int i = 0; i < 16; ++i) cpu_relax();
+      for (int i = 0; i < 8; ++i) cpu_relax();
     }
     link.last_app_poll_ns.store(now, std::memory_order_relaxed);
     link.app_pollers.fetch_sub(1, std::memory_order_relaxed);
-    if (hit) {
-      budget.on_hit(max_spin_ns);
-      return WaitResult::kReady;
-    }
-    budget.on_miss();
+    if (hit) return done(WaitResult::kReady);
   }
   // Phase 2: sleep; the background thread reaps and wakes us.
   link.last_app_poll_ns.store(0, std::memory_order_relaxed);
   while (true) {
     uint32_t seen = queue.seq();
     link.progress();
-    if (pred(ctx)) return WaitResult::kReady;
-    if (link.failed()) return WaitResult::kLinkDown;
-    if (deadline_ns >= 0 && now_ns() >= deadline_ns) return WaitResult::kTimeout;
+    if (pred(ctx)) return done(WaitResult::kReady);
+    if (link.failed()) return done(WaitResult::kLinkDown);
+    if (deadline_ns >= 0 && now_ns() >= deadline_ns) return done(WaitResult::kTimeout);
     progress_thread().on_app_sleep();
     // Bounded sleep so a lost notification can never turn into a hang.
     int64_t wake_at = now_ns() + 1'000'000'000;
     if (deadline_ns >= 0 && deadline_ns < wake_at) wake_at = deadline_ns;
     int r = queue.sleep(seen, wake_at);
     if (r == EINTR) {
-      if (pred(ctx)) return WaitResult::kReady;
-      return WaitResult::kInterrupted;
+      if (pred(ctx)) return done(WaitResult::kReady);
+      return done(WaitResult::kInterrupted);
     }
   }
 }

@@ -70,18 +70,21 @@ void reset_progress_thread_after_fork();
 
 enum class WaitResult { kReady, kTimeout, kInterrupted, kLinkDown };
 
-// Per waiter: how long polling is worth before sleeping. Grows when a wait is satisfied
-// while polling, shrinks when polling ran out and the wait needed a sleep anyway.
+// Per waiter: whether polling is worth it. It keeps a moving average of how long this
+// waiter's waits took. While waits are shorter than the polling budget (a ping-pong, a
+// stream), it polls for the whole budget, which also pulls a pair of peers that were
+// both sleeping back into polling (their sleep-mode round trip is shorter than the
+// budget). When waits are long (an idle connection) it does not poll at all, so an idle
+// connection costs no CPU.
 class SpinBudget {
  public:
-  int64_t ns() const { return budget_ns_.load(std::memory_order_relaxed); }
-  void on_hit(int64_t max_ns);
-  void on_miss();
+  int64_t spin_ns(int64_t max_ns) const {
+    return average_ns_.load(std::memory_order_relaxed) < max_ns ? max_ns : 0;
+  }
+  void record(int64_t waited_ns, int64_t max_ns);
 
  private:
-  std::atomic<int64_t> budget_ns_{-1};  // -1: not yet initialised from config
-  friend WaitResult wait_adaptive_impl(Link&, WaitQueue&, SpinBudget&, int64_t, bool (*)(void*),
-                                       void*);
+  std::atomic<int64_t> average_ns_{0};
 };
 
 WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,

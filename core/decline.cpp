@@ -1,0 +1,76 @@
+#include "core/decline.h"
+
+#include <array>
+
+namespace smcpre::core {
+namespace {
+
+struct Entry {
+  DeclineCode code;
+  const char* name;
+  const char* explanation;
+};
+
+// Kept in ascending code order (all_decline_codes() promises that order).
+constexpr std::array kTable{
+    Entry{DeclineCode::kMem, "MEM", "insufficient memory"},
+    Entry{DeclineCode::kTimeoutCl, "TIMEOUT_CL", "timeout waiting for LLC CONFIRM LINK"},
+    Entry{DeclineCode::kTimeoutAl, "TIMEOUT_AL", "timeout waiting for LLC ADD LINK"},
+    Entry{DeclineCode::kCnfErr, "CNFERR", "configuration error"},
+    Entry{DeclineCode::kPeerNoSmc, "PEERNOSMC", "peer did not indicate SMC"},
+    Entry{DeclineCode::kIpsec, "IPSEC", "IPsec in use on the connection"},
+    Entry{DeclineCode::kNoSmcDev, "NOSMCDEV", "no SMC device found"},
+    Entry{DeclineCode::kNoSmcRDev, "NOSMCRDEV", "no SMC-R device found"},
+    Entry{DeclineCode::kModeUnsupp, "MODEUNSUPP", "SMC modes do not match"},
+    Entry{DeclineCode::kRmbeEc, "RMBE_EC", "peer uses RMBE eyecatchers (unsupported)"},
+    Entry{DeclineCode::kOptUnsupp, "OPTUNSUPP", "unsupported socket option in use"},
+    Entry{DeclineCode::kDiffPrefix, "DIFFPREFIX", "IP subnet or prefix mismatch"},
+    Entry{DeclineCode::kNoActLink, "NOACTLINK", "no active link in the link group"},
+    Entry{DeclineCode::kNoSrvLink, "NOSRVLINK", "server's link not found"},
+    Entry{DeclineCode::kVersMismat, "VERSMISMAT", "SMC version mismatch"},
+    Entry{DeclineCode::kSyncErr, "SYNCERR", "link group out of synchronization"},
+    Entry{DeclineCode::kPeerDecl, "PEERDECL", "peer declined"},
+    Entry{DeclineCode::kIntErr, "INTERR", "internal error"},
+    Entry{DeclineCode::kErrRtok, "ERR_RTOK", "internal error: peer's rkey not usable"},
+    Entry{DeclineCode::kErrRdyLnk, "ERR_RDYLNK", "internal error: link could not be made ready"},
+    Entry{DeclineCode::kErrRegRmb, "ERR_REGRMB", "internal error: RMB registration failed"},
+    Entry{DeclineCode::kPeerCred, "PEER_CRED", "shm peer credentials or nonce rejected"},
+    Entry{DeclineCode::kHandshakeTimeout, "HANDSHAKE_TIMEOUT", "timeout waiting for a CLC message"},
+    Entry{DeclineCode::kNonBlocking, "NON_BLOCKING",
+          "non-blocking or polled socket, not accelerated"},
+    Entry{DeclineCode::kProtocol, "PROTOCOL", "malformed CLC message"},
+    Entry{DeclineCode::kDisabled, "DISABLED", "smcpre disabled by configuration"},
+    Entry{DeclineCode::kLateProposal, "LATE_PROPOSAL",
+          "server application wrote before the CLC Proposal arrived"},
+};
+
+const Entry* find(uint32_t code) {
+  for (const Entry& e : kTable) {
+    if (static_cast<uint32_t>(e.code) == code) return &e;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+const char* decline_name(uint32_t code) {
+  const Entry* e = find(code);
+  return e ? e->name : "UNKNOWN";
+}
+
+const char* decline_explanation(uint32_t code) {
+  const Entry* e = find(code);
+  return e ? e->explanation : "unknown reason code";
+}
+
+const std::vector<uint32_t>& all_decline_codes() {
+  static const std::vector<uint32_t> codes = [] {
+    std::vector<uint32_t> v;
+    v.reserve(kTable.size());
+    for (const Entry& e : kTable) v.push_back(static_cast<uint32_t>(e.code));
+    return v;
+  }();
+  return codes;
+}
+
+}  // namespace smcpre::core

@@ -1,0 +1,77 @@
+// Process life-cycle: fork(), vfork() and exit() with tracked objects.
+//
+// fork() needs no hook: a pthread_atfork child handler, registered when the first
+// object gets tracked (never at load time), resets the engine in the child, whose
+// inherited SMC connections stay owned by the parent (DESIGN.md 8).
+//
+// vfork() children share our memory, fd table included, but run no atfork handler. The
+// owner pid recorded here lets close()/dup2() in such a child leave the parent's table
+// alone.
+//
+// exit(): Engine::at_exit() gives connections still open their orderly close. It is an
+// atexit handler registered at the same moment, not an ELF destructor: exit() runs
+// atexit handlers last-registered-first and only then the libraries' destructors, by
+// which time the engine's function-local statics (configuration, logger), all created
+// before the first tracking, would already be destroyed.
+#include <pthread.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "config/log.h"
+#include "preload/interpose.h"
+
+namespace smcpre::preload {
+
+namespace {
+
+pthread_once_t handlers_once = PTHREAD_ONCE_INIT;
+std::atomic<pid_t> owner_pid{0};
+
+void on_fork_child() {
+  SavedErrno saved;
+  owner_pid.store(getpid(), std::memory_order_relaxed);
+  engine_call("after_fork_in_child", 0, [] {
+    core::Engine::after_fork_in_child();
+    return 0;
+  });
+  saved.restore();
+}
+
+void on_exit() {
+  SavedErrno saved;
+  engine_call("at_exit", 0, [] {
+    core::Engine::at_exit();
+    return 0;
+  });
+  saved.restore();
+}
+
+void register_process_handlers() {
+  owner_pid.store(getpid(), std::memory_order_relaxed);
+  // Both can fail only for lack of memory. Say so loudly rather than fail the
+  // application's socket call.
+  if (int rc = pthread_atfork(nullptr, nullptr, on_fork_child); rc != 0) {
+    log_safely([&] {
+      SMC_LOG_ERROR("preload: pthread_atfork failed ({}); fork() children are unsafe", rc);
+    });
+  }
+  if (atexit(on_exit) != 0) {
+    log_safely(
+        [] { SMC_LOG_ERROR("preload: atexit failed; connections will not be closed at exit"); });
+  }
+}
+
+}  // namespace
+
+void ensure_process_handlers() noexcept {
+  SavedErrno saved;
+  pthread_once(&handlers_once, register_process_handlers);
+  saved.restore();
+}
+
+bool in_owner_process() noexcept {
+  return getpid() == owner_pid.load(std::memory_order_relaxed);
+}
+
+}  // namespace smcpre::preload

@@ -1,0 +1,212 @@
+// Socket set-up hooks: where connections and listeners become tracked. socket() and
+// bind() track nothing: a socket becomes interesting only once it is connected or
+// listening.
+
+// The hooks define the very names glibc's headers may wrap: no _FORTIFY_SOURCE inline
+// wrappers, and no _FILE_OFFSET_BITS=64 redirects (fcntl -> fcntl64, sendfile ->
+// sendfile64), which would give two hooks one symbol. Both names are hooked anyway.
+#undef _FORTIFY_SOURCE
+#undef _FILE_OFFSET_BITS
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+#include "config/sys.h"
+#include "preload/interpose.h"
+
+namespace smcpre::preload {
+namespace {
+
+// An AF_INET/AF_INET6 TCP socket? Asked of the kernel directly (sys::, not our hooks).
+bool is_inet_tcp(int fd) {
+  int value = 0;
+  socklen_t len = sizeof(value);
+  if (sys::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &len) != 0 ||
+      (value != AF_INET && value != AF_INET6)) {
+    return false;
+  }
+  len = sizeof(value);
+  if (sys::getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &len) != 0 || value != SOCK_STREAM) {
+    return false;
+  }
+  len = sizeof(value);
+  return sys::getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &value, &len) == 0 && value == IPPROTO_TCP;
+}
+
+bool is_blocking(int fd) {
+  const int flags = sys::fcntl(fd, F_GETFL);
+  return flags >= 0 && (flags & O_NONBLOCK) == 0;
+}
+
+// accept() and accept4() after the real call returned `fd` from `listen_fd`.
+void on_accept(int listen_fd, int fd) {
+  if (!fds().any()) return;  // no listener is tracked, and nothing can be stale
+  SavedErrno saved;
+  std::shared_ptr<Tracked> listener = fds().lookup(listen_fd);
+  std::shared_ptr<Tracked> entry;
+  if (listener != nullptr && listener->listener != nullptr) entry = prepare_entry(fd);
+  std::shared_ptr<core::Socket> socket;
+  if (entry != nullptr) {
+    socket = engine_call("on_accepted", std::shared_ptr<core::Socket>{},
+                         [&] { return core::Engine::on_accepted(fd, listener->listener); });
+  }
+  if (socket != nullptr) {
+    entry->socket = std::move(socket);
+    track(fd, std::move(entry));
+  } else {
+    forget_stale(fd);
+  }
+  saved.restore();
+}
+
+// getsockopt(SO_ERROR) answered by the engine: copies like the kernel does (truncating
+// to *optlen, writing back the length used).
+int put_int_option(int value, void* optval, socklen_t* optlen) {
+  if (optlen == nullptr) {
+    errno = EFAULT;
+    return -1;
+  }
+  const int len = static_cast<int>(*optlen);
+  if (len < 0) {
+    errno = EINVAL;
+    return -1;
+  }
+  const socklen_t n = len < static_cast<int>(sizeof(value)) ? static_cast<socklen_t>(len)
+                                                            : socklen_t{sizeof(value)};
+  if (n > 0 && optval == nullptr) {
+    errno = EFAULT;
+    return -1;
+  }
+  if (n > 0) std::memcpy(optval, &value, n);
+  *optlen = n;
+  return 0;
+}
+
+}  // namespace
+}  // namespace smcpre::preload
+
+using namespace smcpre::preload;  // NOLINT: the hooks below are C symbols
+
+SMCPRE_HOOK int socket(int domain, int type, int protocol) noexcept {
+  const auto& r = real();
+  if (r.socket == nullptr) return enosys();
+  const int fd = r.socket(domain, type, protocol);
+  if (fd >= 0 && fds().any()) {
+    SavedErrno saved;
+    forget_stale(fd);
+    saved.restore();
+  }
+  return fd;
+}
+
+SMCPRE_HOOK int bind(int fd, const sockaddr* addr, socklen_t len) noexcept {
+  const auto& r = real();
+  if (r.bind == nullptr) return enosys();
+  return r.bind(fd, addr, len);
+}
+
+SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
+  const auto& r = real();
+  if (r.connect == nullptr) return enosys();
+  const int rc = r.connect(fd, addr, len);
+  // Only a completed blocking connect to an IP address is a candidate. Non-blocking
+  // connects (EINPROGRESS) stay plain TCP in this slice. The kernel accepted addr, so
+  // reading its family is safe.
+  if (rc != 0 || addr == nullptr || len < sizeof(sa_family_t) ||
+      (addr->sa_family != AF_INET && addr->sa_family != AF_INET6)) {
+    return rc;
+  }
+  SavedErrno saved;
+  // A tracked socket reconnecting (after connect(AF_UNSPEC)) stays as the engine has it.
+  if (fds().any() && fds().lookup(fd) != nullptr) {
+    saved.restore();
+    return rc;
+  }
+  if (is_blocking(fd) && is_inet_tcp(fd)) {
+    if (std::shared_ptr<Tracked> entry = prepare_entry(fd); entry != nullptr) {
+      entry->socket = engine_call("on_connected", std::shared_ptr<smcpre::core::Socket>{},
+                                  [&] { return smcpre::core::Engine::on_connected(fd); });
+      if (entry->socket != nullptr) track(fd, std::move(entry));
+    }
+  }
+  saved.restore();
+  return rc;
+}
+
+SMCPRE_HOOK int listen(int fd, int backlog) noexcept {
+  const auto& r = real();
+  if (r.listen == nullptr) return enosys();
+  const int rc = r.listen(fd, backlog);
+  if (rc != 0) return rc;
+  SavedErrno saved;
+  // listen() again on a published listener only changes the backlog.
+  std::shared_ptr<Tracked> existing = fds().any() ? fds().lookup(fd) : nullptr;
+  if ((existing == nullptr || existing->listener == nullptr) && is_inet_tcp(fd)) {
+    if (std::shared_ptr<Tracked> entry = prepare_entry(fd); entry != nullptr) {
+      entry->listener = engine_call("on_listen", std::shared_ptr<smcpre::core::Listener>{},
+                                    [&] { return smcpre::core::Engine::on_listen(fd); });
+      if (entry->listener != nullptr) track(fd, std::move(entry));
+    }
+  }
+  saved.restore();
+  return rc;
+}
+
+SMCPRE_HOOK int accept(int fd, sockaddr* addr, socklen_t* addrlen) {
+  const auto& r = real();
+  if (r.accept == nullptr) return enosys();
+  const int nfd = r.accept(fd, addr, addrlen);
+  if (nfd >= 0) on_accept(fd, nfd);
+  return nfd;
+}
+
+SMCPRE_HOOK int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags) {
+  const auto& r = real();
+  if (r.accept4 == nullptr) return enosys();
+  const int nfd = r.accept4(fd, addr, addrlen, flags);
+  if (nfd >= 0) on_accept(fd, nfd);
+  return nfd;
+}
+
+SMCPRE_HOOK int shutdown(int fd, int how) noexcept {
+  const auto& r = real();
+  if (fds().any()) {
+    if (std::shared_ptr<Tracked> t = tracked_socket(fd); t != nullptr) {
+      SavedErrno saved;
+      // Shutting down is a send-side act: an undecided server socket settles to TCP
+      // here, exactly as on its first write.
+      if (route_send(*t->socket, fd, 0) == smcpre::core::Path::kSmc) {
+        const int rc = engine_call("shutdown", -2, [&] { return t->socket->shutdown(how); });
+        if (rc == -2) {
+          errno = EIO;
+          return -1;
+        }
+        if (rc == 0) saved.restore();
+        return rc;
+      }
+      saved.restore();
+    }
+  }
+  if (r.shutdown == nullptr) return enosys();
+  return r.shutdown(fd, how);
+}
+
+SMCPRE_HOOK int getsockopt(int fd, int level, int optname, void* optval,
+                           socklen_t* optlen) noexcept {
+  const auto& r = real();
+  if (level == SOL_SOCKET && optname == SO_ERROR && fds().any()) {
+    if (std::shared_ptr<Tracked> t = tracked_socket(fd); t != nullptr) {
+      SavedErrno saved;
+      int error = 0;
+      const bool taken =
+          engine_call("take_so_error", false, [&] { return t->socket->take_so_error(&error); });
+      saved.restore();
+      if (taken) return put_int_option(error, optval, optlen);
+    }
+  }
+  if (r.getsockopt == nullptr) return enosys();
+  return r.getsockopt(fd, level, optname, optval, optlen);
+}

@@ -1,0 +1,415 @@
+// The shm device: identity, rendezvous listener, protection domains, memory regions.
+#include "rdma/shm_device.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <utility>
+
+#include "config/log.h"
+#include "config/sys.h"
+#include "rdma/shm_qp.h"
+
+namespace smcpre::rdma {
+namespace shm {
+namespace {
+
+// A pending client connection is dropped if no server QP claims it within this time
+// (its CLC handshake failed or timed out long ago).
+constexpr int64_t kPendingTtlNs = 30'000'000'000;
+// Bound on pending connections, so that a local process cannot make us hoard fds.
+constexpr size_t kMaxPending = 256;
+// A server waiting for its hello re-checks the pending table at least this often, in
+// case another thread of the process accepted the connection meanwhile.
+constexpr int kRendezvousSliceMs = 2;
+// How long an announcement of a new region may wait for a peer that does not read.
+constexpr int kAnnounceTimeoutMs = 1000;
+
+constexpr uint8_t kGidPrefix[8] = {0xfe, 0x80, 0, 0, 0, 0, 0, 0};
+
+// Memory keys are unique within the process, like a verbs device's keys within a PD;
+// a peer cannot guess another PD's key and a stale key never aliases a new region.
+std::mutex g_keys_mutex;
+std::unordered_set<uint32_t> g_keys;
+
+uint32_t allocate_key() {
+  std::lock_guard lock(g_keys_mutex);
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    const uint32_t key = random_nonzero(32);
+    if (key == 0) return 0;
+    if (g_keys.insert(key).second) return key;
+  }
+  return 0;
+}
+
+void release_key(uint32_t key) {
+  std::lock_guard lock(g_keys_mutex);
+  g_keys.erase(key);
+}
+
+bool parse_mac(const char* text, Mac* mac) {
+  unsigned v[6];
+  if (std::sscanf(text, "%2x:%2x:%2x:%2x:%2x:%2x", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) != 6) {
+    return false;
+  }
+  bool nonzero = false;
+  for (int i = 0; i < 6; ++i) {
+    (*mac)[i] = static_cast<uint8_t>(v[i]);
+    nonzero |= v[i] != 0;
+  }
+  return nonzero;
+}
+
+// The MAC of the first (by name) non-loopback interface that has one. CLC carries a MAC;
+// a real one makes captures read naturally, but nothing depends on it.
+bool host_mac(Mac* mac) {
+  DIR* dir = ::opendir("/sys/class/net");
+  if (dir == nullptr) return false;
+  std::vector<std::string> names;
+  while (dirent* entry = ::readdir(dir)) {
+    std::string name = entry->d_name;
+    if (name != "." && name != ".." && name != "lo") names.push_back(std::move(name));
+  }
+  ::closedir(dir);
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    const std::string path = "/sys/class/net/" + name + "/address";
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) continue;
+    char text[64] = {};
+    const ssize_t n = sys::read(fd.get(), text, sizeof text - 1);
+    if (n > 0 && parse_mac(text, mac)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool peer_uid_allowed(uint32_t uid, uint32_t own_uid, std::span<const uint32_t> allowed) {
+  return uid == own_uid || std::find(allowed.begin(), allowed.end(), uid) != allowed.end();
+}
+
+Gid gid_for_instance(uint64_t instance_id) {
+  Gid gid{};
+  std::copy(std::begin(kGidPrefix), std::end(kGidPrefix), gid.begin());
+  for (int i = 0; i < 8; ++i) gid[8 + i] = static_cast<uint8_t>(instance_id >> (56 - 8 * i));
+  return gid;
+}
+
+bool instance_from_gid(const Gid& gid, uint64_t* instance_id) {
+  if (!std::equal(std::begin(kGidPrefix), std::end(kGidPrefix), gid.begin())) return false;
+  uint64_t id = 0;
+  for (int i = 0; i < 8; ++i) id = (id << 8) | gid[8 + i];
+  *instance_id = id;
+  return id != 0;
+}
+
+// ---- DeviceState ----
+
+std::shared_ptr<DeviceState> DeviceState::create(const ShmOptions& options, std::string* error) {
+  std::shared_ptr<DeviceState> state(new DeviceState());
+  uint64_t id = 0;
+  while (id == 0) {
+    if (!random_bytes(&id, sizeof id)) {
+      *error = "getrandom failed: no device instance id";
+      return nullptr;
+    }
+  }
+  state->instance_id_ = id;
+  state->gid_ = gid_for_instance(id);
+  if (!host_mac(&state->mac_)) {
+    uint8_t tail[3];
+    if (!random_bytes(tail, sizeof tail)) {
+      *error = "getrandom failed: no MAC";
+      return nullptr;
+    }
+    state->mac_ = Mac{0x02, 0x00, 0x00, tail[0], tail[1], tail[2]};
+  }
+  state->own_uid_ = ::geteuid();
+  state->owner_pid_ = ::getpid();
+  state->allowed_uids_.assign(options.allowed_uids.begin(), options.allowed_uids.end());
+  return state;
+}
+
+DeviceState::~DeviceState() = default;
+
+bool DeviceState::uid_allowed(uint32_t uid) const {
+  return peer_uid_allowed(uid, own_uid_, allowed_uids_);
+}
+
+bool DeviceState::allocate_qp_num(uint32_t* qp_num, std::string* error) {
+  std::lock_guard lock(mutex_);
+  if (::getpid() != owner_pid_) {
+    // The listener belongs to the parent; a forked child must open its own device.
+    *error = "shm device inherited across fork(); open a new one in the child";
+    return false;
+  }
+  if (!listener_.valid() && !start_listener_locked(error)) return false;
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    const uint32_t candidate = random_nonzero(24);
+    if (candidate == 0) break;
+    if (qp_nums_.insert(candidate).second) {
+      *qp_num = candidate;
+      return true;
+    }
+  }
+  *error = "cannot allocate a QP number";
+  return false;
+}
+
+void DeviceState::release_qp_num(uint32_t qp_num) {
+  std::lock_guard lock(mutex_);
+  qp_nums_.erase(qp_num);
+}
+
+bool DeviceState::start_listener_locked(std::string* error) {
+  UniqueFd sock(sys::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!sock.valid()) {
+    *error = errno_text("rendezvous socket", errno);
+    return false;
+  }
+  sockaddr_un addr;
+  const socklen_t len = rendezvous_address(instance_id_, &addr);
+  if (sys::bind(sock.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+    *error = errno_text("rendezvous bind", errno);
+    return false;
+  }
+  if (sys::listen(sock.get(), SOMAXCONN) != 0) {
+    *error = errno_text("rendezvous listen", errno);
+    return false;
+  }
+  listener_ = std::move(sock);
+  SMC_LOG_DEBUG("shm: device {:016x} listening for rendezvous", instance_id_);
+  return true;
+}
+
+void DeviceState::accept_locked(int64_t now) {
+  for (;;) {
+    UniqueFd sock(sys::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!sock.valid()) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        SMC_LOG_WARN("shm: rendezvous accept failed: {}", std::strerror(errno));
+      }
+      return;
+    }
+    ucred cred{};
+    socklen_t cred_len = sizeof cred;
+    if (sys::getsockopt(sock.get(), SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0) {
+      SMC_LOG_WARN("shm: rendezvous SO_PEERCRED failed: {}", std::strerror(errno));
+      continue;
+    }
+    if (pending_.size() >= kMaxPending) {
+      SMC_LOG_WARN("shm: {} rendezvous connections pending; dropping the oldest", kMaxPending);
+      pending_.erase(pending_.begin());
+    }
+    PendingRendezvous p;
+    p.sock = std::move(sock);
+    p.uid = cred.uid;
+    p.pid = cred.pid;
+    p.accepted_ns = now;
+    pending_.push_back(std::move(p));
+  }
+}
+
+void DeviceState::read_hellos_locked() {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if (it->have_hello) {
+      ++it;
+      continue;
+    }
+    ReceivedMsg m;
+    std::string why;
+    const RecvStatus status = recv_message(it->sock.get(), &m, &why);
+    if (status == RecvStatus::kWouldBlock) {
+      ++it;
+      continue;
+    }
+    if (status == RecvStatus::kMessage && m.msg.header.type == uint16_t(MsgType::kHello)) {
+      it->have_hello = true;
+      it->hello = m.msg.endpoint;
+      it->ring_fd = std::move(m.fds[0]);
+      it->event_fd = std::move(m.fds[1]);
+      ++it;
+      continue;
+    }
+    if (status == RecvStatus::kMessage) why = "first message is not a hello";
+    if (status == RecvStatus::kEof) why = "closed before its hello";
+    SMC_LOG_WARN("shm: rendezvous connection from pid {} dropped: {}", it->pid, why);
+    it = pending_.erase(it);
+  }
+}
+
+void DeviceState::expire_locked(int64_t now) {
+  std::erase_if(pending_, [&](const PendingRendezvous& p) {
+    if (now - p.accepted_ns < kPendingTtlNs) return false;
+    SMC_LOG_INFO("shm: rendezvous from pid {} for QP {:#x} never claimed; dropped", p.pid,
+                 p.have_hello ? p.hello.to_qp_num : 0);
+    return true;
+  });
+}
+
+bool DeviceState::take_rendezvous(uint32_t qp_num, uint32_t psn, int64_t deadline_ns,
+                                  PendingRendezvous* out, std::string* error) {
+  std::vector<pollfd> watch;
+  for (;;) {
+    watch.clear();
+    {
+      std::lock_guard lock(mutex_);
+      if (!listener_.valid()) {
+        *error = "shm device has no rendezvous listener";
+        return false;
+      }
+      const int64_t now = now_ns();
+      accept_locked(now);
+      read_hellos_locked();
+      expire_locked(now);
+      for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+        if (it->have_hello && it->hello.to_qp_num == qp_num && it->hello.to_psn == psn) {
+          *out = std::move(*it);
+          pending_.erase(it);
+          return true;
+        }
+      }
+      watch.push_back(pollfd{listener_.get(), POLLIN, 0});
+      for (const PendingRendezvous& p : pending_) {
+        if (!p.have_hello) watch.push_back(pollfd{p.sock.get(), POLLIN, 0});
+      }
+    }
+    const int left = ms_until(deadline_ns);
+    if (left <= 0) {
+      *error = "no rendezvous hello naming this QP and PSN arrived (wrong nonce, or peer gone)";
+      return false;
+    }
+    // Waits without the lock so that other QPs' connect calls proceed; fds that another
+    // thread closes meanwhile only cause an early wakeup.
+    sys::poll(watch.data(), watch.size(), std::min(left, kRendezvousSliceMs));
+  }
+}
+
+// ---- PdState ----
+
+void PdState::add_region(const AnnouncedRegion& region) {
+  std::lock_guard lock(mutex_);
+  regions_.push_back(region);
+  for (ShmQp* qp : qps_) qp->announce_region(region, kAnnounceTimeoutMs);
+}
+
+void PdState::remove_region(uint32_t rkey) {
+  std::lock_guard lock(mutex_);
+  std::erase_if(regions_, [&](const AnnouncedRegion& r) { return r.rkey == rkey; });
+}
+
+bool PdState::attach(ShmQp* qp, std::string* error) {
+  std::lock_guard lock(mutex_);
+  for (const AnnouncedRegion& region : regions_) {
+    if (!qp->announce_region(region, kAnnounceTimeoutMs)) {
+      *error = "cannot announce memory regions to the peer";
+      return false;
+    }
+  }
+  qps_.push_back(qp);
+  return true;
+}
+
+void PdState::detach(ShmQp* qp) {
+  std::lock_guard lock(mutex_);
+  std::erase(qps_, qp);
+}
+
+// ---- objects behind the public interface ----
+
+namespace {
+
+class ShmMemoryRegion final : public MemoryRegion {
+ public:
+  ShmMemoryRegion(std::shared_ptr<PdState> pd, SharedMemory memory, size_t length, uint32_t lkey,
+                  uint32_t rkey)
+      : pd_(std::move(pd)), memory_(std::move(memory)) {
+    addr_ = memory_.addr();
+    length_ = length;
+    lkey_ = lkey;
+    rkey_ = rkey;
+  }
+  ~ShmMemoryRegion() override {
+    // Peers that mapped the region keep their mapping until their QP goes away; they
+    // are never told, as with verbs, where a deregistered rkey simply stops working.
+    pd_->remove_region(rkey_);
+    release_key(lkey_);
+    release_key(rkey_);
+  }
+
+  int fd() const { return memory_.fd(); }
+
+ private:
+  std::shared_ptr<PdState> pd_;
+  SharedMemory memory_;
+};
+
+class ShmProtectionDomain final : public ProtectionDomain {
+ public:
+  explicit ShmProtectionDomain(std::shared_ptr<DeviceState> device)
+      : state_(std::make_shared<PdState>(std::move(device))) {}
+
+  std::unique_ptr<MemoryRegion> register_memory(size_t length, std::string* error) override {
+    if (length == 0 || length > kMaxRegionBytes) {
+      *error = "memory region size out of range: " + std::to_string(length);
+      return nullptr;
+    }
+    SharedMemory memory;
+    if (!memory.create("smcpre-mr", length, error)) return nullptr;
+    const uint32_t lkey = allocate_key();
+    const uint32_t rkey = lkey == 0 ? 0 : allocate_key();
+    if (rkey == 0) {
+      if (lkey != 0) release_key(lkey);
+      *error = "cannot allocate memory keys";
+      return nullptr;
+    }
+    auto mr = std::make_unique<ShmMemoryRegion>(state_, std::move(memory), length, lkey, rkey);
+    state_->add_region(AnnouncedRegion{rkey, mr->remote_addr(), length, mr->fd()});
+    return mr;
+  }
+
+  std::unique_ptr<QueuePair> create_qp(const QpConfig& config, std::string* error) override {
+    return ShmQp::create(state_, config, error);
+  }
+
+ private:
+  std::shared_ptr<PdState> state_;
+};
+
+class ShmDevice final : public Device {
+ public:
+  explicit ShmDevice(std::shared_ptr<DeviceState> state) : state_(std::move(state)) {}
+
+  std::string name() const override { return "shm"; }
+  DeviceCaps caps() const override {
+    return DeviceCaps{.write_from_any_memory = true, .max_inline = 64};
+  }
+  Gid gid() const override { return state_->gid(); }
+  Mac mac() const override { return state_->mac(); }
+  std::unique_ptr<ProtectionDomain> alloc_pd(std::string*) override {
+    return std::make_unique<ShmProtectionDomain>(state_);
+  }
+
+ private:
+  std::shared_ptr<DeviceState> state_;
+};
+
+}  // namespace
+}  // namespace shm
+
+std::unique_ptr<Device> open_shm_device(const ShmOptions& options, std::string* error) {
+  auto state = shm::DeviceState::create(options, error);
+  if (!state) return nullptr;
+  SMC_LOG_DEBUG("shm: device {:016x} opened", state->instance_id());
+  return std::make_unique<shm::ShmDevice>(std::move(state));
+}
+
+}  // namespace smcpre::rdma

@@ -1,0 +1,118 @@
+// The shm device's process-wide parts: the device (identity, rendezvous listener and
+// its table of pending client connections) and protection domains (memory regions, and
+// the QPs to which new regions are announced). The queue pair is in rdma/shm_qp.h.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "rdma/device.h"
+#include "rdma/shm_memory.h"
+#include "rdma/shm_wire.h"
+
+namespace smcpre::rdma::shm {
+
+class ShmQp;
+
+// The uid check both ends of a rendezvous apply to SO_PEERCRED: our own uid, or one
+// listed in ShmOptions::allowed_uids.
+bool peer_uid_allowed(uint32_t uid, uint32_t own_uid, std::span<const uint32_t> allowed);
+
+// GID layout: fe80:0000:0000:0000 followed by the device's 64-bit instance id.
+Gid gid_for_instance(uint64_t instance_id);
+// False if `gid` is not an shm device GID.
+bool instance_from_gid(const Gid& gid, uint64_t* instance_id);
+
+// A client connection the listener accepted, with its hello once it has arrived.
+struct PendingRendezvous {
+  UniqueFd sock;
+  uint32_t uid = 0;
+  int32_t pid = 0;
+  int64_t accepted_ns = 0;
+  bool have_hello = false;
+  EndpointMsg hello{};
+  UniqueFd ring_fd;
+  UniqueFd event_fd;
+};
+
+// State shared by the device object, its PDs and QPs (whichever the engine destroys
+// last keeps it alive).
+class DeviceState {
+ public:
+  static std::shared_ptr<DeviceState> create(const ShmOptions& options, std::string* error);
+  ~DeviceState();
+
+  uint64_t instance_id() const { return instance_id_; }
+  const Gid& gid() const { return gid_; }
+  const Mac& mac() const { return mac_; }
+  bool uid_allowed(uint32_t uid) const;
+
+  // A QP number unique among this device's live QPs. The first call also starts the
+  // rendezvous listener.
+  bool allocate_qp_num(uint32_t* qp_num, std::string* error);
+  void release_qp_num(uint32_t qp_num);
+
+  // Server side of the rendezvous: waits (until deadline_ns) for the client connection
+  // whose hello names this QP (qp_num, psn). Accepts and reads hellos for other QPs
+  // meanwhile, keeping them for their own connect call.
+  bool take_rendezvous(uint32_t qp_num, uint32_t psn, int64_t deadline_ns, PendingRendezvous* out,
+                       std::string* error);
+
+ private:
+  DeviceState() = default;
+  bool start_listener_locked(std::string* error);
+  void accept_locked(int64_t now);
+  void read_hellos_locked();
+  void expire_locked(int64_t now);
+
+  uint64_t instance_id_ = 0;
+  Gid gid_{};
+  Mac mac_{};
+  uint32_t own_uid_ = 0;
+  pid_t owner_pid_ = 0;
+  std::vector<uint32_t> allowed_uids_;
+
+  std::mutex mutex_;
+  UniqueFd listener_;
+  std::vector<PendingRendezvous> pending_;
+  std::unordered_set<uint32_t> qp_nums_;
+};
+
+// A region as announced to the QPs of its PD.
+struct AnnouncedRegion {
+  uint32_t rkey = 0;
+  uint64_t addr = 0;
+  uint64_t length = 0;
+  int fd = -1;  // owned by the memory region
+};
+
+// A protection domain's regions and connected QPs. Regions are exposed to QPs of their
+// own PD only: a QP that connects gets every region registered so far, and a region
+// registered later is sent to every connected QP at once.
+class PdState {
+ public:
+  explicit PdState(std::shared_ptr<DeviceState> device) : device_(std::move(device)) {}
+
+  const std::shared_ptr<DeviceState>& device() const { return device_; }
+
+  void add_region(const AnnouncedRegion& region);
+  void remove_region(uint32_t rkey);
+  // Announces the current regions to `qp`, then keeps it informed of new ones.
+  bool attach(ShmQp* qp, std::string* error);
+  void detach(ShmQp* qp);
+
+ private:
+  std::shared_ptr<DeviceState> device_;
+  std::mutex mutex_;
+  std::vector<AnnouncedRegion> regions_;
+  std::vector<ShmQp*> qps_;
+};
+
+}  // namespace smcpre::rdma::shm

@@ -1,0 +1,75 @@
+// Helpers shared by the test programs (tcpapp, entrypoints, tcpbench): the deterministic
+// data pattern, a small PRNG, socket setup, TCP_INFO and JSON output.
+//
+// These programs are ordinary TCP applications that know nothing of smcpre; everything
+// here is plain libc, exactly what an unmodified application would call.
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+// ---- pseudo-random numbers -------------------------------------------------------------
+
+// splitmix64's finaliser: a bijective 64-bit mix, used both as the pattern generator
+// (random access by word index) and to derive seeds.
+uint64_t mix64(uint64_t x);
+
+struct rng {
+  uint64_t state;
+};
+void rng_seed(struct rng* r, uint64_t seed);
+uint64_t rng_next(struct rng* r);
+// Uniform in [lo, hi] (inclusive); hi >= lo.
+uint64_t rng_range(struct rng* r, uint64_t lo, uint64_t hi);
+
+// ---- the data pattern ------------------------------------------------------------------
+
+// Byte `offset + i` of stream `seed` is a pure function of (seed, offset + i), so any chunk
+// of a stream can be produced or verified independently of how the stream was chunked.
+void pattern_fill(uint64_t seed, uint64_t offset, void* buf, size_t len);
+// Returns the index of the first byte that differs from the pattern, or SIZE_MAX if none.
+size_t pattern_check(uint64_t seed, uint64_t offset, const void* buf, size_t len);
+
+// Position-sensitive running checksum (Fletcher-style, two 32-bit sums) of a byte stream.
+struct fletcher {
+  uint32_t a, b;
+};
+void fletcher_update(struct fletcher* f, const void* buf, size_t len);
+uint64_t fletcher_value(const struct fletcher* f);
+
+// ---- sockets ---------------------------------------------------------------------------
+
+// Creates a listening TCP socket on `bind_addr` (numeric IPv4/IPv6) and `port` (0 = any)
+// and stores the port actually bound in *bound_port. Returns the fd or -1 (message on
+// stderr).
+int listen_tcp(const char* bind_addr, int port, int* bound_port);
+// Connects to host:port (numeric or resolvable name). Returns the fd or -1 (errno kept).
+int connect_tcp(const char* host, int port);
+// Local or peer port of a connected socket (0 on failure).
+int local_port(int fd);
+int peer_port(int fd);
+
+struct tcpstats {
+  uint64_t bytes_received;  // tcpi_bytes_received: payload bytes the kernel TCP received
+  uint64_t bytes_acked;     // tcpi_bytes_acked: payload bytes sent and acknowledged
+  uint32_t segs_in, segs_out;
+  bool valid;
+};
+// Reads TCP_INFO straight from the kernel socket.
+struct tcpstats tcp_stats(int fd);
+
+// ---- misc ------------------------------------------------------------------------------
+
+// Parses a non-negative size with an optional K/M/G suffix (binary units); -1 on error.
+long long parse_size(const char* s);
+// Monotonic clock in nanoseconds.
+uint64_t now_ns(void);
+// Writes `s` to `out` as a JSON string literal (quotes included), or null if s is NULL.
+void json_string(FILE* out, const char* s);
+// Installs a SIGALRM handler that prints "<prog>: timeout after N s<detail>" and exits 3,
+// then arms alarm(seconds). `detail`, if not NULL, is called from the handler to name what
+// the program was doing (must be async-signal-safe: return a static string).
+void arm_timeout(const char* prog, unsigned seconds, const char* (*detail)(void));

@@ -1,0 +1,290 @@
+"""Shared helpers for smcpre's integration tests (Python 3 standard library only).
+
+Every test gets its own SMCPRE_RUNTIME_DIR (so the host-wide listener registry of one test
+never leaks into another), starts the test programs from tests/apps with or without
+LD_PRELOAD=libsmcpre.so, bounds every wait with a timeout (a stuck process group is killed
+and the test fails, it never hangs), and collects the JSON lines the programs print.
+
+The path a connection took is proven independently of smcpre's own claims: the programs
+report the kernel's TCP_INFO counters of their socket. Over SMC the kernel TCP connection
+carries only the CLC handshake (~200 bytes); over TCP it carries the whole payload.
+
+Environment (set by tests/integration/meson.build):
+  SMCPRE_LIB   path of libsmcpre.so      (default: <repo>/build/preload/libsmcpre.so)
+  SMCPRE_APPS  directory of the programs (default: <repo>/build/tests/apps)
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+LIB = os.environ.get("SMCPRE_LIB") or os.path.join(REPO, "build", "preload", "libsmcpre.so")
+APPS = os.environ.get("SMCPRE_APPS") or os.path.join(REPO, "build", "tests", "apps")
+
+# Kernel TCP payload bytes an SMC connection may show (the CLC handshake is ~200 bytes).
+SMC_TCP_LIMIT = 4096
+# Transfers at least this large prove the path by TCP_INFO alone.
+PROOF_MIN = 64 * 1024
+# smcpre's info-level log line for a connection that moved onto SMC (both sides).
+SMC_ESTABLISHED = "connection SMC established"
+
+KIB = 1024
+MIB = 1024 * 1024
+
+
+def app(name):
+    return os.path.join(APPS, name)
+
+
+class Proc:
+    """A child process in its own process group; stdout and stderr are collected by
+    threads so that neither pipe can fill up and block the child."""
+
+    def __init__(self, argv, env, name):
+        self.name = name
+        self.argv = argv
+        self.stdout_lines = []
+        self.stderr_lines = []
+        self._cond = threading.Condition()
+        self.popen = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self._readers = [
+            threading.Thread(target=self._pump, args=(self.popen.stdout, self.stdout_lines),
+                             daemon=True),
+            threading.Thread(target=self._pump, args=(self.popen.stderr, self.stderr_lines),
+                             daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    def _pump(self, pipe, lines):
+        for raw in iter(pipe.readline, b""):
+            with self._cond:
+                lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._cond.notify_all()
+        pipe.close()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_stderr(self, pattern, timeout):
+        """Waits for a stderr line matching `pattern`; returns the match or None (on
+        timeout or when the process ended first)."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.stderr_lines[seen:]:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                seen = len(self.stderr_lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.popen.poll() is not None
+                                 and not self._readers[1].is_alive()):
+                    return None
+                self._cond.wait(min(left, 0.1))
+
+    def finish(self, timeout):
+        """Waits for exit; kills the process group and returns None on timeout."""
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        for t in self._readers:
+            t.join(5)
+        return self.popen.returncode
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def kill(self):
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(10)
+        for t in self._readers:
+            t.join(5)
+
+    def records(self):
+        out = []
+        for line in list(self.stdout_lines):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def stderr_text(self):
+        with self._cond:
+            return "\n".join(self.stderr_lines)
+
+    def describe(self, tail=40):
+        with self._cond:
+            err = self.stderr_lines[-tail:]
+            out = self.stdout_lines[-tail:]
+        return "--- %s: %s (exit %s)\n    stdout: %s\n    stderr:\n      %s" % (
+            self.name, " ".join(self.argv), self.popen.returncode,
+            "\n            ".join(out) or "(none)", "\n      ".join(err) or "(none)")
+
+
+class SmcTestCase(unittest.TestCase):
+    """Base class: a runtime dir per test, process bookkeeping, path assertions."""
+
+    # Default log level for preloaded processes: info shows connection outcomes, which
+    # makes failures readable and lets small transfers prove their path by log.
+    log_level = "info"
+
+    @classmethod
+    def setUpClass(cls):
+        missing = [p for p in (LIB, app("tcpapp")) if not os.path.exists(p)]
+        if missing:
+            raise unittest.SkipTest("not built: " + ", ".join(missing))
+
+    def setUp(self):
+        self.runtime_dir = tempfile.mkdtemp(prefix="smcpre-it-")
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            p.kill()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    # ---- processes ------------------------------------------------------------------
+
+    def env(self, preload, extra=None):
+        """The environment of a test program: the caller's minus every SMCPRE_* variable
+        (a developer's own settings must not change what a test means, and smcpre would
+        warn about SMCPRE_LIB/SMCPRE_APPS, which are ours)."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SMCPRE_") and k != "LD_PRELOAD"}
+        env["SMCPRE_RUNTIME_DIR"] = self.runtime_dir
+        if preload:
+            env["LD_PRELOAD"] = LIB
+            env["SMCPRE_LOG"] = self.log_level
+        for k, v in (extra or {}).items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        return env
+
+    def start(self, argv, preload, env=None, name=None):
+        p = Proc(argv, self.env(preload, env), name or os.path.basename(argv[0]))
+        self.procs.append(p)
+        return p
+
+    def start_server(self, program, args, preload=True, env=None, name="server", timeout=15):
+        """Starts a server on port 0 and returns (proc, port) once it prints
+        'listening <port>'."""
+        p = self.start([app(program), "server", "--port", "0"] + list(args), preload, env, name)
+        m = p.wait_stderr(r"^listening (\d+)$", timeout)
+        if m is None:
+            p.kill()
+            self.fail("server did not report its port within %ss\n%s" % (timeout, p.describe()))
+        return p, int(m.group(1))
+
+    def finish(self, proc, timeout, expect_rc=0, others=()):
+        """Waits for `proc`; fails (with every process's output) on timeout or a wrong
+        exit status."""
+        rc = proc.finish(timeout)
+        if rc is None:
+            self.fail("%s did not finish within %ss (killed)\n%s" % (
+                proc.name, timeout, self.describe_all(proc, others)))
+        if expect_rc is not None and rc != expect_rc:
+            self.fail("%s exited %s, expected %s\n%s" % (
+                proc.name, rc, expect_rc, self.describe_all(proc, others)))
+        return rc
+
+    def describe_all(self, *procs_and_lists):
+        seen, parts = set(), []
+        for item in procs_and_lists:
+            for p in (item if isinstance(item, (list, tuple)) else [item]):
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    parts.append(p.describe())
+        return "\n".join(parts)
+
+    def transfer(self, mode, nbytes, server_args=(), client_args=(), server_preload=True,
+                 client_preload=True, server_env=None, client_env=None, timeout=90,
+                 server_knows_size=True):
+        """One tcpapp server + client run; returns (server, client, server_records,
+        client_records) after checking both exited 0 and every record is ok."""
+        sargs = ["--mode", mode] + list(server_args)
+        if server_knows_size or mode == "source":
+            sargs += ["--bytes", str(nbytes)]
+        srv, port = self.start_server("tcpapp", sargs, server_preload, server_env)
+        cli = self.start([app("tcpapp"), "client", "--host", "127.0.0.1", "--port", str(port),
+                          "--mode", mode, "--bytes", str(nbytes),
+                          "--timeout", str(timeout - 5)] + list(client_args),
+                         client_preload, client_env, "client")
+        self.finish(cli, timeout, 0, [srv])
+        self.finish(srv, 20, 0, [cli])
+        srec, crec = srv.records(), cli.records()
+        self.assert_records_ok(srec, crec, srv, cli)
+        return srv, cli, srec, crec
+
+    # ---- assertions -----------------------------------------------------------------
+
+    def assert_records_ok(self, srec, crec, *procs):
+        self.assertTrue(srec and crec, "missing JSON output\n" + self.describe_all(*procs))
+        for r in srec + crec:
+            self.assertTrue(r.get("ok"), "not ok: %s\n%s" % (r, self.describe_all(*procs)))
+
+    @staticmethod
+    def moved(r):
+        return max(r.get("bytes_sent", 0), r.get("bytes_received", 0))
+
+    def assert_smc(self, srec, crec, procs=(), by_log=True):
+        """Both ends used SMC: the kernel TCP connection carried at most SMC_TCP_LIMIT
+        payload bytes in each direction. A transfer smaller than PROOF_MIN cannot prove
+        that by itself; then (by_log) both processes must have logged SMC_ESTABLISHED."""
+        small = False
+        for r in srec + crec:
+            for key in ("tcp_bytes_received", "tcp_bytes_acked"):
+                self.assertLess(
+                    r[key], SMC_TCP_LIMIT,
+                    "%s %s=%d although %d bytes moved: this connection used TCP, not SMC\n%s"
+                    % (r["role"], key, r[key], self.moved(r), self.describe_all(*procs)))
+            if self.moved(r) < PROOF_MIN:
+                small = True
+        if small and by_log:
+            for p in procs:
+                self.assertTrue(SMC_ESTABLISHED in p.stderr_text(),
+                                "%s: small transfer, and no '%s' log line\n%s"
+                                % (p.name, SMC_ESTABLISHED, self.describe_all(*procs)))
+
+    def assert_tcp(self, srec, crec, procs=()):
+        """The payload went over kernel TCP: every byte an end received was received by
+        its kernel TCP socket too."""
+        for r in srec + crec:
+            if r["bytes_received"] > 0:
+                self.assertGreaterEqual(
+                    r["tcp_bytes_received"], r["bytes_received"],
+                    "%s received %d bytes but its TCP socket only %d: not plain TCP\n%s"
+                    % (r["role"], r["bytes_received"], r["tcp_bytes_received"],
+                       self.describe_all(*procs)))
+
+
+def main():
+    unittest.main(verbosity=2)

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Every interposed data call (read, write, readv, writev, send, recv, sendto, recvfrom,
+sendmsg, recvmsg, the fortified __read_chk/__recv_chk/__recvfrom_chk, MSG_PEEK,
+MSG_WAITALL, a dup'd fd, shutdown and close) on one connection, over SMC and over TCP."""
+
+import os
+import shutil
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import SmcTestCase, app, main  # noqa: E402
+
+# What the program must import for the test to mean anything.
+REQUIRED_IMPORTS = {
+    "read", "write", "readv", "writev", "send", "recv", "sendto", "recvfrom", "sendmsg",
+    "recvmsg", "__read_chk", "__recv_chk", "__recvfrom_chk", "dup", "shutdown", "close",
+}
+
+
+class EntrypointsTest(SmcTestCase):
+
+    def run_pair(self, preload):
+        srv, port = self.start_server("entrypoints", [], preload)
+        cli = self.start([app("entrypoints"), "client", "--host", "127.0.0.1", "--port",
+                          str(port), "--timeout", "30"], preload, name="client")
+        self.finish(cli, 40, 0, [srv])
+        self.finish(srv, 20, 0, [cli])
+        srec, crec = srv.records(), cli.records()
+        self.assert_records_ok(srec, crec, srv, cli)
+        for r in srec + crec:
+            self.assertEqual(r["steps_done"], r["steps"], r)
+        return srv, cli, srec, crec
+
+    def test_imports_fortified_calls(self):
+        """The binary really calls the fortified variants (and the plain ones)."""
+        nm = shutil.which("nm")
+        if nm is None:
+            raise unittest.SkipTest("nm (binutils) is not installed")
+        out = subprocess.run([nm, "-D", "--undefined-only", app("entrypoints")],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        imported = {line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()}
+        self.assertEqual(REQUIRED_IMPORTS - imported, set(), "entrypoints does not import these")
+
+    def test_over_smc(self):
+        srv, cli, srec, crec = self.run_pair(True)
+        self.assert_smc(srec, crec, (srv, cli))
+
+    def test_over_tcp(self):
+        srv, cli, srec, crec = self.run_pair(False)
+        self.assert_tcp(srec, crec, (srv, cli))
+
+
+if __name__ == "__main__":
+    main()
