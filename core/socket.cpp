@@ -148,7 +148,7 @@ class SmcSocket final : public Socket {
     if (state_.load() != State::kServerUndecided) return;
     // Polled sockets are not accelerated in this slice: decide for TCP now, declining a
     // Proposal that is already there so the client does not wait.
-    decide_server(fd, /*polled=*/true, /*wait=*/false);
+    decide_server(fd, /*sending=*/false, /*polled=*/true, /*wait=*/false);
     if (state_.load() == State::kServerUndecided) {
       finish_tcp(static_cast<uint32_t>(DeclineCode::kNonBlocking), true);
     }
@@ -201,7 +201,7 @@ class SmcSocket final : public Socket {
     std::lock_guard lock(mutex_);
     const bool wait = !sending && !(flags & MSG_DONTWAIT) && !nonblocking_.load();
     if (state_.load() == State::kServerUndecided) {
-      if (!decide_server(fd, false, wait)) return Path::kSmc;  // deferred error
+      if (!decide_server(fd, sending, false, wait)) return Path::kSmc;  // deferred error
     }
     if (state_.load() == State::kTcpSwallow && !sending) {
       if (!swallow(fd, wait)) return Path::kSmc;  // deferred error
@@ -218,7 +218,7 @@ class SmcSocket final : public Socket {
 
   // Looks for a Proposal at the start of the stream. Returns false if the caller's call
   // must fail with t_deferred_errno.
-  bool decide_server(int fd, bool polled, bool wait) {
+  bool decide_server(int fd, bool sending, bool polled, bool wait) {
     EngineState* engine = EngineState::get();
     if (!engine) {
       finish_tcp(static_cast<uint32_t>(DeclineCode::kDisabled), false);
@@ -235,6 +235,13 @@ class SmcSocket final : public Socket {
       ssize_t n = sys::recv(fd, peek.data(), peek.size(), MSG_PEEK | MSG_DONTWAIT);
       if (n > 0) {
         read = read_clc(fd, bounded, true, &message, &header);
+        if (read == ClcRead::kNeedMore) {
+          // The start of a header that never completes: application data after all.
+          SMC_LOG_INFO("server: incomplete CLC header within {} ms: TCP",
+                       engine->config().handshake_timeout_ms);
+          finish_tcp(static_cast<uint32_t>(DeclineCode::kProtocol), false);
+          return true;
+        }
       } else if (wait) {
         read = read_clc(fd, -1, true, &message, &header);
       }
@@ -244,13 +251,13 @@ class SmcSocket final : public Socket {
         t_deferred_errno = EINTR;
         return false;
       case ClcRead::kNeedMore:
-        if (!wait && !polled) {
+        if (sending) {
           // The server application writes before any Proposal arrived (rule 2): TCP for
           // good; a Proposal arriving later is swallowed.
           SMC_LOG_DEBUG("server: application spoke first: TCP");
           finish_tcp(static_cast<uint32_t>(DeclineCode::kLateProposal), true);
         }
-        return true;  // a non-blocking receive: still undecided
+        return true;  // a non-blocking receive or a poll: still undecided
       case ClcRead::kMessage:
         break;
       default:  // not CLC (a plain client), EOF, error

@@ -30,6 +30,7 @@ struct TestEnv {
     dir = mkdtemp(tmpl);
     setenv("SMCPRE_RUNTIME_DIR", dir.c_str(), 1);
     setenv("SMCPRE_RMB_SIZE", "64K", 1);  // small rings: wraps and flow control get exercised
+    setenv("SMCPRE_RQ_DEPTH", "16", 1);   // a short receive queue: RNR gets exercised
     signal(SIGPIPE, SIG_IGN);
   }
   std::string dir;
@@ -163,6 +164,41 @@ TEST_CASE("client and server move data over SMC in both directions") {
           s->release(fd);
           close(fd);
         }
+      });
+  close(lfd);
+}
+
+TEST_CASE("one-byte writes, one CDC each, far more than the receive queue holds") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  const int kBytes = 20000;
+  run_pair(
+      [&] {
+        close(lfd);
+        int fd = connect_loopback(port);
+        auto s = Engine::on_connected(fd);
+        if (!s || !s->is_smc()) return 1;
+        for (int i = 0; i < kBytes; ++i) {
+          uint8_t b = pattern(static_cast<uint64_t>(i));
+          if (sock_send(*s, fd, &b, 1) != 1) return 2;
+        }
+        s->shutdown(SHUT_WR);
+        char c;
+        if (sock_recv(*s, fd, &c, 1) != 0) return 3;
+        s->release(fd);
+        close(fd);
+        return 0;
+      },
+      [&] {
+        int fd = accept(lfd, nullptr, nullptr);
+        auto s = Engine::on_accepted(fd, listener);
+        std::mt19937 rng(3);
+        REQUIRE(recv_pattern(*s, fd, rng) == kBytes);
+        REQUIRE(s->is_smc());
+        s->release(fd);
+        close(fd);
       });
   close(lfd);
 }
