@@ -1,6 +1,7 @@
 #include "core/progress.h"
 
 #include <sys/epoll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 
 #include <algorithm>
@@ -21,6 +22,8 @@ constexpr int64_t kAppPollGraceNs = 200'000;
 // While application threads poll, the background thread still looks every millisecond.
 constexpr int kBusyTimeoutMs = 1;
 constexpr int kIdleTimeoutMs = 1000;
+// A poll that has not succeeded within this long yields the CPU between looks.
+constexpr int64_t kYieldAfterNs = 5'000;
 // How often sockets in a lingering close are looked at.
 constexpr int kLingerPollMs = 10;
 
@@ -235,7 +238,13 @@ WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget,
       if (link.failed()) break;
       now = now_ns();
       if (now - start >= spin_ns || (deadline_ns >= 0 && now >= deadline_ns)) break;
-      for (int i = 0; i < 8; ++i) cpu_relax();
+      if (now - start < kYieldAfterNs) {
+        for (int i = 0; i < 8; ++i) cpu_relax();
+      } else {
+        // Still waiting: the peer may need this very CPU (more runnable threads than
+        // cores). Polling on, but letting it run.
+        sched_yield();
+      }
     }
     link.last_app_poll_ns.store(now, std::memory_order_relaxed);
     link.app_pollers.fetch_sub(1, std::memory_order_relaxed);
