@@ -590,7 +590,7 @@ void ShmQp::enqueue_locked(const WorkRequest& wr) {
     q.copy = std::make_unique_for_overwrite<uint8_t[]>(wr.length);
     std::memcpy(q.copy.get(), wr.data, wr.length);
   }
-  
+  q.wr.data = q.copy.get();
   sq_.push_back(std::move(q));
 }
 

@@ -13,6 +13,9 @@
 // post runs without locks, syscalls or allocations, and the send-side state belongs to
 // the posting thread; while it is not, the state belongs to whoever holds sq_mutex_.
 // `sq_count_` (release/acquire) hands that ownership over.
+//
+// fork(): the shared mappings are MADV_DONTFORK, so a QP inherited by a child may only be
+// destroyed there (which leaves the parent's connection alone), never used.
 #pragma once
 
 #include <sys/types.h>

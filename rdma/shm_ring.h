@@ -6,10 +6,12 @@
 //   posted  receiver: receive buffers posted so far (release)
 //   filled  sender:   messages delivered so far (seq_cst, see RingSender::send)
 //   armed   receiver sets it before sleeping, the sender clears it when it notifies
-// Slot i % depth carries the i-th message: {length, payload[payload_capacity]}.
-// Everything else (wr_ids, buffer pointers, the consumed count) stays private, so a
-// peer can at worst corrupt its own messages. Values read from shared memory are copied
-// once and validated before use: the peer process is not trusted.
+// Slot i % depth carries message i (counting from 0): {seq = i + 1, length, payload}.
+// A polling receiver watches the seq of its next slot rather than `filled`, so a 44-byte
+// message costs one cache line transfer, not two; `filled` serves the sleep/wake
+// handshake. Everything else (wr_ids, buffer pointers, the consumed count) stays
+// private, so a peer can at worst corrupt its own messages. Values read from shared
+// memory are copied once and validated before use: the peer process is not trusted.
 //
 // Header-only: these are the data path's inner loops and must inline into the QP.
 #pragma once
@@ -45,6 +47,7 @@ struct RingHeader {
 static_assert(sizeof(RingHeader) == 3 * kCacheLine);
 
 struct SlotHeader {
+  uint64_t seq;  // message number + 1, stored last (release)
   uint32_t length;
   uint32_t reserved;
 };
@@ -105,37 +108,38 @@ class RingReceiver {
     return 0;
   }
 
-  // Completes delivered messages into `out`. When the peer broke the protocol, stops and
-  // sets *violation (the caller puts the QP in error); a message too long for its
-  // buffer also yields a kLocalLengthError completion.
+  // Completes delivered messages into `out`. Only slots we posted are ever read, and
+  // one counts as filled only if its seq is exactly the next message number, so no
+  // value the peer writes can make us consume a buffer twice or read a slot we did not
+  // hand out. A message longer than its buffer yields a kLocalLengthError completion
+  // and sets *violation (the caller puts the QP in error).
   int poll(std::span<WorkCompletion> out, const char** violation) {
     const uint64_t consumed = consumed_.load(std::memory_order_relaxed);
-    const uint64_t filled = detail::shared_word(header_->filled).load(std::memory_order_acquire);
-    const uint64_t available = filled - consumed;
-    if (available == 0 || out.empty()) return 0;
-    // A sender may fill only posted slots; anything else is a corrupt or hostile peer
-    // (and would make us read slots that were never handed out).
-    if (available > posted_.load(std::memory_order_relaxed) - consumed) {
-      *violation = "peer filled more receive slots than were posted";
-      return 0;
-    }
-    const size_t n = std::min<uint64_t>(available, out.size());
-    for (size_t i = 0; i < n; ++i) {
-      const uint64_t index = (consumed + i) % geometry_.depth;
+    const uint64_t outstanding = posted_.load(std::memory_order_relaxed) - consumed;
+    const size_t limit = std::min<uint64_t>(outstanding, out.size());
+    size_t n = 0;
+    for (; n < limit; ++n) {
+      const uint64_t index = (consumed + n) % geometry_.depth;
       uint8_t* slot = slots_ + index * stride_;
       auto* slot_header = reinterpret_cast<SlotHeader*>(slot);
+      // Acquire: the length and payload stored before the seq are visible.
+      if (detail::shared_word(slot_header->seq).load(std::memory_order_acquire) !=
+          consumed + n + 1) {
+        break;
+      }
       const uint32_t length =
           detail::shared_word(slot_header->length).load(std::memory_order_relaxed);
       const PostedBuffer& buffer = posted_list_[index];
-      consumed_.store(consumed + i + 1, std::memory_order_relaxed);
       if (length > geometry_.payload || length > buffer.length) {
-        out[i] = WorkCompletion{buffer.wr_id, WcStatus::kLocalLengthError, WcOpcode::kRecv, 0};
+        out[n] = WorkCompletion{buffer.wr_id, WcStatus::kLocalLengthError, WcOpcode::kRecv, 0};
+        consumed_.store(consumed + n + 1, std::memory_order_relaxed);
         *violation = "received message longer than the posted buffer";
-        return static_cast<int>(i + 1);
+        return static_cast<int>(n + 1);
       }
       std::memcpy(buffer.data, slot + sizeof(SlotHeader), length);
-      out[i] = WorkCompletion{buffer.wr_id, WcStatus::kSuccess, WcOpcode::kRecv, length};
+      out[n] = WorkCompletion{buffer.wr_id, WcStatus::kSuccess, WcOpcode::kRecv, length};
     }
+    consumed_.store(consumed + n, std::memory_order_relaxed);
     return static_cast<int>(n);
   }
 
@@ -152,11 +156,12 @@ class RingReceiver {
     return static_cast<int>(n);
   }
 
-  // Asks the sender to notify us, then reports whether a message is already waiting.
-  // Pairs with RingSender::send: we store `armed` then load `filled`, the sender stores
-  // `filled` then loads `armed`, all seq_cst. In the single total order one of the two
-  // loads comes last and sees the other side's store, so either the sender notifies or
-  // we see its message here; a wakeup cannot be lost. May run concurrently with poll().
+  // Asks the sender to notify us, then reports whether a message may be waiting (a
+  // hostile `filled` only causes a spurious wakeup). Pairs with RingSender::send: we
+  // store `armed` then load `filled`, the sender stores `filled` then loads `armed`, all
+  // seq_cst. In the single total order one of the two loads comes last and sees the
+  // other side's store, so either the sender notifies or we see its message here; a
+  // wakeup cannot be lost. May run concurrently with poll().
   bool arm() {
     detail::shared_word(header_->armed).store(1, std::memory_order_seq_cst);
     const uint64_t filled = detail::shared_word(header_->filled).load(std::memory_order_seq_cst);
@@ -216,8 +221,10 @@ class RingSender {
     std::memcpy(slot + sizeof(SlotHeader), data, length);
     if (++slot_index_ == geometry_.depth) slot_index_ = 0;
     ++filled_;
-    // seq_cst store then seq_cst load: see RingReceiver::arm. The store also releases
-    // the slot contents written above.
+    // Release: a receiver that sees the seq sees the message.
+    detail::shared_word(slot_header->seq).store(filled_, std::memory_order_release);
+    // seq_cst store then seq_cst load: see RingReceiver::arm. A polling receiver never
+    // reads `filled`, so its line stays in our cache.
     detail::shared_word(header_->filled).store(filled_, std::memory_order_seq_cst);
     auto armed = detail::shared_word(header_->armed);
     *notify = armed.load(std::memory_order_seq_cst) != 0 &&
