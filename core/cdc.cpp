@@ -4,8 +4,16 @@
 #include <cstdio>
 #include <cstring>
 
+#include "core/wire.h"
+
 namespace smcpre::core::cdc {
 namespace {
+
+using wire::fail;
+using wire::get_be16;
+using wire::get_be32;
+using wire::put_be16;
+using wire::put_be32;
 
 // Byte offsets inside the 44-byte message. Each cursor is reserved u16, wrap u16,
 // count u32.
@@ -30,40 +38,12 @@ constexpr uint8_t kPeerDoneWriting = 0x80;
 constexpr uint8_t kPeerConnClosed = 0x40;
 constexpr uint8_t kPeerConnAbort = 0x20;
 
-uint16_t get_be16(const uint8_t* p) {
-  return static_cast<uint16_t>(p[0] << 8 | p[1]);
-}
-uint32_t get_be32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 |
-         static_cast<uint32_t>(p[2]) << 8 | p[3];
-}
-void put_be16(uint8_t* p, uint16_t v) {
-  p[0] = static_cast<uint8_t>(v >> 8);
-  p[1] = static_cast<uint8_t>(v);
-}
-void put_be32(uint8_t* p, uint32_t v) {
-  put_be16(p, static_cast<uint16_t>(v >> 16));
-  put_be16(p + 2, static_cast<uint16_t>(v));
-}
-
 void put_cursor(uint8_t* p, WireCursor c) {
   put_be16(p + kCursorWrap, c.wrap);
   put_be32(p + kCursorCount, c.count);
 }
 WireCursor get_cursor(const uint8_t* p) {
   return WireCursor{get_be16(p + kCursorWrap), get_be32(p + kCursorCount)};
-}
-
-[[gnu::format(printf, 2, 3)]] bool fail(std::string* error, const char* fmt, ...) {
-  if (error != nullptr) {
-    char buf[96];
-    va_list ap;
-    va_start(ap, fmt);
-    std::vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    *error = buf;
-  }
-  return false;
 }
 
 }  // namespace

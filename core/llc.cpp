@@ -5,8 +5,18 @@
 #include <cstdio>
 #include <cstring>
 
+#include "core/wire.h"
+
 namespace smcpre::core::llc {
 namespace {
+
+using wire::fail;
+using wire::get_be24;
+using wire::get_be32;
+using wire::get_be64;
+using wire::put_be24;
+using wire::put_be32;
+using wire::put_be64;
 
 // Header: type, length (44), a byte only ADD LINK uses (reject reason), flags.
 constexpr size_t kOffType = 0;
@@ -40,41 +50,6 @@ constexpr size_t kOffCrNumOther = 4;
 constexpr size_t kOffCrRkey = 5;
 constexpr size_t kOffCrVaddr = 9;
 constexpr uint8_t kMaxRkeysPerMessage = 3;  // Linux's bound on that count
-
-uint32_t get_be24(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) << 16 | static_cast<uint32_t>(p[1]) << 8 | p[2];
-}
-uint32_t get_be32(const uint8_t* p) {
-  return get_be24(p) << 8 | p[3];
-}
-uint64_t get_be64(const uint8_t* p) {
-  return static_cast<uint64_t>(get_be32(p)) << 32 | get_be32(p + 4);
-}
-void put_be24(uint8_t* p, uint32_t v) {
-  p[0] = static_cast<uint8_t>(v >> 16);
-  p[1] = static_cast<uint8_t>(v >> 8);
-  p[2] = static_cast<uint8_t>(v);
-}
-void put_be32(uint8_t* p, uint32_t v) {
-  p[0] = static_cast<uint8_t>(v >> 24);
-  put_be24(p + 1, v);
-}
-void put_be64(uint8_t* p, uint64_t v) {
-  put_be32(p, static_cast<uint32_t>(v >> 32));
-  put_be32(p + 4, static_cast<uint32_t>(v));
-}
-
-[[gnu::format(printf, 2, 3)]] bool fail(std::string* error, const char* fmt, ...) {
-  if (error != nullptr) {
-    char buf[96];
-    va_list ap;
-    va_start(ap, fmt);
-    std::vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    *error = buf;
-  }
-  return false;
-}
 
 uint8_t* put_header(std::span<uint8_t, kSize> out, Type type, uint8_t flags) {
   uint8_t* p = out.data();

@@ -7,24 +7,11 @@
 #include <vector>
 
 #include "core/cdc.h"
+#include "tests/unit/hex.h"
 
 namespace cdc = smcpre::core::cdc;
-using Bytes = std::vector<uint8_t>;
 
 namespace {
-
-Bytes hex(const char* text) {
-  Bytes out;
-  for (const char* p = text; *p != '\0';) {
-    if (*p == ' ' || *p == '\n') {
-      ++p;
-      continue;
-    }
-    out.push_back(static_cast<uint8_t>(std::stoul(std::string(p, 2), nullptr, 16)));
-    p += 2;
-  }
-  return out;
-}
 
 Bytes encoded(const cdc::Message& m) {
   std::array<uint8_t, cdc::kSize> buf;

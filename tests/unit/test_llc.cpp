@@ -6,24 +6,11 @@
 #include <vector>
 
 #include "core/llc.h"
+#include "tests/unit/hex.h"
 
 namespace llc = smcpre::core::llc;
-using Bytes = std::vector<uint8_t>;
 
 namespace {
-
-Bytes hex(const char* text) {
-  Bytes out;
-  for (const char* p = text; *p != '\0';) {
-    if (*p == ' ' || *p == '\n') {
-      ++p;
-      continue;
-    }
-    out.push_back(static_cast<uint8_t>(std::stoul(std::string(p, 2), nullptr, 16)));
-    p += 2;
-  }
-  return out;
-}
 
 template <typename T>
 Bytes encoded(const T& m) {
