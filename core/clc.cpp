@@ -6,8 +6,20 @@
 #include <cstdio>
 #include <cstring>
 
+#include "core/wire.h"
+
 namespace smcpre::core::clc {
 namespace {
+
+using wire::fail;
+using wire::get_be16;
+using wire::get_be24;
+using wire::get_be32;
+using wire::get_be64;
+using wire::put_be16;
+using wire::put_be24;
+using wire::put_be32;
+using wire::put_be64;
 
 // Header byte 7: version in the high nibble, then two bits Linux calls typev2 and two it
 // calls typev1. In a version 1 message the upper typev2 bit is the flag (first contact in
@@ -23,12 +35,13 @@ constexpr uint8_t kSmcTypeD = 1;
 constexpr size_t kOffPeerId = 8;
 constexpr size_t kOffGid = 16;
 constexpr size_t kOffMac = 32;
-// Proposal.
+// Proposal. The IP area starts at kProposalBaseSize + IP area offset; its fields are
+// relative to that start.
 constexpr size_t kOffIpareaOffset = 38;
-constexpr size_t kOffSubnet = 40;
-constexpr size_t kOffPrefixLen = 44;
-constexpr size_t kOffIpv6Count = 47;  // after 2 reserved bytes
-constexpr size_t kOffIpv6Prefixes = 48;
+constexpr size_t kIpSubnet = 0;
+constexpr size_t kIpPrefixLen = 4;
+constexpr size_t kIpIpv6Count = 7;  // after 2 reserved bytes
+constexpr size_t kIpIpv6Prefixes = kIpAreaSize;
 // Accept / Confirm.
 constexpr size_t kOffQpn = 38;
 constexpr size_t kOffRkey = 41;
@@ -44,36 +57,6 @@ constexpr size_t kOffDiagnosis = 16;
 constexpr uint8_t kMinMtuCode = 1;  // IB_MTU_256
 constexpr uint8_t kMaxMtuCode = 5;  // IB_MTU_4096
 constexpr uint32_t kMinRmbeSize = 16 * 1024;
-
-uint16_t get_be16(const uint8_t* p) {
-  return static_cast<uint16_t>(p[0] << 8 | p[1]);
-}
-uint32_t get_be24(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) << 16 | static_cast<uint32_t>(p[1]) << 8 | p[2];
-}
-uint32_t get_be32(const uint8_t* p) {
-  return get_be24(p) << 8 | p[3];
-}
-uint64_t get_be64(const uint8_t* p) {
-  return static_cast<uint64_t>(get_be32(p)) << 32 | get_be32(p + 4);
-}
-void put_be16(uint8_t* p, uint16_t v) {
-  p[0] = static_cast<uint8_t>(v >> 8);
-  p[1] = static_cast<uint8_t>(v);
-}
-void put_be24(uint8_t* p, uint32_t v) {
-  p[0] = static_cast<uint8_t>(v >> 16);
-  p[1] = static_cast<uint8_t>(v >> 8);
-  p[2] = static_cast<uint8_t>(v);
-}
-void put_be32(uint8_t* p, uint32_t v) {
-  put_be16(p, static_cast<uint16_t>(v >> 16));
-  put_be16(p + 2, static_cast<uint16_t>(v));
-}
-void put_be64(uint8_t* p, uint64_t v) {
-  put_be32(p, static_cast<uint32_t>(v >> 32));
-  put_be32(p + 4, static_cast<uint32_t>(v));
-}
 
 const char* type_name(Type type) {
   switch (type) {
@@ -130,18 +113,6 @@ bool length_possible(Type type, uint8_t version, size_t length) {
   if (type == Type::kDecline) return length == kDeclineV2Size;
   const LengthRange r = any_version_range(type);
   return length >= r.min && length <= r.max;
-}
-
-[[gnu::format(printf, 2, 3)]] bool fail(std::string* error, const char* fmt, ...) {
-  if (error != nullptr) {
-    char buf[160];
-    va_list ap;
-    va_start(ap, fmt);
-    std::vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    *error = buf;
-  }
-  return false;
 }
 
 // Checks what every message type shares: header size, eyecatcher, type, and that the
@@ -296,18 +267,21 @@ std::vector<uint8_t> encode(const Proposal& m) {
   assert(m.ipv4_prefix_len <= 32);
   assert(m.ipv6_prefixes.size() <= kMaxIpv6Prefixes);
   const size_t count = std::min(m.ipv6_prefixes.size(), kMaxIpv6Prefixes);
-  std::vector<uint8_t> out(kProposalMinSize + count * kIpv6PrefixSize, 0);
+  std::vector<uint8_t> out(kProposalSize + count * kIpv6PrefixSize, 0);
   uint8_t* p = out.data();
   put_header(p, Type::kProposal, out.size(), false);
   put_local(p, m.local);
-  put_be16(p + kOffIpareaOffset, 0);  // the IP area follows directly
-  std::memcpy(p + kOffSubnet, &m.ipv4_subnet_be, sizeof(m.ipv4_subnet_be));  // already BE
-  p[kOffPrefixLen] = m.ipv4_prefix_len;
-  p[kOffIpv6Count] = static_cast<uint8_t>(count);
+  // The SMC-D area stays zero: no ISM GID/CHID (SMC-D is not offered) and no version 2
+  // extension offset, as in what Linux sends when it proposes SMC-R only.
+  put_be16(p + kOffIpareaOffset, static_cast<uint16_t>(kSmcdAreaSize));
+  uint8_t* ip = p + kProposalBaseSize + kSmcdAreaSize;
+  std::memcpy(ip + kIpSubnet, &m.ipv4_subnet_be, sizeof(m.ipv4_subnet_be));  // already BE
+  ip[kIpPrefixLen] = m.ipv4_prefix_len;
+  ip[kIpIpv6Count] = static_cast<uint8_t>(count);
   for (size_t i = 0; i < count; ++i) {
     const Ipv6Prefix& prefix = m.ipv6_prefixes[i];
     assert(prefix.prefix_len <= 128);
-    uint8_t* q = p + kOffIpv6Prefixes + i * kIpv6PrefixSize;
+    uint8_t* q = ip + kIpIpv6Prefixes + i * kIpv6PrefixSize;
     std::memcpy(q, prefix.prefix.data(), prefix.prefix.size());
     q[prefix.prefix.size()] = prefix.prefix_len;
   }
@@ -345,26 +319,35 @@ bool parse_proposal(std::span<const uint8_t> msg, Proposal* out, std::string* er
     return fail(error, "length %u > %zu for Proposal", hdr.length, kMaxMessageSize);
   }
   const uint8_t* p = msg.data();
-  // A non-zero offset announces an SMC-D area before the IP area, which an SMC-R-only
-  // version 1 Proposal does not have.
+  // 0: the IP area follows the offset field (RFC 7609); 40: after Linux's SMC-D area.
+  // Linux takes anything up to the SMC-D area's size, and so do we: more would be a
+  // layout nobody defines.
   const uint16_t iparea_offset = get_be16(p + kOffIpareaOffset);
-  if (iparea_offset != 0) return fail(error, "unsupported IP area offset %u", iparea_offset);
-  const uint8_t count = p[kOffIpv6Count];
+  if (iparea_offset > kSmcdAreaSize) {
+    return fail(error, "IP area offset %u > %zu", iparea_offset, kSmcdAreaSize);
+  }
+  const size_t ip_start = kProposalBaseSize + iparea_offset;
+  if (hdr.length < ip_start + kIpAreaSize + kTrailerSize) {
+    return fail(error, "length %u too short for an IP area at offset %u", hdr.length,
+                iparea_offset);
+  }
+  const uint8_t* ip = p + ip_start;
+  const uint8_t count = ip[kIpIpv6Count];
   if (count > kMaxIpv6Prefixes) return fail(error, "too many IPv6 prefixes (%u)", count);
-  const size_t expected = kProposalMinSize + count * kIpv6PrefixSize;
+  const size_t expected = ip_start + kIpAreaSize + count * kIpv6PrefixSize + kTrailerSize;
   if (hdr.length != expected) {
-    return fail(error, "length %u != %zu for Proposal with %u IPv6 prefixes", hdr.length, expected,
-                count);
+    return fail(error, "length %u != %zu for Proposal with IP area offset %u and %u IPv6 prefixes",
+                hdr.length, expected, iparea_offset, count);
   }
   if (!check_trailer(msg, error)) return false;
-  if (p[kOffPrefixLen] > 32) return fail(error, "bad IPv4 prefix length %u", p[kOffPrefixLen]);
+  if (ip[kIpPrefixLen] > 32) return fail(error, "bad IPv4 prefix length %u", ip[kIpPrefixLen]);
   Proposal m;
   get_local(p, &m.local);
-  std::memcpy(&m.ipv4_subnet_be, p + kOffSubnet, sizeof(m.ipv4_subnet_be));
-  m.ipv4_prefix_len = p[kOffPrefixLen];
+  std::memcpy(&m.ipv4_subnet_be, ip + kIpSubnet, sizeof(m.ipv4_subnet_be));
+  m.ipv4_prefix_len = ip[kIpPrefixLen];
   m.ipv6_prefixes.resize(count);
   for (size_t i = 0; i < count; ++i) {
-    const uint8_t* q = p + kOffIpv6Prefixes + i * kIpv6PrefixSize;
+    const uint8_t* q = ip + kIpIpv6Prefixes + i * kIpv6PrefixSize;
     Ipv6Prefix& prefix = m.ipv6_prefixes[i];
     std::memcpy(prefix.prefix.data(), q, prefix.prefix.size());
     prefix.prefix_len = q[prefix.prefix.size()];

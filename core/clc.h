@@ -27,15 +27,29 @@ inline constexpr size_t kHeaderSize = 8;
 inline constexpr size_t kTrailerSize = 4;
 inline constexpr size_t kMaxIpv6Prefixes = 8;
 inline constexpr size_t kIpv6PrefixSize = 17;  // 16-byte prefix + 1-byte length
-// Proposal with an IPv4 prefix and no IPv6 prefixes.
-inline constexpr size_t kProposalMinSize = 52;
+// A Proposal is: header, local block and the u16 IP area offset (kProposalBaseSize), an
+// SMC-D information area of "IP area offset" bytes, the IP area (IPv4 subnet u32, prefix
+// length u8, 2 reserved, IPv6 prefix count u8), the IPv6 prefixes, the trailer. RFC 7609
+// and Linux before 5.10 put the IP area right after the offset field (offset 0) in an
+// SMC-R-only Proposal; Linux since 5.10 always sends the 40-byte SMC-D area (zeroed when
+// SMC-D is not offered), and so does smcpre, since Wireshark decodes only that layout.
+// (Linux 5.10+ also writes version 2 in a Proposal's header, with "no version 2 type" if
+// it offers version 1 only; smcpre writes version 1, which Linux takes in this layout.)
+inline constexpr size_t kProposalBaseSize = 40;
+inline constexpr size_t kSmcdAreaSize = 40;  // Linux struct smc_clc_msg_smcd
+inline constexpr size_t kIpAreaSize = 8;
+// The smallest Proposal: IP area offset 0, no IPv6 prefixes.
+inline constexpr size_t kProposalMinSize = kProposalBaseSize + kIpAreaSize + kTrailerSize;  // 52
+// What encode(Proposal) writes when there are no IPv6 prefixes (IP area offset 40).
+inline constexpr size_t kProposalSize = kProposalMinSize + kSmcdAreaSize;  // 92
 inline constexpr size_t kAcceptConfirmSize = 68;
 inline constexpr size_t kDeclineSize = 28;
 // Version >= 2 Declines carry four more diagnosis words (Linux smc_clc_msg_decline_v2).
 inline constexpr size_t kDeclineV2Size = 44;
-// The largest message smcpre reads: a Proposal with the most IPv6 prefixes.
+// The largest message smcpre reads: a Proposal with the SMC-D area and the most IPv6
+// prefixes.
 inline constexpr size_t kMaxMessageSize =
-    kProposalMinSize + kMaxIpv6Prefixes * kIpv6PrefixSize;  // 188
+    kProposalSize + kMaxIpv6Prefixes * kIpv6PrefixSize;  // 228
 
 // The sender's identity and RoCE port ("local" block of Proposal/Accept/Confirm).
 struct LocalInfo {
@@ -91,8 +105,10 @@ enum class HeaderResult { kOk, kNeedMore, kNotClc };
 // for the type and version). kOk: *out is filled; the message is header.length bytes.
 HeaderResult parse_header(std::span<const uint8_t> bytes, Header* out);
 
-// Encoders write version 1, SMC-R. They assert on values that do not fit their wire
-// fields (24-bit qp_num/psn, 4-bit codes, prefix lengths, more than 8 IPv6 prefixes).
+// Encoders write version 1, SMC-R. A Proposal gets IP area offset 40 and a zeroed SMC-D
+// area: the layout Linux uses when it proposes SMC-R only. They assert on values that do
+// not fit their wire fields (24-bit qp_num/psn, 4-bit codes, prefix lengths, more than 8
+// IPv6 prefixes).
 std::vector<uint8_t> encode(const Proposal& proposal);
 std::vector<uint8_t> encode_accept(const AcceptConfirm& accept);
 std::vector<uint8_t> encode_confirm(const AcceptConfirm& confirm);
@@ -101,7 +117,8 @@ std::vector<uint8_t> encode(const Decline& decline);
 // Each parses exactly one whole message (msg.size() must equal the header's length) and
 // returns false with a reason in *error (if error is not null) on any malformation.
 // Proposal/Accept/Confirm must be version 1, SMC-R; a Decline of any version >= 1 is
-// accepted (its version-2 extension is ignored).
+// accepted (its version-2 extension is ignored). A Proposal's IP area offset may be 0 to
+// kSmcdAreaSize (as Linux accepts); the SMC-D area's content is ignored.
 bool parse_proposal(std::span<const uint8_t> msg, Proposal* out, std::string* error);
 bool parse_accept(std::span<const uint8_t> msg, AcceptConfirm* out, std::string* error);
 bool parse_confirm(std::span<const uint8_t> msg, AcceptConfirm* out, std::string* error);

@@ -3,6 +3,7 @@
 (Wireshark's heuristic SMC-over-TCP dissector): CLC Proposal, Accept and Confirm; and the
 kernel TCP connection carries nothing but that handshake -- no application payload."""
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -67,12 +68,26 @@ class CaptureTest(SmcTestCase):
             self.assertIn(want, types, "no CLC %s decoded as SMC; decoded: %s\n%s"
                           % (name, smc, self.describe_all(srv, cli)))
 
-        # Accept and Confirm must decode cleanly. (Wireshark 4 parses a v1 Proposal with
-        # ip area offset 0 -- RFC 7609's layout -- as malformed: it expects the 40-byte
-        # area Linux 5.10+ inserts before the IP area, so the Proposal is not checked.)
-        malformed = self.fields(pcap, "smc && _ws.malformed && smc.clc_msg != 1",
-                                "frame.number", "smc.clc_msg")
-        self.assertEqual(malformed, [], "CLC messages tshark decodes as malformed")
+        # Every SMC frame decodes cleanly: nothing malformed, no expert info of warning
+        # severity or worse. (Wireshark 4 parses a Proposal only in the layout Linux 5.10+
+        # sends, with the 40-byte SMC-D area before the IP area; RFC 7609's IP area offset
+        # 0 shows as malformed.)
+        flagged = self.fields(pcap, "smc && (_ws.malformed || _ws.expert.severity >= warning)",
+                              "frame.number", "smc.clc_msg", "_ws.expert.message")
+        self.assertEqual(flagged, [], "SMC frames tshark flags as malformed or worse")
+
+        # And Wireshark found the Proposal's IP area where smcpre put it: offset 40 (0x28),
+        # the client's subnet on lo, no IPv6 prefixes.
+        proposal = self.fields(pcap, "smc.clc_msg == 1", "smc.length",
+                               "smc.proposal.smcv1_subnet_ext_offset",
+                               "smc.outgoing.interface.subnet.mask",
+                               "smc.outgoing.interface.subnet.mask.number.of.significant.bits",
+                               "smc.proposal.ipv6.prefix.count")
+        self.assertEqual(len(proposal), 1, "expected one Proposal: %s" % proposal)
+        length, offset, subnet, bits, ipv6_count = proposal[0]
+        self.assertEqual((length, int(offset, 0), ipv6_count), ("92", 40, "0"), proposal)
+        network = ipaddress.ip_network("127.0.0.1/%s" % bits, strict=False)
+        self.assertEqual(subnet, str(network.network_address), proposal)
 
         payload = self.fields(pcap, "tcp.len > 0", "frame.number", "tcp.len", "smc.clc_msg")
         self.assertTrue(payload, "capture holds no payload at all")

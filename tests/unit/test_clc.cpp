@@ -9,25 +9,12 @@
 
 #include "core/clc.h"
 #include "core/decline.h"
+#include "tests/unit/hex.h"
 
 namespace clc = smcpre::core::clc;
 using smcpre::core::DeclineCode;
-using Bytes = std::vector<uint8_t>;
 
 namespace {
-
-Bytes hex(const char* text) {
-  Bytes out;
-  for (const char* p = text; *p != '\0';) {
-    if (*p == ' ' || *p == '\n') {
-      ++p;
-      continue;
-    }
-    out.push_back(static_cast<uint8_t>(std::stoul(std::string(p, 2), nullptr, 16)));
-    p += 2;
-  }
-  return out;
-}
 
 Bytes cat(std::initializer_list<Bytes> parts) {
   Bytes out;
@@ -109,8 +96,22 @@ clc::Decline sample_decline() {
   return m;
 }
 
-const Bytes kProposalBytes = cat({hex("E2 D4 C3 D9 01 00 34 10"), hex(kLocalHex),
-                                  hex("00 00 C0 A8 01 00 18 00 00 00 E2 D4 C3 D9")});
+// The SMC-D information area of an SMC-R-only Proposal as Linux sends it: ISM GID and
+// CHID, version 2 extension offset, vendor OUI and options, reserved -- all zero.
+const char* kZeroSmcdAreaHex =
+    "00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
+    "00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00";
+
+// IP area offset 40, then the SMC-D area, the IP area (192.168.1.0/24, no IPv6
+// prefixes) and the trailer.
+const Bytes kProposalBytes =
+    cat({hex("E2 D4 C3 D9 01 00 5C 10"), hex(kLocalHex), hex("00 28"), hex(kZeroSmcdAreaHex),
+         hex("C0 A8 01 00 18 00 00 00 E2 D4 C3 D9")});
+
+// The same Proposal in the RFC 7609 layout (IP area offset 0) that Linux before 5.10 sent
+// for SMC-R only, and smcpre before it: still accepted.
+const Bytes kProposalOffset0Bytes = cat({hex("E2 D4 C3 D9 01 00 34 10"), hex(kLocalHex),
+                                         hex("00 00 C0 A8 01 00 18 00 00 00 E2 D4 C3 D9")});
 
 const Bytes kAcceptBytes = cat({hex("E2 D4 C3 D9 02 00 44 18"), hex(kLocalHex),
                                 hex("12 34 56 DE AD BE EF 01 00 00 10 01 43 00"
@@ -163,20 +164,22 @@ void set_length(Bytes& b, size_t length) {
 }  // namespace
 
 TEST_CASE("CLC Proposal encodes byte-exact") {
-  REQUIRE(kProposalBytes.size() == 52);
+  REQUIRE(kProposalBytes.size() == 92);
+  REQUIRE(kProposalBytes.size() == clc::kProposalSize);
   CHECK(clc::encode(sample_proposal()) == kProposalBytes);
   clc::Proposal back;
   std::string error;
   REQUIRE(clc::parse_proposal(kProposalBytes, &back, &error));
   CHECK(equal(back, sample_proposal()));
 
+  const char* two_prefixes_hex =
+      "20 01 0D B8 00 00 00 00 00 00 00 00 00 00 00 00 40"
+      "20 01 0D B8 00 01 00 00 00 00 00 00 00 00 00 00 40";
   SECTION("with IPv6 prefixes") {
-    const Bytes expected = cat({hex("E2 D4 C3 D9 01 00 56 10"), hex(kLocalHex),
-                                hex("00 00 C0 A8 01 00 18 00 00 02"
-                                    "20 01 0D B8 00 00 00 00 00 00 00 00 00 00 00 00 40"
-                                    "20 01 0D B8 00 01 00 00 00 00 00 00 00 00 00 00 40"
-                                    "E2 D4 C3 D9")});
-    REQUIRE(expected.size() == 86);
+    const Bytes expected =
+        cat({hex("E2 D4 C3 D9 01 00 7E 10"), hex(kLocalHex), hex("00 28"), hex(kZeroSmcdAreaHex),
+             hex("C0 A8 01 00 18 00 00 02"), hex(two_prefixes_hex), hex("E2 D4 C3 D9")});
+    REQUIRE(expected.size() == 126);
     CHECK(clc::encode(sample_proposal(2)) == expected);
     REQUIRE(clc::parse_proposal(expected, &back, &error));
     CHECK(equal(back, sample_proposal(2)));
@@ -184,8 +187,31 @@ TEST_CASE("CLC Proposal encodes byte-exact") {
   SECTION("the largest Proposal is kMaxMessageSize") {
     const Bytes b = clc::encode(sample_proposal(clc::kMaxIpv6Prefixes));
     CHECK(b.size() == clc::kMaxMessageSize);
+    CHECK(b.size() == 228);
     REQUIRE(clc::parse_proposal(b, &back, &error));
     CHECK(equal(back, sample_proposal(clc::kMaxIpv6Prefixes)));
+  }
+  SECTION("the RFC 7609 layout (IP area offset 0) is still accepted") {
+    REQUIRE(kProposalOffset0Bytes.size() == clc::kProposalMinSize);
+    REQUIRE(clc::parse_proposal(kProposalOffset0Bytes, &back, &error));
+    CHECK(equal(back, sample_proposal()));
+    const Bytes with_prefixes =
+        cat({hex("E2 D4 C3 D9 01 00 56 10"), hex(kLocalHex), hex("00 00 C0 A8 01 00 18 00 00 02"),
+             hex(two_prefixes_hex), hex("E2 D4 C3 D9")});
+    REQUIRE(with_prefixes.size() == 86);
+    REQUIRE(clc::parse_proposal(with_prefixes, &back, &error));
+    CHECK(equal(back, sample_proposal(2)));
+  }
+  SECTION("any IP area offset up to the SMC-D area's size; the skipped bytes are ignored") {
+    for (size_t offset = 0; offset <= clc::kSmcdAreaSize; ++offset) {
+      INFO("offset " << offset);
+      Bytes b = kProposalOffset0Bytes;
+      b.insert(b.begin() + clc::kProposalBaseSize, offset, 0xA5);
+      set_length(b, b.size());
+      b[39] = static_cast<uint8_t>(offset);
+      REQUIRE(clc::parse_proposal(b, &back, &error));
+      CHECK(equal(back, sample_proposal()));
+    }
   }
 }
 
@@ -276,6 +302,7 @@ TEST_CASE("CLC parsers reject malformed messages with a specific reason") {
   } messages[] = {
       {clc::Type::kProposal, kProposalBytes},
       {clc::Type::kProposal, clc::encode(sample_proposal(3))},
+      {clc::Type::kProposal, kProposalOffset0Bytes},
       {clc::Type::kAccept, kAcceptBytes},
       {clc::Type::kConfirm, clc::encode_confirm(sample_accept())},
       {clc::Type::kDecline, kDeclineBytes},
@@ -315,7 +342,7 @@ TEST_CASE("CLC parsers reject malformed messages with a specific reason") {
 }
 
 TEST_CASE("CLC Proposal/Accept/Confirm must be version 1 SMC-R") {
-  for (const Bytes& good : {kProposalBytes, kAcceptBytes}) {
+  for (const Bytes& good : {kProposalBytes, kProposalOffset0Bytes, kAcceptBytes}) {
     const clc::Type type = static_cast<clc::Type>(good[4]);
     Bytes b = good;
     b[7] = 0x20 | (good[7] & 0x0F);
@@ -339,40 +366,73 @@ TEST_CASE("CLC Proposal/Accept/Confirm must be version 1 SMC-R") {
 TEST_CASE("CLC Proposal field validation") {
   SECTION("IP area offset") {
     Bytes b = kProposalBytes;
-    b[39] = 0x28;
-    CHECK(rejection(clc::Type::kProposal, b) == "unsupported IP area offset 40");
+    b[39] = 41;
+    CHECK(rejection(clc::Type::kProposal, b) == "IP area offset 41 > 40");
+    b[38] = 0xFF;
+    b[39] = 0xFF;
+    CHECK(rejection(clc::Type::kProposal, b) == "IP area offset 65535 > 40");
+    // An offset that puts the IP area elsewhere than the length says.
+    b = kProposalBytes;
+    b[39] = 0;
+    CHECK(rejection(clc::Type::kProposal, b) ==
+          "length 92 != 52 for Proposal with IP area offset 0 and 0 IPv6 prefixes");
+    b = kProposalOffset0Bytes;
+    b[39] = 40;  // the IP area would start beyond the message
+    CHECK(rejection(clc::Type::kProposal, b) == "length 52 too short for an IP area at offset 40");
+    b[39] = 1;  // the IP area would overlap the trailer
+    CHECK(rejection(clc::Type::kProposal, b) == "length 52 too short for an IP area at offset 1");
+  }
+  SECTION("the SMC-D area's content is ignored") {
+    Bytes b = kProposalBytes;
+    std::fill(b.begin() + 40, b.begin() + 80, 0xFF);
+    clc::Proposal back;
+    REQUIRE(clc::parse_proposal(b, &back, nullptr));
+    CHECK(equal(back, sample_proposal()));
   }
   SECTION("IPv6 prefix count") {
     Bytes b = kProposalBytes;
+    b[87] = 9;
+    CHECK(rejection(clc::Type::kProposal, b) == "too many IPv6 prefixes (9)");
+    b[87] = 0xFF;
+    CHECK(rejection(clc::Type::kProposal, b) == "too many IPv6 prefixes (255)");
+    b[87] = 1;
+    CHECK(rejection(clc::Type::kProposal, b) ==
+          "length 92 != 109 for Proposal with IP area offset 40 and 1 IPv6 prefixes");
+    b = clc::encode(sample_proposal(2));
+    b[87] = 1;
+    CHECK(rejection(clc::Type::kProposal, b) ==
+          "length 126 != 109 for Proposal with IP area offset 40 and 1 IPv6 prefixes");
+    b = kProposalOffset0Bytes;
     b[47] = 9;
     CHECK(rejection(clc::Type::kProposal, b) == "too many IPv6 prefixes (9)");
-    b[47] = 0xFF;
-    CHECK(rejection(clc::Type::kProposal, b) == "too many IPv6 prefixes (255)");
     b[47] = 1;
     CHECK(rejection(clc::Type::kProposal, b) ==
-          "length 52 != 69 for Proposal with 1 IPv6 prefixes");
-    b = clc::encode(sample_proposal(2));
-    b[47] = 1;
-    CHECK(rejection(clc::Type::kProposal, b) ==
-          "length 86 != 69 for Proposal with 1 IPv6 prefixes");
+          "length 52 != 69 for Proposal with IP area offset 0 and 1 IPv6 prefixes");
   }
   SECTION("length bounds") {
     Bytes b = clc::encode(sample_proposal(8));
     b.push_back(0);
     set_length(b, b.size());
-    CHECK(rejection(clc::Type::kProposal, b) == "length 189 > 188 for Proposal");
+    CHECK(rejection(clc::Type::kProposal, b) == "length 229 > 228 for Proposal");
+    b = kProposalOffset0Bytes;
+    b.erase(b.begin() + 40);
+    set_length(b, b.size());
+    CHECK(rejection(clc::Type::kProposal, b) == "length 51 < 52 for Proposal");
   }
   SECTION("prefix lengths") {
-    Bytes b = kProposalBytes;
-    b[44] = 32;
     std::string error;
+    for (const size_t ip : {size_t{80}, size_t{40}}) {
+      INFO("IP area at " << ip);
+      Bytes b = ip == 80 ? kProposalBytes : kProposalOffset0Bytes;
+      b[ip + 4] = 32;
+      CHECK(parse_as(clc::Type::kProposal, b, &error));
+      b[ip + 4] = 33;
+      CHECK(rejection(clc::Type::kProposal, b) == "bad IPv4 prefix length 33");
+    }
+    Bytes b = clc::encode(sample_proposal(2));
+    b[88 + 17 + 16] = 128;
     CHECK(parse_as(clc::Type::kProposal, b, &error));
-    b[44] = 33;
-    CHECK(rejection(clc::Type::kProposal, b) == "bad IPv4 prefix length 33");
-    b = clc::encode(sample_proposal(2));
-    b[48 + 17 + 16] = 128;
-    CHECK(parse_as(clc::Type::kProposal, b, &error));
-    b[48 + 17 + 16] = 129;
+    b[88 + 17 + 16] = 129;
     CHECK(rejection(clc::Type::kProposal, b) == "bad IPv6 prefix length 129");
   }
 }
@@ -404,7 +464,8 @@ TEST_CASE("CLC Accept field validation") {
 TEST_CASE("parse_header recognises CLC headers on a byte stream") {
   clc::Header h;
   SECTION("every prefix of a valid header needs more; the full header is OK") {
-    for (const Bytes& msg : {kProposalBytes, kAcceptBytes, kDeclineBytes, kDeclineV2Bytes}) {
+    for (const Bytes& msg :
+         {kProposalBytes, kProposalOffset0Bytes, kAcceptBytes, kDeclineBytes, kDeclineV2Bytes}) {
       for (size_t n = 0; n < clc::kHeaderSize; ++n) {
         REQUIRE(clc::parse_header(std::span(msg.data(), n), &h) == clc::HeaderResult::kNeedMore);
       }
@@ -535,11 +596,17 @@ bool reference_valid(clc::Type type, const Bytes& b) {
   const uint8_t smc_type = b[7] & 0x03;
   switch (type) {
     case clc::Type::kProposal: {
-      if (version != 1 || smc_type != 0 || (b[7] & 0x0C) != 0) return false;
-      if (b.size() < 52 || b[38] != 0 || b[39] != 0 || b[47] > 8) return false;
-      if (b.size() != 52u + 17u * b[47] || !eye(b.size() - 4) || b[44] > 32) return false;
-      for (size_t i = 0; i < b[47]; ++i) {
-        if (b[48 + 17 * i + 16] > 128) return false;
+      if (version != 1 || smc_type != 0 || (b[7] & 0x0C) != 0 || b.size() < 52) return false;
+      // The IP area (8 bytes) starts 40 + offset bytes in, offset at most 40 (Linux's
+      // SMC-D area); prefixes and the trailer follow it.
+      const size_t offset = static_cast<size_t>(b[38] << 8 | b[39]);
+      const size_t ip = 40 + offset;
+      if (offset > 40 || b.size() < ip + 12) return false;
+      const size_t count = b[ip + 7];
+      if (count > 8 || b.size() != ip + 8 + 17 * count + 4) return false;
+      if (!eye(b.size() - 4) || b[ip + 4] > 32) return false;
+      for (size_t i = 0; i < count; ++i) {
+        if (b[ip + 8 + 17 * i + 16] > 128) return false;
       }
       return true;
     }
@@ -564,7 +631,16 @@ void check_faithful(clc::Type type, const Bytes& b) {
       clc::Proposal p;
       REQUIRE(clc::parse_proposal(b, &p, nullptr));
       actual = clc::encode(p);
-      expected[45] = expected[46] = 0;  // reserved
+      // The encoder always writes IP area offset 40 and a zero SMC-D area (ignored when
+      // parsing): expect the input's local block, IP area and prefixes at their place in
+      // that layout, the IP area's reserved bytes zero.
+      const size_t ip = 40 + static_cast<size_t>(b[38] << 8 | b[39]);
+      expected.assign(b.begin(), b.begin() + 38);
+      expected.insert(expected.end(), {0x00, 0x28});
+      expected.insert(expected.end(), 40, 0x00);
+      expected.insert(expected.end(), b.begin() + static_cast<ptrdiff_t>(ip), b.end());
+      set_length(expected, expected.size());
+      expected[80 + 5] = expected[80 + 6] = 0;  // reserved
       break;
     }
     case clc::Type::kAccept:
@@ -599,8 +675,13 @@ void check_faithful(clc::Type type, const Bytes& b) {
 TEST_CASE("CLC parsing survives random input and never accepts an invalid message") {
   std::mt19937 rng(20240601);
   const Bytes seeds[] = {
-      kProposalBytes,  clc::encode(sample_proposal(1)),      clc::encode(sample_proposal(8)),
-      kAcceptBytes,    clc::encode_confirm(sample_accept()), kDeclineBytes,
+      kProposalBytes,
+      clc::encode(sample_proposal(1)),
+      clc::encode(sample_proposal(8)),
+      kProposalOffset0Bytes,
+      kAcceptBytes,
+      clc::encode_confirm(sample_accept()),
+      kDeclineBytes,
       kDeclineV2Bytes,
   };
   const clc::Type types[] = {clc::Type::kProposal, clc::Type::kAccept, clc::Type::kConfirm,
@@ -611,7 +692,7 @@ TEST_CASE("CLC parsing survives random input and never accepts an invalid messag
     Bytes b;
     if (i % 2 == 0) {
       // Random bytes, usually given a plausible frame so that parsing gets deep.
-      b.resize(rng() % 200);
+      b.resize(rng() % 250);
       for (auto& x : b) x = static_cast<uint8_t>(rng());
       if (b.size() >= 8 && rng() % 4 != 0) {
         std::copy(clc::kEyecatcher.begin(), clc::kEyecatcher.end(), b.begin());
@@ -623,7 +704,7 @@ TEST_CASE("CLC parsing survives random input and never accepts an invalid messag
     } else {
       b = seeds[rng() % std::size(seeds)];
       for (int k = 1 + rng() % 3; k > 0; --k) b[rng() % b.size()] = static_cast<uint8_t>(rng());
-      if (rng() % 8 == 0) b.resize(rng() % 200, static_cast<uint8_t>(rng()));
+      if (rng() % 8 == 0) b.resize(rng() % 250, static_cast<uint8_t>(rng()));
     }
     clc::Header h;
     const clc::HeaderResult hr = clc::parse_header(b, &h);
