@@ -36,7 +36,7 @@ struct Config {
   DeviceChoice device = DeviceChoice::kAuto;  // SMCPRE_DEVICE=auto|shm|verbs|none|<ibdev>[:port]
   std::string verbs_device;                   // SMCPRE_DEVICE=<ibdev>[:port]
   int verbs_port = 0;
-  uint32_t rmb_size = 1024 * 1024;  // SMCPRE_RMB_SIZE, 16K..8M, power of two (CLC nibble)
+  uint32_t rmb_size = 512 * 1024;  // SMCPRE_RMB_SIZE, 16K..8M, power of two (CLC nibble)
   // SMCPRE_LOG, stored canonically: trace|debug|info|warn|error|critical|off ("warning" and
   // any letter case are accepted on input).
   std::string log_level = "off";

@@ -74,7 +74,7 @@ TEST_CASE("defaults", "[config]") {
   CHECK(error.empty());
   CHECK(c.enabled);
   CHECK(c.device == DeviceChoice::kAuto);
-  CHECK(c.rmb_size == 1024 * 1024);
+  CHECK(c.rmb_size == 512 * 1024);
   CHECK(c.log_level == "off");
   CHECK(c.handshake_timeout_ms == 2000);
   CHECK(c.runtime_dir == smcpre::config::runtime_dir_default());
