@@ -11,9 +11,11 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <poll.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -329,21 +331,39 @@ class SmcSocket final : public Socket {
   uint32_t reason_ = 0;
 };
 
-// Client eligibility (DESIGN.md 6): a same-host server that published its port, or a
-// destination matching SMCPRE_PEERS; never an excluded port.
-bool eligible(int fd, const config::Config& config) {
-  sockaddr_storage peer{}, local{};
-  socklen_t plen = sizeof peer, llen = sizeof local;
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) != 0) return false;
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen) != 0) return false;
-  if (peer.ss_family != AF_INET && peer.ss_family != AF_INET6) return false;
-  const uint16_t port = port_of(peer);
-  if (config::port_excluded(config.exclude_ports, port)) return false;
-  if ((is_loopback(peer) || same_address(peer, local)) &&
-      registry::is_published(runtime_dir(config), port)) {
-    return true;
+// Is `a` an address of this host? Loopback, or the address of one of our interfaces.
+bool is_local_address(const sockaddr_storage& a) {
+  if (is_loopback(a)) return true;
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return false;
+  sockaddr_storage mine{};
+  bool found = false;
+  for (ifaddrs* ifa = list; ifa != nullptr && !found; ifa = ifa->ifa_next) {
+    if (ifa->ifa_addr == nullptr || ifa->ifa_addr->sa_family != a.ss_family) continue;
+    std::memcpy(&mine, ifa->ifa_addr,
+                a.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
+    found = same_address(mine, a);
   }
-  return config::peer_rules_match(config.peers, reinterpret_cast<const sockaddr*>(&peer));
+  freeifaddrs(list);
+  return found;
+}
+
+// An IPv4-mapped IPv6 destination is the IPv4 address it maps.
+sockaddr_storage normalized(const sockaddr* addr, socklen_t len) {
+  sockaddr_storage out{};
+  std::memcpy(&out, addr, std::min<size_t>(len, sizeof out));
+  if (out.ss_family == AF_INET6) {
+    const auto& v6 = reinterpret_cast<const sockaddr_in6&>(out);
+    if (IN6_IS_ADDR_V4MAPPED(&v6.sin6_addr)) {
+      sockaddr_in v4{};
+      v4.sin_family = AF_INET;
+      v4.sin_port = v6.sin6_port;
+      std::memcpy(&v4.sin_addr, &v6.sin6_addr.s6_addr[12], 4);
+      out = sockaddr_storage{};
+      std::memcpy(&out, &v4, sizeof v4);
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -368,12 +388,31 @@ std::shared_ptr<Listener> Engine::on_listen(int fd) {
   return std::make_shared<Listener>(std::move(registration));
 }
 
+bool Engine::eligible_destination(const sockaddr* addr, socklen_t len) {
+  EngineState* engine = EngineState::get();
+  if (!engine || addr == nullptr) return false;
+  const size_t need = addr->sa_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+  if ((addr->sa_family != AF_INET && addr->sa_family != AF_INET6) || len < need) return false;
+  const int saved_errno = errno;
+  const config::Config& config = engine->config();
+  const sockaddr_storage dest = normalized(addr, len);
+  const uint16_t port = port_of(dest);
+  bool result = false;
+  if (port != 0 && !config::port_excluded(config.exclude_ports, port)) {
+    // The registry first (one open()); the interface list only for a published port.
+    result = (registry::is_published(runtime_dir(config), port) && is_local_address(dest)) ||
+             config::peer_rules_match(config.peers, reinterpret_cast<const sockaddr*>(&dest));
+  }
+  errno = saved_errno;
+  return result;
+}
+
 std::shared_ptr<Socket> Engine::on_connected(int fd) {
   EngineState* engine = EngineState::get();
   if (!engine) return nullptr;
   const int saved_errno = errno;
   std::shared_ptr<SmcSocket> socket;
-  if (eligible(fd, engine->config())) {
+  {
     HandshakeResult r = client_handshake(fd, *engine);
     if (r.connection) {
       socket = std::make_shared<SmcSocket>(SmcSocket::State::kSmc, false);

@@ -28,10 +28,15 @@ class Engine {
   // The object unpublishes itself when destroyed (the listener's last fd was closed).
   static std::shared_ptr<Listener> on_listen(int fd);
 
-  // A *blocking* connect() on `fd` succeeded. If the destination is eligible, runs the
-  // client CLC handshake (blocking, bounded by the handshake timeout) and returns the
-  // socket, on SMC or fallen back to TCP. Returns nullptr for a connection smcpre leaves
-  // alone (not TCP, not eligible, disabled): the interposer then forgets the fd.
+  // Before a blocking connect() to `addr`: may this connection propose SMC (DESIGN.md 6:
+  // a same-host server whose port is published, or an SMCPRE_PEERS match, never an
+  // excluded port)? Decided before the connect, because a server may accept, close its
+  // listener and unpublish it before connect() returns on our side.
+  static bool eligible_destination(const sockaddr* addr, socklen_t len);
+
+  // A *blocking* connect() on `fd` to an eligible destination succeeded: runs the client
+  // CLC handshake (blocking, bounded by the handshake timeout) and returns the socket, on
+  // SMC or fallen back to TCP (nullptr when smcpre is disabled).
   static std::shared_ptr<Socket> on_connected(int fd);
 
   // accept()/accept4() on a published listener returned `fd`. The server side decides

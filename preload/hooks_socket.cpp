@@ -111,26 +111,29 @@ SMCPRE_HOOK int bind(int fd, const sockaddr* addr, socklen_t len) noexcept {
 SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   const auto& r = real();
   if (r.connect == nullptr) return enosys();
-  const int rc = r.connect(fd, addr, len);
-  // Only a completed blocking connect to an IP address is a candidate. Non-blocking
-  // connects (EINPROGRESS) stay plain TCP in this slice. The kernel accepted addr, so
-  // reading its family is safe.
-  if (rc != 0 || addr == nullptr || len < sizeof(sa_family_t) ||
-      (addr->sa_family != AF_INET && addr->sa_family != AF_INET6)) {
-    return rc;
-  }
-  SavedErrno saved;
-  // A tracked socket reconnecting (after connect(AF_UNSPEC)) stays as the engine has it.
-  if (fds().any() && fds().lookup(fd) != nullptr) {
-    saved.restore();
-    return rc;
-  }
-  if (is_blocking(fd) && is_inet_tcp(fd)) {
-    if (std::shared_ptr<Tracked> entry = prepare_entry(fd); entry != nullptr) {
-      entry->socket = engine_call("on_connected", std::shared_ptr<smcpre::core::Socket>{},
-                                  [&] { return smcpre::core::Engine::on_connected(fd); });
-      if (entry->socket != nullptr) track(fd, std::move(entry));
+  // Only a blocking connect to an IP address is a candidate; non-blocking connects stay
+  // plain TCP in this slice. Eligibility is decided from the destination *before* the
+  // connect: a one-connection server may accept, close its listener and unpublish it
+  // before our connect() even returns.
+  bool eligible = false;
+  if (addr != nullptr && len >= sizeof(sa_family_t) &&
+      (addr->sa_family == AF_INET || addr->sa_family == AF_INET6)) {
+    SavedErrno saved;
+    // A tracked socket reconnecting (after connect(AF_UNSPEC)) stays as the engine has it.
+    const bool tracked = fds().any() && fds().lookup(fd) != nullptr;
+    if (!tracked && is_blocking(fd) && is_inet_tcp(fd)) {
+      eligible = engine_call("eligible_destination", false,
+                             [&] { return smcpre::core::Engine::eligible_destination(addr, len); });
     }
+    saved.restore();
+  }
+  const int rc = r.connect(fd, addr, len);
+  if (rc != 0 || !eligible) return rc;
+  SavedErrno saved;
+  if (std::shared_ptr<Tracked> entry = prepare_entry(fd); entry != nullptr) {
+    entry->socket = engine_call("on_connected", std::shared_ptr<smcpre::core::Socket>{},
+                                [&] { return smcpre::core::Engine::on_connected(fd); });
+    if (entry->socket != nullptr) track(fd, std::move(entry));
   }
   saved.restore();
   return rc;
