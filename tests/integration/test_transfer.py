@@ -36,13 +36,36 @@ class TransferTest(SmcTestCase):
                 self.check_smc("sink", n, ("--seed", str(n)), ("--seed", str(n)))
 
     def test_source_sizes(self):
-        """Server -> client, the server closes after the data; the client reads to EOF.
-        The server application writes as soon as it has accepted, so this is SMC only if
-        smcpre's server side sees the client's Proposal before that first write (DESIGN.md
-        section 3, rule 2); the client logs PEERNOSMC when it loses that race."""
+        """Server -> client after a 4-byte request, the server closes after the data; the
+        client reads to EOF. (A server that writes before the client's Proposal arrived
+        stays TCP by design, DESIGN.md section 3 rule 2: see test_fallback.)"""
         for n in SIZES:
             with self.subTest(bytes=n):
                 self.check_smc("source", n, ("--seed", "7"), ("--seed", "7"))
+
+    def test_peers_rule(self):
+        """SMCPRE_PEERS: a client that cannot see the server's registry (another runtime
+        dir, as for a server on another host) proposes SMC because a rule names the
+        server; without the rule it stays TCP."""
+        other = os.path.join(self.runtime_dir, "elsewhere")
+        os.mkdir(other, 0o700)
+        for rule in (None, "127.0.0.0/8:%d", "*:%d"):
+            with self.subTest(rule=rule):
+                srv, port = self.start_server("tcpapp", ["--mode", "sink", "--bytes", str(MIB)])
+                env = {"SMCPRE_RUNTIME_DIR": other}
+                if rule:
+                    env["SMCPRE_PEERS"] = rule % port
+                cli = self.start([app("tcpapp"), "client", "--host", "127.0.0.1", "--port",
+                                  str(port), "--mode", "sink", "--bytes", str(MIB)], True,
+                                 env, "client")
+                self.finish(cli, 60, 0, [srv])
+                self.finish(srv, 20, 0, [cli])
+                srec, crec = srv.records(), cli.records()
+                self.assert_records_ok(srec, crec, srv, cli)
+                if rule:
+                    self.assert_smc(srec, crec, (srv, cli))
+                else:
+                    self.assert_tcp(srec, crec, (srv, cli))
 
     def test_echo(self):
         """Both directions at once: the client sends from a second thread while it reads
