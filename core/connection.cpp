@@ -127,7 +127,8 @@ void Connection::maybe_announce_consumed() {
   }
 }
 
-ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocking) {
+ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocking,
+                         int64_t timeout_ns) {
   const size_t want = iov_total(iov, iovcnt);
   if (want == 0) return 0;
   std::lock_guard lock(rx_mutex_);
@@ -135,6 +136,7 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
   const bool dontwait = nonblocking || (flags & MSG_DONTWAIT);
   const bool waitall = (flags & MSG_WAITALL) && !peek;
   size_t copied = 0;
+  int64_t deadline = -1;
   while (true) {
     if (shut_rd_.load(std::memory_order_relaxed)) return static_cast<ssize_t>(copied);
     const uint64_t available = rx_available();
@@ -162,15 +164,16 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
       errno = EAGAIN;
       return -1;
     }
-    WaitResult r = wait_adaptive(group_->link(), queue_, rx_budget_, -1, [this] {
+    if (timeout_ns > 0 && deadline < 0) deadline = now_ns() + timeout_ns;
+    WaitResult r = wait_adaptive(group_->link(), queue_, rx_budget_, deadline, [this] {
       return rx_available() > 0 || peer_done_writing_.load(std::memory_order_acquire) ||
              peer_closed_.load(std::memory_order_acquire) ||
              peer_aborted_.load(std::memory_order_acquire) ||
              link_down_.load(std::memory_order_acquire) || shut_rd_.load();
     });
-    if (r == WaitResult::kInterrupted) {
+    if (r == WaitResult::kInterrupted || r == WaitResult::kTimeout) {
       if (copied > 0) return static_cast<ssize_t>(copied);
-      errno = EINTR;
+      errno = r == WaitResult::kTimeout ? EAGAIN : EINTR;
       return -1;
     }
     if (r == WaitResult::kLinkDown) on_link_down();
@@ -196,7 +199,8 @@ bool Connection::writes_possible() const {
          !link_down_.load(std::memory_order_acquire);
 }
 
-ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocking) {
+ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocking,
+                         int64_t timeout_ns) {
   const size_t total = iov_total(iov, iovcnt);
   std::lock_guard lock(tx_mutex_);
   if (shut_wr_.load() || closed_.load()) return fail_send(EPIPE, flags);
@@ -211,6 +215,8 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
   int iov_index = 0;
   size_t iov_offset = 0;
   bool announced_blocked = false;
+  bool timed_out = false;
+  int64_t deadline = -1;
   while (sent < total) {
     uint64_t space = tx_space();
     if (space == 0) {
@@ -220,9 +226,14 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
         send_cdc(CdcContext::kApplication, true);
         announced_blocked = true;
       }
-      WaitResult r = wait_adaptive(link, queue_, tx_budget_, -1,
+      if (timeout_ns > 0 && deadline < 0) deadline = now_ns() + timeout_ns;
+      WaitResult r = wait_adaptive(link, queue_, tx_budget_, deadline,
                                    [this] { return tx_space() > 0 || !writes_possible(); });
       if (r == WaitResult::kInterrupted) break;
+      if (r == WaitResult::kTimeout) {
+        timed_out = true;
+        break;
+      }
       if (r == WaitResult::kLinkDown) on_link_down();
       if (!writes_possible()) {
         if (sent > 0) break;
@@ -275,7 +286,7 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
     send_cdc(CdcContext::kApplication);
   }
   if (sent == 0) {
-    if (dontwait) {
+    if (dontwait || timed_out) {
       errno = EAGAIN;
       return -1;
     }

@@ -42,9 +42,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // is set, nothing is sent to the peer.
   void set_peer(const rdma::RemoteRegion& peer_rmb, uint32_t peer_token);
 
-  // Blocking-socket semantics of TCP; `nonblocking` is the socket's O_NONBLOCK.
-  ssize_t recv(const iovec* iov, int iovcnt, int flags, bool nonblocking);
-  ssize_t send(const iovec* iov, int iovcnt, int flags, bool nonblocking);
+  // Blocking-socket semantics of TCP; `nonblocking` is the socket's O_NONBLOCK,
+  // `timeout_ns` its SO_RCVTIMEO / SO_SNDTIMEO (0 = wait as long as it takes).
+  ssize_t recv(const iovec* iov, int iovcnt, int flags, bool nonblocking, int64_t timeout_ns = 0);
+  ssize_t send(const iovec* iov, int iovcnt, int flags, bool nonblocking, int64_t timeout_ns = 0);
   int shutdown(int how);
   // The application closed the socket. `held_fd` is a private duplicate of the TCP
   // socket, closed once SMC close has finished.

@@ -1,7 +1,7 @@
 #include "core/progress.h"
 
-#include <sys/epoll.h>
 #include <sched.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 
 #include <algorithm>
@@ -214,8 +214,8 @@ void SpinBudget::record(int64_t waited_ns, int64_t max_ns) {
   average_ns_.store(avg + (sample - avg) / 8, std::memory_order_relaxed);
 }
 
-WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget,
-                              int64_t deadline_ns, bool (*pred)(void*), void* ctx) {
+WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,
+                              bool (*pred)(void*), void* ctx) {
   const int64_t max_spin_ns = int64_t{config::current().spin_us} * 1000;
   const int64_t start = now_ns();
   auto done = [&](WaitResult r) {

@@ -79,6 +79,22 @@ uint16_t port_of(const sockaddr_storage& a) {
   return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
 }
 
+// SO_RCVTIMEO / SO_SNDTIMEO as nanoseconds (0 = none).
+int64_t timeval_ns(const void* value, socklen_t length) {
+  if (value == nullptr || length < sizeof(timeval)) return 0;
+  timeval tv;
+  std::memcpy(&tv, value, sizeof tv);
+  if (tv.tv_sec < 0 || tv.tv_usec < 0) return 0;
+  return int64_t{tv.tv_sec} * 1'000'000'000 + int64_t{tv.tv_usec} * 1000;
+}
+
+int64_t socket_timeout_ns(int fd, int name) {
+  timeval tv{};
+  socklen_t length = sizeof tv;
+  if (sys::getsockopt(fd, SOL_SOCKET, name, &tv, &length) != 0) return 0;
+  return timeval_ns(&tv, length);
+}
+
 bool fd_nonblocking(int fd) {
   int flags = sys::fcntl(fd, F_GETFL);
   return flags >= 0 && (flags & O_NONBLOCK);
@@ -90,6 +106,13 @@ class SmcSocket final : public Socket {
 
   SmcSocket(State state, bool nonblocking)
       : state_(state), nonblocking_(nonblocking), generation_(EngineState::generation()) {}
+
+  // The socket's timeouts as they are when smcpre takes it over (later changes arrive
+  // through on_sockopt).
+  void read_timeouts(int fd) {
+    rcv_timeout_ns_.store(socket_timeout_ns(fd, SO_RCVTIMEO), std::memory_order_relaxed);
+    snd_timeout_ns_.store(socket_timeout_ns(fd, SO_SNDTIMEO), std::memory_order_relaxed);
+  }
 
   void set_connection(std::shared_ptr<Connection> connection) {
     connection_ = std::move(connection);
@@ -113,13 +136,15 @@ class SmcSocket final : public Socket {
   ssize_t recv(const iovec* iov, int iovcnt, int flags) override {
     if (int e = take_deferred()) return fail(e);
     if (!usable()) return fail(EOPNOTSUPP);
-    return connection_->recv(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed));
+    return connection_->recv(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
+                             rcv_timeout_ns_.load(std::memory_order_relaxed));
   }
 
   ssize_t send(const iovec* iov, int iovcnt, int flags) override {
     if (int e = take_deferred()) return fail(e);
     if (!usable()) return fail(EOPNOTSUPP);
-    return connection_->send(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed));
+    return connection_->send(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
+                             snd_timeout_ns_.load(std::memory_order_relaxed));
   }
 
   int shutdown(int how) override {
@@ -165,6 +190,12 @@ class SmcSocket final : public Socket {
 
   void on_status_flags(int flags) override {
     nonblocking_.store(flags & O_NONBLOCK, std::memory_order_relaxed);
+  }
+
+  void on_sockopt(int level, int name, const void* value, socklen_t length) override {
+    if (level != SOL_SOCKET) return;
+    if (name == SO_RCVTIMEO) rcv_timeout_ns_.store(timeval_ns(value, length));
+    if (name == SO_SNDTIMEO) snd_timeout_ns_.store(timeval_ns(value, length));
   }
 
  private:
@@ -245,7 +276,12 @@ class SmcSocket final : public Socket {
           return true;
         }
       } else if (wait) {
-        read = read_clc(fd, -1, true, &message, &header);
+        const int64_t timeout = rcv_timeout_ns_.load(std::memory_order_relaxed);
+        read = read_clc(fd, timeout > 0 ? now_ns() + timeout : -1, true, &message, &header);
+        if (read == ClcRead::kNeedMore) {
+          t_deferred_errno = EAGAIN;  // SO_RCVTIMEO expired with nothing received
+          return false;
+        }
       }
     }
     switch (read) {
@@ -326,6 +362,8 @@ class SmcSocket final : public Socket {
   std::mutex mutex_;
   std::atomic<State> state_;
   std::atomic<bool> nonblocking_;
+  std::atomic<int64_t> rcv_timeout_ns_{0};
+  std::atomic<int64_t> snd_timeout_ns_{0};
   const uint64_t generation_;
   std::shared_ptr<Connection> connection_;
   uint32_t reason_ = 0;
@@ -416,6 +454,7 @@ std::shared_ptr<Socket> Engine::on_connected(int fd) {
     HandshakeResult r = client_handshake(fd, *engine);
     if (r.connection) {
       socket = std::make_shared<SmcSocket>(SmcSocket::State::kSmc, false);
+      socket->read_timeouts(fd);
       socket->set_connection(r.connection);
       SMC_LOG_INFO("connection SMC established (token {:#x})", r.connection->local_token());
     } else {
@@ -433,6 +472,7 @@ std::shared_ptr<Socket> Engine::on_accepted(int fd, const std::shared_ptr<Listen
   if (!listener || !EngineState::get()) return nullptr;
   const int saved_errno = errno;
   auto socket = std::make_shared<SmcSocket>(SmcSocket::State::kServerUndecided, fd_nonblocking(fd));
+  socket->read_timeouts(fd);
   errno = saved_errno;
   return socket;
 }

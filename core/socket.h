@@ -101,6 +101,10 @@ class Socket {
   // The application changed the file status flags (fcntl F_SETFL, ioctl FIONBIO):
   // O_NONBLOCK decides whether SMC-path calls wait.
   virtual void on_status_flags(int flags) = 0;
+
+  // setsockopt() succeeded on the kernel socket: SO_RCVTIMEO / SO_SNDTIMEO bound how long
+  // SMC-path calls wait (EAGAIN when they expire, as with TCP).
+  virtual void on_sockopt(int level, int name, const void* value, socklen_t length) = 0;
 };
 
 }  // namespace smcpre::core

@@ -197,6 +197,24 @@ SMCPRE_HOOK int shutdown(int fd, int how) noexcept {
   return r.shutdown(fd, how);
 }
 
+SMCPRE_HOOK int setsockopt(int fd, int level, int optname, const void* optval,
+                           socklen_t optlen) noexcept {
+  const auto& r = real();
+  if (r.setsockopt == nullptr) return enosys();
+  const int rc = r.setsockopt(fd, level, optname, optval, optlen);
+  if (rc == 0 && fds().any()) {
+    if (std::shared_ptr<Tracked> t = tracked_socket(fd); t != nullptr) {
+      SavedErrno saved;
+      engine_call("on_sockopt", false, [&] {
+        t->socket->on_sockopt(level, optname, optval, optlen);
+        return true;
+      });
+      saved.restore();
+    }
+  }
+  return rc;
+}
+
 SMCPRE_HOOK int getsockopt(int fd, int level, int optname, void* optval,
                            socklen_t* optlen) noexcept {
   const auto& r = real();

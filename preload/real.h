@@ -32,6 +32,7 @@ namespace smcpre::preload {
   X(accept4)                     \
   X(shutdown)                    \
   X(getsockopt)                  \
+  X(setsockopt)                  \
   X(read)                        \
   X(write)                       \
   X(readv)                       \

@@ -47,6 +47,36 @@ class EntrypointsTest(SmcTestCase):
         srv, cli, srec, crec = self.run_pair(True)
         self.assert_smc(srec, crec, (srv, cli))
 
+    def test_rcvtimeo_over_smc(self):
+        """SO_RCVTIMEO set with setsockopt() after connect on a blocking SMC socket: recv()
+        fails with EAGAIN when it expires, as it would over TCP, and data still flows."""
+        srv, port = self.start_server("tcpapp", ["--mode", "echo", "--raw"])
+        body = r"""
+import socket, struct, sys, time
+c = socket.create_connection(('127.0.0.1', %d))
+c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack('ll', 0, 200000))
+t0 = time.monotonic()
+try:
+    c.recv(10)
+    sys.exit('recv returned without data')
+except BlockingIOError:
+    pass
+waited = time.monotonic() - t0
+if not 0.15 < waited < 5:
+    sys.exit('timed out after %%.3f s' %% waited)
+c.sendall(b'ping')
+got = b''
+while len(got) < 4:
+    got += c.recv(4 - len(got))
+assert got == b'ping', got
+c.close()
+""" % port
+        out = subprocess.run([sys.executable, "-c", body], env=self.env(True), timeout=60,
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertIn("connection SMC established", out.stderr)
+        srv.kill()
+
     def test_over_tcp(self):
         srv, cli, srec, crec = self.run_pair(False)
         self.assert_tcp(srec, crec, (srv, cli))

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -197,6 +198,59 @@ TEST_CASE("one-byte writes, one CDC each, far more than the receive queue holds"
         std::mt19937 rng(3);
         REQUIRE(recv_pattern(*s, fd, rng) == kBytes);
         REQUIRE(s->is_smc());
+        s->release(fd);
+        close(fd);
+      });
+  close(lfd);
+}
+
+TEST_CASE("SO_RCVTIMEO bounds a blocking SMC receive: EAGAIN, as TCP gives") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  auto set_timeout = [](int fd, int ms) {
+    timeval tv{ms / 1000, (ms % 1000) * 1000};
+    return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  };
+  auto elapsed_ms = [](timespec a) {
+    timespec b;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return (b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1'000'000;
+  };
+  run_pair(
+      [&] {
+        close(lfd);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        set_timeout(fd, 300);  // before connect: the engine reads it when it takes over
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons(port);
+        if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return 1;
+        auto s = Engine::on_connected(fd);
+        if (!s || !s->is_smc()) return 2;
+        char c;
+        timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        if (sock_recv(*s, fd, &c, 1) != -1 || errno != EAGAIN) return 3;
+        if (elapsed_ms(t0) < 250) return 4;
+        if (sock_send(*s, fd, "done", 4) != 4) return 5;
+        s->release(fd);
+        close(fd);
+        return 0;
+      },
+      [&] {
+        int fd = accept(lfd, nullptr, nullptr);
+        REQUIRE(set_timeout(fd, 100) == 0);
+        auto s = Engine::on_accepted(fd, listener);
+        char buf[4];
+        int timeouts = 0;
+        ssize_t n;
+        while ((n = sock_recv(*s, fd, buf, 4, MSG_WAITALL)) == -1 && errno == EAGAIN) ++timeouts;
+        REQUIRE(n == 4);
+        REQUIRE(s->is_smc());
+        REQUIRE(timeouts >= 2);  // ~300 ms of client silence in 100 ms steps
         s->release(fd);
         close(fd);
       });
