@@ -74,6 +74,28 @@ void Connection::set_peer(const rdma::RemoteRegion& peer_rmb, uint32_t peer_toke
   flush_pending_cdc();
 }
 
+int Connection::post_cdc_locked(bool write_blocked) {
+  cdc::Message msg{};
+  msg.seq = static_cast<uint16_t>(tx_seq_ + 1);
+  msg.token = peer_token_;
+  msg.prod = to_wire(tx_prod_.load(std::memory_order_relaxed), peer_rmb_.length);
+  const uint64_t cons = rx_cons_.load(std::memory_order_relaxed);
+  msg.cons = to_wire(cons, rmb_size_);
+  msg.write_blocked = write_blocked;
+  msg.peer_done_writing = shut_wr_.load(std::memory_order_relaxed);
+  msg.peer_conn_closed = closed_.load(std::memory_order_relaxed);
+  msg.peer_conn_abort = aborted_.load(std::memory_order_relaxed);
+  uint8_t wire[cdc::kSize];
+  cdc::encode(msg, std::span<uint8_t, cdc::kSize>(wire));
+  const int rc = group_->link().post_message(wire);
+  if (rc == 0) {
+    tx_seq_ = msg.seq;  // a message not sent leaves its number to the next one
+    rx_cons_announced_.store(cons, std::memory_order_relaxed);
+    cdc_pending_.store(false, std::memory_order_relaxed);
+  }
+  return rc;
+}
+
 bool Connection::send_cdc(CdcContext context, bool write_blocked) {
   if (!peer_ready_.load(std::memory_order_acquire)) {
     cdc_pending_.store(true, std::memory_order_relaxed);
@@ -84,26 +106,9 @@ bool Connection::send_cdc(CdcContext context, bool write_blocked) {
     int rc;
     {
       std::lock_guard lock(link.send_mutex());
-      cdc::Message msg{};
-      msg.seq = ++tx_seq_;
-      msg.token = peer_token_;
-      msg.prod = to_wire(tx_prod_.load(std::memory_order_relaxed), peer_rmb_.length);
-      const uint64_t cons = rx_cons_.load(std::memory_order_relaxed);
-      msg.cons = to_wire(cons, rmb_size_);
-      msg.write_blocked = write_blocked;
-      msg.peer_done_writing = shut_wr_.load(std::memory_order_relaxed);
-      msg.peer_conn_closed = closed_.load(std::memory_order_relaxed);
-      msg.peer_conn_abort = aborted_.load(std::memory_order_relaxed);
-      uint8_t wire[cdc::kSize];
-      cdc::encode(msg, std::span<uint8_t, cdc::kSize>(wire));
-      rc = link.post_message(wire);
-      if (rc == 0) {
-        rx_cons_announced_.store(cons, std::memory_order_relaxed);
-        cdc_pending_.store(false, std::memory_order_relaxed);
-        return true;
-      }
-      --tx_seq_;  // not sent: the number goes to the next message
+      rc = post_cdc_locked(write_blocked);
     }
+    if (rc == 0) return true;
     if (rc != EAGAIN || context == CdcContext::kReceiver) {
       cdc_pending_.store(rc == EAGAIN, std::memory_order_relaxed);
       return false;
@@ -247,6 +252,8 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
     uint64_t prod = tx_prod_.load(std::memory_order_relaxed);
     // RDMA WRITE the chunk into the peer's ring (a piece per iovec part and ring wrap),
     // then one CDC with the new producer cursor; RC ordering delivers it after the data.
+    // All under one hold of the send lock, released only while the send queue is full.
+    std::unique_lock send_lock(link.send_mutex());
     size_t left = chunk;
     int rc = 0;
     while (left > 0 && rc == 0) {
@@ -255,15 +262,13 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
       const uint32_t offset = static_cast<uint32_t>(prod % peer_rmb_.length);
       piece = std::min<size_t>(piece, peer_rmb_.length - offset);
       if (piece > 0) {
-        while (true) {
-          {
-            std::lock_guard send_lock(link.send_mutex());
-            rc = link.qp().post_write(src, static_cast<uint32_t>(piece), 0, peer_rmb_.addr + offset,
-                                      peer_rmb_.rkey, 0, false);
-          }
-          if (rc != EAGAIN) break;
+        while ((rc = link.qp().post_write(src, static_cast<uint32_t>(piece), 0,
+                                          peer_rmb_.addr + offset, peer_rmb_.rkey, 0, false)) ==
+               EAGAIN) {
+          send_lock.unlock();
           link.progress();
           cpu_relax();
+          send_lock.lock();
         }
         if (rc != 0) break;
       }
@@ -276,6 +281,7 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
       }
     }
     if (rc != 0) {
+      send_lock.unlock();
       link.fail("RDMA WRITE failed");
       on_link_down();
       if (sent > 0) break;
@@ -283,7 +289,9 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
     }
     tx_prod_.store(prod, std::memory_order_relaxed);
     sent += chunk;
-    send_cdc(CdcContext::kApplication);
+    const int cdc_rc = post_cdc_locked(false);
+    send_lock.unlock();
+    if (cdc_rc != 0) send_cdc(CdcContext::kApplication);  // full queue: retry, or fail the link
   }
   if (sent == 0) {
     if (dontwait || timed_out) {

@@ -67,6 +67,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Builds a CDC from the current state and posts it. The receiver context never waits
   // (it may hold the link's poll role): a full send queue leaves the update pending.
   bool send_cdc(CdcContext context, bool write_blocked = false);
+  // Builds and posts one CDC; the caller holds the link's send lock. Returns the errno.
+  int post_cdc_locked(bool write_blocked);
   void flush_pending_cdc();
   void maybe_announce_consumed();
   void protocol_error(const char* what);
