@@ -99,5 +99,31 @@ st = state(); c.close(); print(json.dumps(st)); sys.exit(0)
         srv.kill()
 
 
+class ExitTest(SmcTestCase):
+    def test_exit_with_the_socket_open_is_an_orderly_close(self):
+        """A program that exit()s with an SMC connection open: the kernel would close its
+        TCP socket with a FIN, so the peer must read EOF (not ECONNRESET) after the data."""
+        n = 1 << 20
+        srv, port = self.start_server("tcpapp", ["--mode", "sink", "--raw", "--bytes", str(n)])
+        body = r"""
+import ctypes, socket
+c = socket.create_connection(('127.0.0.1', %d))
+c.sendall(bytes(%d))
+reply = b''
+while len(reply) < 16:
+    reply += c.recv(16 - len(reply))
+# libc exit(): atexit handlers run, Python's finalisation (which would close c) does not.
+ctypes.CDLL(None).exit(0)
+""" % (port, n)
+        out = subprocess.run([sys.executable, "-c", body], env=self.env(True), timeout=60,
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertIn("connection SMC established", out.stderr)
+        self.finish(srv, 30, 0)
+        rec = srv.records()
+        self.assertTrue(rec and rec[0]["ok"], srv.describe())
+        self.assertLess(rec[0]["tcp_bytes_received"], 4096, srv.describe())
+
+
 if __name__ == "__main__":
     main()
