@@ -232,8 +232,9 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
         announced_blocked = true;
       }
       if (timeout_ns > 0 && deadline < 0) deadline = now_ns() + timeout_ns;
-      WaitResult r = wait_adaptive(link, queue_, tx_budget_, deadline,
-                                   [this] { return tx_space() > 0 || !writes_possible(); });
+      WaitResult r = wait_adaptive(link, queue_, tx_budget_, deadline, [this] {
+        return tx_space() > 0 || !writes_possible() || shut_wr_.load(std::memory_order_acquire);
+      });
       if (r == WaitResult::kInterrupted) break;
       if (r == WaitResult::kTimeout) {
         timed_out = true;
@@ -254,6 +255,11 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
     // then one CDC with the new producer cursor; RC ordering delivers it after the data.
     // All under one hold of the send lock, released only while the send queue is full.
     std::unique_lock send_lock(link.send_mutex());
+    if (shut_wr_.load(std::memory_order_acquire)) {  // shut down or closed meanwhile
+      send_lock.unlock();
+      if (sent > 0) break;
+      return fail_send(EPIPE, flags);
+    }
     size_t left = chunk;
     int rc = 0;
     while (left > 0 && rc == 0) {
@@ -314,7 +320,10 @@ int Connection::shutdown(int how) {
     queue_.wake();
   }
   if (how != SHUT_RD && !shut_wr_.exchange(true)) {
-    std::lock_guard lock(tx_mutex_);  // after any write in progress
+    // Ordered with writes by the link's send lock: a writer checks shut_wr_ under it
+    // before it posts, so no data follows this CDC. A writer blocked for ring space is
+    // woken and fails with EPIPE, as no more data may go.
+    queue_.wake();
     send_cdc(CdcContext::kApplication);
   }
   return 0;
@@ -324,15 +333,13 @@ void Connection::close(int held_fd) {
   held_fd_.store(held_fd);
   // Unread data makes the close abortive, as TCP answers it with a RST.
   const bool unread = rx_available() > 0;
-  {
-    std::lock_guard lock(tx_mutex_);
-    if (unread && writes_possible()) {
-      aborted_.store(true);
-    }
-    shut_wr_.store(true);
-    closed_.store(true);
-    if (!link_down_.load()) send_cdc(CdcContext::kApplication);
-  }
+  // Never waits for a writer blocked in another thread (TCP's close() does not either):
+  // the send lock orders this CDC after any data already posted, see shutdown().
+  if (unread && writes_possible()) aborted_.store(true);
+  shut_wr_.store(true);
+  closed_.store(true);
+  queue_.wake();
+  if (!link_down_.load()) send_cdc(CdcContext::kApplication);
   finish_if_closed();
 }
 
@@ -341,7 +348,6 @@ void Connection::close_at_exit() {
   // The process exits with the socket open: the kernel would close it (FIN, or RST with
   // unread data). Do the same so the peer sees EOF, not a reset, when the link goes.
   const bool unread = rx_available() > 0;
-  std::unique_lock lock(tx_mutex_, std::try_to_lock);  // a writer may be stuck mid-call
   if (unread) aborted_.store(true);
   shut_wr_.store(true);
   closed_.store(true);
