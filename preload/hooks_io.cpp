@@ -10,6 +10,7 @@
 #undef _FILE_OFFSET_BITS
 
 #include <limits.h>
+#include <sched.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -100,6 +101,9 @@ ssize_t sendfile_smc(core::Socket& socket, int in_fd, Off* offset, size_t count)
     errno = ENOMEM;
     return -1;
   }
+  // Bytes read from a pipe or socket cannot be put back: once taken, they must be sent,
+  // even across EINTR or an SO_SNDTIMEO expiry, or they would be lost.
+  const bool can_seek_back = offset != nullptr || ::lseek64(in_fd, 0, SEEK_CUR) >= 0;
   size_t done = 0;
   int error = 0;
   while (done < count) {
@@ -117,6 +121,10 @@ ssize_t sendfile_smc(core::Socket& socket, int in_fd, Off* offset, size_t count)
       iovec iov = single(buf.get() + sent, static_cast<size_t>(got) - sent);
       const ssize_t n = smc_send(socket, &iov, 1, 0);
       if (n < 0) {
+        if (!can_seek_back && (errno == EINTR || errno == EAGAIN)) {
+          sched_yield();
+          continue;
+        }
         error = errno;
         break;
       }

@@ -77,6 +77,66 @@ c.close()
         self.assertIn("connection SMC established", out.stderr)
         srv.kill()
 
+    def test_sendfile_from_a_pipe_loses_nothing(self):
+        """sendfile() from a pipe into an SMC socket whose peer starts reading late, with
+        SO_SNDTIMEO expiring meanwhile: what was taken from the pipe is still sent, so the
+        peer receives exactly what went into the pipe."""
+        n = 1 << 20
+        server = r"""
+import socket, sys, time
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)
+print(l.getsockname()[1], flush=True)
+s, _ = l.accept()
+s.recv(1, socket.MSG_PEEK)  # settles SMC
+time.sleep(0.5)             # the writer meanwhile meets a full ring and SO_SNDTIMEO
+total = 0
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    total += len(b)
+print('received', total, flush=True)
+"""
+        env = self.env(True, {"SMCPRE_RMB_SIZE": "64K"})
+        srv = subprocess.Popen([sys.executable, "-c", server], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            port = int(srv.stdout.readline())
+            client = r"""
+import os, socket, struct, threading
+c = socket.create_connection(('127.0.0.1', %d))
+c.sendall(b'x')
+c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack('ll', 0, 20000))
+r, w = os.pipe()
+def fill():
+    view = memoryview(bytes(%d))
+    while view:
+        view = view[os.write(w, view):]
+    os.close(w)
+threading.Thread(target=fill).start()
+sent = 0
+while True:
+    try:
+        k = os.sendfile(c.fileno(), r, None, 200000)
+    except BlockingIOError:
+        continue
+    if k == 0:
+        break
+    sent += k
+print('sent', sent)
+c.close()
+""" % (port, n)
+            out = subprocess.run([sys.executable, "-c", client], env=self.env(True), timeout=120,
+                                 capture_output=True, text=True)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            self.assertIn("connection SMC established", out.stderr)
+            self.assertIn("sent %d" % n, out.stdout)
+            rest, err = srv.communicate(timeout=60)
+            self.assertIn("received %d" % (n + 1), rest, err)
+        finally:
+            srv.kill()
+            srv.wait()
+
     def test_over_tcp(self):
         srv, cli, srec, crec = self.run_pair(False)
         self.assert_tcp(srec, crec, (srv, cli))
