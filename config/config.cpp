@@ -408,6 +408,7 @@ struct Variable {
 
 constexpr Variable kVariables[] = {
     {"SMCPRE_BACKLOG_CPUS", parse_backlog_cpus},
+    {"SMCPRE_CLOSE_TIMEOUT_MS", parse_ranged<uint32_t, &Config::close_timeout_ms, 1, 3600000>},
     {"SMCPRE_DEVICE", parse_device},
     {"SMCPRE_ENABLE", parse_enable},
     {"SMCPRE_EXCLUDE", parse_exclude},

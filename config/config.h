@@ -40,8 +40,11 @@ struct Config {
   // SMCPRE_LOG, stored canonically: trace|debug|info|warn|error|critical|off ("warning" and
   // any letter case are accepted on input).
   std::string log_level = "off";
-  std::string log_file;                    // SMCPRE_LOG_FILE
-  uint32_t handshake_timeout_ms = 2000;    // SMCPRE_HANDSHAKE_TIMEOUT_MS, 1..600000
+  std::string log_file;                  // SMCPRE_LOG_FILE
+  uint32_t handshake_timeout_ms = 2000;  // SMCPRE_HANDSHAKE_TIMEOUT_MS, 1..600000
+  // After our close, how long the peer may keep its side open before the connection is
+  // torn down (TCP's tcp_fin_timeout for orphaned sockets is 60 s).
+  uint32_t close_timeout_ms = 60000;       // SMCPRE_CLOSE_TIMEOUT_MS, 1..3600000
   std::string runtime_dir;                 // SMCPRE_RUNTIME_DIR (default: see runtime_dir_default)
   std::vector<PeerRule> peers;             // SMCPRE_PEERS
   std::vector<PortRange> exclude_ports;    // SMCPRE_EXCLUDE

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "config/config.h"
 #include "config/log.h"
 #include "config/sys.h"
 #include "core/link_group.h"
@@ -341,6 +342,17 @@ void Connection::close(int held_fd) {
   queue_.wake();
   if (!link_down_.load()) send_cdc(CdcContext::kApplication);
   finish_if_closed();
+  if (!finished()) {
+    const int64_t timeout = int64_t{config::current().close_timeout_ms} * 1'000'000;
+    progress_thread().watch_close(weak_from_this(), now_ns() + timeout);
+  }
+}
+
+void Connection::close_timed_out() {
+  SMC_LOG_INFO("connection {:#x}: peer did not close within {} ms: torn down", local_token_,
+               config::current().close_timeout_ms);
+  if (!aborted_.exchange(true) && !link_down_.load()) send_cdc(CdcContext::kReceiver);
+  finish();
 }
 
 void Connection::close_at_exit() {

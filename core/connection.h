@@ -50,6 +50,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The application closed the socket. `held_fd` is a private duplicate of the TCP
   // socket, closed once SMC close has finished.
   void close(int held_fd);
+  // The peer did not close its side within the close timeout after our close.
+  void close_timed_out();
+  bool finished() const { return finished_.load(std::memory_order_acquire); }
   // Orderly close of a connection the exiting process never closed.
   void close_at_exit();
   Readiness readiness();

@@ -10,6 +10,7 @@
 #include "config/config.h"
 #include "config/log.h"
 #include "config/sys.h"
+#include "core/connection.h"
 #include "core/handshake.h"
 #include "core/link_group.h"
 
@@ -24,6 +25,8 @@ constexpr int kBusyTimeoutMs = 1;
 constexpr int kIdleTimeoutMs = 1000;
 // A poll that has not succeeded within this long yields the CPU between looks.
 constexpr int64_t kYieldAfterNs = 5'000;
+// How often connections waiting for the peer's close are looked at.
+constexpr int kClosePollMs = 100;
 // How often sockets in a lingering close are looked at.
 constexpr int kLingerPollMs = 10;
 
@@ -81,6 +84,25 @@ void ProgressThread::linger_close(int fd, int64_t deadline_ns) {
   lingering_.push_back({fd, deadline_ns});
   uint64_t one = 1;
   sys::write(kick_fd_, &one, sizeof one);
+}
+
+void ProgressThread::watch_close(std::weak_ptr<Connection> connection, int64_t deadline_ns) {
+  std::lock_guard lock(mutex_);
+  if (!ensure_started()) return;
+  closing_.push_back({std::move(connection), deadline_ns});
+}
+
+void ProgressThread::reap_closing() {
+  const int64_t now = now_ns();
+  for (auto it = closing_.begin(); it != closing_.end();) {
+    std::shared_ptr<Connection> connection = it->connection.lock();
+    if (connection && !connection->finished() && now < it->deadline_ns) {
+      ++it;
+      continue;
+    }
+    if (connection && !connection->finished()) connection->close_timed_out();
+    it = closing_.erase(it);
+  }
 }
 
 void ProgressThread::reap_lingering() {
@@ -156,7 +178,9 @@ void ProgressThread::run() {
     {
       std::lock_guard lock(mutex_);
       reap_lingering();
+      reap_closing();
       if (!lingering_.empty()) timeout_ms = std::min(timeout_ms, kLingerPollMs);
+      if (!closing_.empty()) timeout_ms = std::min(timeout_ms, kClosePollMs);
     }
     if (deadline >= 0) {
       int64_t left_ms = (deadline - now_ns() + 999'999) / 1'000'000;

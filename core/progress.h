@@ -21,8 +21,9 @@
 #include "core/wait.h"
 
 namespace smcpre::core {
+class Connection;
 class LinkGroup;
-}
+}  // namespace smcpre::core
 
 namespace smcpre::core {
 
@@ -44,6 +45,9 @@ class ProgressThread {
   // that the close stays an orderly FIN instead of a RST over unread bytes. The socket is
   // closed when they have come, on other data or EOF, or at the deadline.
   void linger_close(int fd, int64_t deadline_ns);
+  // A connection the application closed: if the peer has not closed its side by the
+  // deadline, the connection is torn down (like TCP's timeout for orphaned sockets).
+  void watch_close(std::weak_ptr<Connection> connection, int64_t deadline_ns);
   void stop();
 
  private:
@@ -57,6 +61,12 @@ class ProgressThread {
     int64_t deadline_ns;
   };
   std::vector<Lingering> lingering_;
+  struct Closing {
+    std::weak_ptr<Connection> connection;
+    int64_t deadline_ns;
+  };
+  std::vector<Closing> closing_;
+  void reap_closing();    // under mutex_
   void reap_lingering();  // under mutex_
   std::thread thread_;
   int epoll_fd_ = -1;

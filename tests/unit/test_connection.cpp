@@ -34,6 +34,7 @@ struct TestEnv {
     setenv("SMCPRE_RUNTIME_DIR", dir.c_str(), 1);
     setenv("SMCPRE_RMB_SIZE", "64K", 1);  // small rings: wraps and flow control get exercised
     setenv("SMCPRE_RQ_DEPTH", "16", 1);   // a short receive queue: RNR gets exercised
+    setenv("SMCPRE_CLOSE_TIMEOUT_MS", "1000", 1);
     signal(SIGPIPE, SIG_IGN);
   }
   std::string dir;
@@ -301,6 +302,45 @@ TEST_CASE("close() from one thread while another is blocked in send() returns at
         usleep(1'000'000);  // not reading: the writer stays blocked, the client closes
         while (sock_recv(*s, fd, &c, 1) > 0) {
         }
+        REQUIRE(s->is_smc());
+        s->release(fd);
+        close(fd);
+      });
+  close(lfd);
+}
+
+TEST_CASE("a peer that never closes its side: torn down after the close timeout") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  run_pair(
+      [&] {
+        close(lfd);
+        int fd = connect_loopback(port);
+        auto s = Engine::on_connected(fd);
+        if (!s || !s->is_smc()) return 1;
+        if (sock_send(*s, fd, "x", 1) != 1) return 2;
+        char c;
+        if (sock_recv(*s, fd, &c, 1) != 0) return 3;  // the server closed: EOF over SMC
+        // Its TCP socket is still held open while it waits for our close...
+        if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != -1 || errno != EAGAIN) return 4;
+        // ...which never comes: after the close timeout (1 s here) it is released (FIN).
+        for (int i = 0; i < 50; ++i) {
+          usleep(100'000);
+          if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+            s->release(fd);
+            close(fd);
+            return i >= 5 ? 0 : 5;  // not before ~1 s
+          }
+        }
+        return 6;
+      },
+      [&] {
+        int fd = accept(lfd, nullptr, nullptr);
+        auto s = Engine::on_accepted(fd, listener);
+        char c;
+        REQUIRE(sock_recv(*s, fd, &c, 1) == 1);
         REQUIRE(s->is_smc());
         s->release(fd);
         close(fd);
