@@ -381,6 +381,10 @@ TEST_CASE("integer ranges", "[config]") {
   CHECK(good("SMCPRE_RQ_DEPTH", "4096").rq_depth == 4096);
   CHECK(good("SMCPRE_SQ_DEPTH", "16").sq_depth == 16);
   CHECK(good("SMCPRE_SQ_DEPTH", "16384").sq_depth == 16384);
+  CHECK(good("SMCPRE_CLOSE_TIMEOUT_MS", "1").close_timeout_ms == 1);
+  CHECK(good("SMCPRE_CLOSE_TIMEOUT_MS", "3600000").close_timeout_ms == 3600000);
+  bad("SMCPRE_CLOSE_TIMEOUT_MS", "0");
+  bad("SMCPRE_CLOSE_TIMEOUT_MS", "3600001");
   CHECK(good("SMCPRE_SPIN_US", "0").spin_us == 0);
   CHECK(good("SMCPRE_SPIN_US", "100000").spin_us == 100000);
   CHECK(good("SMCPRE_RNR_RETRY", "0").rnr_retry == 0);
