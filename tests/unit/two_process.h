@@ -1,0 +1,150 @@
+// The two-process harness of the device tests (shm and verbs): a forked child with a
+// control channel over a socketpair to exchange endpoints and regions, checks that end
+// the child with a message, and bounded waits.
+#pragma once
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rdma/device.h"
+
+namespace {
+
+using namespace smcpre::rdma;
+
+// Generous: the machine may be loaded, and a healthy run never waits this long.
+constexpr int kTimeoutMs = 10000;
+constexpr uint32_t kSlot = 64;  // receive buffer size
+
+// A failed check in a child ends it with a message; the parent checks the exit code.
+#define CHILD_CHECK(cond)                                                           \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
+      std::fprintf(stderr, "child check failed at line %d: %s\n", __LINE__, #cond); \
+      ::_exit(1);                                                                   \
+    }                                                                               \
+  } while (0)
+
+int64_t now_ms() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+void sleep_ms(int ms) {
+  const timespec t{ms / 1000, (ms % 1000) * 1'000'000L};
+  ::nanosleep(&t, nullptr);
+}
+
+// The control channel between the two processes.
+class Channel {
+ public:
+  explicit Channel(int fd) : fd_(fd) {}
+  Channel(const Channel&) = delete;
+  ~Channel() { ::close(fd_); }
+
+  template <typename T>
+  bool put(const T& value) {
+    const auto* p = reinterpret_cast<const char*>(&value);
+    size_t left = sizeof value;
+    while (left > 0) {
+      const ssize_t n = ::send(fd_, p, left, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      p += n;
+      left -= static_cast<size_t>(n);
+    }
+    return true;
+  }
+  template <typename T>
+  bool get(T* value, int timeout_ms = kTimeoutMs) {
+    auto* p = reinterpret_cast<char*>(value);
+    size_t left = sizeof *value;
+    const int64_t deadline = now_ms() + timeout_ms;
+    while (left > 0) {
+      pollfd pfd{fd_, POLLIN, 0};
+      const int wait = static_cast<int>(std::max<int64_t>(deadline - now_ms(), 0));
+      if (::poll(&pfd, 1, wait) <= 0) return false;
+      const ssize_t n = ::recv(fd_, p, left, 0);
+      if (n <= 0) return false;
+      p += n;
+      left -= static_cast<size_t>(n);
+    }
+    return true;
+  }
+  bool signal(char c) { return put(c); }
+  bool expect(char c, int timeout_ms = kTimeoutMs) {
+    char got = 0;
+    return get(&got, timeout_ms) && got == c;
+  }
+
+ private:
+  int fd_;
+};
+
+// Kills and reaps the child if the test leaves early (a failed REQUIRE).
+class Child {
+ public:
+  template <typename Body>
+  explicit Child(Body body) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) std::abort();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::close(sv[0]);
+      int rc;
+      {
+        Channel channel(sv[1]);
+        rc = body(channel);
+      }
+      ::_exit(rc);
+    }
+    ::close(sv[1]);
+    channel_ = std::make_unique<Channel>(sv[0]);
+  }
+  ~Child() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  Channel& channel() { return *channel_; }
+  pid_t pid() const { return pid_; }
+
+  // The child's exit code, or -1 if it had to be killed after timeout_ms.
+  int wait(int timeout_ms = 2 * kTimeoutMs) {
+    const int64_t deadline = now_ms() + timeout_ms;
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (now_ms() > deadline) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, nullptr, 0);
+        pid_ = -1;
+        return -1;
+      }
+      sleep_ms(1);
+    }
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  // For a child that was killed on purpose.
+  void reap() {
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  std::unique_ptr<Channel> channel_;
+};
+
+}  // namespace
