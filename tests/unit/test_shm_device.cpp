@@ -31,56 +31,14 @@ using namespace smcpre::rdma;
 namespace {
 
 // One process's side: device, PD, a WRITE target region, receive buffers, a QP.
-struct Side {
-  std::unique_ptr<Device> device;
-  std::unique_ptr<ProtectionDomain> pd;
-  std::unique_ptr<MemoryRegion> region;
-  std::unique_ptr<MemoryRegion> recv_buffers;
-  std::unique_ptr<QueuePair> qp;
-  QpConfig config;
-  std::string error;
-
+struct Side : DeviceSide {
   bool open(const QpConfig& qp_config, std::vector<uint32_t> allowed_uids = {},
             size_t region_bytes = 64 * 1024) {
-    config = qp_config;
     ShmOptions options;
     options.allowed_uids = allowed_uids;
-    device = open_shm_device(options, &error);
-    if (!device) return false;
-    pd = device->alloc_pd(&error);
-    if (!pd) return false;
-    region = pd->register_memory(region_bytes, &error);
-    recv_buffers = pd->register_memory(size_t{config.recv_depth} * kSlot, &error);
-    if (!region || !recv_buffers) return false;
-    return new_qp();
+    return open_on(open_shm_device(options, &error), qp_config, region_bytes);
   }
-  bool new_qp() {
-    qp = pd->create_qp(config, &error);
-    return qp != nullptr;
-  }
-  uint8_t* buffer(uint64_t index) const {
-    return static_cast<uint8_t*>(recv_buffers->addr()) + index * kSlot;
-  }
-  int post_recv(uint64_t index) { return qp->post_recv(buffer(index), kSlot, 0, index); }
-  bool post_all_recvs() {
-    for (uint32_t i = 0; i < config.recv_depth; ++i) {
-      if (post_recv(i) != 0) return false;
-    }
-    return true;
-  }
-  uint8_t* bytes() const { return static_cast<uint8_t*>(region->addr()); }
 };
-
-struct PeerInfo {
-  QpEndpoint endpoint;
-  RemoteRegion region;
-};
-
-PeerInfo info_of(const Side& side) {
-  return PeerInfo{side.qp->local_endpoint(),
-                  RemoteRegion{side.region->remote_addr(), side.region->rkey(),
-                               static_cast<uint32_t>(side.region->length())}};
-}
 
 // The CLC order: the server's data goes out in Accept, the client connects and answers
 // with Confirm, then the server connects.

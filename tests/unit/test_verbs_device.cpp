@@ -36,53 +36,11 @@ bool have_device() {
 }
 
 // One process's side: device, PD, a WRITE target region, receive buffers, a QP.
-struct Side {
-  std::unique_ptr<Device> device;
-  std::unique_ptr<ProtectionDomain> pd;
-  std::unique_ptr<MemoryRegion> region;
-  std::unique_ptr<MemoryRegion> recv_buffers;
-  std::unique_ptr<QueuePair> qp;
-  QpConfig config;
-  std::string error;
-
+struct Side : DeviceSide {
   bool open(const QpConfig& qp_config) {
-    config = qp_config;
-    device = open_verbs_device("", 0, &error);
-    if (!device) return false;
-    pd = device->alloc_pd(&error);
-    if (!pd) return false;
-    region = pd->register_memory(64 * 1024, &error);
-    recv_buffers = pd->register_memory(size_t{config.recv_depth} * kSlot, &error);
-    if (!region || !recv_buffers) return false;
-    qp = pd->create_qp(config, &error);
-    if (!qp) std::fprintf(stderr, "create_qp: %s\n", error.c_str());
-    return qp != nullptr;
+    return open_on(open_verbs_device("", 0, &error), qp_config);
   }
-  uint8_t* buffer(uint64_t index) const {
-    return static_cast<uint8_t*>(recv_buffers->addr()) + index * kSlot;
-  }
-  int post_recv(uint64_t index) {
-    return qp->post_recv(buffer(index), kSlot, recv_buffers->lkey(), index);
-  }
-  bool post_all_recvs() {
-    for (uint32_t i = 0; i < config.recv_depth; ++i) {
-      if (post_recv(i) != 0) return false;
-    }
-    return true;
-  }
-  uint8_t* bytes() const { return static_cast<uint8_t*>(region->addr()); }
 };
-
-struct PeerInfo {
-  QpEndpoint endpoint;
-  RemoteRegion region;
-};
-
-PeerInfo info_of(const Side& side) {
-  return PeerInfo{side.qp->local_endpoint(),
-                  RemoteRegion{side.region->remote_addr(), side.region->rkey(),
-                               static_cast<uint32_t>(side.region->length())}};
-}
 
 // The CLC order: the server's data goes out in Accept, the client connects and answers
 // with Confirm, then the server connects and says so (verbs drops packets that reach a

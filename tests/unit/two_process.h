@@ -147,4 +147,59 @@ class Child {
   std::unique_ptr<Channel> channel_;
 };
 
+// One process's side of a device test: device, PD, a WRITE target region, receive
+// buffers (kSlot bytes each) and a QP. Each test opens its own device and calls
+// open_on().
+struct DeviceSide {
+  std::unique_ptr<Device> device;
+  std::unique_ptr<ProtectionDomain> pd;
+  std::unique_ptr<MemoryRegion> region;
+  std::unique_ptr<MemoryRegion> recv_buffers;
+  std::unique_ptr<QueuePair> qp;
+  QpConfig config;
+  std::string error;
+
+  bool open_on(std::unique_ptr<Device> opened, const QpConfig& qp_config,
+               size_t region_bytes = 64 * 1024) {
+    config = qp_config;
+    device = std::move(opened);
+    if (!device) return false;
+    pd = device->alloc_pd(&error);
+    if (!pd) return false;
+    region = pd->register_memory(region_bytes, &error);
+    recv_buffers = pd->register_memory(size_t{config.recv_depth} * kSlot, &error);
+    if (!region || !recv_buffers) return false;
+    return new_qp();
+  }
+  bool new_qp() {
+    qp = pd->create_qp(config, &error);
+    if (!qp) std::fprintf(stderr, "create_qp: %s\n", error.c_str());
+    return qp != nullptr;
+  }
+  uint8_t* buffer(uint64_t index) const {
+    return static_cast<uint8_t*>(recv_buffers->addr()) + index * kSlot;
+  }
+  int post_recv(uint64_t index) {
+    return qp->post_recv(buffer(index), kSlot, recv_buffers->lkey(), index);
+  }
+  bool post_all_recvs() {
+    for (uint32_t i = 0; i < config.recv_depth; ++i) {
+      if (post_recv(i) != 0) return false;
+    }
+    return true;
+  }
+  uint8_t* bytes() const { return static_cast<uint8_t*>(region->addr()); }
+};
+
+struct PeerInfo {
+  QpEndpoint endpoint;
+  RemoteRegion region;
+};
+
+PeerInfo info_of(const DeviceSide& side) {
+  return PeerInfo{side.qp->local_endpoint(),
+                  RemoteRegion{side.region->remote_addr(), side.region->rkey(),
+                               static_cast<uint32_t>(side.region->length())}};
+}
+
 }  // namespace
