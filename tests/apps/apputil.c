@@ -281,3 +281,13 @@ void arm_timeout(const char* prog, unsigned seconds, const char* (*detail)(void)
   sigaction(SIGALRM, &sa, NULL);
   alarm(seconds);
 }
+
+void put_be64(uint8_t* p, uint64_t v) {
+  for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+uint64_t get_be64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
+  return v;
+}

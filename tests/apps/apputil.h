@@ -73,3 +73,7 @@ void json_string(FILE* out, const char* s);
 // then arms alarm(seconds). `detail`, if not NULL, is called from the handler to name what
 // the program was doing (must be async-signal-safe: return a static string).
 void arm_timeout(const char* prog, unsigned seconds, const char* (*detail)(void));
+
+// Big-endian 64-bit fields of the apps' small replies and headers.
+void put_be64(uint8_t* p, uint64_t v);
+uint64_t get_be64(const uint8_t* p);

@@ -286,15 +286,6 @@ static bool recv_stream(struct conn* c, uint64_t seed, long long total, bool raw
   return true;
 }
 
-static void put_be64(uint8_t* p, uint64_t v) {
-  for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
-}
-static uint64_t get_be64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
-  return v;
-}
-
 // ---- server ------------------------------------------------------------------------------
 
 static const char kRequest[] = "GET\n";  // source mode: what the client asks first
