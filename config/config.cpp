@@ -406,6 +406,16 @@ struct Variable {
   Parser parse;
 };
 
+std::string parse_ib_mtu(std::string_view v, Config& c) {
+  uint64_t mtu = 0;
+  if (!parse_uint(v, 4096, &mtu) ||
+      (mtu != 256 && mtu != 512 && mtu != 1024 && mtu != 2048 && mtu != 4096)) {
+    return "expected an IB path MTU: 256, 512, 1024, 2048 or 4096";
+  }
+  c.ib_mtu = static_cast<uint16_t>(mtu);
+  return {};
+}
+
 constexpr Variable kVariables[] = {
     {"SMCPRE_BACKLOG_CPUS", parse_backlog_cpus},
     {"SMCPRE_CLOSE_TIMEOUT_MS", parse_ranged<uint32_t, &Config::close_timeout_ms, 1, 3600000>},
@@ -413,6 +423,11 @@ constexpr Variable kVariables[] = {
     {"SMCPRE_ENABLE", parse_enable},
     {"SMCPRE_EXCLUDE", parse_exclude},
     {"SMCPRE_HANDSHAKE_TIMEOUT_MS", parse_handshake_timeout},
+    {"SMCPRE_IB_MTU", parse_ib_mtu},
+    {"SMCPRE_IB_RETRY", parse_ranged<uint8_t, &Config::ib_retry, 0, 7>},
+    {"SMCPRE_IB_TIMEOUT", parse_ranged<uint8_t, &Config::ib_timeout, 1, 31>},
+    {"SMCPRE_KEEPALIVE_MS", parse_ranged<uint32_t, &Config::keepalive_ms, 0, 3600000>},
+    {"SMCPRE_LINGER_MS", parse_ranged<uint32_t, &Config::linger_ms, 0, 86400000>},
     {"SMCPRE_LOG", parse_log},
     {"SMCPRE_LOG_FILE", parse_log_file},
     {"SMCPRE_PEERS", parse_peers},

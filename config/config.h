@@ -59,7 +59,15 @@ struct Config {
   uint32_t spin_us = 200;     // SMCPRE_SPIN_US, 0..100000
   uint8_t rnr_retry = 7;      // SMCPRE_RNR_RETRY 0..7 (7 = forever)
   uint8_t min_rnr_timer = 5;  // SMCPRE_RNR_TIMER IB code 1..31
-  std::string stats;          // SMCPRE_STATS: "" (unset), "exit" or "none"
+  // RDMA transport (verbs device). Defaults are the kernel's SMC-R settings.
+  uint16_t ib_mtu = 4096;   // SMCPRE_IB_MTU 256|512|1024|2048|4096: cap on the path MTU
+  uint8_t ib_timeout = 15;  // SMCPRE_IB_TIMEOUT local ACK timeout code 1..31 (4.096us*2^n)
+  uint8_t ib_retry = 7;     // SMCPRE_IB_RETRY transport retries 0..7
+  // Link groups: TEST LINK after this long without traffic (0 = never), and how long an
+  // unused link group stays up for the next connection (0 = torn down at once).
+  uint32_t keepalive_ms = 30000;  // SMCPRE_KEEPALIVE_MS 0..3600000
+  uint32_t linger_ms = 600000;    // SMCPRE_LINGER_MS 0..86400000
+  std::string stats;              // SMCPRE_STATS: "" (unset), "exit" or "none"
   // SMCPRE_* names that parse() does not know: not an error (a newer or older smcpre may
   // know them), but current() logs a warning for each.
   std::vector<std::string> unknown_variables;

@@ -15,7 +15,9 @@
 
 namespace smcpre::sys {
 
-inline long ret(long r) { return r; }
+inline long ret(long r) {
+  return r;
+}
 
 inline int socket(int domain, int type, int protocol) {
   return static_cast<int>(::syscall(SYS_socket, domain, type, protocol));
@@ -44,16 +46,24 @@ inline ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
 inline ssize_t recvmsg(int fd, msghdr* msg, int flags) {
   return ::syscall(SYS_recvmsg, fd, msg, flags);
 }
-inline ssize_t read(int fd, void* buf, size_t len) { return ::syscall(SYS_read, fd, buf, len); }
+inline ssize_t read(int fd, void* buf, size_t len) {
+  return ::syscall(SYS_read, fd, buf, len);
+}
 inline ssize_t write(int fd, const void* buf, size_t len) {
   return ::syscall(SYS_write, fd, buf, len);
 }
-inline int close(int fd) { return static_cast<int>(::syscall(SYS_close, fd)); }
-inline int shutdown(int fd, int how) { return static_cast<int>(::syscall(SYS_shutdown, fd, how)); }
+inline int close(int fd) {
+  return static_cast<int>(::syscall(SYS_close, fd));
+}
+inline int shutdown(int fd, int how) {
+  return static_cast<int>(::syscall(SYS_shutdown, fd, how));
+}
 inline int fcntl(int fd, int cmd, long arg = 0) {
   return static_cast<int>(::syscall(SYS_fcntl, fd, cmd, arg));
 }
-inline int dup_cloexec(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
+inline int dup_cloexec(int fd) {
+  return fcntl(fd, F_DUPFD_CLOEXEC, 0);
+}
 inline int poll(pollfd* fds, nfds_t n, int timeout_ms) {
   return static_cast<int>(::syscall(SYS_poll, fds, n, timeout_ms));
 }

@@ -58,7 +58,7 @@ rdma::Device* EngineState::device(uint32_t* decline) {
         SMC_LOG_INFO("no SMC device (SMCPRE_DEVICE=none)");
         break;
       case config::DeviceChoice::kVerbs:
-        device_ = rdma::open_verbs_device(config_.verbs_device, config_.verbs_port, &error);
+        device_ = rdma::open_verbs_device(config_.verbs_device, config_.verbs_port, -1, &error);
         break;
       case config::DeviceChoice::kAuto:
       case config::DeviceChoice::kShm: {

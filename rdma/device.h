@@ -25,12 +25,13 @@ enum class WcStatus : uint8_t {
   kSuccess,
   kLocalLengthError,
   kLocalProtectionError,
-  kFlushError,          // the QP went to error; outstanding work is flushed
-  kRemoteAccessError,   // bad rkey / out-of-range RDMA WRITE
-  kRetryExceeded,       // transport retry count exceeded (peer gone)
-  kRnrRetryExceeded,    // receiver not ready, retry count exceeded
+  kFlushError,         // the QP went to error; outstanding work is flushed
+  kRemoteAccessError,  // bad rkey / out-of-range RDMA WRITE
+  kRetryExceeded,      // transport retry count exceeded (peer gone)
+  kRnrRetryExceeded,   // receiver not ready, retry count exceeded
   kGeneralError,
 };
+inline constexpr size_t kWcStatusCount = 8;
 const char* to_string(WcStatus status);
 
 enum class WcOpcode : uint8_t { kSend, kRdmaWrite, kRecv };
@@ -113,8 +114,7 @@ class QueuePair {
   // INIT -> RTR -> RTS towards `remote`. The client calls this after CLC Accept (before
   // sending Confirm), the server after CLC Confirm. Must not wait for the peer's own
   // connect call beyond what the device needs; bounded by timeout_ms.
-  virtual bool connect(const QpEndpoint& remote, Role role, int timeout_ms,
-                       std::string* error) = 0;
+  virtual bool connect(const QpEndpoint& remote, Role role, int timeout_ms, std::string* error) = 0;
 
   // Makes a peer region usable as a WRITE target (shm: maps it; verbs: nothing to do).
   // Validates that the range is one the peer registered.
@@ -124,9 +124,8 @@ class QueuePair {
   // Posting returns 0, EAGAIN when the send queue is full (poll_send, then retry), or
   // another errno when the QP is in error. Unsignaled work produces a completion only
   // on error. RC ordering holds: a SEND posted after a WRITE is delivered after it.
-  virtual int post_write(const void* local, uint32_t length, uint32_t lkey,
-                         uint64_t remote_addr, uint32_t rkey, uint64_t wr_id,
-                         bool signaled) = 0;
+  virtual int post_write(const void* local, uint32_t length, uint32_t lkey, uint64_t remote_addr,
+                         uint32_t rkey, uint64_t wr_id, bool signaled) = 0;
   virtual int post_send_inline(const void* data, uint32_t length, uint64_t wr_id,
                                bool signaled) = 0;
   virtual int post_recv(void* buffer, uint32_t length, uint32_t lkey, uint64_t wr_id) = 0;
@@ -137,7 +136,9 @@ class QueuePair {
   virtual int poll_recv(std::span<WorkCompletion> out) = 0;
 
   // A pollable fd that turns readable after arm_recv_notify() once a receive completion
-  // is available or the QP went to error. consume_notify() resets it.
+  // or a signaled send completion is available or the QP went to error (an engine that
+  // waits for send completions to reuse its send buffers sleeps on it too).
+  // consume_notify() resets it.
   virtual int notify_fd() const = 0;
   virtual void arm_recv_notify() = 0;
   virtual void consume_notify() = 0;
@@ -174,17 +175,28 @@ class Device {
   virtual Gid gid() const = 0;
   virtual Mac mac() const = 0;
   virtual std::unique_ptr<ProtectionDomain> alloc_pd(std::string* error) = 0;
+  // Device-level (affiliated and unaffiliated) asynchronous events: a pollable fd, -1 if
+  // the device has none, and the handler the progress thread calls when it is readable.
+  // The handler logs each event by name, counts it, and puts the QP of a fatal QP event
+  // into error (its links then go down through their flushed completions).
+  virtual int async_fd() const { return -1; }
+  virtual void handle_async_events() {}
 };
 
 struct ShmOptions {
   // uids besides our own whose processes may attach (SO_PEERCRED check).
   std::span<const uint32_t> allowed_uids;
+  // Report write_from_any_memory = false, as a verbs device does, so that the engine's
+  // registered-send-buffer path can be tested without RDMA hardware.
+  bool staged_writes = false;
 };
 
 // The same-host shared-memory device. One per process.
 std::unique_ptr<Device> open_shm_device(const ShmOptions& options, std::string* error);
 
-// rdma-core device `name` (empty: first active port), port 0 = first active.
-std::unique_ptr<Device> open_verbs_device(const std::string& name, int port, std::string* error);
+// rdma-core device `name` (empty: first active port), port 0 = first active, gid_index
+// -1 = the port's RoCEv2 IPv4 GID if any, else its first valid GID.
+std::unique_ptr<Device> open_verbs_device(const std::string& name, int port, int gid_index,
+                                          std::string* error);
 
 }  // namespace smcpre::rdma

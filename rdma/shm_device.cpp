@@ -135,6 +135,7 @@ std::shared_ptr<DeviceState> DeviceState::create(const ShmOptions& options, std:
   state->own_uid_ = ::geteuid();
   state->owner_pid_ = ::getpid();
   state->allowed_uids_.assign(options.allowed_uids.begin(), options.allowed_uids.end());
+  state->staged_writes_ = options.staged_writes;
   return state;
 }
 
@@ -391,7 +392,7 @@ class ShmDevice final : public Device {
 
   std::string name() const override { return "shm"; }
   DeviceCaps caps() const override {
-    return DeviceCaps{.write_from_any_memory = true, .max_inline = 64};
+    return DeviceCaps{.write_from_any_memory = !state_->staged_writes(), .max_inline = 64};
   }
   Gid gid() const override { return state_->gid(); }
   Mac mac() const override { return state_->mac(); }

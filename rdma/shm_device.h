@@ -53,6 +53,7 @@ class DeviceState {
   const Gid& gid() const { return gid_; }
   const Mac& mac() const { return mac_; }
   bool uid_allowed(uint32_t uid) const;
+  bool staged_writes() const { return staged_writes_; }
 
   // A QP number unique among this device's live QPs. The first call also starts the
   // rendezvous listener.
@@ -78,6 +79,7 @@ class DeviceState {
   uint32_t own_uid_ = 0;
   pid_t owner_pid_ = 0;
   std::vector<uint32_t> allowed_uids_;
+  bool staged_writes_ = false;
 
   std::mutex mutex_;
   UniqueFd listener_;

@@ -508,10 +508,11 @@ Mac netdev_mac(uint32_t ifindex) {
 
 // Prefers a RoCEv2 GID carrying an IPv4 address (routable, what SMC-R over IPv4 uses),
 // then any valid GID.
-bool choose_gid(Context* c, int gid_table_len, std::string* error) {
+bool choose_gid(Context* c, int gid_table_len, int wanted, std::string* error) {
   int fallback = -1;
   ibv_gid_entry fallback_entry{};
   for (int i = 0; i < gid_table_len; ++i) {
+    if (wanted >= 0 && i != wanted) continue;
     ibv_gid_entry entry{};
     if (::ibv_query_gid_ex(c->ctx, c->port, static_cast<uint32_t>(i), &entry, 0) != 0) continue;
     bool zero = true;
@@ -564,7 +565,8 @@ uint32_t probe_max_inline(ibv_context* ctx) {
 
 }  // namespace
 
-std::unique_ptr<Device> open_verbs_device(const std::string& name, int port, std::string* error) {
+std::unique_ptr<Device> open_verbs_device(const std::string& name, int port, int gid_index,
+                                          std::string* error) {
   if (port < 0 || port > 255) {
     *error = "invalid RDMA port number";
     return nullptr;
@@ -605,7 +607,7 @@ std::unique_ptr<Device> open_verbs_device(const std::string& name, int port, std
       }
       c->port = static_cast<uint8_t>(p);
       c->active_mtu = pattr.active_mtu;
-      if (!choose_gid(c.get(), pattr.gid_tbl_len, &why)) continue;
+      if (!choose_gid(c.get(), pattr.gid_tbl_len, gid_index, &why)) continue;
       chosen = c;
       break;
     }

@@ -401,8 +401,29 @@ TEST_CASE("integer ranges", "[config]") {
   bad("SMCPRE_RNR_TIMER", "32");
   // 2^64 + 7 must not wrap around into range.
   bad("SMCPRE_RNR_RETRY", "18446744073709551623");
-  for (const char* name : {"SMCPRE_RQ_DEPTH", "SMCPRE_SQ_DEPTH", "SMCPRE_SPIN_US",
-                           "SMCPRE_RNR_RETRY", "SMCPRE_RNR_TIMER"}) {
+  CHECK(good("SMCPRE_IB_MTU", "256").ib_mtu == 256);
+  CHECK(good("SMCPRE_IB_MTU", "1024").ib_mtu == 1024);
+  CHECK(good("SMCPRE_IB_MTU", "4096").ib_mtu == 4096);
+  CHECK(parse({}, nullptr).ib_mtu == 4096);
+  bad("SMCPRE_IB_MTU", "1500");
+  bad("SMCPRE_IB_MTU", "8192");
+  bad("SMCPRE_IB_MTU", "0");
+  CHECK(good("SMCPRE_IB_TIMEOUT", "1").ib_timeout == 1);
+  CHECK(good("SMCPRE_IB_TIMEOUT", "31").ib_timeout == 31);
+  bad("SMCPRE_IB_TIMEOUT", "0");
+  bad("SMCPRE_IB_TIMEOUT", "32");
+  CHECK(good("SMCPRE_IB_RETRY", "0").ib_retry == 0);
+  bad("SMCPRE_IB_RETRY", "8");
+  CHECK(good("SMCPRE_KEEPALIVE_MS", "0").keepalive_ms == 0);
+  CHECK(parse({}, nullptr).keepalive_ms == 30000);
+  bad("SMCPRE_KEEPALIVE_MS", "3600001");
+  CHECK(good("SMCPRE_LINGER_MS", "0").linger_ms == 0);
+  CHECK(good("SMCPRE_LINGER_MS", "86400000").linger_ms == 86400000);
+  bad("SMCPRE_LINGER_MS", "86400001");
+  for (const char* name :
+       {"SMCPRE_RQ_DEPTH", "SMCPRE_SQ_DEPTH", "SMCPRE_SPIN_US", "SMCPRE_RNR_RETRY",
+        "SMCPRE_RNR_TIMER", "SMCPRE_IB_MTU", "SMCPRE_IB_TIMEOUT", "SMCPRE_IB_RETRY",
+        "SMCPRE_KEEPALIVE_MS", "SMCPRE_LINGER_MS"}) {
     for (const char* v : {"", " 5", "5 ", "+5", "-0", "5x", "0x10", "1K"}) bad(name, v);
   }
 }

@@ -876,8 +876,8 @@ TEST_CASE("shm: posting and poll_send on two threads across RNR stalls", "[shm][
 
 TEST_CASE("verbs: probing rdma-core reports why there is no device", "[verbs]") {
   std::string error;
-  CHECK(open_verbs_device("", 0, &error) == nullptr);
+  CHECK(open_verbs_device("", 0, -1, &error) == nullptr);
   CHECK((error == "no RDMA device found" || error == "verbs device not implemented yet"));
-  CHECK(open_verbs_device("no-such-ibdev", 0, &error) == nullptr);
+  CHECK(open_verbs_device("no-such-ibdev", 0, -1, &error) == nullptr);
   CHECK((error == "no RDMA device found" || error == "RDMA device no-such-ibdev not found"));
 }

@@ -28,7 +28,7 @@ namespace {
 bool have_device() {
   static const bool available = [] {
     std::string error;
-    auto device = open_verbs_device("", 0, &error);
+    auto device = open_verbs_device("", 0, -1, &error);
     if (!device) std::printf("verbs tests skipped: %s\n", error.c_str());
     return device != nullptr;
   }();
@@ -38,7 +38,7 @@ bool have_device() {
 // One process's side: device, PD, a WRITE target region, receive buffers, a QP.
 struct Side : DeviceSide {
   bool open(const QpConfig& qp_config) {
-    return open_on(open_verbs_device("", 0, &error), qp_config);
+    return open_on(open_verbs_device("", 0, -1, &error), qp_config);
   }
 };
 
