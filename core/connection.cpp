@@ -50,6 +50,27 @@ void copy_from_ring(const uint8_t* ring, uint32_t ring_size, uint64_t pos, size_
   }
 }
 
+// Copies `length` bytes from the iovec array, starting at part iov_index, offset
+// iov_offset, into a ring at absolute position `pos`.
+void copy_to_ring(uint8_t* ring, uint32_t ring_size, uint64_t pos, size_t length, const iovec* iov,
+                  int iovcnt, int iov_index, size_t iov_offset) {
+  while (length > 0 && iov_index < iovcnt) {
+    const auto* src = static_cast<const uint8_t*>(iov[iov_index].iov_base) + iov_offset;
+    size_t room = std::min(iov[iov_index].iov_len - iov_offset, length);
+    size_t done = 0;
+    while (done < room) {
+      const uint32_t offset = static_cast<uint32_t>((pos + done) % ring_size);
+      const size_t piece = std::min<size_t>(room - done, ring_size - offset);
+      std::memcpy(ring + offset, src + done, piece);
+      done += piece;
+    }
+    pos += room;
+    length -= room;
+    iov_offset = 0;
+    ++iov_index;
+  }
+}
+
 }  // namespace
 
 Connection::Connection(std::shared_ptr<LinkGroup> group, std::unique_ptr<rdma::MemoryRegion> rmb)
@@ -57,22 +78,45 @@ Connection::Connection(std::shared_ptr<LinkGroup> group, std::unique_ptr<rdma::M
       rmb_(std::move(rmb)),
       rmb_size_(static_cast<uint32_t>(rmb_->length())),
       update_limit_(update_limit_for(rmb_size_)),
-      direct_writes_(true) {}
+      direct_writes_(group_->device().caps().write_from_any_memory) {}
 
 Connection::~Connection() {
+  if (uint64_t id = tcp_watch_.exchange(0)) progress_thread().unwatch_tcp(id);
   const int fd = held_fd_.exchange(-1);
   if (fd >= 0) sys::close(fd);
-  // An RMB may be reused only if the peer can no longer write into it.
+  // The RMB goes back for immediate reuse only if the peer can no longer write into it;
+  // the send buffer only if the device has finished every WRITE from it.
   const bool clean = closed_.load() && peer_closed_.load() && !aborted_.load() &&
                      !peer_aborted_.load() && !link_down_.load();
-  if (clean && rmb_) group_->give_back_rmb(std::move(rmb_));
+  if (rmb_) group_->give_back_buffer(std::move(rmb_), !clean);
+  if (send_buffer_) {
+    const bool drained = tx_completed_.load() == tx_prod_.load();
+    group_->give_back_buffer(std::move(send_buffer_), !drained);
+  }
 }
 
-void Connection::set_peer(const rdma::RemoteRegion& peer_rmb, uint32_t peer_token) {
+bool Connection::set_peer(const rdma::RemoteRegion& peer_rmb, uint32_t peer_token,
+                          std::string* error) {
+  if (!direct_writes_) {
+    send_buffer_ = group_->take_buffer(peer_rmb.length, error);
+    if (!send_buffer_) return false;
+  }
   peer_rmb_ = peer_rmb;
   peer_token_ = peer_token;
   peer_ready_.store(true, std::memory_order_release);
   flush_pending_cdc();
+  return true;
+}
+
+void Connection::on_send_complete(uint64_t wr_id) {
+  // Rebuild the full cursor from its low bits: it lies at most one ring behind tx_prod_.
+  const uint64_t prod = tx_prod_.load(std::memory_order_acquire);
+  const uint64_t completed = prod - ((prod - wr_id) & kCdcWrProdMask);
+  uint64_t old = tx_completed_.load(std::memory_order_relaxed);
+  while (completed > old &&
+         !tx_completed_.compare_exchange_weak(old, completed, std::memory_order_release)) {
+  }
+  queue_.wake();
 }
 
 int Connection::post_cdc_locked(bool write_blocked) {
@@ -88,8 +132,14 @@ int Connection::post_cdc_locked(bool write_blocked) {
   msg.peer_conn_abort = aborted_.load(std::memory_order_relaxed);
   uint8_t wire[cdc::kSize];
   cdc::encode(msg, std::span<uint8_t, cdc::kSize>(wire));
-  const int rc = group_->link().post_message(wire);
+  // The first CDC that announces newly written data asks for a completion: RC
+  // completes in order, so it also means the device is done with those WRITEs.
+  const uint64_t prod = tx_prod_.load(std::memory_order_relaxed);
+  const bool signaled = !direct_writes_ && prod != tx_signaled_;
+  const int rc =
+      group_->link().post_message(wire, signaled ? cdc_wr_id(local_token_, prod) : 0, signaled);
   if (rc == 0) {
+    if (signaled) tx_signaled_ = prod;
     tx_seq_ = msg.seq;  // a message not sent leaves its number to the next one
     rx_cons_announced_.store(cons, std::memory_order_relaxed);
     cdc_pending_.store(false, std::memory_order_relaxed);
@@ -252,6 +302,11 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
     announced_blocked = false;
     size_t chunk = std::min<uint64_t>(space, total - sent);
     uint64_t prod = tx_prod_.load(std::memory_order_relaxed);
+    if (!direct_writes_) {
+      // Outside the send lock: only this writer touches this part of the send buffer.
+      copy_to_ring(static_cast<uint8_t*>(send_buffer_->addr()), peer_rmb_.length, prod, chunk, iov,
+                   iovcnt, iov_index, iov_offset);
+    }
     // RDMA WRITE the chunk into the peer's ring (a piece per iovec part and ring wrap),
     // then one CDC with the new producer cursor; RC ordering delivers it after the data.
     // All under one hold of the send lock, released only while the send queue is full.
@@ -261,32 +316,17 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
       if (sent > 0) break;
       return fail_send(EPIPE, flags);
     }
-    size_t left = chunk;
-    int rc = 0;
-    while (left > 0 && rc == 0) {
-      const auto* src = static_cast<const uint8_t*>(iov[iov_index].iov_base) + iov_offset;
-      size_t piece = std::min(left, iov[iov_index].iov_len - iov_offset);
-      const uint32_t offset = static_cast<uint32_t>(prod % peer_rmb_.length);
-      piece = std::min<size_t>(piece, peer_rmb_.length - offset);
-      if (piece > 0) {
-        while ((rc = link.qp().post_write(src, static_cast<uint32_t>(piece), 0,
-                                          peer_rmb_.addr + offset, peer_rmb_.rkey, 0, false)) ==
-               EAGAIN) {
-          send_lock.unlock();
-          link.progress();
-          cpu_relax();
-          send_lock.lock();
-        }
-        if (rc != 0) break;
-      }
-      prod += piece;
-      left -= piece;
-      iov_offset += piece;
+    const int rc = post_writes(send_lock, iov, iov_index, iov_offset, prod, chunk);
+    for (size_t left = chunk; left > 0;) {  // step the iovec position past the chunk
+      const size_t step = std::min(left, iov[iov_index].iov_len - iov_offset);
+      left -= step;
+      iov_offset += step;
       if (iov_offset == iov[iov_index].iov_len) {
         ++iov_index;
         iov_offset = 0;
       }
     }
+    prod += chunk;
     if (rc != 0) {
       send_lock.unlock();
       link.fail("RDMA WRITE failed");
@@ -294,7 +334,8 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
       if (sent > 0) break;
       return fail_send(ECONNRESET, flags);
     }
-    tx_prod_.store(prod, std::memory_order_relaxed);
+    // Release: the completion of the CDC below is matched against this cursor.
+    tx_prod_.store(prod, std::memory_order_release);
     sent += chunk;
     const int cdc_rc = post_cdc_locked(false);
     send_lock.unlock();
@@ -309,6 +350,48 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
     return -1;
   }
   return static_cast<ssize_t>(sent);
+}
+
+int Connection::post_writes(std::unique_lock<std::mutex>& send_lock, const iovec* iov,
+                            int iov_index, size_t iov_offset, uint64_t prod, size_t length) {
+  Link& link = group_->link();
+  const uint32_t ring = peer_rmb_.length;
+  int rc = 0;
+  auto post = [&](const void* src, uint32_t lkey, uint32_t piece, uint32_t offset) {
+    while ((rc = link.qp().post_write(src, piece, lkey, peer_rmb_.addr + offset, peer_rmb_.rkey, 0,
+                                      false)) == EAGAIN) {
+      send_lock.unlock();
+      link.progress();
+      cpu_relax();
+      send_lock.lock();
+    }
+    return rc == 0;
+  };
+  while (length > 0) {
+    const uint32_t offset = static_cast<uint32_t>(prod % ring);
+    size_t piece = std::min<size_t>(length, ring - offset);
+    if (direct_writes_) {
+      // One WRITE per iovec part and ring wrap, straight from the application's memory.
+      piece = std::min(piece, iov[iov_index].iov_len - iov_offset);
+      if (piece > 0 && !post(static_cast<const uint8_t*>(iov[iov_index].iov_base) + iov_offset, 0,
+                             static_cast<uint32_t>(piece), offset)) {
+        return rc;
+      }
+      iov_offset += piece;
+      if (iov_offset == iov[iov_index].iov_len) {
+        ++iov_index;
+        iov_offset = 0;
+      }
+    } else if (!post(static_cast<const uint8_t*>(send_buffer_->addr()) + offset,
+                     send_buffer_->lkey(), static_cast<uint32_t>(piece), offset)) {
+      // One WRITE per ring wrap from the send buffer, where the data sits at the very
+      // offset it gets in the peer's ring.
+      return rc;
+    }
+    prod += piece;
+    length -= piece;
+  }
+  return 0;
 }
 
 int Connection::shutdown(int how) {
@@ -373,8 +456,33 @@ void Connection::finish_if_closed() {
   }
 }
 
+void Connection::watch_tcp(int fd) {
+  const int dup = sys::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return;  // the keepalive still notices a dead peer, only later
+  tcp_watch_.store(progress_thread().watch_tcp(weak_from_this(), dup));
+  if (finished()) {
+    if (uint64_t id = tcp_watch_.exchange(0)) progress_thread().unwatch_tcp(id);
+  }
+}
+
+void Connection::on_tcp_ended() {
+  tcp_watch_.store(0);  // the watch is gone with the event
+  // What the peer sent before it went is delivered first: its close, if it sent one.
+  group_->link().progress();
+  if (peer_closed_.load() || peer_aborted_.load() || link_down_.load() || finished()) return;
+  // A user-space peer can only have died (or timed out its own close): whatever it
+  // wrote last may never have left its machine, so this is a reset, not an end of file.
+  SMC_LOG_INFO("connection {:#x}: the peer's TCP connection ended without an SMC close: reset",
+               local_token_);
+  pending_error_.store(ECONNRESET);
+  peer_aborted_.store(true, std::memory_order_release);
+  queue_.wake();
+  finish_if_closed();
+}
+
 void Connection::finish() {
   if (finished_.exchange(true)) return;
+  if (uint64_t id = tcp_watch_.exchange(0)) progress_thread().unwatch_tcp(id);
   const int fd = held_fd_.exchange(-1);
   if (fd >= 0) sys::close(fd);
   group_->remove_connection(local_token_);

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include "core/cdc.h"
 #include "core/cursor.h"
@@ -39,8 +40,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint32_t local_token() const { return local_token_; }
   void set_local_token(uint32_t token) { local_token_ = token; }
   // The peer's RMB element and alert token, learned from CLC Accept/Confirm. Until this
-  // is set, nothing is sent to the peer.
-  void set_peer(const rdma::RemoteRegion& peer_rmb, uint32_t peer_token);
+  // is set, nothing is sent to the peer. On a device that cannot WRITE from any memory
+  // this also takes the registered send buffer; false (with *error) if there is none.
+  bool set_peer(const rdma::RemoteRegion& peer_rmb, uint32_t peer_token, std::string* error);
 
   // Blocking-socket semantics of TCP; `nonblocking` is the socket's O_NONBLOCK,
   // `timeout_ns` its SO_RCVTIMEO / SO_SNDTIMEO (0 = wait as long as it takes).
@@ -61,6 +63,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Receive processing (the thread reaping the link, in order per connection).
   void on_cdc(const cdc::Message& message);
   void on_link_down();
+  // Watch the TCP connection (fd: the application's socket; a duplicate is taken) so that
+  // a peer process that dies is noticed at once, not at the next keepalive.
+  void watch_tcp(int fd);
+  // The TCP connection ended (FIN or reset) without an SMC close from the peer.
+  void on_tcp_ended();
+  // A signaled CDC this connection sent has completed (wr_id from cdc_wr_id()).
+  void on_send_complete(uint64_t wr_id);
 
   uint64_t bytes_sent() const { return tx_prod_.load(std::memory_order_relaxed); }
   uint64_t bytes_received() const { return rx_cons_.load(std::memory_order_relaxed); }
@@ -81,10 +90,18 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint64_t rx_available() const {
     return rx_peer_prod_.load(std::memory_order_acquire) - rx_cons_.load(std::memory_order_relaxed);
   }
+  // Ring space the next write may use: what the peer has consumed and, with a send
+  // buffer, what the device has finished reading from it (it mirrors the peer's ring).
   uint64_t tx_space() const {
-    return peer_rmb_.length - (tx_prod_.load(std::memory_order_relaxed) -
-                               tx_peer_cons_.load(std::memory_order_acquire));
+    uint64_t freed = tx_peer_cons_.load(std::memory_order_acquire);
+    if (!direct_writes_) freed = std::min(freed, tx_completed_.load(std::memory_order_acquire));
+    return peer_rmb_.length - (tx_prod_.load(std::memory_order_relaxed) - freed);
   }
+  // Posts the RDMA WRITEs for `length` bytes at producer position `prod`, taking them
+  // from the application's iovecs (direct) or from the send buffer they were copied to.
+  // Called with the link's send lock held (released only while the send queue is full).
+  int post_writes(std::unique_lock<std::mutex>& send_lock, const iovec* iov, int iov_index,
+                  size_t iov_offset, uint64_t prod, size_t length);
   ssize_t fail_send(int error, int flags);
   ssize_t end_with_reset(size_t copied);
 
@@ -96,6 +113,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint32_t local_token_ = 0;
   uint32_t peer_token_ = 0;
   rdma::RemoteRegion peer_rmb_{};
+  // Staged writes: data is copied here at the offsets it will have in the peer's ring.
+  std::unique_ptr<rdma::MemoryRegion> send_buffer_;
   std::atomic<bool> peer_ready_{false};
 
   std::mutex tx_mutex_;  // one writer at a time
@@ -105,8 +124,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::atomic<uint64_t> rx_peer_prod_{0};
   std::atomic<uint64_t> rx_cons_{0};
   std::atomic<uint64_t> rx_cons_announced_{0};
-  uint16_t tx_seq_ = 0;  // under the link's send lock
-  uint16_t rx_seq_ = 0;  // receiver context only
+  std::atomic<uint64_t> tx_completed_{0};  // send buffer bytes the device is done with
+  uint64_t tx_signaled_ = 0;               // producer cursor of the last signaled CDC
+  uint16_t tx_seq_ = 0;                    // under the link's send lock
+  uint16_t rx_seq_ = 0;                    // receiver context only
   bool rx_seq_valid_ = false;
 
   // What the peer told us.
@@ -124,6 +145,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::atomic<bool> finished_{false};
   std::atomic<int> pending_error_{0};
   std::atomic<int> held_fd_{-1};
+  std::atomic<uint64_t> tcp_watch_{0};
 
   WaitQueue queue_;
   SpinBudget rx_budget_;

@@ -4,6 +4,7 @@
 
 #include "config/log.h"
 #include "core/decline.h"
+#include "core/local_address.h"
 #include "core/progress.h"
 
 namespace smcpre::core {
@@ -47,36 +48,110 @@ uint64_t EngineState::generation() {
   return g_generation.load(std::memory_order_acquire);
 }
 
-rdma::Device* EngineState::device(uint32_t* decline) {
+namespace {
+std::atomic<bool> g_stage_shm_writes{false};
+constexpr int64_t kPortListMaxAgeNs = 2'000'000'000;
+
+uint32_t code(DeclineCode c) {
+  return static_cast<uint32_t>(c);
+}
+
+bool peer_is_local(int fd) {
+  sockaddr_storage peer{};
+  socklen_t len = sizeof peer;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return false;
+  return is_local_address(normalized(reinterpret_cast<const sockaddr*>(&peer), len));
+}
+}  // namespace
+
+void EngineState::stage_shm_writes_for_tests(bool staged) {
+  g_stage_shm_writes.store(staged);
+}
+
+rdma::Device* EngineState::device_for(int fd, uint32_t* decline) {
   std::lock_guard lock(mutex_);
-  if (!device_tried_) {
-    device_tried_ = true;
+  switch (config_.device) {
+    case config::DeviceChoice::kNone:
+      SMC_LOG_DEBUG("no SMC device (SMCPRE_DEVICE=none)");
+      *decline = code(DeclineCode::kNoSmcDev);
+      return nullptr;
+    case config::DeviceChoice::kShm:
+      return shm_device_locked(decline);
+    case config::DeviceChoice::kAuto:
+      // A peer on this host is reached through shared memory, as kernel SMC prefers its
+      // loopback device to RoCE for local peers.
+      if (peer_is_local(fd)) return shm_device_locked(decline);
+      return verbs_device_locked(fd, decline);
+    case config::DeviceChoice::kVerbs:
+      return verbs_device_locked(fd, decline);
+  }
+  *decline = code(DeclineCode::kNoSmcDev);
+  return nullptr;
+}
+
+rdma::Device* EngineState::shm_device_locked(uint32_t* decline) {
+  if (!shm_tried_) {
+    shm_tried_ = true;
+    rdma::ShmOptions options;
+    options.allowed_uids = config_.shm_allowed_uids;
+    options.staged_writes = g_stage_shm_writes.load();
     std::string error;
-    switch (config_.device) {
-      case config::DeviceChoice::kNone:
-        device_decline_ = static_cast<uint32_t>(DeclineCode::kNoSmcDev);
-        SMC_LOG_INFO("no SMC device (SMCPRE_DEVICE=none)");
-        break;
-      case config::DeviceChoice::kVerbs:
-        device_ = rdma::open_verbs_device(config_.verbs_device, config_.verbs_port, -1, &error);
-        break;
-      case config::DeviceChoice::kAuto:
-      case config::DeviceChoice::kShm: {
-        rdma::ShmOptions options;
-        options.allowed_uids = config_.shm_allowed_uids;
-        device_ = rdma::open_shm_device(options, &error);
-        break;
-      }
-    }
-    if (!device_ && device_decline_ == 0) {
-      device_decline_ = static_cast<uint32_t>(DeclineCode::kNoSmcRDev);
-      SMC_LOG_WARN("no SMC device: {}", error);
-    } else if (device_) {
-      SMC_LOG_INFO("device {} opened", device_->name());
+    shm_ = rdma::open_shm_device(options, &error);
+    if (shm_) {
+      SMC_LOG_INFO("device shm opened");
+      note_device_locked(*shm_);
+    } else {
+      SMC_LOG_WARN("no shm device: {}", error);
     }
   }
-  if (!device_) *decline = device_decline_;
-  return device_.get();
+  if (!shm_) *decline = code(DeclineCode::kNoSmcDev);
+  return shm_.get();
+}
+
+rdma::Device* EngineState::verbs_device_locked(int fd, uint32_t* decline) {
+  *decline = code(DeclineCode::kNoSmcRDev);
+  rdma::SocketRoute route;
+  std::string why;
+  if (!rdma::route_of_socket(fd, &route, &why)) {
+    SMC_LOG_INFO("no route information for this connection ({}): no SMC-R", why);
+    return nullptr;
+  }
+  const int64_t now = now_ns();
+  if (ports_listed_ns_ == 0 || now - ports_listed_ns_ > kPortListMaxAgeNs) {
+    std::string error;
+    ports_ = rdma::list_ports(&error);
+    ports_listed_ns_ = now;
+    if (!error.empty()) SMC_LOG_WARN("cannot list RDMA devices: {}", error);
+  }
+  const auto choice =
+      rdma::choose_port(ports_, route, config_.verbs_device, config_.verbs_port, &why);
+  if (!choice) {
+    SMC_LOG_INFO("no RDMA port for this connection: {}", why);
+    return nullptr;
+  }
+  const std::string key =
+      choice->device + ":" + std::to_string(choice->port) + ":" + std::to_string(choice->gid_index);
+  auto it = verbs_.find(key);
+  if (it == verbs_.end()) {
+    std::string error;
+    auto device = rdma::open_verbs_device(choice->device, choice->port,
+                                          static_cast<int>(choice->gid_index), &error);
+    if (!device) {
+      SMC_LOG_WARN("cannot open RDMA device {} port {}: {}", choice->device, choice->port, error);
+      ports_listed_ns_ = 0;  // look again next time: the port may have changed
+      return nullptr;
+    }
+    SMC_LOG_INFO("device {} port {} (gid index {}) opened for {}", choice->device, choice->port,
+                 choice->gid_index, route.ifname);
+    note_device_locked(*device);
+    it = verbs_.emplace(key, std::move(device)).first;
+  }
+  *decline = 0;
+  return it->second.get();
+}
+
+void EngineState::note_device_locked(rdma::Device& device) {
+  if (!first_mac_) first_mac_ = device.mac();
 }
 
 const std::array<uint8_t, 8>& EngineState::peer_id() {
@@ -84,16 +159,14 @@ const std::array<uint8_t, 8>& EngineState::peer_id() {
   if (!peer_id_set_) {
     // 2 random bytes + a MAC: identifies this system instance (RFC 7609).
     if (getrandom(peer_id_.data(), 2, 0) != 2) peer_id_[0] = peer_id_[1] = 0x5a;
-    if (device_) {
-      const rdma::Mac mac = device_->mac();
-      std::copy(mac.begin(), mac.end(), peer_id_.begin() + 2);
-    }
+    if (first_mac_) std::copy(first_mac_->begin(), first_mac_->end(), peer_id_.begin() + 2);
     peer_id_set_ = true;
   }
   return peer_id_;
 }
 
 std::shared_ptr<LinkGroup> EngineState::find_group(const PeerIdentity& peer, rdma::Role role,
+                                                   rdma::Device* device,
                                                    std::optional<uint32_t> peer_qp_num) {
   std::lock_guard lock(mutex_);
   std::shared_ptr<LinkGroup> found;
@@ -104,7 +177,7 @@ std::shared_ptr<LinkGroup> EngineState::find_group(const PeerIdentity& peer, rdm
       continue;
     }
     if (!found && group->active() && group->role() == role && group->peer() == peer &&
-        (!peer_qp_num || group->peer_qp_num() == *peer_qp_num)) {
+        &group->device() == device && (!peer_qp_num || group->peer_qp_num() == *peer_qp_num)) {
       found = group;
     }
     ++it;
@@ -121,6 +194,15 @@ void EngineState::close_all_at_exit() {
     }
   }
   for (auto& g : groups) g->close_all_at_exit();
+}
+
+size_t EngineState::live_group_count() {
+  std::lock_guard lock(mutex_);
+  size_t count = 0;
+  for (auto& weak : groups_) {
+    if (auto group = weak.lock(); group && !group->failed()) ++count;
+  }
+  return count;
 }
 
 void EngineState::add_group(std::shared_ptr<LinkGroup> group) {

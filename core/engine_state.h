@@ -5,14 +5,17 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "config/config.h"
 #include "core/link_group.h"
 #include "rdma/device.h"
+#include "rdma/port_select.h"
 
 namespace smcpre::core {
 
@@ -28,24 +31,44 @@ class EngineState {
 
   const config::Config& config() const { return config_; }
 
-  // The device for SMC (opened once). nullptr if none: *decline gets the reason code.
-  rdma::Device* device(uint32_t* decline);
+  // The device for the connected TCP socket `fd`, per SMCPRE_DEVICE:
+  //   auto            shm when the peer is on this host, else as `verbs`
+  //   shm             the shm device
+  //   verbs           the RoCE port whose netdev carries the connection's route
+  //   <ibdev>[:port]  that device (and port)
+  // Devices are opened once and kept. nullptr if none fits: *decline gets the reason.
+  rdma::Device* device_for(int fd, uint32_t* decline);
   const std::array<uint8_t, 8>& peer_id();
 
-  // An active link group to `peer` (server side: by the client's identity; client
-  // side: also by the server's QP number from CLC Accept).
+  // An active link group to `peer` on `device` (server side: by the client's identity;
+  // client side: also by the server's QP number from CLC Accept).
   std::shared_ptr<LinkGroup> find_group(const PeerIdentity& peer, rdma::Role role,
-                                        std::optional<uint32_t> peer_qp_num);
+                                        rdma::Device* device, std::optional<uint32_t> peer_qp_num);
   void add_group(std::shared_ptr<LinkGroup> group);
+  // Link groups whose link is up.
+  size_t live_group_count();
   // Process exit: every connection still open is closed the way the kernel would.
   void close_all_at_exit();
 
+  // Tests: open the shm device with ShmOptions::staged_writes, so the engine takes the
+  // send-buffer path a verbs device needs. Call before the first connection.
+  static void stage_shm_writes_for_tests(bool staged);
+
  private:
   const config::Config& config_;
+  rdma::Device* shm_device_locked(uint32_t* decline);
+  rdma::Device* verbs_device_locked(int fd, uint32_t* decline);
+  void note_device_locked(rdma::Device& device);
+
   std::mutex mutex_;
-  bool device_tried_ = false;
-  uint32_t device_decline_ = 0;
-  std::unique_ptr<rdma::Device> device_;
+  bool shm_tried_ = false;
+  std::unique_ptr<rdma::Device> shm_;
+  // Verbs devices by "<ibdev>:<port>:<gid index>", and the port list they were chosen
+  // from (looked up again when older than kPortListMaxAgeNs: ports go up and down).
+  std::map<std::string, std::unique_ptr<rdma::Device>> verbs_;
+  std::vector<rdma::PortInfo> ports_;
+  int64_t ports_listed_ns_ = 0;
+  std::optional<rdma::Mac> first_mac_;
   std::array<uint8_t, 8> peer_id_{};
   bool peer_id_set_ = false;
   std::vector<std::weak_ptr<LinkGroup>> groups_;

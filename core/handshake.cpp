@@ -97,6 +97,8 @@ struct PendingConnection {
   std::shared_ptr<Connection> connection;
   ~PendingConnection() {
     if (group && connection) group->remove_connection(connection->local_token());
+    // A link group this handshake created and never completed is of no use to anyone.
+    if (group && !group->active()) group->link().fail("handshake did not complete");
   }
   std::shared_ptr<Connection> release() {
     group.reset();
@@ -107,7 +109,7 @@ struct PendingConnection {
 // Creates our RMB element and registers the connection in the group.
 uint32_t create_connection(EngineState& engine, PendingConnection* pending) {
   std::string error;
-  auto rmb = pending->group->take_rmb(engine.config().rmb_size, &error);
+  auto rmb = pending->group->take_buffer(engine.config().rmb_size, &error);
   if (!rmb) {
     SMC_LOG_WARN("cannot register an RMB of {} bytes: {}", engine.config().rmb_size, error);
     return code(DeclineCode::kMem);
@@ -131,7 +133,10 @@ uint32_t attach_peer_rmb(LinkGroup& group, Connection& connection, const clc::Ac
     SMC_LOG_WARN("peer RMB unusable: {}", error);
     return code(DeclineCode::kErrRtok);
   }
-  connection.set_peer(region, msg.rmbe_alert_token);
+  if (!connection.set_peer(region, msg.rmbe_alert_token, &error)) {
+    SMC_LOG_WARN("cannot register a send buffer of {} bytes: {}", region.length, error);
+    return code(DeclineCode::kMem);
+  }
   return 0;
 }
 
@@ -204,7 +209,7 @@ void send_decline(int fd, EngineState& engine, uint32_t reason) {
 HandshakeResult client_handshake(int fd, EngineState& engine) {
   const config::Config& config = engine.config();
   uint32_t reason = 0;
-  rdma::Device* device = engine.device(&reason);
+  rdma::Device* device = engine.device_for(fd, &reason);
   if (!device) return fallback(reason);  // nothing proposed: plain TCP
 
   LocalSubnets subnets;
@@ -266,7 +271,7 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
       return fallback(code(DeclineCode::kMem));
     }
   } else {
-    pending.group = engine.find_group(server, rdma::Role::kClient, accept.qp_num);
+    pending.group = engine.find_group(server, rdma::Role::kClient, device, accept.qp_num);
     if (!pending.group) {
       SMC_LOG_WARN("client: server reuses a link group we do not have: declining");
       send_decline(fd, engine, code(DeclineCode::kSyncErr));
@@ -320,6 +325,7 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
   }
   HandshakeResult result;
   result.connection = pending.release();
+  result.connection->watch_tcp(fd);
   return result;
 }
 
@@ -339,7 +345,7 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
   };
   if (nonblocking) return decline(code(DeclineCode::kNonBlocking));
   uint32_t reason = 0;
-  rdma::Device* device = engine.device(&reason);
+  rdma::Device* device = engine.device_for(fd, &reason);
   if (!device) return decline(reason);
   LocalSubnets subnets;
   if (!local_subnets(fd, &subnets) || !subnets_match(subnets, proposal)) {
@@ -349,7 +355,7 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
 
   const PeerIdentity client = identity_of(proposal.local);
   PendingConnection pending;
-  pending.group = engine.find_group(client, rdma::Role::kServer, std::nullopt);
+  pending.group = engine.find_group(client, rdma::Role::kServer, device, std::nullopt);
   const bool first_contact = !pending.group;
   if (first_contact) {
     pending.group = LinkGroup::create(*device, rdma::Role::kServer, client, config, &error);
@@ -417,6 +423,7 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
   }
   HandshakeResult result;
   result.connection = pending.release();
+  result.connection->watch_tcp(fd);
   return result;
 }
 

@@ -1,5 +1,7 @@
 #include "core/link.h"
 
+#include <sched.h>
+
 #include <cstring>
 
 #include "config/log.h"
@@ -42,11 +44,12 @@ bool Link::post_all_receives(std::string* error) {
   return true;
 }
 
-int Link::post_message(std::span<const uint8_t, kWrMessageSize> message) {
+int Link::post_message(std::span<const uint8_t, kWrMessageSize> message, uint64_t wr_id,
+                       bool signaled) {
   if (failed()) return EPIPE;
   // Never waits: callers hold the send lock, and whoever would reap completions to free
   // the send queue may be waiting for that lock. EAGAIN goes back to the caller.
-  int rc = qp_->post_send_inline(message.data(), kWrMessageSize, 0, false);
+  int rc = qp_->post_send_inline(message.data(), kWrMessageSize, wr_id, signaled);
   if (rc != 0 && rc != EAGAIN) fail("post_send failed");
   return rc;
 }
@@ -66,9 +69,7 @@ bool Link::progress() {
     for (int i = 0; i < n; ++i) {
       any = true;
       if (wc[i].status != rdma::WcStatus::kSuccess) {
-        if (wc[i].status != rdma::WcStatus::kFlushError) {
-          SMC_LOG_WARN("link: receive completion error: {}", rdma::to_string(wc[i].status));
-        }
+        count_error("receive", wc[i].status);
         flushed = true;
         error_pending_.store(true, std::memory_order_release);
         continue;
@@ -88,8 +89,14 @@ bool Link::progress() {
   for (int i = 0; i < n; ++i) {
     any = true;
     if (wc[i].status != rdma::WcStatus::kSuccess) {
-      SMC_LOG_WARN("link: send completion error: {}", rdma::to_string(wc[i].status));
+      count_error("send", wc[i].status);
       error_pending_.store(true, std::memory_order_release);
+    } else if (wc[i].wr_id & kCdcWrFlag) {
+      group_->on_send_complete(wc[i].wr_id);
+    } else if (wc[i].wr_id == kDeleteLinkWrId) {
+      fail("DELETE LINK sent");
+    } else if (wc[i].wr_id == kFlushWrId) {
+      flush_done_.store(true, std::memory_order_release);
     }
   }
   if (!draining && (error_pending_.load(std::memory_order_acquire) || qp_->in_error())) {
@@ -107,6 +114,17 @@ bool Link::progress() {
   }
   polling_.clear(std::memory_order_release);
   return any;
+}
+
+void Link::count_error(const char* queue, rdma::WcStatus status) {
+  const auto index = static_cast<size_t>(status);
+  if (index < rdma::kWcStatusCount) wc_errors_[index].fetch_add(1, std::memory_order_relaxed);
+  // Flushes follow the first error in numbers; they say nothing new.
+  if (status == rdma::WcStatus::kFlushError) {
+    SMC_LOG_DEBUG("link: {} work flushed", queue);
+  } else {
+    SMC_LOG_WARN("link: {} completion error: {}", queue, rdma::to_string(status));
+  }
 }
 
 void Link::handle_receive(const uint8_t* data, uint32_t length) {
@@ -171,6 +189,43 @@ void Link::handle_llc(const uint8_t* data, uint32_t length) {
       return;
   }
   SMC_LOG_WARN("link: malformed LLC message dropped: {}", error);
+}
+
+bool Link::send_test_link() {
+  llc::TestLink msg;
+  uint8_t out[kWrMessageSize];
+  llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
+  std::lock_guard lock(send_mutex_);
+  return post_message(out) == 0;
+}
+
+bool Link::send_delete_link() {
+  llc::DeleteLink msg;
+  msg.all = true;
+  msg.orderly = true;
+  msg.link_num = 1;
+  msg.reason = static_cast<uint32_t>(llc::DeleteReason::kProgramTerminated);
+  uint8_t out[kWrMessageSize];
+  llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
+  std::lock_guard lock(send_mutex_);
+  return post_message(out, kDeleteLinkWrId, true) == 0;
+}
+
+bool Link::flush_sends(int64_t deadline_ns) {
+  if (failed()) return false;
+  llc::TestLink msg;
+  uint8_t out[kWrMessageSize];
+  llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
+  flush_done_.store(false, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(send_mutex_);
+    if (post_message(out, kFlushWrId, true) != 0) return false;
+  }
+  while (!flush_done_.load(std::memory_order_acquire) && !failed() && now_ns() < deadline_ns) {
+    progress();
+    sched_yield();
+  }
+  return flush_done_.load(std::memory_order_acquire);
 }
 
 bool Link::send_confirm_link_request() {

@@ -20,6 +20,22 @@ class LinkGroup;
 inline constexpr uint32_t kWrMessageSize = 44;  // CDC and LLC messages
 inline constexpr uint32_t kRecvBufferSize = 64;
 
+// Work request id of a signaled CDC send: bit 63 set, the sending connection's token in
+// bits 31..62 and the low 31 bits of the producer cursor the CDC announced (the sender
+// is never more than one ring, at most 8 MiB, past it). Its completion frees the
+// connection's send buffer up to that cursor.
+inline constexpr uint64_t kCdcWrFlag = uint64_t{1} << 63;
+inline constexpr uint64_t kCdcWrProdMask = 0x7fffffff;
+inline uint64_t cdc_wr_id(uint32_t token, uint64_t prod) {
+  return kCdcWrFlag | (uint64_t{token} << 31) | (prod & kCdcWrProdMask);
+}
+inline uint32_t cdc_wr_token(uint64_t wr_id) {
+  return static_cast<uint32_t>(wr_id >> 31);
+}
+// Work request ids of a signaled DELETE LINK and of the TEST LINK flush_sends() posts.
+inline constexpr uint64_t kDeleteLinkWrId = 1;
+inline constexpr uint64_t kFlushWrId = 2;
+
 class Link {
  public:
   Link(LinkGroup* group, std::unique_ptr<rdma::QueuePair> qp,
@@ -39,8 +55,20 @@ class Link {
 
   // Posts one 44-byte message (CDC or LLC) inline. The caller holds send_mutex() when
   // the message content depends on state that must go out in order (CDC sequence).
-  int post_message(std::span<const uint8_t, kWrMessageSize> message);
+  int post_message(std::span<const uint8_t, kWrMessageSize> message, uint64_t wr_id = 0,
+                   bool signaled = false);
   std::mutex& send_mutex() { return send_mutex_; }
+
+  // LLC TEST LINK request (keepalive); the answer, like any receipt, shows the peer alive.
+  bool send_test_link();
+  // LLC DELETE LINK (orderly, whole link group); once it has gone out (its completion),
+  // the link goes down here too.
+  bool send_delete_link();
+
+  // Waits (polling, until deadline) until everything posted so far has left: a signaled
+  // TEST LINK completes after all earlier sends. For process exit, where the device is
+  // closed with the process and unsent work would be lost.
+  bool flush_sends(int64_t deadline_ns);
 
   // LLC CONFIRM LINK (first contact). The server sends the request; the client answers
   // it when it arrives (in progress()). Both wait for confirmed().
@@ -57,12 +85,18 @@ class Link {
 
   WaitQueue& events() { return events_; }
 
+  // Work completions with an error, by status (logged by name as they happen).
+  uint64_t wc_errors(rdma::WcStatus status) const {
+    return wc_errors_[static_cast<size_t>(status)].load(std::memory_order_relaxed);
+  }
+
   // Adaptive polling bookkeeping, read by the background progress thread: while an
   // application thread polls this link itself, the background thread stays out of the way.
   std::atomic<int32_t> app_pollers{0};
   std::atomic<int64_t> last_app_poll_ns{0};
 
  private:
+  void count_error(const char* queue, rdma::WcStatus status);
   void handle_receive(const uint8_t* data, uint32_t length);
   void handle_llc(const uint8_t* data, uint32_t length);
   bool repost(uint64_t index);
@@ -76,7 +110,9 @@ class Link {
   std::atomic<bool> confirmed_{false};
   std::atomic<bool> failed_{false};
   std::atomic<bool> error_pending_{false};  // failing: drain, then failed_
+  std::atomic<bool> flush_done_{false};
   WaitQueue events_;
+  std::atomic<uint64_t> wc_errors_[rdma::kWcStatusCount] = {};
 };
 
 }  // namespace smcpre::core

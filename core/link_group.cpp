@@ -16,7 +16,12 @@ LinkGroup::LinkGroup(rdma::Role role, const PeerIdentity& peer) : role_(role), p
   id_ = next_group_id.fetch_add(1);
 }
 
-LinkGroup::~LinkGroup() = default;
+LinkGroup::~LinkGroup() {
+  // The queue pair goes first: once it is destroyed the device reads and writes none of
+  // the buffers any more, and they can be deregistered.
+  link_.reset();
+  free_buffers_.clear();
+}
 
 std::shared_ptr<LinkGroup> LinkGroup::create(rdma::Device& device, rdma::Role role,
                                              const PeerIdentity& peer, const config::Config& config,
@@ -31,6 +36,9 @@ std::shared_ptr<LinkGroup> LinkGroup::create(rdma::Device& device, rdma::Role ro
   qp_config.max_inline = kRecvBufferSize;
   qp_config.rnr_retry = config.rnr_retry;
   qp_config.min_rnr_timer = config.min_rnr_timer;
+  qp_config.timeout = config.ib_timeout;
+  qp_config.retry_count = config.ib_retry;
+  qp_config.mtu = rdma::path_mtu_at_most(config.ib_mtu);
   auto qp = group->pd_->create_qp(qp_config, error);
   if (!qp) return nullptr;
   auto buffers = group->pd_->register_memory(size_t{config.rq_depth} * kRecvBufferSize, error);
@@ -58,6 +66,7 @@ void LinkGroup::set_active() {
 
 uint32_t LinkGroup::add_connection(const std::shared_ptr<Connection>& connection) {
   std::lock_guard lock(table_mutex_);
+  if (retired_.load(std::memory_order_relaxed)) return 0;
   size_t index = 0;
   while (index < connections_.size() && connections_[index]) ++index;
   if (index == kMaxConnectionsPerGroup) return 0;
@@ -98,23 +107,27 @@ size_t LinkGroup::connection_count() {
   return live_connections_;
 }
 
-std::unique_ptr<rdma::MemoryRegion> LinkGroup::take_rmb(uint32_t size, std::string* error) {
+std::unique_ptr<rdma::MemoryRegion> LinkGroup::take_buffer(uint32_t size, std::string* error) {
   {
-    std::lock_guard lock(rmb_mutex_);
-    for (auto it = free_rmbs_.begin(); it != free_rmbs_.end(); ++it) {
-      if ((*it)->length() == size) {
-        auto rmb = std::move(*it);
-        free_rmbs_.erase(it);
-        return rmb;
+    const int64_t now = now_ns();
+    std::lock_guard lock(buffer_mutex_);
+    for (auto it = free_buffers_.begin(); it != free_buffers_.end(); ++it) {
+      if (it->buffer->length() == size && it->reusable_at_ns <= now) {
+        auto buffer = std::move(it->buffer);
+        free_buffers_.erase(it);
+        return buffer;
       }
     }
   }
   return pd_->register_memory(size, error);
 }
 
-void LinkGroup::give_back_rmb(std::unique_ptr<rdma::MemoryRegion> rmb) {
-  std::lock_guard lock(rmb_mutex_);
-  free_rmbs_.push_back(std::move(rmb));
+void LinkGroup::give_back_buffer(std::unique_ptr<rdma::MemoryRegion> buffer, bool quarantine) {
+  // Longer than any RDMA WRITE can stay in flight: transport retries give up after
+  // about a second at the default timeout and retry count.
+  constexpr int64_t kQuarantineNs = 10'000'000'000;
+  std::lock_guard lock(buffer_mutex_);
+  free_buffers_.push_back({std::move(buffer), quarantine ? now_ns() + kQuarantineNs : 0});
 }
 
 void LinkGroup::on_cdc(const cdc::Message& message) {
@@ -124,6 +137,55 @@ void LinkGroup::on_cdc(const cdc::Message& message) {
     return;
   }
   connection->on_cdc(message);
+}
+
+void LinkGroup::maintain(int64_t now, const config::Config& config) {
+  if (link_->failed()) return;
+  if (delete_sent_ns_ != 0) {
+    // The DELETE LINK's completion takes the link down; this is the backstop.
+    if (now - delete_sent_ns_ > 2'000'000'000) link_->fail("DELETE LINK not completed");
+    return;
+  }
+  const uint64_t recvs = link_->qp().counters().recvs.load(std::memory_order_relaxed);
+  if (last_receipt_ns_ == 0 || recvs != seen_recvs_) {
+    seen_recvs_ = recvs;
+    last_receipt_ns_ = now;
+    test_sent_ns_ = 0;
+  }
+  if (config.keepalive_ms > 0 && active_.load(std::memory_order_acquire)) {
+    const int64_t interval = int64_t{config.keepalive_ms} * 1'000'000;
+    if (test_sent_ns_ == 0 && now - last_receipt_ns_ >= interval) {
+      if (link_->send_test_link()) test_sent_ns_ = now;
+    } else if (test_sent_ns_ != 0 && now - test_sent_ns_ >= interval) {
+      SMC_LOG_WARN("link group {}: no answer to TEST LINK within {} ms: link down", id_,
+                   config.keepalive_ms);
+      link_->fail("TEST LINK not answered");
+      return;
+    }
+  }
+  if (connection_count() > 0) {
+    idle_since_ns_ = 0;
+    return;
+  }
+  if (idle_since_ns_ == 0) idle_since_ns_ = now;
+  int64_t linger = int64_t{config.linger_ms} * 1'000'000;
+  if (role_ == rdma::Role::kClient) linger += 10'000'000'000;
+  if (now - idle_since_ns_ < linger) return;
+  {
+    std::lock_guard lock(table_mutex_);
+    if (live_connections_ > 0) return;  // a connection joined meanwhile
+    retired_.store(true, std::memory_order_release);
+  }
+  SMC_LOG_DEBUG("link group {}: unused for {} ms: deleting its link", id_, linger / 1'000'000);
+  if (active_.load(std::memory_order_acquire) && link_->send_delete_link()) {
+    delete_sent_ns_ = now;
+  } else {
+    link_->fail("link group retired");
+  }
+}
+
+void LinkGroup::on_send_complete(uint64_t wr_id) {
+  if (auto connection = find_connection(cdc_wr_token(wr_id))) connection->on_send_complete(wr_id);
 }
 
 void LinkGroup::on_link_down() {
@@ -146,6 +208,8 @@ void LinkGroup::close_all_at_exit() {
     }
   }
   for (auto& c : all) c->close_at_exit();
+  // The device goes with the process: make sure the close messages have left first.
+  if (!all.empty()) link_->flush_sends(now_ns() + 200'000'000);
 }
 
 llc::ConfirmLink LinkGroup::make_confirm_link(bool response) const {

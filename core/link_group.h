@@ -38,6 +38,7 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   ~LinkGroup();
 
   rdma::Role role() const { return role_; }
+  rdma::Device& device() { return *device_; }
   const PeerIdentity& peer() const { return peer_; }
   Link& link() { return *link_; }
   uint32_t peer_qp_num() const { return peer_qp_num_; }
@@ -47,7 +48,17 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   bool connect(const rdma::QpEndpoint& remote, int timeout_ms, std::string* error);
   // First contact completed (CONFIRM LINK exchanged): later connections may reuse it.
   void set_active();
-  bool active() const { return active_.load(std::memory_order_acquire) && !link_->failed(); }
+  bool active() const {
+    return active_.load(std::memory_order_acquire) && !retired_.load(std::memory_order_acquire) &&
+           !link_->failed();
+  }
+
+  // Housekeeping, called by the progress thread about once a second:
+  // - keepalive: after keepalive_ms with nothing received, a TEST LINK; if nothing at all
+  //   comes back within as long again, the peer is taken for gone and the link goes down;
+  // - linger: a group without connections for linger_ms (the client waits 10 s longer,
+  //   so the server normally ends it) is retired and its link deleted with DELETE LINK.
+  void maintain(int64_t now_ns, const config::Config& config);
   bool failed() const { return link_->failed(); }
 
   // Connections by alert token (the token is ours: CDCs addressed to us carry it).
@@ -56,12 +67,18 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   std::shared_ptr<Connection> find_connection(uint32_t token);
   size_t connection_count();
 
-  // RMBs: registered once, reused by later connections of this group.
-  std::unique_ptr<rdma::MemoryRegion> take_rmb(uint32_t size, std::string* error);
-  void give_back_rmb(std::unique_ptr<rdma::MemoryRegion> rmb);
+  // Registered buffers (RMBs and send buffers): registered once, reused by later
+  // connections of this group, deregistered only with the group. A buffer the peer might
+  // still write into (or our HCA still read from) is given back with a quarantine and is
+  // not handed out again before it ends: a late RDMA WRITE must neither hit a deregistered
+  // key (that would take the whole link down) nor another connection's data.
+  std::unique_ptr<rdma::MemoryRegion> take_buffer(uint32_t size, std::string* error);
+  void give_back_buffer(std::unique_ptr<rdma::MemoryRegion> buffer, bool quarantine);
 
   // Called by the link (receive processing, any polling thread).
   void on_cdc(const cdc::Message& message);
+  // A signaled CDC of a connection completed: its send buffer is free up to that CDC.
+  void on_send_complete(uint64_t wr_id);
   void on_link_down();
   void close_all_at_exit();
   llc::ConfirmLink make_confirm_link(bool response) const;
@@ -79,14 +96,25 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   std::unique_ptr<Link> link_;
   uint32_t peer_qp_num_ = 0;
   std::atomic<bool> active_{false};
+  std::atomic<bool> retired_{false};  // under table_mutex_ when set: no connection joins
+  // maintain()'s bookkeeping (progress thread only).
+  uint64_t seen_recvs_ = 0;
+  int64_t last_receipt_ns_ = 0;
+  int64_t test_sent_ns_ = 0;
+  int64_t idle_since_ns_ = 0;
+  int64_t delete_sent_ns_ = 0;
 
   std::mutex table_mutex_;
   std::vector<std::shared_ptr<Connection>> connections_;  // index = (token & 0xffff) - 1
   std::vector<uint16_t> token_generation_;
   size_t live_connections_ = 0;
 
-  std::mutex rmb_mutex_;
-  std::vector<std::unique_ptr<rdma::MemoryRegion>> free_rmbs_;
+  struct FreeBuffer {
+    std::unique_ptr<rdma::MemoryRegion> buffer;
+    int64_t reusable_at_ns = 0;
+  };
+  std::mutex buffer_mutex_;
+  std::vector<FreeBuffer> free_buffers_;
 };
 
 }  // namespace smcpre::core

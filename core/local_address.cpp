@@ -28,6 +28,63 @@ void mask_prefix(uint8_t* addr, size_t bytes, int prefix) {
 
 }  // namespace
 
+bool is_loopback(const sockaddr_storage& a) {
+  if (a.ss_family == AF_INET) {
+    return (ntohl(reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr) >> 24) == 127;
+  }
+  if (a.ss_family == AF_INET6) {
+    const in6_addr& v6 = reinterpret_cast<const sockaddr_in6&>(a).sin6_addr;
+    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+  }
+  return false;
+}
+
+bool same_address(const sockaddr_storage& a, const sockaddr_storage& b) {
+  if (a.ss_family != b.ss_family) return false;
+  if (a.ss_family == AF_INET) {
+    return reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in&>(b).sin_addr.s_addr;
+  }
+  return std::memcmp(&reinterpret_cast<const sockaddr_in6&>(a).sin6_addr,
+                     &reinterpret_cast<const sockaddr_in6&>(b).sin6_addr, 16) == 0;
+}
+
+// Is `a` an address of this host? Loopback, or the address of one of our interfaces.
+bool is_local_address(const sockaddr_storage& a) {
+  if (is_loopback(a)) return true;
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return false;
+  sockaddr_storage mine{};
+  bool found = false;
+  for (ifaddrs* ifa = list; ifa != nullptr && !found; ifa = ifa->ifa_next) {
+    if (ifa->ifa_addr == nullptr || ifa->ifa_addr->sa_family != a.ss_family) continue;
+    std::memcpy(&mine, ifa->ifa_addr,
+                a.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
+    found = same_address(mine, a);
+  }
+  freeifaddrs(list);
+  return found;
+}
+
+// An IPv4-mapped IPv6 destination is the IPv4 address it maps.
+sockaddr_storage normalized(const sockaddr* addr, socklen_t len) {
+  sockaddr_storage out{};
+  std::memcpy(&out, addr, std::min<size_t>(len, sizeof out));
+  if (out.ss_family == AF_INET6) {
+    const auto& v6 = reinterpret_cast<const sockaddr_in6&>(out);
+    if (IN6_IS_ADDR_V4MAPPED(&v6.sin6_addr)) {
+      sockaddr_in v4{};
+      v4.sin_family = AF_INET;
+      v4.sin_port = v6.sin6_port;
+      std::memcpy(&v4.sin_addr, &v6.sin6_addr.s6_addr[12], 4);
+      out = sockaddr_storage{};
+      std::memcpy(&out, &v4, sizeof v4);
+    }
+  }
+  return out;
+}
+
 bool local_subnets(int fd, LocalSubnets* out) {
   sockaddr_storage local{};
   socklen_t len = sizeof local;

@@ -2,12 +2,21 @@
 // local address (RFC 7609: the server declines with DIFFPREFIX when they do not match).
 #pragma once
 
+#include <sys/socket.h>
+
 #include <cstdint>
 #include <vector>
 
 #include "core/clc.h"
 
 namespace smcpre::core {
+
+bool is_loopback(const sockaddr_storage& a);
+bool same_address(const sockaddr_storage& a, const sockaddr_storage& b);
+// Is `a` an address of this host? Loopback, or the address of one of our interfaces.
+bool is_local_address(const sockaddr_storage& a);
+// An IPv4-mapped IPv6 address becomes the IPv4 address it maps; others are copied.
+sockaddr_storage normalized(const sockaddr* addr, socklen_t len);
 
 struct LocalSubnets {
   bool ipv4 = false;            // the socket's local address is IPv4 (or v4-mapped)

@@ -29,6 +29,9 @@ constexpr int64_t kYieldAfterNs = 5'000;
 constexpr int kClosePollMs = 100;
 // How often sockets in a lingering close are looked at.
 constexpr int kLingerPollMs = 10;
+// Epoll data of a TCP watch: its id with the top bit set (user-space pointers, the data
+// of link notification fds, never have it).
+constexpr uint64_t kTcpWatchTag = uint64_t{1} << 63;
 
 }  // namespace
 
@@ -90,6 +93,53 @@ void ProgressThread::watch_close(std::weak_ptr<Connection> connection, int64_t d
   std::lock_guard lock(mutex_);
   if (!ensure_started()) return;
   closing_.push_back({std::move(connection), deadline_ns});
+}
+
+uint64_t ProgressThread::watch_tcp(std::weak_ptr<Connection> connection, int fd) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!ensure_started()) {
+      sys::close(fd);
+      return 0;
+    }
+  }
+  std::lock_guard lock(watch_mutex_);
+  const uint64_t id = next_watch_id_++;
+  epoll_event ev{};
+  // Level-triggered on the peer's FIN or a reset only, never on data: none should come
+  // after the handshake, and the socket is not ours to read.
+  ev.events = EPOLLRDHUP | EPOLLHUP | EPOLLERR;
+  ev.data.u64 = id | kTcpWatchTag;
+  if (sys::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    SMC_LOG_WARN("progress thread: cannot watch a TCP socket: errno {}", errno);
+    sys::close(fd);
+    return 0;
+  }
+  tcp_watches_.emplace(id, TcpWatch{std::move(connection), fd});
+  return id;
+}
+
+void ProgressThread::unwatch_tcp(uint64_t id) {
+  std::lock_guard lock(watch_mutex_);
+  auto it = tcp_watches_.find(id);
+  if (it == tcp_watches_.end()) return;
+  sys::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, it->second.fd, nullptr);
+  sys::close(it->second.fd);
+  tcp_watches_.erase(it);
+}
+
+void ProgressThread::on_tcp_event(uint64_t id) {
+  std::shared_ptr<Connection> connection;
+  {
+    std::lock_guard lock(watch_mutex_);
+    auto it = tcp_watches_.find(id);
+    if (it == tcp_watches_.end()) return;  // unwatched meanwhile
+    sys::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, it->second.fd, nullptr);
+    sys::close(it->second.fd);
+    connection = it->second.connection.lock();
+    tcp_watches_.erase(it);
+  }
+  if (connection) connection->on_tcp_ended();
 }
 
 void ProgressThread::reap_closing() {
@@ -158,6 +208,7 @@ void ProgressThread::run() {
           continue;
         }
         link.progress();
+        group.maintain(now, config::current());
         if (link.app_pollers.load(std::memory_order_relaxed) > 0 ||
             now - link.last_app_poll_ns.load(std::memory_order_relaxed) < kAppPollGraceNs) {
           app_polling = true;
@@ -189,8 +240,12 @@ void ProgressThread::run() {
     int n = sys::epoll_wait(epoll_fd_, events, 32, timeout_ms);
     armed_.store(false, std::memory_order_release);
     if (n <= 0) continue;
+    for (int i = 0; i < n; ++i) {
+      if (events[i].data.u64 & kTcpWatchTag) on_tcp_event(events[i].data.u64 & ~kTcpWatchTag);
+    }
     std::lock_guard lock(mutex_);
     for (int i = 0; i < n; ++i) {
+      if (events[i].data.u64 & kTcpWatchTag) continue;
       auto* target = static_cast<LinkGroup*>(events[i].data.ptr);
       if (target == nullptr) {
         uint64_t value;

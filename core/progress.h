@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "core/link.h"
@@ -48,6 +49,13 @@ class ProgressThread {
   // A connection the application closed: if the peer has not closed its side by the
   // deadline, the connection is torn down (like TCP's timeout for orphaned sockets).
   void watch_close(std::weak_ptr<Connection> connection, int64_t deadline_ns);
+  // Watches an SMC connection's TCP socket (`fd`, a private duplicate that the watch
+  // owns and closes) for its end: a peer process that dies cannot send an SMC close, but
+  // its kernel closes its TCP socket. Returns the watch id for unwatch_tcp(), 0 on failure
+  // (fd closed then). On the event the connection's on_tcp_ended() runs.
+  uint64_t watch_tcp(std::weak_ptr<Connection> connection, int fd);
+  // Ends a watch and closes its fd. Safe from any thread, including inside a callback.
+  void unwatch_tcp(uint64_t id);
   void stop();
 
  private:
@@ -66,6 +74,16 @@ class ProgressThread {
     int64_t deadline_ns;
   };
   std::vector<Closing> closing_;
+  struct TcpWatch {
+    std::weak_ptr<Connection> connection;
+    int fd;
+  };
+  // Its own lock: unwatch_tcp() is called from connection teardown, which may run on the
+  // progress thread while it holds mutex_.
+  std::mutex watch_mutex_;
+  std::unordered_map<uint64_t, TcpWatch> tcp_watches_;
+  uint64_t next_watch_id_ = 1;
+  void on_tcp_event(uint64_t id);
   void reap_closing();    // under mutex_
   void reap_lingering();  // under mutex_
   std::thread thread_;

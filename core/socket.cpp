@@ -11,7 +11,6 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <poll.h>
 
@@ -28,6 +27,7 @@
 #include "core/decline.h"
 #include "core/engine_state.h"
 #include "core/handshake.h"
+#include "core/local_address.h"
 #include "core/progress.h"
 
 namespace smcpre::core {
@@ -50,28 +50,6 @@ thread_local int t_deferred_errno = 0;
 
 std::string runtime_dir(const config::Config& config) {
   return config.runtime_dir.empty() ? config::runtime_dir_default() : config.runtime_dir;
-}
-
-bool is_loopback(const sockaddr_storage& a) {
-  if (a.ss_family == AF_INET) {
-    return (ntohl(reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr) >> 24) == 127;
-  }
-  if (a.ss_family == AF_INET6) {
-    const in6_addr& v6 = reinterpret_cast<const sockaddr_in6&>(a).sin6_addr;
-    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
-    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
-  }
-  return false;
-}
-
-bool same_address(const sockaddr_storage& a, const sockaddr_storage& b) {
-  if (a.ss_family != b.ss_family) return false;
-  if (a.ss_family == AF_INET) {
-    return reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr ==
-           reinterpret_cast<const sockaddr_in&>(b).sin_addr.s_addr;
-  }
-  return std::memcmp(&reinterpret_cast<const sockaddr_in6&>(a).sin6_addr,
-                     &reinterpret_cast<const sockaddr_in6&>(b).sin6_addr, 16) == 0;
 }
 
 uint16_t port_of(const sockaddr_storage& a) {
@@ -368,41 +346,6 @@ class SmcSocket final : public Socket {
   std::shared_ptr<Connection> connection_;
   uint32_t reason_ = 0;
 };
-
-// Is `a` an address of this host? Loopback, or the address of one of our interfaces.
-bool is_local_address(const sockaddr_storage& a) {
-  if (is_loopback(a)) return true;
-  ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0) return false;
-  sockaddr_storage mine{};
-  bool found = false;
-  for (ifaddrs* ifa = list; ifa != nullptr && !found; ifa = ifa->ifa_next) {
-    if (ifa->ifa_addr == nullptr || ifa->ifa_addr->sa_family != a.ss_family) continue;
-    std::memcpy(&mine, ifa->ifa_addr,
-                a.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
-    found = same_address(mine, a);
-  }
-  freeifaddrs(list);
-  return found;
-}
-
-// An IPv4-mapped IPv6 destination is the IPv4 address it maps.
-sockaddr_storage normalized(const sockaddr* addr, socklen_t len) {
-  sockaddr_storage out{};
-  std::memcpy(&out, addr, std::min<size_t>(len, sizeof out));
-  if (out.ss_family == AF_INET6) {
-    const auto& v6 = reinterpret_cast<const sockaddr_in6&>(out);
-    if (IN6_IS_ADDR_V4MAPPED(&v6.sin6_addr)) {
-      sockaddr_in v4{};
-      v4.sin_family = AF_INET;
-      v4.sin_port = v6.sin6_port;
-      std::memcpy(&v4.sin_addr, &v6.sin6_addr.s6_addr[12], 4);
-      out = sockaddr_storage{};
-      std::memcpy(&out, &v4, sizeof v4);
-    }
-  }
-  return out;
-}
 
 }  // namespace
 

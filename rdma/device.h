@@ -20,6 +20,14 @@ using Mac = std::array<uint8_t, 6>;
 
 // IB path MTU enumeration, as carried in the low nibble of CLC Accept/Confirm.
 enum class PathMtu : uint8_t { k256 = 1, k512 = 2, k1024 = 3, k2048 = 4, k4096 = 5 };
+// The largest path MTU not above `bytes` (256 at least).
+inline PathMtu path_mtu_at_most(uint32_t bytes) {
+  if (bytes >= 4096) return PathMtu::k4096;
+  if (bytes >= 2048) return PathMtu::k2048;
+  if (bytes >= 1024) return PathMtu::k1024;
+  if (bytes >= 512) return PathMtu::k512;
+  return PathMtu::k256;
+}
 
 enum class WcStatus : uint8_t {
   kSuccess,

@@ -115,6 +115,10 @@ int listen_tcp(const char* bind_addr, int port, int* bound_port) {
 }
 
 int connect_tcp(const char* host, int port) {
+  return connect_tcp_from(host, port, NULL);
+}
+
+int connect_tcp_from(const char* host, int port, const char* source) {
   struct addrinfo hints = {
       .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
   struct addrinfo* res = NULL;
@@ -126,19 +130,40 @@ int connect_tcp(const char* host, int port) {
     errno = EINVAL;
     return -1;
   }
+  struct addrinfo* src = NULL;
+  if (source != NULL) {
+    struct addrinfo shints = {.ai_family = AF_UNSPEC,
+                              .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_PASSIVE | AI_NUMERICHOST};
+    rc = getaddrinfo(source, NULL, &shints, &src);
+    if (rc != 0) {
+      fprintf(stderr, "bad source address %s: %s\n", source, gai_strerror(rc));
+      freeaddrinfo(res);
+      errno = EINVAL;
+      return -1;
+    }
+  }
   int fd = -1, saved = ECONNREFUSED;
   for (struct addrinfo* ai = res; ai != NULL; ai = ai->ai_next) {
+    // With a source address only destinations of its family can be reached.
+    if (src != NULL && ai->ai_family != src->ai_family) {
+      saved = EAFNOSUPPORT;
+      continue;
+    }
     fd = socket(ai->ai_family, SOCK_STREAM, IPPROTO_TCP);
     if (fd < 0) {
       saved = errno;
       continue;
     }
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) break;
+    if ((src == NULL || bind(fd, src->ai_addr, src->ai_addrlen) == 0) &&
+        connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+      break;
     saved = errno;
     close(fd);
     fd = -1;
   }
   freeaddrinfo(res);
+  if (src != NULL) freeaddrinfo(src);
   if (fd < 0) errno = saved;
   return fd;
 }

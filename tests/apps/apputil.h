@@ -48,6 +48,10 @@ uint64_t fletcher_value(const struct fletcher* f);
 int listen_tcp(const char* bind_addr, int port, int* bound_port);
 // Connects to host:port (numeric or resolvable name). Returns the fd or -1 (errno kept).
 int connect_tcp(const char* host, int port);
+// connect_tcp() from a given local address (numeric; port chosen by the kernel), or from
+// the kernel's choice when `source` is NULL: picks the route, and so the netdev, a
+// connection uses.
+int connect_tcp_from(const char* host, int port, const char* source);
 // Local or peer port of a connected socket (0 on failure).
 int local_port(int fd);
 int peer_port(int fd);

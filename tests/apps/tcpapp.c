@@ -4,10 +4,12 @@
 //
 //   tcpapp server --port P [--bind ADDR] [--mode sink|echo|source] [--bytes N] [--conns K]
 //                 [--concurrent] [--chunk N|random] [--seed S] [--write-first] [--raw]
-//   tcpapp client --host H --port P [--mode sink|echo|source] --bytes N [--chunk N|random]
-//                 [--seed S] [--half-close] [--conns K] [--parallel P] [--write-first]
-//                 [--dump FILE]
+//   tcpapp client --host H --port P [--bind ADDR] [--mode sink|echo|source] --bytes N
+//                 [--chunk N|random] [--seed S] [--half-close] [--conns K] [--parallel P]
+//                 [--write-first] [--dump FILE]
 //   common: [--timeout SECONDS] (default 120; the process exits 3 when it expires)
+// --bind: the server's listening address (default 127.0.0.1); the client's source address
+//   (default: the kernel's choice), which selects the route and so the netdev it uses.
 //
 // Modes (named from the server's point of view):
 //   sink    client sends N bytes (then shutdown(SHUT_WR) with --half-close); the server
@@ -70,8 +72,7 @@ struct options {
   const char* dump;
   unsigned timeout;
 };
-static struct options opt = {
-    .bind = "127.0.0.1", .bytes = -1, .conns = 1, .parallel = 1, .seed = 1, .timeout = 120};
+static struct options opt = {.bytes = -1, .conns = 1, .parallel = 1, .seed = 1, .timeout = 120};
 
 // ---- per-connection state and reporting --------------------------------------------------
 
@@ -448,7 +449,7 @@ static void* server_thread(void* arg) {
 
 static int run_server(void) {
   int port = 0;
-  int lfd = listen_tcp(opt.bind, opt.port, &port);
+  int lfd = listen_tcp(opt.bind != NULL ? opt.bind : "127.0.0.1", opt.port, &port);
   if (lfd < 0) return 1;
   fprintf(stderr, "listening %d\n", port);
   fflush(stderr);
@@ -493,7 +494,7 @@ static void* client_thread(void* arg) {
   struct client_job* job = arg;
   for (int i = 0; i < opt.conns; i++) {
     struct conn c;
-    int fd = connect_tcp(opt.host, opt.port);
+    int fd = connect_tcp_from(opt.host, opt.port, opt.bind);
     if (fd < 0) {
       memset(&c, 0, sizeof c);
       c.index = job->first_index + i;
@@ -537,9 +538,10 @@ static void usage(void) {
           "usage: tcpapp server --port P [--bind ADDR] [--mode sink|echo|source] [--bytes N]\n"
           "                     [--conns K] [--concurrent] [--chunk N|random] [--seed S]\n"
           "                     [--write-first] [--raw] [--timeout S]\n"
-          "       tcpapp client --host H --port P [--mode sink|echo|source] --bytes N\n"
-          "                     [--chunk N|random] [--seed S] [--half-close] [--conns K]\n"
-          "                     [--parallel P] [--write-first] [--dump FILE] [--timeout S]\n");
+          "       tcpapp client --host H --port P [--bind ADDR] [--mode sink|echo|source]\n"
+          "                     --bytes N [--chunk N|random] [--seed S] [--half-close]\n"
+          "                     [--conns K] [--parallel P] [--write-first] [--dump FILE]\n"
+          "                     [--timeout S]\n");
   exit(2);
 }
 

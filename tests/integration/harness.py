@@ -143,9 +143,16 @@ class Proc:
         with self._cond:
             err = self.stderr_lines[-tail:]
             out = self.stdout_lines[-tail:]
-        return "--- %s: %s (exit %s)\n    stdout: %s\n    stderr:\n      %s" % (
+            # A debug log's tail is often the aftermath (flushed work requests); the first
+            # warnings before it usually say what went wrong.
+            head = self.stderr_lines[:len(self.stderr_lines) - len(err)]
+            first = [l for l in head if re.search(r" (warning|error|critical): ", l)][:10]
+        text = "--- %s: %s (exit %s)\n    stdout: %s\n" % (
             self.name, " ".join(self.argv), self.popen.returncode,
-            "\n            ".join(out) or "(none)", "\n      ".join(err) or "(none)")
+            "\n            ".join(out) or "(none)")
+        if first:
+            text += "    first warnings:\n      %s\n" % "\n      ".join(first)
+        return text + "    stderr:\n      %s" % ("\n      ".join(err) or "(none)")
 
 
 class SmcTestCase(unittest.TestCase):
@@ -227,14 +234,16 @@ class SmcTestCase(unittest.TestCase):
 
     def transfer(self, mode, nbytes, server_args=(), client_args=(), server_preload=True,
                  client_preload=True, server_env=None, client_env=None, timeout=90,
-                 server_knows_size=True):
+                 server_knows_size=True, host="127.0.0.1", start_timeout=15):
         """One tcpapp server + client run; returns (server, client, server_records,
-        client_records) after checking both exited 0 and every record is ok."""
+        client_records) after checking both exited 0 and every record is ok. The client
+        connects to `host` (the server's --bind, if given in server_args, must match)."""
         sargs = ["--mode", mode] + list(server_args)
         if server_knows_size or mode == "source":
             sargs += ["--bytes", str(nbytes)]
-        srv, port = self.start_server("tcpapp", sargs, server_preload, server_env)
-        cli = self.start([app("tcpapp"), "client", "--host", "127.0.0.1", "--port", str(port),
+        srv, port = self.start_server("tcpapp", sargs, server_preload, server_env,
+                                      timeout=start_timeout)
+        cli = self.start([app("tcpapp"), "client", "--host", host, "--port", str(port),
                           "--mode", mode, "--bytes", str(nbytes),
                           "--timeout", str(timeout - 5)] + list(client_args),
                          client_preload, client_env, "client")

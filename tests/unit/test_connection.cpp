@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/clc.h"
+#include "core/engine_state.h"
 #include "core/socket.h"
 
 using smcpre::core::Engine;
@@ -35,7 +36,12 @@ struct TestEnv {
     setenv("SMCPRE_RMB_SIZE", "64K", 1);  // small rings: wraps and flow control get exercised
     setenv("SMCPRE_RQ_DEPTH", "16", 1);   // a short receive queue: RNR gets exercised
     setenv("SMCPRE_CLOSE_TIMEOUT_MS", "1000", 1);
+    setenv("SMCPRE_LINGER_MS", "500", 1);      // unused link groups go soon
+    setenv("SMCPRE_KEEPALIVE_MS", "1000", 1);  // and silent peers are noticed soon
     signal(SIGPIPE, SIG_IGN);
+#ifdef SMCPRE_TEST_STAGED_WRITES
+    smcpre::core::EngineState::stage_shm_writes_for_tests(true);
+#endif
   }
   std::string dir;
 };
@@ -146,6 +152,12 @@ TEST_CASE("client and server move data over SMC in both directions") {
           int fd = connect_loopback(port);
           auto s = Engine::on_connected(fd);
           if (!s || !s->is_smc()) return 10;
+#ifdef SMCPRE_TEST_STAGED_WRITES
+          // The device really makes the engine stage its writes.
+          uint32_t decline = 0;
+          auto* device = smcpre::core::EngineState::get()->device_for(fd, &decline);
+          if (device == nullptr || device->caps().write_from_any_memory) return 14;
+#endif
           if (!send_pattern(*s, fd, size, rng)) return 11;
           if (s->shutdown(SHUT_WR) != 0) return 12;
           // Then the server sends the same amount back.
@@ -524,6 +536,130 @@ TEST_CASE("a peer process that dies mid-stream ends the connection with ECONNRES
   REQUIRE(errno == ECONNRESET);
   int status;
   waitpid(pid, &status, 0);
+  s->release(fd);
+  close(fd);
+  close(lfd);
+}
+
+// Polls `pred` every 50 ms for up to `ms`.
+template <typename Pred>
+bool eventually(int ms, Pred pred) {
+  for (int waited = 0; waited <= ms; waited += 50) {
+    if (pred()) return true;
+    usleep(50'000);
+  }
+  return false;
+}
+
+TEST_CASE("an unused link group is deleted after the linger time, on both sides") {
+  env();
+  using smcpre::core::EngineState;
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  run_pair(
+      [&] {
+        close(lfd);
+        int fd = connect_loopback(port);
+        auto s = Engine::on_connected(fd);
+        if (!s || !s->is_smc()) return 1;
+        if (sock_send(*s, fd, "x", 1) != 1) return 2;
+        char c;
+        if (sock_recv(*s, fd, &c, 1) != 0) return 3;
+        if (EngineState::get()->live_group_count() != 1) return 4;
+        s->release(fd);
+        close(fd);
+        // The server's linger (0.5 s) ends first: its DELETE LINK takes ours down too,
+        // long before our own (10 s longer) would.
+        if (!eventually(5000, [] { return EngineState::get()->live_group_count() == 0; })) {
+          return 5;
+        }
+        return 0;
+      },
+      [&] {
+        int fd = accept(lfd, nullptr, nullptr);
+        auto s = Engine::on_accepted(fd, listener);
+        char c;
+        REQUIRE(sock_recv(*s, fd, &c, 1) == 1);
+        REQUIRE(s->is_smc());
+        REQUIRE(EngineState::get()->live_group_count() >= 1);
+        s->release(fd);
+        close(fd);
+        REQUIRE(eventually(5000, [] { return EngineState::get()->live_group_count() == 0; }));
+      });
+  close(lfd);
+}
+
+TEST_CASE("a peer that stops answering is taken for gone after the keepalive (ECONNRESET)") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    Engine::after_fork_in_child();
+    close(lfd);
+    int fd = connect_loopback(port);
+    auto s = Engine::on_connected(fd);
+    sock_send(*s, fd, "x", 1);
+    pause();  // stopped by the parent; its TCP connection stays up
+    _exit(1);
+  }
+  int fd = accept(lfd, nullptr, nullptr);
+  auto s = Engine::on_accepted(fd, listener);
+  char c;
+  REQUIRE(sock_recv(*s, fd, &c, 1) == 1);
+  REQUIRE(s->is_smc());
+  REQUIRE(kill(pid, SIGSTOP) == 0);
+  timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  // Blocks with nothing coming: the TEST LINK after 1 s of silence goes unanswered.
+  const ssize_t n = sock_recv(*s, fd, &c, 1);
+  const int error = errno;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  kill(pid, SIGKILL);
+  int status;
+  waitpid(pid, &status, 0);
+  const double waited =
+      static_cast<double>(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+  CHECK(n == -1);
+  CHECK(error == ECONNRESET);
+  CHECK(waited >= 0.9);  // not before a keepalive interval
+  CHECK(waited < 10);
+  s->release(fd);
+  close(fd);
+  close(lfd);
+}
+
+TEST_CASE("a dead peer's TCP connection ends an idle SMC connection at once (ECONNRESET)") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    Engine::after_fork_in_child();
+    close(lfd);
+    int fd = connect_loopback(port);
+    auto s = Engine::on_connected(fd);
+    sock_send(*s, fd, "x", 1);
+    usleep(300'000);  // the server is blocked in recv by now
+    kill(getpid(), SIGKILL);
+    _exit(1);
+  }
+  int fd = accept(lfd, nullptr, nullptr);
+  auto s = Engine::on_accepted(fd, listener);
+  char c;
+  REQUIRE(sock_recv(*s, fd, &c, 1) == 1);
+  REQUIRE(s->is_smc());
+  const ssize_t n = sock_recv(*s, fd, &c, 1);
+  const int error = errno;
+  int status;
+  waitpid(pid, &status, 0);
+  CHECK(n == -1);
+  CHECK(error == ECONNRESET);
   s->release(fd);
   close(fd);
   close(lfd);

@@ -1,0 +1,429 @@
+// smcpre-stat: what smcpre sees and does on this host. One subcommand per concern; today
+// `devices` (RDMA ports and GID tables like `ibv_devinfo -v`, condensed, and which port smcpre
+// would pick for a route). This is an ordinary program, not part of libsmcpre.so, so plain
+// libc calls are fine here.
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netdb.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.h"
+#include "rdma/port_select.h"
+
+namespace {
+
+using smcpre::rdma::PortChoice;
+using smcpre::rdma::PortInfo;
+using smcpre::rdma::SocketRoute;
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+constexpr const char* kUsage = R"(usage: smcpre-stat COMMAND [OPTIONS]
+       smcpre-stat --help | --version
+
+Shows what smcpre (the LD_PRELOAD library moving TCP connections onto SMC-R) sees on
+this host.
+
+commands:
+  devices [--json] [--route ADDR[:PORT] [--from ADDR[:PORT]]]
+      Every RDMA device port, as `ibv_devinfo -v` would show it, condensed: state, link
+      layer, active MTU, netdev and MAC, and the GID table (index, GID, type RoCEv1,
+      RoCEv2 or IB, netdev). Prints "no RDMA devices" when there are none.
+      --route ADDR[:PORT]  also show the kernel's route for a TCP connection to ADDR and
+                           which port and GID smcpre would use for it (following
+                           SMCPRE_DEVICE), or why none fits. IPv6 with a port:
+                           [fe80::1%eth0]:80.
+      --from ADDR[:PORT]   the connection's local address (default: the kernel's choice);
+                           policy routing may depend on it.
+      --json               one JSON object on stdout instead of text.
+  help
+      This text.
+
+environment:
+  SMCPRE_DEVICE  auto|shm|verbs|none|<ibdev>[:port], as for the library: an ibdev name
+                 restricts --route's choice to that device (and port).
+
+exit status:
+  0  done (also when there are no RDMA devices or no port fits the route)
+  1  a device could not be queried, or there is no route to ADDR
+  2  usage error
+)";
+
+// ---------------------------------------------------------------------------------------------
+// Output helpers
+
+std::string json_string(std::string_view text) {
+  std::string out = "\"";
+  for (char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20) {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\u%04x", c);
+      out += escaped;
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
+}
+
+std::string netdev_name(uint32_t ifindex) {
+  char name[IF_NAMESIZE] = {};
+  if (ifindex == 0) return "";
+  if (::if_indextoname(ifindex, name) == nullptr) return "ifindex " + std::to_string(ifindex);
+  return name;
+}
+
+unsigned mtu_bytes(smcpre::rdma::PathMtu mtu) {
+  return 128u << static_cast<unsigned>(mtu);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arguments
+
+// ADDR, ADDR:PORT (IPv4), [ADDR]:PORT or a bare IPv6 address (with %scope if link-local).
+bool parse_endpoint(const std::string& text, sockaddr_storage* out, std::string* error) {
+  std::string host = text;
+  std::string port;
+  if (!text.empty() && text.front() == '[') {
+    const size_t close = text.find(']');
+    if (close == std::string::npos ||
+        (close + 1 < text.size() && (text[close + 1] != ':' || close + 2 == text.size()))) {
+      *error = "bad address '" + text + "' (expected [IPV6]:PORT)";
+      return false;
+    }
+    host = text.substr(1, close - 1);
+    if (close + 1 < text.size()) port = text.substr(close + 2);
+  } else if (std::count(text.begin(), text.end(), ':') == 1) {
+    const size_t colon = text.find(':');
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (port.empty()) {
+      *error = "bad address '" + text + "' (empty port)";
+      return false;
+    }
+  }
+  // getaddrinfo also takes inet_aton's forms ("1.2.3" is 1.2.0.3): a typo must not pass.
+  if (host.find(':') == std::string::npos) {
+    in_addr probe{};
+    if (::inet_pton(AF_INET, host.c_str(), &probe) != 1) {
+      *error = "bad address '" + text + "' (expected IPv4 a.b.c.d or IPv6)";
+      return false;
+    }
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+  addrinfo* result = nullptr;
+  const int rc =
+      ::getaddrinfo(host.c_str(), port.empty() ? nullptr : port.c_str(), &hints, &result);
+  if (rc != 0 || result == nullptr) {
+    *error = "bad address '" + text + "': " + ::gai_strerror(rc);
+    return false;
+  }
+  *out = {};
+  std::memcpy(out, result->ai_addr, std::min<size_t>(result->ai_addrlen, sizeof *out));
+  ::freeaddrinfo(result);
+  return true;
+}
+
+struct DevicesOptions {
+  bool json = false;
+  std::optional<sockaddr_storage> route;
+  std::optional<sockaddr_storage> from;
+};
+
+// ---------------------------------------------------------------------------------------------
+// devices
+
+// What SMCPRE_DEVICE asks for, read the way the library reads it (but only that variable:
+// another bad SMCPRE_* value must not hide the device diagnostics).
+struct DeviceSetting {
+  std::string text = "auto";  // as given
+  smcpre::config::DeviceChoice choice = smcpre::config::DeviceChoice::kAuto;
+  std::string device;  // forced ibdev, or ""
+  int port = 0;
+};
+
+bool read_device_setting(DeviceSetting* setting, std::string* error) {
+  const char* value = std::getenv("SMCPRE_DEVICE");
+  if (value == nullptr) return true;
+  std::string parse_error;
+  const smcpre::config::Config c = smcpre::config::parse({{"SMCPRE_DEVICE", value}}, &parse_error);
+  if (!parse_error.empty()) {
+    *error = parse_error;
+    return false;
+  }
+  setting->text = value;
+  setting->choice = c.device;
+  setting->device = c.verbs_device;
+  setting->port = c.verbs_port;
+  return true;
+}
+
+void print_ports_text(const std::vector<PortInfo>& ports) {
+  if (ports.empty()) {
+    std::printf("no RDMA devices\n");
+    return;
+  }
+  for (const PortInfo& p : ports) {
+    std::printf("%s port %u: %s, %s, active MTU %u", p.device.c_str(), p.port, p.state.c_str(),
+                p.ethernet ? "Ethernet" : "InfiniBand", mtu_bytes(p.active_mtu));
+    if (p.ethernet) {
+      std::printf(", netdev %s, MAC %s", p.ifindex != 0 ? netdev_name(p.ifindex).c_str() : "-",
+                  smcpre::rdma::mac_string(p.mac).c_str());
+    }
+    std::printf("\n");
+    if (p.gids.empty()) std::printf("  no GIDs\n");
+    for (const auto& g : p.gids) {
+      std::printf("  GID %3u  %-39s  %-6s  %s\n", g.index, smcpre::rdma::gid_string(g.gid).c_str(),
+                  smcpre::rdma::to_string(g.type),
+                  g.ifindex != 0 ? netdev_name(g.ifindex).c_str() : "-");
+    }
+  }
+}
+
+std::string ports_json(const std::vector<PortInfo>& ports) {
+  std::string out = "[";
+  for (size_t i = 0; i < ports.size(); ++i) {
+    const PortInfo& p = ports[i];
+    if (i != 0) out += ",";
+    out += "{\"device\":" + json_string(p.device) + ",\"port\":" + std::to_string(p.port) +
+           ",\"state\":" + json_string(p.state) + ",\"active\":" + (p.active ? "true" : "false") +
+           ",\"link_layer\":" + (p.ethernet ? "\"Ethernet\"" : "\"InfiniBand\"") +
+           ",\"active_mtu\":" + std::to_string(mtu_bytes(p.active_mtu));
+    if (p.ethernet) {
+      out += ",\"netdev\":" + json_string(netdev_name(p.ifindex)) +
+             ",\"ifindex\":" + std::to_string(p.ifindex) +
+             ",\"mac\":" + json_string(smcpre::rdma::mac_string(p.mac));
+    }
+    out += ",\"gids\":[";
+    for (size_t j = 0; j < p.gids.size(); ++j) {
+      const auto& g = p.gids[j];
+      if (j != 0) out += ",";
+      out += "{\"index\":" + std::to_string(g.index) +
+             ",\"gid\":" + json_string(smcpre::rdma::gid_string(g.gid)) +
+             ",\"type\":" + json_string(smcpre::rdma::to_string(g.type)) +
+             ",\"netdev\":" + json_string(netdev_name(g.ifindex)) +
+             ",\"ifindex\":" + std::to_string(g.ifindex) + "}";
+    }
+    out += "]}";
+  }
+  return out + "]";
+}
+
+bool carries_route(const PortInfo& p, const SocketRoute& route) {
+  return std::any_of(p.gids.begin(), p.gids.end(),
+                     [&](const auto& g) { return g.ifindex == route.ifindex; });
+}
+
+// One line per port that was not chosen, saying why (the chosen one is described above it).
+std::vector<std::string> port_remarks(const std::vector<PortInfo>& ports, const SocketRoute& route,
+                                      const DeviceSetting& setting,
+                                      const std::optional<PortChoice>& choice) {
+  std::vector<std::string> remarks;
+  for (const PortInfo& p : ports) {
+    const std::string name = p.device + " port " + std::to_string(p.port);
+    if (choice && choice->device == p.device && choice->port == p.port) continue;
+    if (!setting.device.empty() &&
+        (p.device != setting.device || (setting.port != 0 && p.port != setting.port))) {
+      remarks.push_back(name + ": not the one SMCPRE_DEVICE names");
+    } else if (!p.active) {
+      remarks.push_back(name + ": not active (" + p.state + ")");
+    } else if (!p.ethernet && setting.device.empty()) {
+      remarks.push_back(name + ": InfiniBand, used only when SMCPRE_DEVICE names it");
+    } else if (p.ethernet && !carries_route(p, route)) {
+      remarks.push_back(name + ": its netdev " + netdev_name(p.ifindex) +
+                        " does not carry the route");
+    } else if (choice) {
+      remarks.push_back(name + ": also usable; " + choice->device + " port " +
+                        std::to_string(choice->port) + " has a better GID or comes first");
+    } else {
+      remarks.push_back(name + ": has no GID that fits the connection");
+    }
+  }
+  return remarks;
+}
+
+std::string choice_text(const PortChoice& c, const std::vector<PortInfo>& ports) {
+  std::string type = "?";
+  for (const PortInfo& p : ports) {
+    if (p.device != c.device || p.port != c.port) continue;
+    for (const auto& g : p.gids) {
+      if (g.index == c.gid_index) type = smcpre::rdma::to_string(g.type);
+    }
+  }
+  return c.device + " port " + std::to_string(c.port) + ", GID " + std::to_string(c.gid_index) +
+         " " + smcpre::rdma::gid_string(c.gid) + " (" + type + "), MAC " +
+         smcpre::rdma::mac_string(c.mac) + ", MTU " + std::to_string(mtu_bytes(c.mtu));
+}
+
+// Everything --route found out, printed as text or JSON.
+struct RouteReport {
+  std::string destination;
+  std::string error;  // the route lookup failed
+  SocketRoute route;
+  DeviceSetting setting;
+  std::optional<PortChoice> choice;
+  std::string why;
+  std::vector<std::string> remarks;
+  bool rdma_off = false;  // SMCPRE_DEVICE=shm or none
+};
+
+RouteReport examine_route(const DevicesOptions& options, const DeviceSetting& setting,
+                          const std::vector<PortInfo>& ports) {
+  RouteReport r;
+  r.destination = smcpre::rdma::address_string(*options.route);
+  r.setting = setting;
+  const auto* dst = reinterpret_cast<const sockaddr*>(&*options.route);
+  const auto* src = options.from ? reinterpret_cast<const sockaddr*>(&*options.from) : nullptr;
+  if (!smcpre::rdma::route_to(dst, src, &r.route, &r.error)) return r;
+  r.choice = smcpre::rdma::choose_port(ports, r.route, setting.device, setting.port, &r.why);
+  r.remarks = port_remarks(ports, r.route, setting, r.choice);
+  r.rdma_off = setting.choice == smcpre::config::DeviceChoice::kShm ||
+               setting.choice == smcpre::config::DeviceChoice::kNone;
+  return r;
+}
+
+void print_route_text(const RouteReport& r, const std::vector<PortInfo>& ports) {
+  const std::string local = smcpre::rdma::address_string(r.route.local);
+  std::printf("\nroute to %s from %s: netdev %s (ifindex %u)\n",
+              smcpre::rdma::address_string(r.route.peer).c_str(),
+              local.empty() ? "(kernel's choice)" : local.c_str(), r.route.ifname.c_str(),
+              r.route.ifindex);
+  if (r.rdma_off) {
+    std::printf("SMCPRE_DEVICE=%s: smcpre does not use RDMA; with SMCPRE_DEVICE=auto:\n",
+                r.setting.text.c_str());
+  }
+  const std::string label =
+      r.setting.device.empty() ? "RDMA port" : "RDMA port (SMCPRE_DEVICE=" + r.setting.text + ")";
+  if (r.choice) {
+    std::printf("%s: %s\n", label.c_str(), choice_text(*r.choice, ports).c_str());
+  } else {
+    std::printf("%s: none: %s\n", label.c_str(), r.why.c_str());
+  }
+  for (const std::string& remark : r.remarks) std::printf("  %s\n", remark.c_str());
+}
+
+std::string route_json(const RouteReport& r) {
+  std::string json = "{\"destination\":" + json_string(r.destination);
+  if (!r.error.empty()) return json + ",\"error\":" + json_string(r.error) + "}";
+  json += ",\"source\":" + json_string(smcpre::rdma::address_string(r.route.local)) +
+          ",\"netdev\":" + json_string(r.route.ifname) +
+          ",\"ifindex\":" + std::to_string(r.route.ifindex) +
+          ",\"smcpre_device\":" + json_string(r.setting.text) +
+          ",\"rdma_used\":" + (r.rdma_off ? "false" : "true") + ",\"choice\":";
+  if (r.choice) {
+    json += "{\"device\":" + json_string(r.choice->device) +
+            ",\"port\":" + std::to_string(r.choice->port) +
+            ",\"gid_index\":" + std::to_string(r.choice->gid_index) +
+            ",\"gid\":" + json_string(smcpre::rdma::gid_string(r.choice->gid)) +
+            ",\"mac\":" + json_string(smcpre::rdma::mac_string(r.choice->mac)) +
+            ",\"mtu\":" + std::to_string(mtu_bytes(r.choice->mtu)) + "}";
+  } else {
+    json += "null,\"reason\":" + json_string(r.why);
+  }
+  json += ",\"remarks\":[";
+  for (size_t i = 0; i < r.remarks.size(); ++i) {
+    json += (i != 0 ? "," : "") + json_string(r.remarks[i]);
+  }
+  return json + "]}";
+}
+
+int cmd_devices(const DevicesOptions& options) {
+  DeviceSetting setting;
+  if (std::string error; options.route && !read_device_setting(&setting, &error)) {
+    std::fprintf(stderr, "smcpre-stat: %s\n", error.c_str());
+    return kExitUsage;
+  }
+  std::string list_error;
+  const std::vector<PortInfo> ports = smcpre::rdma::list_ports(&list_error);
+  std::optional<RouteReport> report;
+  if (options.route) report = examine_route(options, setting, ports);
+
+  if (options.json) {
+    std::string json = "{\"devices\":" + ports_json(ports);
+    if (!list_error.empty()) json += ",\"error\":" + json_string(list_error);
+    if (report) json += ",\"route\":" + route_json(*report);
+    std::printf("%s}\n", json.c_str());
+  } else {
+    print_ports_text(ports);
+    if (report && report->error.empty()) print_route_text(*report, ports);
+  }
+  int status = kExitOk;
+  if (!list_error.empty()) {
+    std::fprintf(stderr, "smcpre-stat: %s\n", list_error.c_str());
+    status = kExitFailure;
+  }
+  if (report && !report->error.empty()) {
+    std::fprintf(stderr, "smcpre-stat: %s\n", report->error.c_str());
+    status = kExitFailure;
+  }
+  return status;
+}
+
+int usage_error(const std::string& text) {
+  std::fprintf(stderr, "smcpre-stat: %s\nTry 'smcpre-stat --help'.\n", text.c_str());
+  return kExitUsage;
+}
+
+int run_devices(const std::vector<std::string>& args) {
+  DevicesOptions options;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "-h" || arg == "--help") {
+      std::fputs(kUsage, stdout);
+      return kExitOk;
+    }
+    if (arg == "--json") {
+      options.json = true;
+      continue;
+    }
+    if (arg == "--route" || arg == "--from") {
+      if (i + 1 == args.size()) return usage_error(arg + " needs an address");
+      sockaddr_storage address;
+      std::string error;
+      if (!parse_endpoint(args[++i], &address, &error)) return usage_error(error);
+      (arg == "--route" ? options.route : options.from) = address;
+      continue;
+    }
+    return usage_error("devices: unknown argument '" + arg + "'");
+  }
+  if (options.from && !options.route) return usage_error("--from needs --route");
+  return cmd_devices(options);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + std::min(argc, 1), argv + argc);
+  if (args.empty()) return usage_error("no command given");
+  const std::string command = args.front();
+  args.erase(args.begin());
+  if (command == "-h" || command == "--help" || command == "help") {
+    std::fputs(kUsage, stdout);
+    return kExitOk;
+  }
+  if (command == "--version") {
+    std::printf("smcpre-stat %s\n", SMCPRE_VERSION);
+    return kExitOk;
+  }
+  if (command == "devices") return run_devices(args);
+  return usage_error("unknown command '" + command + "'");
+}
