@@ -2,6 +2,9 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
+#include <chrono>
+
 #include "config/log.h"
 #include "core/decline.h"
 #include "core/local_address.h"
@@ -167,7 +170,8 @@ const std::array<uint8_t, 8>& EngineState::peer_id() {
 
 std::shared_ptr<LinkGroup> EngineState::find_group(const PeerIdentity& peer, rdma::Role role,
                                                    rdma::Device* device,
-                                                   std::optional<uint32_t> peer_qp_num) {
+                                                   std::optional<uint32_t> peer_qp_num,
+                                                   bool include_pending) {
   std::lock_guard lock(mutex_);
   std::shared_ptr<LinkGroup> found;
   for (auto it = groups_.begin(); it != groups_.end();) {
@@ -176,7 +180,8 @@ std::shared_ptr<LinkGroup> EngineState::find_group(const PeerIdentity& peer, rdm
       it = groups_.erase(it);
       continue;
     }
-    if (!found && group->active() && group->role() == role && group->peer() == peer &&
+    const bool usable = group->active() || (include_pending && !group->retired());
+    if (!found && usable && group->role() == role && group->peer() == peer &&
         &group->device() == device && (!peer_qp_num || group->peer_qp_num() == *peer_qp_num)) {
       found = group;
     }
@@ -194,6 +199,29 @@ void EngineState::close_all_at_exit() {
     }
   }
   for (auto& g : groups) g->close_all_at_exit();
+}
+
+bool EngineState::begin_first_contact(const PeerIdentity& peer, rdma::Device* device,
+                                      int64_t deadline_ns) {
+  std::unique_lock lock(mutex_);
+  const auto key = std::make_pair(peer, device);
+  const auto deadline =
+      std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
+  while (std::find(first_contacts_.begin(), first_contacts_.end(), key) != first_contacts_.end()) {
+    if (first_contact_done_.wait_until(lock, deadline) == std::cv_status::timeout) return false;
+  }
+  first_contacts_.push_back(key);
+  return true;
+}
+
+void EngineState::end_first_contact(const PeerIdentity& peer, rdma::Device* device) {
+  {
+    std::lock_guard lock(mutex_);
+    auto it =
+        std::find(first_contacts_.begin(), first_contacts_.end(), std::make_pair(peer, device));
+    if (it != first_contacts_.end()) first_contacts_.erase(it);
+  }
+  first_contact_done_.notify_all();
 }
 
 size_t EngineState::live_group_count() {

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -42,8 +43,18 @@ class EngineState {
 
   // An active link group to `peer` on `device` (server side: by the client's identity;
   // client side: also by the server's QP number from CLC Accept).
+  // With include_pending, a group whose first contact is still under way counts too (the
+  // caller then waits for it to turn active).
   std::shared_ptr<LinkGroup> find_group(const PeerIdentity& peer, rdma::Role role,
-                                        rdma::Device* device, std::optional<uint32_t> peer_qp_num);
+                                        rdma::Device* device, std::optional<uint32_t> peer_qp_num,
+                                        bool include_pending = false);
+
+  // At most one first contact (a new link group) per peer and device at a time, as Linux
+  // serializes them: a server handshake that finds no group waits here for one under
+  // way, then looks again. False if it is still under way at the deadline (the caller
+  // then makes a group of its own). end_first_contact() must follow a true return.
+  bool begin_first_contact(const PeerIdentity& peer, rdma::Device* device, int64_t deadline_ns);
+  void end_first_contact(const PeerIdentity& peer, rdma::Device* device);
   void add_group(std::shared_ptr<LinkGroup> group);
   // Link groups whose link is up.
   size_t live_group_count();
@@ -72,6 +83,8 @@ class EngineState {
   std::array<uint8_t, 8> peer_id_{};
   bool peer_id_set_ = false;
   std::vector<std::weak_ptr<LinkGroup>> groups_;
+  std::condition_variable first_contact_done_;
+  std::vector<std::pair<PeerIdentity, rdma::Device*>> first_contacts_;
 };
 
 }  // namespace smcpre::core

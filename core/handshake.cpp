@@ -91,6 +91,30 @@ rdma::QpEndpoint endpoint_of(const clc::AcceptConfirm& msg) {
   return ep;
 }
 
+// The server's turn to make a first contact with one client on one device (see
+// EngineState::begin_first_contact), given back when the handshake ends either way.
+class FirstContactTurn {
+ public:
+  FirstContactTurn(EngineState& engine, const PeerIdentity& peer, rdma::Device* device)
+      : engine_(engine), peer_(peer), device_(device) {}
+  ~FirstContactTurn() {
+    if (taken_) engine_.end_first_contact(peer_, device_);
+  }
+  FirstContactTurn(const FirstContactTurn&) = delete;
+  FirstContactTurn& operator=(const FirstContactTurn&) = delete;
+  void take(int64_t deadline_ns) {
+    taken_ = engine_.begin_first_contact(peer_, device_, deadline_ns);
+    if (!taken_)
+      SMC_LOG_INFO("server: another first contact with this client is slow: a new link group");
+  }
+
+ private:
+  EngineState& engine_;
+  const PeerIdentity peer_;
+  rdma::Device* const device_;
+  bool taken_ = false;
+};
+
 // A connection under construction; removed from its group unless handed out.
 struct PendingConnection {
   std::shared_ptr<LinkGroup> group;
@@ -145,6 +169,31 @@ bool wait_link_confirmed(LinkGroup& group, int64_t deadline_ns) {
   Link& link = group.link();
   return wait_adaptive(link, link.events(), budget, deadline_ns,
                        [&link] { return link.confirmed(); }) == WaitResult::kReady;
+}
+
+// The client's wait for CONFIRM LINK also watches the TCP connection: a server that gave
+// up on the new link declines there, and then no Decline of ours may follow it.
+enum class ConfirmWait { kConfirmed, kTimeout, kDeclined };
+ConfirmWait client_wait_link_confirmed(int fd, LinkGroup& group, int64_t deadline_ns,
+                                       uint32_t* reason) {
+  constexpr int64_t kSliceNs = 5'000'000;
+  while (true) {
+    const int64_t now = now_ns();
+    const int64_t slice_end = std::min(deadline_ns, now + kSliceNs);
+    if (wait_link_confirmed(group, slice_end)) return ConfirmWait::kConfirmed;
+    std::vector<uint8_t> bytes;
+    clc::Header header;
+    if (read_clc(fd, -1, false, &bytes, &header) == ClcRead::kMessage) {
+      clc::Decline decline;
+      std::string error;
+      *reason = code(DeclineCode::kPeerDecl);
+      if (header.type == clc::Type::kDecline && clc::parse_decline(bytes, &decline, &error)) {
+        *reason = decline.diagnosis;
+      }
+      return ConfirmWait::kDeclined;
+    }
+    if (now_ns() >= deadline_ns) return ConfirmWait::kTimeout;
+  }
 }
 
 uint32_t connect_error_code(const std::string& error) {
@@ -271,7 +320,15 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
       return fallback(code(DeclineCode::kMem));
     }
   } else {
-    pending.group = engine.find_group(server, rdma::Role::kClient, device, accept.qp_num);
+    // The server reuses a link group as soon as its side is confirmed; ours may still be
+    // finishing its first contact in another thread: wait for it.
+    pending.group = engine.find_group(server, rdma::Role::kClient, device, accept.qp_num, true);
+    while (pending.group && !pending.group->active() && !pending.group->retired() &&
+           now_ns() < deadline) {
+      timespec pause{0, 500'000};
+      nanosleep(&pause, nullptr);
+    }
+    if (pending.group && !pending.group->active()) pending.group.reset();
     if (!pending.group) {
       SMC_LOG_WARN("client: server reuses a link group we do not have: declining");
       send_decline(fd, engine, code(DeclineCode::kSyncErr));
@@ -282,12 +339,16 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
     send_decline(fd, engine, r);
     return fallback(r);
   }
-  if (accept.first_contact &&
-      !pending.group->connect(endpoint_of(accept), remaining_ms(deadline), &error)) {
-    SMC_LOG_WARN("client: cannot connect the link: {}", error);
-    uint32_t r = connect_error_code(error);
-    send_decline(fd, engine, r);
-    return fallback(r);
+  if (accept.first_contact) {
+    if (!pending.group->connect(endpoint_of(accept), remaining_ms(deadline), &error)) {
+      SMC_LOG_WARN("client: cannot connect the link: {}", error);
+      uint32_t r = connect_error_code(error);
+      send_decline(fd, engine, r);
+      return fallback(r);
+    }
+    // Known from now on, so that concurrent handshakes the server answers with this link
+    // group wait for it instead of declining.
+    engine.add_group(pending.group);
   }
   // On a link group in use, the server's new RMB was announced over the link already; on
   // a new link the server announces it only after our Confirm (it connects its side then).
@@ -305,10 +366,21 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
   if (accept.first_contact) {
     // The server confirms the new link over the link itself; we answer (in the link's
     // receive processing) and only then is the link usable.
-    if (!wait_link_confirmed(*pending.group, deadline)) {
-      SMC_LOG_WARN("client: no CONFIRM LINK from the server: TCP");
-      send_decline(fd, engine, code(DeclineCode::kTimeoutCl));
-      return fallback(code(DeclineCode::kTimeoutCl), true);
+    uint32_t declined = 0;
+    switch (client_wait_link_confirmed(fd, *pending.group, deadline, &declined)) {
+      case ConfirmWait::kConfirmed:
+        break;
+      case ConfirmWait::kDeclined: {
+        SMC_LOG_INFO("client: server declined the new link: {} ({:#010x}): TCP",
+                     decline_name(declined), declined);
+        HandshakeResult r = fallback(declined, true);
+        r.peer_declined = true;
+        return r;
+      }
+      case ConfirmWait::kTimeout:
+        SMC_LOG_WARN("client: no CONFIRM LINK from the server: TCP");
+        send_decline(fd, engine, code(DeclineCode::kTimeoutCl));
+        return fallback(code(DeclineCode::kTimeoutCl), true);
     }
     if (uint32_t r =
             attach_peer_rmb(*pending.group, *pending.connection, accept, remaining_ms(deadline));
@@ -318,7 +390,6 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
       return fallback(r, true);
     }
     pending.group->set_active();
-    engine.add_group(pending.group);
     SMC_LOG_DEBUG("client: link group created (id {})", pending.group->id());
   } else {
     SMC_LOG_DEBUG("client: link group reused (id {})", pending.group->id());
@@ -356,6 +427,13 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
   const PeerIdentity client = identity_of(proposal.local);
   PendingConnection pending;
   pending.group = engine.find_group(client, rdma::Role::kServer, device, std::nullopt);
+  FirstContactTurn turn(engine, client, device);
+  if (!pending.group) {
+    // Another handshake may be creating the group this client needs: wait for it to
+    // finish (it takes at most its own handshake timeout), then look again.
+    turn.take(deadline_after_ms(config.handshake_timeout_ms));
+    pending.group = engine.find_group(client, rdma::Role::kServer, device, std::nullopt);
+  }
   const bool first_contact = !pending.group;
   if (first_contact) {
     pending.group = LinkGroup::create(*device, rdma::Role::kServer, client, config, &error);
@@ -368,6 +446,12 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
   clc::AcceptConfirm accept =
       describe(engine, *device, *pending.group, *pending.connection, first_contact);
   if (!send_all(fd, clc::encode_accept(accept))) return fallback(code(DeclineCode::kIntErr));
+  // From here on the client may send a Decline of its own at any time (it gave up
+  // waiting for CONFIRM LINK, say): whatever we decide, a late CLC message is swallowed.
+  auto decline_late = [&](uint32_t reason) {
+    send_decline(fd, engine, reason);
+    return fallback(reason, true);
+  };
 
   const int64_t deadline = deadline_after_ms(config.handshake_timeout_ms);
   std::vector<uint8_t> bytes;
@@ -392,28 +476,28 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
   clc::AcceptConfirm confirm;
   if (header.type != clc::Type::kConfirm || !clc::parse_confirm(bytes, &confirm, &error)) {
     SMC_LOG_WARN("server: bad CLC Confirm ({}): declining", error);
-    return decline(code(DeclineCode::kProtocol));
+    return decline_late(code(DeclineCode::kProtocol));
   }
   if (first_contact) {
     if (!pending.group->connect(endpoint_of(confirm), remaining_ms(deadline), &error)) {
       SMC_LOG_WARN("server: cannot connect the link: {}", error);
-      return decline(connect_error_code(error));
+      return decline_late(connect_error_code(error));
     }
   } else if (confirm.qp_num != pending.group->peer_qp_num()) {
     SMC_LOG_WARN("server: Confirm names QP {:#x}, link group has {:#x}: declining", confirm.qp_num,
                  pending.group->peer_qp_num());
-    return decline(code(DeclineCode::kSyncErr));
+    return decline_late(code(DeclineCode::kSyncErr));
   }
   if (uint32_t r =
           attach_peer_rmb(*pending.group, *pending.connection, confirm, remaining_ms(deadline));
       r != 0) {
-    return decline(r);
+    return decline_late(r);
   }
   if (first_contact) {
     if (!pending.group->link().send_confirm_link_request() ||
         !wait_link_confirmed(*pending.group, deadline)) {
       SMC_LOG_WARN("server: CONFIRM LINK not answered: TCP");
-      return decline(code(DeclineCode::kTimeoutCl));
+      return decline_late(code(DeclineCode::kTimeoutCl));
     }
     pending.group->set_active();
     engine.add_group(pending.group);

@@ -60,6 +60,7 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   //   so the server normally ends it) is retired and its link deleted with DELETE LINK.
   void maintain(int64_t now_ns, const config::Config& config);
   bool failed() const { return link_->failed(); }
+  bool retired() const { return retired_.load(std::memory_order_acquire) || link_->failed(); }
 
   // Connections by alert token (the token is ours: CDCs addressed to us carry it).
   uint32_t add_connection(const std::shared_ptr<Connection>& connection);

@@ -32,6 +32,8 @@ constexpr int kLingerPollMs = 10;
 // Epoll data of a TCP watch: its id with the top bit set (user-space pointers, the data
 // of link notification fds, never have it).
 constexpr uint64_t kTcpWatchTag = uint64_t{1} << 63;
+// Epoll data of a device's asynchronous event fd: its index in devices_, this bit set.
+constexpr uint64_t kDeviceTag = uint64_t{1} << 62;
 
 }  // namespace
 
@@ -71,6 +73,18 @@ bool ProgressThread::add_link(std::shared_ptr<LinkGroup> group) {
   if (sys::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, group->link().qp().notify_fd(), &ev) != 0) {
     SMC_LOG_ERROR("progress thread: epoll_ctl add failed: errno {}", errno);
     return false;
+  }
+  rdma::Device* device = &group->device();
+  if (device->async_fd() >= 0 &&
+      std::find(devices_.begin(), devices_.end(), device) == devices_.end()) {
+    epoll_event dev{};
+    dev.events = EPOLLIN;
+    dev.data.u64 = kDeviceTag | devices_.size();
+    if (sys::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, device->async_fd(), &dev) == 0) {
+      devices_.push_back(device);
+    } else {
+      SMC_LOG_WARN("progress thread: cannot watch {}'s events: errno {}", device->name(), errno);
+    }
   }
   groups_.push_back(std::move(group));
   uint64_t one = 1;
@@ -246,6 +260,11 @@ void ProgressThread::run() {
     std::lock_guard lock(mutex_);
     for (int i = 0; i < n; ++i) {
       if (events[i].data.u64 & kTcpWatchTag) continue;
+      if (events[i].data.u64 & kDeviceTag) {
+        const uint64_t index = events[i].data.u64 & ~kDeviceTag;
+        if (index < devices_.size()) devices_[index]->handle_async_events();
+        continue;
+      }
       auto* target = static_cast<LinkGroup*>(events[i].data.ptr);
       if (target == nullptr) {
         uint64_t value;

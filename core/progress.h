@@ -64,6 +64,8 @@ class ProgressThread {
 
   std::mutex mutex_;  // guards links_ and the epoll set against the thread's use of them
   std::vector<std::shared_ptr<LinkGroup>> groups_;
+  // Devices whose asynchronous event fd is watched (they live as long as the process).
+  std::vector<rdma::Device*> devices_;
   struct Lingering {
     int fd;
     int64_t deadline_ns;

@@ -21,7 +21,7 @@ never a hang or a crash); SMCPRE_DEVICE=auto between local peers still uses shm.
 
 Runs only in the guest: `scripts/rxe-vm -- python3 tests/integration/test_verbs.py` (meson
 test 'verbs' in suite 'rxe'). Elsewhere every test is skipped, except that under rxe-vm
-(SMCPRE_RXE_SCRATCH set) a guest without its rxe devices is an error.
+(RXE_VM_SCRATCH set) a guest without its rxe devices is an error.
 """
 
 import os
@@ -133,7 +133,7 @@ class VerbsTestCase(SmcTestCase):
         problem = guest_problem()
         if problem is None:
             return
-        if os.environ.get("SMCPRE_RXE_SCRATCH"):
+        if os.environ.get("RXE_VM_SCRATCH"):
             # scripts/rxe-vm promised rxe0 and rxe1: their absence is a failure, not a skip.
             raise RuntimeError("running under scripts/rxe-vm, but " + problem)
         raise unittest.SkipTest("not in the Soft-RoCE guest (%s): run through scripts/rxe-vm"
@@ -351,7 +351,7 @@ class FallbackTest(VerbsTestCase):
         client forcing rxe0 proposes, the server (SMCPRE_DEVICE=verbs) finds no RDMA port
         for the connection's route and declines."""
         # Changes the machine's interfaces: only in the throw-away guest, where we are root.
-        if not os.environ.get("SMCPRE_RXE_SCRATCH") or os.geteuid() != 0:
+        if not os.environ.get("RXE_VM_SCRATCH") or os.geteuid() != 0:
             self.skipTest("creates %s: only as root in scripts/rxe-vm's guest" % NORDMA_IF)
         subprocess.run(["ip", "link", "del", NORDMA_IF], stderr=subprocess.DEVNULL,
                        check=False)
