@@ -66,29 +66,16 @@ PeerIdentity identity_of(const clc::LocalInfo& info) {
 // Accept/Confirm fields describing our side of a connection.
 clc::AcceptConfirm describe(EngineState& engine, rdma::Device& device, LinkGroup& group,
                             Connection& connection, bool first_contact) {
-  const rdma::QpEndpoint ep = group.local_endpoint();
   clc::AcceptConfirm msg;
   msg.first_contact = first_contact;
   msg.local = local_info(engine, device);
-  msg.qp_num = ep.qp_num;
+  set_endpoint(group.local_endpoint(), &msg);
   msg.rmb_rkey = connection.rmb().rkey();
   msg.conn_idx = 1;
   msg.rmbe_alert_token = connection.local_token();
   msg.rmbe_size_code = clc::rmbe_size_code(static_cast<uint32_t>(connection.rmb().length()));
-  msg.qp_mtu = static_cast<uint8_t>(ep.mtu);
   msg.rmb_vaddr = connection.rmb().remote_addr();
-  msg.psn = ep.psn;
   return msg;
-}
-
-rdma::QpEndpoint endpoint_of(const clc::AcceptConfirm& msg) {
-  rdma::QpEndpoint ep;
-  ep.gid = msg.local.gid;
-  ep.mac = msg.local.mac;
-  ep.qp_num = msg.qp_num;
-  ep.psn = msg.psn;
-  ep.mtu = static_cast<rdma::PathMtu>(msg.qp_mtu);
-  return ep;
 }
 
 // The server's turn to make a first contact with one client on one device (see
@@ -209,6 +196,24 @@ HandshakeResult fallback(uint32_t reason, bool swallow = false) {
 }
 
 }  // namespace
+
+void set_endpoint(const rdma::QpEndpoint& ep, clc::AcceptConfirm* msg) {
+  msg->local.gid = ep.gid;
+  msg->local.mac = ep.mac;
+  msg->qp_num = ep.qp_num;
+  msg->psn = ep.psn;
+  msg->qp_mtu = static_cast<uint8_t>(ep.mtu);
+}
+
+rdma::QpEndpoint endpoint_of(const clc::AcceptConfirm& msg) {
+  rdma::QpEndpoint ep;
+  ep.gid = msg.local.gid;
+  ep.mac = msg.local.mac;
+  ep.qp_num = msg.qp_num;
+  ep.psn = msg.psn;
+  ep.mtu = static_cast<rdma::PathMtu>(msg.qp_mtu);
+  return ep;
+}
 
 ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
                  clc::Header* header) {

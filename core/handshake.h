@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/clc.h"
+#include "rdma/device.h"
 
 namespace smcpre::core {
 
@@ -34,6 +35,11 @@ ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* m
 
 // Client: after a successful connect() to an eligible server.
 HandshakeResult client_handshake(int fd, EngineState& engine);
+
+// The queue pair endpoint that CLC Accept/Confirm carry (GID, MAC, QP number, PSN, MTU):
+// ours into a message, the peer's out of one (the device validates it when connecting).
+void set_endpoint(const rdma::QpEndpoint& endpoint, clc::AcceptConfirm* msg);
+rdma::QpEndpoint endpoint_of(const clc::AcceptConfirm& msg);
 
 // Server: `proposal_bytes` is the Proposal just consumed from the stream.
 HandshakeResult server_handshake(int fd, EngineState& engine,

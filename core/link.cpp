@@ -105,8 +105,8 @@ bool Link::progress() {
     return progress() || any;
   }
   if (draining && !failed_.exchange(true, std::memory_order_acq_rel)) {
-    SMC_LOG_WARN("link: down ({}); its connections are reset",
-                 flushed ? "peer gone" : "queue pair error");
+    SMC_LOG_WARN("link: down ({}); its connections are reset; work completion errors: {}",
+                 flushed ? "peer gone" : "queue pair error", error_summary());
     events_.wake();
     polling_.clear(std::memory_order_release);
     group_->on_link_down();
@@ -114,6 +114,17 @@ bool Link::progress() {
   }
   polling_.clear(std::memory_order_release);
   return any;
+}
+
+std::string Link::error_summary() const {
+  std::string out;
+  for (size_t i = 1; i < rdma::kWcStatusCount; ++i) {
+    const uint64_t n = wc_errors_[i].load(std::memory_order_relaxed);
+    if (n == 0) continue;
+    if (!out.empty()) out += ", ";
+    out += std::to_string(n) + " " + rdma::to_string(static_cast<rdma::WcStatus>(i));
+  }
+  return out.empty() ? "none" : out;
 }
 
 void Link::count_error(const char* queue, rdma::WcStatus status) {

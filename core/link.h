@@ -89,6 +89,8 @@ class Link {
   uint64_t wc_errors(rdma::WcStatus status) const {
     return wc_errors_[static_cast<size_t>(status)].load(std::memory_order_relaxed);
   }
+  // "2 remote access error, 63 work request flushed", or "none".
+  std::string error_summary() const;
 
   // Adaptive polling bookkeeping, read by the background progress thread: while an
   // application thread polls this link itself, the background thread stays out of the way.

@@ -9,6 +9,8 @@
 
 #include "core/clc.h"
 #include "core/decline.h"
+#include "core/handshake.h"
+#include "rdma/port_select.h"
 #include "tests/unit/hex.h"
 
 namespace clc = smcpre::core::clc;
@@ -736,4 +738,65 @@ TEST_CASE("CLC parsing survives random input and never accepts an invalid messag
   }
   CHECK(accepted > 1000);
   CHECK(rejected > 1000);
+}
+
+TEST_CASE("CLC carries the chosen RoCE port's GID and MAC and the QP endpoint byte-exactly") {
+  using namespace smcpre::rdma;
+  // rxe0 on veth0 (ifindex 4) as in scripts/rxe-vm; the connection leaves from 10.77.0.1.
+  const Gid link_local = {0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x0a, 0xff, 0xfe, 0x4d, 0, 1};
+  const Gid v4 = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 77, 0, 1};
+  const Mac mac = {0x02, 0x00, 0x0a, 0x4d, 0x00, 0x01};
+  PortInfo port;
+  port.device = "rxe0";
+  port.port = 1;
+  port.active = true;
+  port.ethernet = true;
+  port.active_mtu = PathMtu::k1024;
+  port.mac = mac;
+  port.gids = {{0, link_local, GidType::kRoceV2, 4}, {1, v4, GidType::kRoceV2, 4}};
+  SocketRoute route;
+  auto& local = reinterpret_cast<sockaddr_in&>(route.local);
+  local.sin_family = AF_INET;
+  local.sin_addr.s_addr = htonl(0x0a4d0001);
+  auto& peer = reinterpret_cast<sockaddr_in&>(route.peer);
+  peer.sin_family = AF_INET;
+  peer.sin_addr.s_addr = htonl(0x0a4d0002);
+  route.ifindex = 4;
+  route.ifname = "veth0";
+  std::string why;
+  const auto choice = choose_port(std::span<const PortInfo>(&port, 1), route, "", 0, &why);
+  REQUIRE(choice);
+
+  clc::Proposal proposal;
+  proposal.local.gid = choice->gid;
+  proposal.local.mac = choice->mac;
+  proposal.ipv4_subnet_be = htonl(0x0a4d0000);
+  proposal.ipv4_prefix_len = 24;
+  const Bytes p = clc::encode(proposal);
+  CHECK(Bytes(p.begin() + 16, p.begin() + 32) == Bytes(v4.begin(), v4.end()));
+  CHECK(Bytes(p.begin() + 32, p.begin() + 38) == Bytes(mac.begin(), mac.end()));
+
+  QpEndpoint ep;
+  ep.gid = choice->gid;
+  ep.mac = choice->mac;
+  ep.qp_num = 0xabcdef;
+  ep.psn = 0x123456;
+  ep.mtu = choice->mtu;
+  clc::AcceptConfirm accept = sample_accept();
+  smcpre::core::set_endpoint(ep, &accept);
+  const Bytes a = clc::encode_accept(accept);
+  CHECK(Bytes(a.begin() + 16, a.begin() + 32) == Bytes(v4.begin(), v4.end()));
+  CHECK(Bytes(a.begin() + 32, a.begin() + 38) == Bytes(mac.begin(), mac.end()));
+  CHECK(Bytes(a.begin() + 38, a.begin() + 41) == Bytes{0xab, 0xcd, 0xef});
+  CHECK((a[50] & 0x0f) == 3);  // IB MTU enum: 1024
+  CHECK(Bytes(a.begin() + 61, a.begin() + 64) == Bytes{0x12, 0x34, 0x56});
+  clc::AcceptConfirm back;
+  std::string error;
+  REQUIRE(clc::parse_accept(a, &back, &error));
+  const QpEndpoint round = smcpre::core::endpoint_of(back);
+  CHECK(round.gid == ep.gid);
+  CHECK(round.mac == ep.mac);
+  CHECK(round.qp_num == ep.qp_num);
+  CHECK(round.psn == ep.psn);
+  CHECK(round.mtu == ep.mtu);
 }
