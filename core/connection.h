@@ -72,6 +72,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void on_send_complete(uint64_t wr_id);
 
   uint64_t bytes_sent() const { return tx_prod_.load(std::memory_order_relaxed); }
+  // FIONREAD: what a read would return now. SIOCOUTQ: written bytes still in our send
+  // buffer (WRITE not completed; always 0 when writing straight from the caller's memory),
+  // as kernel SMC answers it.
+  uint64_t bytes_readable() const { return rx_available(); }
+  uint64_t bytes_unwritten() const {
+    if (direct_writes_) return 0;
+    return tx_prod_.load(std::memory_order_acquire) - tx_completed_.load(std::memory_order_acquire);
+  }
   uint64_t bytes_received() const { return rx_cons_.load(std::memory_order_relaxed); }
 
  private:

@@ -166,6 +166,13 @@ class SmcSocket final : public Socket {
 
   bool is_smc() const override { return state_.load(std::memory_order_acquire) == State::kSmc; }
 
+  bool queue_sizes(uint64_t* inq, uint64_t* outq) override {
+    if (!is_smc() || !usable()) return false;
+    *inq = connection_->bytes_readable();
+    *outq = connection_->bytes_unwritten();
+    return true;
+  }
+
   void on_status_flags(int flags) override {
     nonblocking_.store(flags & O_NONBLOCK, std::memory_order_relaxed);
   }

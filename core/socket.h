@@ -98,6 +98,10 @@ class Socket {
 
   virtual bool is_smc() const = 0;
 
+  // ioctl SIOCINQ (FIONREAD) and SIOCOUTQ on an SMC-path socket: bytes ready to read, and
+  // bytes written but not yet in the peer's ring. False when the kernel socket answers.
+  virtual bool queue_sizes(uint64_t* inq, uint64_t* outq) = 0;
+
   // The application changed the file status flags (fcntl F_SETFL, ioctl FIONBIO):
   // O_NONBLOCK decides whether SMC-path calls wait.
   virtual void on_status_flags(int flags) = 0;

@@ -12,9 +12,13 @@
 #undef _FILE_OFFSET_BITS
 
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstdarg>
 
 #include "config/sys.h"
@@ -215,6 +219,28 @@ SMCPRE_HOOK int ioctl(int fd, unsigned long request, ...) noexcept {
   va_start(ap, request);
   void* arg = va_arg(ap, void*);
   va_end(ap);
+  if ((request == FIONREAD || request == SIOCOUTQ || request == SIOCOUTQNSD) && fds().any()) {
+    if (std::shared_ptr<Tracked> t = tracked_socket(fd)) {
+      SavedErrno saved;
+      // FIONREAD settles an undecided server socket the way a read would (a Proposal
+      // waiting there is answered first, never counted as data).
+      if (request == FIONREAD) route_recv(*t->socket, fd, MSG_DONTWAIT | MSG_PEEK);
+      uint64_t inq = 0;
+      uint64_t outq = 0;
+      if (t->socket->queue_sizes(&inq, &outq)) {
+        if (arg == nullptr) {
+          errno = EFAULT;
+          return -1;
+        }
+        // SIOCOUTQNSD (not yet sent): an SMC write is on its way once posted.
+        const uint64_t value = request == FIONREAD ? inq : request == SIOCOUTQ ? outq : 0;
+        *static_cast<int*>(arg) = static_cast<int>(std::min<uint64_t>(value, INT_MAX));
+        saved.restore();
+        return 0;
+      }
+      saved.restore();
+    }
+  }
   const int rc = r.ioctl(fd, request, arg);
   if (rc == 0 && request == FIONBIO) status_flags_changed(fd);
   return rc;

@@ -23,6 +23,7 @@
 
 #include "config/log.h"
 #include "config/sys.h"
+#include "core/wait.h"
 #include "preload/interpose.h"
 
 namespace smcpre::preload {
@@ -354,6 +355,88 @@ SMCPRE_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
         if (!check_iov(msg->msg_iov, msg->msg_iovlen, EMSGSIZE)) return -1;
         return smc_send(s, msg->msg_iov, static_cast<int>(msg->msg_iovlen), flags);
       });
+}
+
+// recvmmsg/sendmmsg on the SMC path, as the kernel runs them on a stream socket: one
+// recvmsg/sendmsg per entry, vlen capped at UIO_MAXIOV; after the first entry
+// MSG_WAITFORONE makes the rest non-blocking, and the timeout (recvmmsg) is looked at
+// after each entry. An error ends the batch: reported if nothing was done yet, else the
+// count so far is returned (and a persistent error shows again on the next call).
+constexpr unsigned kMaxMmsg = 1024;  // UIO_MAXIOV
+
+SMCPRE_HOOK int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, timespec* timeout) {
+  const auto& r = real();
+  if (r.recvmmsg == nullptr) return enosys<int>();
+  if (!fds().any()) [[likely]] {
+    return r.recvmmsg(fd, vec, vlen, flags, timeout);
+  }
+  return static_cast<int>(routed(
+      fd, true, flags, [&] { return r.recvmmsg(fd, vec, vlen, flags, timeout); },
+      [&](Socket& s) -> ssize_t {
+        if (vec == nullptr && vlen > 0) {
+          errno = EFAULT;
+          return -1;
+        }
+        int64_t deadline = -1;
+        if (timeout != nullptr) {
+          if (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1'000'000'000) {
+            errno = EINVAL;
+            return -1;
+          }
+          deadline = smcpre::core::now_ns() + timeout->tv_sec * 1'000'000'000 + timeout->tv_nsec;
+        }
+        vlen = std::min(vlen, kMaxMmsg);
+        int entry_flags = flags & ~MSG_WAITFORONE;
+        unsigned done = 0;
+        while (done < vlen) {
+          msghdr& msg = vec[done].msg_hdr;
+          if (!check_iov(msg.msg_iov, msg.msg_iovlen, EMSGSIZE)) break;
+          const ssize_t n = smc_recv(s, msg.msg_iov, static_cast<int>(msg.msg_iovlen), entry_flags);
+          if (n < 0) break;
+          msg.msg_namelen = 0;
+          msg.msg_controllen = 0;
+          msg.msg_flags = 0;
+          vec[done].msg_len = static_cast<unsigned>(n);
+          ++done;
+          if (flags & MSG_WAITFORONE) entry_flags |= MSG_DONTWAIT;
+          if (deadline >= 0) {
+            const int64_t left = std::max<int64_t>(deadline - smcpre::core::now_ns(), 0);
+            timeout->tv_sec = left / 1'000'000'000;
+            timeout->tv_nsec = left % 1'000'000'000;
+            if (left == 0) break;
+          }
+        }
+        if (done == 0 && vlen > 0) return -1;  // errno from the failed entry
+        return done;
+      }));
+}
+
+SMCPRE_HOOK int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
+  const auto& r = real();
+  if (r.sendmmsg == nullptr) return enosys<int>();
+  if (!fds().any()) [[likely]] {
+    return r.sendmmsg(fd, vec, vlen, flags);
+  }
+  return static_cast<int>(routed(
+      fd, false, flags, [&] { return r.sendmmsg(fd, vec, vlen, flags); },
+      [&](Socket& s) -> ssize_t {
+        if (vec == nullptr && vlen > 0) {
+          errno = EFAULT;
+          return -1;
+        }
+        vlen = std::min(vlen, kMaxMmsg);
+        unsigned done = 0;
+        while (done < vlen) {
+          const msghdr& msg = vec[done].msg_hdr;
+          if (!check_iov(msg.msg_iov, msg.msg_iovlen, EMSGSIZE)) break;
+          const ssize_t n = smc_send(s, msg.msg_iov, static_cast<int>(msg.msg_iovlen), flags);
+          if (n < 0) break;
+          vec[done].msg_len = static_cast<unsigned>(n);
+          ++done;
+        }
+        if (done == 0 && vlen > 0) return -1;
+        return done;
+      }));
 }
 
 SMCPRE_HOOK ssize_t sendfile(int out_fd, int in_fd, off_t* offset, size_t count) noexcept {

@@ -43,6 +43,8 @@ namespace smcpre::preload {
   X(recvfrom)                    \
   X(sendmsg)                     \
   X(recvmsg)                     \
+  X(sendmmsg)                    \
+  X(recvmmsg)                    \
   X(sendfile)                    \
   X(sendfile64)                  \
   X(close)                       \

@@ -11,11 +11,13 @@
 // exits 3 naming the step. Output: one JSON line on stdout; exit 0 only if every step passed.
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -35,6 +37,8 @@ enum kind {
   K_PEEK,
   K_WAITALL,
   K_DUP,
+  K_MMSG,
+  K_FIONREAD,
   K_SHUTDOWN,  // must stay last: the client half-closes, then both sides close
 };
 
@@ -58,6 +62,8 @@ static const struct step steps[] = {
     {"MSG_WAITALL", K_WAITALL, 300 * 1024, 100 * 1024},
     {"dup'd fd", K_DUP, 65536, 65537},
     {"recv/send after dup closed", K_SEND_RECV, 999, 1001},
+    {"recvmmsg/sendmmsg", K_MMSG, 150 * 1024 + 1, 3 * 1024},
+    {"ioctl FIONREAD/SIOCOUTQ", K_FIONREAD, 200 * 1024, 5000},
     {"shutdown(SHUT_WR) and EOF", K_SHUTDOWN, 4096, 70000},
 };
 #define NSTEPS (sizeof steps / sizeof steps[0])
@@ -137,6 +143,35 @@ static bool send_message(int fd, enum kind kind, const uint8_t* buf, size_t len)
         call = "sendmsg";
         break;
       }
+      case K_MMSG: {
+        // Three entries of one sendmmsg, the middle one empty-then-rest split.
+        size_t a = rest / 3;
+        struct iovec iov[3] = {
+            {(void*)p, a}, {(void*)(p + a), a}, {(void*)(p + 2 * a), rest - 2 * a}};
+        struct mmsghdr mm[3];
+        memset(mm, 0, sizeof mm);
+        for (int i = 0; i < 3; i++) {
+          mm[i].msg_hdr.msg_iov = &iov[i];
+          mm[i].msg_hdr.msg_iovlen = 1;
+        }
+        int k = sendmmsg(fd, mm, 3, MSG_NOSIGNAL);
+        call = "sendmmsg";
+        n = k;
+        if (k > 0) {
+          n = 0;
+          for (int i = 0; i < k; i++) n += mm[i].msg_len;
+          // A stream socket sends entries in order; an entry sent short ends the message
+          // here, and the rest goes in the next round.
+          for (int i = 0; i < k; i++) {
+            if (mm[i].msg_len != iov[i].iov_len) {
+              n = 0;
+              for (int j = 0; j <= i; j++) n += mm[j].msg_len;
+              break;
+            }
+          }
+        }
+        break;
+      }
       case K_WAITALL: {
         // Four pieces with pauses, so the receiver's MSG_WAITALL really has to wait.
         size_t piece = len / 4 + 1;
@@ -154,6 +189,15 @@ static bool send_message(int fd, enum kind kind, const uint8_t* buf, size_t len)
     if (n < 0 && errno == EINTR) continue;
     if (!check_sent(n, rest, call)) return false;
     off += (size_t)n;
+  }
+  if (kind == K_FIONREAD) {
+    int outq = -1;
+    int unsent = -1;
+    if (ioctl(fd, SIOCOUTQ, &outq) != 0) return fail("ioctl(SIOCOUTQ): %s", strerror(errno));
+    if (ioctl(fd, SIOCOUTQNSD, &unsent) != 0)
+      return fail("ioctl(SIOCOUTQNSD): %s", strerror(errno));
+    if (outq < 0 || (size_t)outq > len || unsent < 0 || unsent > outq)
+      return fail("SIOCOUTQ %d, SIOCOUTQNSD %d after sending %zu bytes", outq, unsent, len);
   }
   return true;
 }
@@ -212,6 +256,50 @@ static ssize_t receive_once(int fd, enum kind kind, uint8_t* buf, size_t want) {
         return fail("recvmsg set msg_namelen %u msg_flags %#x, TCP gives 0 and 0", msg.msg_namelen,
                     msg.msg_flags),
                -1;
+      break;
+    }
+    case K_MMSG: {
+      // Up to three entries; MSG_WAITFORONE: only the first waits. A stream fills each
+      // entry with what is there, short or not, so the entries are joined in order.
+      size_t a = want / 3 + 1;
+      struct iovec iov[3];
+      struct mmsghdr mm[3];
+      memset(mm, 0, sizeof mm);
+      for (int i = 0; i < 3; i++) {
+        size_t from = (size_t)i * a;
+        iov[i].iov_base = chk_buf + from;
+        iov[i].iov_len = from >= want ? 0 : (want - from < a ? want - from : a);
+        mm[i].msg_hdr.msg_iov = &iov[i];
+        mm[i].msg_hdr.msg_iovlen = 1;
+      }
+      int k = recvmmsg(fd, mm, 3, MSG_WAITFORONE, NULL);
+      call = "recvmmsg";
+      n = k;
+      if (k > 0) {
+        n = 0;
+        for (int i = 0; i < k; i++) {
+          if (mm[i].msg_len > iov[i].iov_len) return fail("recvmmsg entry %d overfilled", i), -1;
+          if (mm[i].msg_hdr.msg_flags != 0) return fail("recvmmsg set msg_flags"), -1;
+          memmove(buf + n, iov[i].iov_base, mm[i].msg_len);
+          n += mm[i].msg_len;
+        }
+      }
+      break;
+    }
+    case K_FIONREAD: {
+      // Waits for FIONREAD to show data, then reads exactly what it announced.
+      int avail = 0;
+      for (;;) {
+        if (ioctl(fd, FIONREAD, &avail) != 0)
+          return fail("ioctl(FIONREAD): %s", strerror(errno)), -1;
+        if (avail > 0) break;
+        pause_ms(1);
+      }
+      size_t take = (size_t)avail < want ? (size_t)avail : want;
+      n = read(fd, buf, take);
+      call = "read after FIONREAD";
+      if (n >= 0 && (size_t)n != take)
+        return fail("FIONREAD said %d, read of %zu returned %zd", avail, take, n), -1;
       break;
     }
     case K_READ_CHK:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Every interposed data call (read, write, readv, writev, send, recv, sendto, recvfrom,
-sendmsg, recvmsg, the fortified __read_chk/__recv_chk/__recvfrom_chk, MSG_PEEK,
-MSG_WAITALL, a dup'd fd, shutdown and close) on one connection, over SMC and over TCP."""
+sendmsg, recvmsg, recvmmsg, sendmmsg, the fortified __read_chk/__recv_chk/__recvfrom_chk,
+MSG_PEEK, MSG_WAITALL, ioctl FIONREAD/SIOCOUTQ/SIOCOUTQNSD, a dup'd fd, shutdown and close)
+on one connection, over SMC and over TCP."""
 
 import os
 import shutil
@@ -16,6 +17,7 @@ from harness import SmcTestCase, app, main  # noqa: E402
 REQUIRED_IMPORTS = {
     "read", "write", "readv", "writev", "send", "recv", "sendto", "recvfrom", "sendmsg",
     "recvmsg", "__read_chk", "__recv_chk", "__recvfrom_chk", "dup", "shutdown", "close",
+    "recvmmsg", "sendmmsg", "ioctl",
 }
 
 
