@@ -117,6 +117,7 @@ void Connection::on_send_complete(uint64_t wr_id) {
          !tx_completed_.compare_exchange_weak(old, completed, std::memory_order_release)) {
   }
   queue_.wake();
+  sync_mirror();
 }
 
 int Connection::post_cdc_locked(bool write_blocked) {
@@ -188,6 +189,7 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
   const size_t want = iov_total(iov, iovcnt);
   if (want == 0) return 0;
   std::lock_guard lock(rx_mutex_);
+  MirrorSync sync{this};
   const bool peek = flags & MSG_PEEK;
   const bool dontwait = nonblocking || (flags & MSG_DONTWAIT);
   const bool waitall = (flags & MSG_WAITALL) && !peek;
@@ -259,6 +261,7 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
                          int64_t timeout_ns) {
   const size_t total = iov_total(iov, iovcnt);
   std::lock_guard lock(tx_mutex_);
+  MirrorSync sync{this};
   if (shut_wr_.load() || closed_.load()) return fail_send(EPIPE, flags);
   if (!writes_possible()) {
     int error = pending_error_.exchange(0);
@@ -410,10 +413,14 @@ int Connection::shutdown(int how) {
     queue_.wake();
     send_cdc(CdcContext::kApplication);
   }
+  sync_mirror();
   return 0;
 }
 
 void Connection::close(int held_fd) {
+  // The application's last fd is gone, and with it (as with any closed fd) every epoll
+  // registration and poll interest in it.
+  drop_mirror();
   held_fd_.store(held_fd);
   // Unread data makes the close abortive, as TCP answers it with a RST.
   const bool unread = rx_available() > 0;
@@ -469,7 +476,7 @@ void Connection::on_tcp_ended() {
   tcp_watch_.store(0);  // the watch is gone with the event
   // What the peer sent before it went is delivered first: its close, if it sent one.
   group_->link().progress();
-  if (peer_closed_.load() || peer_aborted_.load() || link_down_.load() || finished()) return;
+  if (peer_gone_or_closed()) return;
   // A user-space peer can only have died (or timed out its own close): whatever it
   // wrote last may never have left its machine, so this is a reset, not an end of file.
   SMC_LOG_INFO("connection {:#x}: the peer's TCP connection ended without an SMC close: reset",
@@ -477,6 +484,7 @@ void Connection::on_tcp_ended() {
   pending_error_.store(ECONNRESET);
   peer_aborted_.store(true, std::memory_order_release);
   queue_.wake();
+  sync_mirror();
   finish_if_closed();
 }
 
@@ -494,6 +502,7 @@ void Connection::protocol_error(const char* what) {
   if (!aborted_.exchange(true)) send_cdc(CdcContext::kReceiver);
   peer_aborted_.store(true);  // no more data accepted from the peer
   queue_.wake();
+  sync_mirror();
   finish_if_closed();
 }
 
@@ -531,6 +540,9 @@ void Connection::on_cdc(const cdc::Message& msg) {
     peer_aborted_.store(true, std::memory_order_release);
   }
   queue_.wake();
+  if (mirror_.load(std::memory_order_acquire) != nullptr) {
+    sync_mirror(rx_peer_prod_.load(std::memory_order_relaxed) > old_prod);
+  }
 
   // A blocked writer on the other side waits for our consumer cursor: send it now if we
   // consumed since the last announcement (the reader may be asleep waiting for more).
@@ -548,6 +560,7 @@ void Connection::on_link_down() {
   if (link_down_.exchange(true)) return;
   if (!closed_.load() && !peer_closed_.load()) pending_error_.store(ECONNRESET);
   queue_.wake();
+  sync_mirror();
   finish_if_closed();
 }
 
@@ -561,6 +574,51 @@ Readiness Connection::readiness() {
   r.error = pending_error_.load() != 0;
   r.hangup = down || (peer_closed_.load() && shut_wr_.load());
   return r;
+}
+
+int Connection::readiness_fd() {
+  std::lock_guard lock(mirror_mutex_);
+  if (!mirror_owner_) {
+    std::string error;
+    mirror_owner_ = ReadinessMirror::create(&error);
+    if (!mirror_owner_) {
+      SMC_LOG_WARN("connection {:#x}: no readiness mirror ({}): polled the slow way", local_token_,
+                   error);
+      return -1;
+    }
+    mirror_owner_->apply(mirror_state(), false);
+    mirror_.store(mirror_owner_.get(), std::memory_order_release);
+  }
+  return mirror_owner_->app_fd();
+}
+
+MirrorState Connection::mirror_state() const {
+  MirrorState m;
+  const bool reset = link_down_.load() || peer_aborted_.load();
+  const bool peer_done = peer_done_writing_.load() || peer_closed_.load();
+  m.readable = rx_available() > 0;
+  m.writable = (peer_ready_.load() && tx_space() > 0) || shut_wr_.load() || peer_closed_.load();
+  m.peer_done = peer_done || shut_rd_.load();
+  m.closed = peer_done && shut_wr_.load();
+  m.reset = reset;
+  // TCP's ERR goes once the error has been taken by a read or SO_ERROR.
+  m.error_reported = reset && pending_error_.load() == 0;
+  return m;
+}
+
+void Connection::sync_mirror(bool new_data) {
+  if (mirror_.load(std::memory_order_acquire) == nullptr) return;
+  // The state is read inside the mirror's lock: two threads syncing at once cannot
+  // leave it showing the older of their two views.
+  std::lock_guard lock(mirror_mutex_);
+  if (!mirror_owner_) return;
+  mirror_owner_->apply(mirror_state(), new_data);
+}
+
+void Connection::drop_mirror() {
+  std::lock_guard lock(mirror_mutex_);
+  mirror_.store(nullptr, std::memory_order_release);
+  mirror_owner_.reset();  // closes it: the kernel drops it from every epoll set
 }
 
 bool Connection::take_error(int* error) {

@@ -20,6 +20,7 @@
 #include "core/cdc.h"
 #include "core/cursor.h"
 #include "core/progress.h"
+#include "core/readiness_mirror.h"
 #include "core/socket.h"
 #include "core/wait.h"
 #include "rdma/device.h"
@@ -59,6 +60,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void close_at_exit();
   Readiness readiness();
   bool take_error(int* error);
+  // The fd whose poll/epoll readiness mirrors this connection's (created on first use,
+  // kept until the connection goes), or -1 if it cannot be made. See readiness_mirror.h.
+  int readiness_fd();
 
   // Receive processing (the thread reaping the link, in order per connection).
   void on_cdc(const cdc::Message& message);
@@ -66,8 +70,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Watch the TCP connection (fd: the application's socket; a duplicate is taken) so that
   // a peer process that dies is noticed at once, not at the next keepalive.
   void watch_tcp(int fd);
-  // The TCP connection ended (FIN or reset) without an SMC close from the peer.
+  // The TCP connection ended (FIN or reset) a grace period ago: unless the peer's SMC
+  // close has come meanwhile, the peer is gone and the connection is reset.
   void on_tcp_ended();
+  bool peer_gone_or_closed() const {
+    return peer_closed_.load() || peer_aborted_.load() || link_down_.load() || finished();
+  }
   // A signaled CDC this connection sent has completed (wr_id from cdc_wr_id()).
   void on_send_complete(uint64_t wr_id);
 
@@ -111,6 +119,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
   int post_writes(std::unique_lock<std::mutex>& send_lock, const iovec* iov, int iov_index,
                   size_t iov_offset, uint64_t prod, size_t length);
   ssize_t fail_send(int error, int flags);
+  // Brings the readiness mirror, if there is one, up to date (any thread, after a change).
+  void sync_mirror(bool new_data = false);
+  void drop_mirror();
+  MirrorState mirror_state() const;
+  // Syncs the mirror when a recv/send returns, whichever way it returns.
+  struct MirrorSync {
+    Connection* c;
+    ~MirrorSync() {
+      if (c->mirror_.load(std::memory_order_acquire) != nullptr) c->sync_mirror();
+    }
+  };
   ssize_t end_with_reset(size_t copied);
 
   std::shared_ptr<LinkGroup> group_;
@@ -155,6 +174,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::atomic<int> held_fd_{-1};
   std::atomic<uint64_t> tcp_watch_{0};
 
+  std::mutex mirror_mutex_;
+  std::unique_ptr<ReadinessMirror> mirror_owner_;  // under mirror_mutex_
+  std::atomic<ReadinessMirror*> mirror_{nullptr};
   WaitQueue queue_;
   SpinBudget rx_budget_;
   SpinBudget tx_budget_;

@@ -406,7 +406,7 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
 }
 
 HandshakeResult server_handshake(int fd, EngineState& engine,
-                                 const std::vector<uint8_t>& proposal_bytes, bool nonblocking) {
+                                 const std::vector<uint8_t>& proposal_bytes) {
   const config::Config& config = engine.config();
   std::string error;
   clc::Proposal proposal;
@@ -419,7 +419,6 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
     send_decline(fd, engine, reason);
     return fallback(reason);
   };
-  if (nonblocking) return decline(code(DeclineCode::kNonBlocking));
   uint32_t reason = 0;
   rdma::Device* device = engine.device_for(fd, &reason);
   if (!device) return decline(reason);

@@ -43,7 +43,7 @@ rdma::QpEndpoint endpoint_of(const clc::AcceptConfirm& msg);
 
 // Server: `proposal_bytes` is the Proposal just consumed from the stream.
 HandshakeResult server_handshake(int fd, EngineState& engine,
-                                 const std::vector<uint8_t>& proposal_bytes, bool nonblocking);
+                                 const std::vector<uint8_t>& proposal_bytes);
 
 // Sends a Decline (best effort).
 void send_decline(int fd, EngineState& engine, uint32_t code);

@@ -29,6 +29,9 @@ constexpr int64_t kYieldAfterNs = 5'000;
 constexpr int kClosePollMs = 100;
 // How often sockets in a lingering close are looked at.
 constexpr int kLingerPollMs = 10;
+// How long after a peer's TCP FIN its SMC close may still arrive (it travels another
+// path: a peer that closed in order and exited at once sends both).
+constexpr int64_t kTcpEndGraceNs = 250'000'000;
 // Epoll data of a TCP watch: its id with the top bit set (user-space pointers, the data
 // of link notification fds, never have it).
 constexpr uint64_t kTcpWatchTag = uint64_t{1} << 63;
@@ -153,7 +156,22 @@ void ProgressThread::on_tcp_event(uint64_t id) {
     connection = it->second.connection.lock();
     tcp_watches_.erase(it);
   }
-  if (connection) connection->on_tcp_ended();
+  if (!connection) return;
+  std::lock_guard lock(mutex_);
+  tcp_ended_.push_back({connection, now_ns() + kTcpEndGraceNs});
+}
+
+void ProgressThread::reap_tcp_ended() {
+  const int64_t now = now_ns();
+  for (auto it = tcp_ended_.begin(); it != tcp_ended_.end();) {
+    std::shared_ptr<Connection> connection = it->connection.lock();
+    if (connection && now < it->deadline_ns && !connection->peer_gone_or_closed()) {
+      ++it;
+      continue;
+    }
+    if (connection) connection->on_tcp_ended();
+    it = tcp_ended_.erase(it);
+  }
 }
 
 void ProgressThread::reap_closing() {
@@ -244,7 +262,10 @@ void ProgressThread::run() {
       std::lock_guard lock(mutex_);
       reap_lingering();
       reap_closing();
-      if (!lingering_.empty()) timeout_ms = std::min(timeout_ms, kLingerPollMs);
+      reap_tcp_ended();
+      if (!lingering_.empty() || !tcp_ended_.empty()) {
+        timeout_ms = std::min(timeout_ms, kLingerPollMs);
+      }
       if (!closing_.empty()) timeout_ms = std::min(timeout_ms, kClosePollMs);
     }
     if (deadline >= 0) {

@@ -86,8 +86,16 @@ class ProgressThread {
   std::unordered_map<uint64_t, TcpWatch> tcp_watches_;
   uint64_t next_watch_id_ = 1;
   void on_tcp_event(uint64_t id);
-  void reap_closing();    // under mutex_
-  void reap_lingering();  // under mutex_
+  // Connections whose TCP connection ended: judged after a grace period, so that SMC
+  // messages the peer sent before its FIN (on another path) are in first.
+  struct TcpEnded {
+    std::weak_ptr<Connection> connection;
+    int64_t deadline_ns;
+  };
+  std::vector<TcpEnded> tcp_ended_;  // under mutex_
+  void reap_tcp_ended();             // under mutex_
+  void reap_closing();               // under mutex_
+  void reap_lingering();             // under mutex_
   std::thread thread_;
   int epoll_fd_ = -1;
   int kick_fd_ = -1;

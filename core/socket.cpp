@@ -148,15 +148,9 @@ class SmcSocket final : public Socket {
   }
 
   void on_polled(int fd) override {
-    if (state_.load(std::memory_order_acquire) != State::kServerUndecided) return;
-    std::lock_guard lock(mutex_);
-    if (state_.load() != State::kServerUndecided) return;
-    // Polled sockets are not accelerated in this slice: decide for TCP now, declining a
-    // Proposal that is already there so the client does not wait.
-    decide_server(fd, /*sending=*/false, /*polled=*/true, /*wait=*/false);
-    if (state_.load() == State::kServerUndecided) {
-      finish_tcp(static_cast<uint32_t>(DeclineCode::kNonBlocking), true);
-    }
+    // An undecided server socket is polled as the kernel socket it still is: the
+    // Proposal makes it readable, and the application's read settles it.
+    (void)fd;
   }
 
   Readiness poll_state() override {
@@ -165,6 +159,14 @@ class SmcSocket final : public Socket {
   }
 
   bool is_smc() const override { return state_.load(std::memory_order_acquire) == State::kSmc; }
+  bool undecided() const override {
+    return state_.load(std::memory_order_acquire) == State::kServerUndecided;
+  }
+
+  int readiness_fd() override {
+    if (!is_smc() || !usable()) return -1;
+    return connection_->readiness_fd();
+  }
 
   bool queue_sizes(uint64_t* inq, uint64_t* outq) override {
     if (!is_smc() || !usable()) return false;
@@ -219,7 +221,7 @@ class SmcSocket final : public Socket {
     std::lock_guard lock(mutex_);
     const bool wait = !sending && !(flags & MSG_DONTWAIT) && !nonblocking_.load();
     if (state_.load() == State::kServerUndecided) {
-      if (!decide_server(fd, sending, false, wait)) return Path::kSmc;  // deferred error
+      if (!decide_server(fd, sending, wait)) return Path::kSmc;  // deferred error
     }
     if (state_.load() == State::kTcpSwallow && !sending) {
       if (!swallow(fd, wait)) return Path::kSmc;  // deferred error
@@ -236,7 +238,7 @@ class SmcSocket final : public Socket {
 
   // Looks for a Proposal at the start of the stream. Returns false if the caller's call
   // must fail with t_deferred_errno.
-  bool decide_server(int fd, bool sending, bool polled, bool wait) {
+  bool decide_server(int fd, bool sending, bool wait) {
     EngineState* engine = EngineState::get();
     if (!engine) {
       finish_tcp(static_cast<uint32_t>(DeclineCode::kDisabled), false);
@@ -295,7 +297,9 @@ class SmcSocket final : public Socket {
       finish_tcp(static_cast<uint32_t>(DeclineCode::kPeerDecl), true);
       return true;
     }
-    HandshakeResult r = server_handshake(fd, *engine, message, polled || fd_nonblocking(fd));
+    // A non-blocking socket waits here for the client's Confirm too: one round trip,
+    // bounded by the handshake timeout, in the read that found the Proposal.
+    HandshakeResult r = server_handshake(fd, *engine, message);
     return adopt(r);
   }
 
@@ -402,14 +406,16 @@ std::shared_ptr<Socket> Engine::on_connected(int fd) {
   std::shared_ptr<SmcSocket> socket;
   {
     HandshakeResult r = client_handshake(fd, *engine);
+    // A non-blocking connect hands over a non-blocking socket.
+    const bool nonblocking = fd_nonblocking(fd);
     if (r.connection) {
-      socket = std::make_shared<SmcSocket>(SmcSocket::State::kSmc, false);
+      socket = std::make_shared<SmcSocket>(SmcSocket::State::kSmc, nonblocking);
       socket->read_timeouts(fd);
       socket->set_connection(r.connection);
       SMC_LOG_INFO("connection SMC established (token {:#x})", r.connection->local_token());
     } else {
       socket = std::make_shared<SmcSocket>(
-          r.swallow ? SmcSocket::State::kTcpSwallow : SmcSocket::State::kTcp, false);
+          r.swallow ? SmcSocket::State::kTcpSwallow : SmcSocket::State::kTcp, nonblocking);
       socket->set_reason(r.reason);
       SMC_LOG_INFO("connection falls back to TCP: {}", decline_name(r.reason));
     }

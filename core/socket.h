@@ -97,10 +97,16 @@ class Socket {
   virtual Readiness poll_state() = 0;
 
   virtual bool is_smc() const = 0;
+  // Not decided yet (a server socket before the CLC Proposal or the first write).
+  virtual bool undecided() const = 0;
 
   // ioctl SIOCINQ (FIONREAD) and SIOCOUTQ on an SMC-path socket: bytes ready to read, and
   // bytes written but not yet in the peer's ring. False when the kernel socket answers.
   virtual bool queue_sizes(uint64_t* inq, uint64_t* outq) = 0;
+
+  // An SMC-path socket's readiness mirror (core/readiness_mirror.h), which poll and epoll
+  // watch in its place; -1 if it is not on SMC or no mirror can be made.
+  virtual int readiness_fd() = 0;
 
   // The application changed the file status flags (fcntl F_SETFL, ioctl FIONBIO):
   // O_NONBLOCK decides whether SMC-path calls wait.

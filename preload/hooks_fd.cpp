@@ -224,7 +224,10 @@ SMCPRE_HOOK int ioctl(int fd, unsigned long request, ...) noexcept {
       SavedErrno saved;
       // FIONREAD settles an undecided server socket the way a read would (a Proposal
       // waiting there is answered first, never counted as data).
-      if (request == FIONREAD) route_recv(*t->socket, fd, MSG_DONTWAIT | MSG_PEEK);
+      if (request == FIONREAD) {
+        route_recv(*t->socket, fd, MSG_DONTWAIT | MSG_PEEK);
+        settle_epoll_registrations(*t, fd);
+      }
       uint64_t inq = 0;
       uint64_t outq = 0;
       if (t->socket->queue_sizes(&inq, &outq)) {

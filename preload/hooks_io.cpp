@@ -43,6 +43,7 @@ ssize_t routed(int fd, bool receive, int flags, Kernel&& kernel, Smc&& smc) {
   SavedErrno saved;
   const core::Path path =
       receive ? route_recv(*t->socket, fd, flags) : route_send(*t->socket, fd, flags);
+  settle_epoll_registrations(*t, fd);
   if (path == core::Path::kKernel) {
     saved.restore();
     return kernel();

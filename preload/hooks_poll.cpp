@@ -1,12 +1,13 @@
 // poll, ppoll, select, pselect and epoll_ctl over tracked sockets.
 //
 // Every tracked socket in a set hears on_polled() first (an undecided server socket
-// settles to TCP there). If none of them is on SMC, the real call runs unchanged. If
-// some are, their readiness comes from Socket::poll_state() — their kernel TCP socket
-// says nothing about SMC data — and the rest from the real call, in a loop: first with
-// timeout 0, then with short waits growing from 50us to 1ms, until something is ready
-// or the caller's timeout expires. This is the self-contained stop-gap of this slice;
-// event-driven readiness comes later.
+// settles to TCP there). If none of them is on SMC, the real call runs unchanged. An SMC
+// socket's kernel TCP socket says nothing about SMC data; its readiness mirror (an fd
+// whose poll mask the engine keeps equal to what TCP would report) takes its place in
+// poll/ppoll and epoll_ctl, and the kernel does the waiting. select/pselect, and poll
+// when no mirror can be had, take the readiness from Socket::poll_state() and the rest
+// from the real call, in a loop: first with timeout 0, then with short waits growing
+// from 50us to 1ms, until something is ready or the caller's timeout expires.
 //
 // Signals: for the whole loop signals are blocked except inside the real waits,
 // which run with the caller's mask (or ppoll/pselect's sigmask). A signal can thus only
@@ -121,6 +122,7 @@ core::Readiness poll_state(core::Socket& s) {
 struct SmcMember {
   size_t index;  // pollfd index, or fd for select
   std::shared_ptr<Tracked> tracked;
+  int tracked_fd = -1;  // poll: the application's fd at that index
 };
 
 bool valid_timespec(const timespec* ts) {
@@ -201,7 +203,7 @@ bool scan_pollfds(const pollfd* pfds, nfds_t nfds, std::vector<SmcMember>* membe
     std::shared_ptr<Tracked> t = tracked_socket(fd);
     if (t == nullptr || !polled_is_smc(*t->socket, fd)) continue;
     try {
-      members->push_back(SmcMember{i, std::move(t)});
+      members->push_back(SmcMember{i, std::move(t), fd});
     } catch (const std::bad_alloc&) {
       errno = ENOMEM;
       return false;
@@ -219,6 +221,30 @@ int poll_common(pollfd* pfds, nfds_t nfds, const Deadline& deadline, const sigse
   if (!scan_pollfds(pfds, nfds, &members)) return -1;
   saved.restore();
   if (members.empty()) return unchanged();
+  // Each SMC socket's readiness mirror stands in for it, and the kernel does the whole
+  // wait: exact poll semantics, no busy loop. Only if a mirror cannot be had (fd limit)
+  // does the polling loop below serve.
+  std::vector<int> mirror_fds;
+  try {
+    mirror_fds.reserve(members.size());
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+    return -1;
+  }
+  for (const SmcMember& m : members) {
+    const int mirror = m.tracked->socket->readiness_fd();
+    if (mirror < 0) break;
+    mirror_fds.push_back(mirror);
+  }
+  saved.restore();
+  if (mirror_fds.size() == members.size()) {
+    for (size_t i = 0; i < members.size(); ++i) pfds[members[i].index].fd = mirror_fds[i];
+    const int rc = unchanged();
+    const int error = errno;
+    for (const SmcMember& m : members) pfds[m.index].fd = static_cast<int>(m.tracked_fd);
+    errno = error;
+    return rc;
+  }
   const int rc = poll_smc(pfds, nfds, members, deadline, sigmask);
   if (rc >= 0) saved.restore();
   return rc;
@@ -299,7 +325,7 @@ bool scan_fdsets(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, std::vector<SmcMe
       std::shared_ptr<Tracked> t = tracked_socket(fd);
       if (t == nullptr || !polled_is_smc(*t->socket, fd)) continue;
       try {
-        members->push_back(SmcMember{static_cast<size_t>(fd), std::move(t)});
+        members->push_back(SmcMember{static_cast<size_t>(fd), std::move(t), fd});
       } catch (const std::bad_alloc&) {
         errno = ENOMEM;
         return false;
@@ -430,20 +456,50 @@ SMCPRE_HOOK int pselect(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, const time
   return select_common(nfds, rd, wr, ex, deadline_of(timeout), sigmask, nullptr, unchanged);
 }
 
+// An SMC socket takes part in epoll through its readiness mirror: the mirror is what
+// gets added, modified or deleted, with the application's own event mask and data, so
+// that the kernel's epoll (level/edge, ONESHOT, several sets and threads) works unchanged.
+// An undecided server socket is registered as the kernel socket it still is (the
+// Proposal makes it readable); the registration is recorded and moves to the mirror when
+// the application's read turns the socket SMC.
 SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
   const auto& r = real();
-  if ((op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD) && fds().any()) {
-    if (std::shared_ptr<Tracked> t = tracked_socket(fd); t != nullptr) {
-      SavedErrno saved;
-      if (polled_is_smc(*t->socket, fd)) {
-        static std::atomic<bool> warned{false};
-        if (!warned.exchange(true, std::memory_order_relaxed)) {
-          log_safely([] { SMC_LOG_WARN("preload: epoll on SMC sockets is not supported yet"); });
-        }
+  if (r.epoll_ctl == nullptr) return enosys();
+  std::shared_ptr<Tracked> t = fds().any() ? tracked_socket(fd) : nullptr;
+  if (t == nullptr) return r.epoll_ctl(epfd, op, fd, event);
+  SavedErrno saved;
+  settle_epoll_registrations(*t, fd);
+  if (t->socket->is_smc()) {
+    const int mirror = t->socket->readiness_fd();
+    if (mirror < 0) {
+      errno = ENOMEM;  // as the kernel says when it cannot watch one more fd
+      return -1;
+    }
+    saved.restore();
+    return r.epoll_ctl(epfd, op, mirror, event);
+  }
+  saved.restore();
+  std::lock_guard lock(t->epoll_mutex);
+  const int rc = r.epoll_ctl(epfd, op, fd, event);
+  if (rc != 0 || !t->socket->undecided()) return rc;
+  auto& regs = t->epoll_registrations;
+  auto it = std::find_if(regs.begin(), regs.end(),
+                         [&](const Tracked::EpollRegistration& reg) { return reg.epfd == epfd; });
+  if (op == EPOLL_CTL_DEL) {
+    if (it != regs.end()) regs.erase(it);
+  } else if (event != nullptr) {
+    try {
+      if (it != regs.end()) {
+        it->event = *event;
+      } else {
+        regs.push_back({epfd, *event});
       }
-      saved.restore();
+    } catch (const std::bad_alloc&) {
+      r.epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
+      errno = ENOMEM;
+      return -1;
     }
   }
-  if (r.epoll_ctl == nullptr) return enosys();
-  return r.epoll_ctl(epfd, op, fd, event);
+  t->epoll_pending.store(!regs.empty(), std::memory_order_release);
+  return rc;
 }

@@ -10,10 +10,12 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <cstring>
 
+#include "config/config.h"
 #include "config/sys.h"
 #include "preload/interpose.h"
 
@@ -111,24 +113,40 @@ SMCPRE_HOOK int bind(int fd, const sockaddr* addr, socklen_t len) noexcept {
 SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   const auto& r = real();
   if (r.connect == nullptr) return enosys();
-  // Only a blocking connect to an IP address is a candidate; non-blocking connects stay
-  // plain TCP in this slice. Eligibility is decided from the destination *before* the
-  // connect: a one-connection server may accept, close its listener and unpublish it
-  // before our connect() even returns.
+  // Eligibility is decided from the destination *before* the connect: a one-connection
+  // server may accept, close its listener and unpublish it before our connect() returns.
   bool eligible = false;
+  bool nonblocking = false;
   if (addr != nullptr && len >= sizeof(sa_family_t) &&
       (addr->sa_family == AF_INET || addr->sa_family == AF_INET6)) {
     SavedErrno saved;
     // A tracked socket reconnecting (after connect(AF_UNSPEC)) stays as the engine has it.
     const bool tracked = fds().any() && fds().lookup(fd) != nullptr;
-    if (!tracked && is_blocking(fd) && is_inet_tcp(fd)) {
+    if (!tracked && is_inet_tcp(fd)) {
+      nonblocking = !is_blocking(fd);
       eligible = engine_call("eligible_destination", false,
                              [&] { return smcpre::core::Engine::eligible_destination(addr, len); });
     }
     saved.restore();
   }
-  const int rc = r.connect(fd, addr, len);
-  if (rc != 0 || !eligible) return rc;
+  int rc = r.connect(fd, addr, len);
+  if (!eligible) return rc;
+  if (rc != 0) {
+    // A non-blocking connect to an smcpre server: the CLC handshake must come before any
+    // application byte, so the connection is completed here (one round trip, bounded by
+    // the handshake timeout) and the application still sees EINPROGRESS, then a writable
+    // socket with SO_ERROR 0, as it expects. A connect that fails or takes longer stays
+    // TCP, its error left for SO_ERROR untouched.
+    if (!nonblocking || errno != EINPROGRESS) return rc;
+    SavedErrno saved;
+    const int timeout_ms = static_cast<int>(smcpre::config::current().handshake_timeout_ms);
+    pollfd p{fd, POLLOUT, 0};
+    int n;
+    while ((n = smcpre::sys::poll(&p, 1, timeout_ms)) < 0 && errno == EINTR) {
+    }
+    saved.restore();
+    if (n != 1 || p.revents != POLLOUT) return rc;
+  }
   SavedErrno saved;
   if (std::shared_ptr<Tracked> entry = prepare_entry(fd); entry != nullptr) {
     entry->socket = engine_call("on_connected", std::shared_ptr<smcpre::core::Socket>{},

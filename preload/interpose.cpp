@@ -46,4 +46,27 @@ bool polled_is_smc(core::Socket& s, int fd) {
   });
 }
 
+void settle_epoll_registrations(Tracked& t, int fd) noexcept {
+  if (!t.epoll_pending.load(std::memory_order_acquire)) return;
+  if (t.socket->undecided()) return;
+  SavedErrno saved;
+  std::lock_guard lock(t.epoll_mutex);
+  if (t.socket->is_smc()) {
+    const int mirror = engine_call("readiness_fd", -1, [&] { return t.socket->readiness_fd(); });
+    for (Tracked::EpollRegistration& reg : t.epoll_registrations) {
+      // The kernel socket will never be ready in an SMC way: its registration goes, the
+      // mirror's comes with the application's own mask and data.
+      real().epoll_ctl(reg.epfd, EPOLL_CTL_DEL, fd, nullptr);
+      if (mirror < 0 || real().epoll_ctl(reg.epfd, EPOLL_CTL_ADD, mirror, &reg.event) != 0) {
+        log_safely([&] {
+          SMC_LOG_WARN("preload: fd {} turned SMC but cannot be watched in epoll set {}", fd,
+                       reg.epfd);
+        });
+      }
+    }
+  }
+  t.epoll_registrations.clear();
+  t.epoll_pending.store(false, std::memory_order_release);
+}
+
 }  // namespace smcpre::preload

@@ -6,6 +6,7 @@
 #include <cxxabi.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -14,6 +15,8 @@
 #include <cerrno>
 #include <exception>
 #include <memory>
+#include <mutex>
+#include <vector>
 
 #include "core/socket.h"
 #include "preload/fd_table.h"
@@ -30,7 +33,21 @@ struct Tracked {
   std::shared_ptr<core::Socket> socket;      // a connection
   std::shared_ptr<core::Listener> listener;  // a listening socket
   std::atomic<int> fd_refs{0};               // maintained by FdTable
+
+  // epoll registrations of a socket that may still turn SMC (an undecided server
+  // socket): made on the kernel socket, moved to its readiness mirror when it does.
+  struct EpollRegistration {
+    int epfd;
+    epoll_event event;
+  };
+  std::mutex epoll_mutex;
+  std::vector<EpollRegistration> epoll_registrations;  // under epoll_mutex
+  std::atomic<bool> epoll_pending{false};
 };
+
+// Moves `t`'s recorded epoll registrations (see Tracked) to its readiness mirror once the
+// socket is on SMC, or forgets them once it is TCP for good. Cheap when there are none.
+void settle_epoll_registrations(Tracked& t, int fd) noexcept;
 
 using TrackedTable = FdTable<Tracked>;
 
