@@ -557,8 +557,10 @@ void Connection::on_cdc(const cdc::Message& msg) {
 }
 
 void Connection::on_link_down() {
-  if (link_down_.exchange(true)) return;
+  if (link_down_.load()) return;
+  // The error first: whoever sees the link down (the readiness mirror) sees it too.
   if (!closed_.load() && !peer_closed_.load()) pending_error_.store(ECONNRESET);
+  if (link_down_.exchange(true)) return;
   queue_.wake();
   sync_mirror();
   finish_if_closed();
@@ -625,6 +627,7 @@ bool Connection::take_error(int* error) {
   int e = pending_error_.exchange(0);
   if (e == 0) return false;
   *error = e;
+  sync_mirror();  // TCP's ERR goes once SO_ERROR has been read
   return true;
 }
 

@@ -105,8 +105,14 @@ bool Link::progress() {
     return progress() || any;
   }
   if (draining && !failed_.exchange(true, std::memory_order_acq_rel)) {
-    SMC_LOG_WARN("link: down ({}); its connections are reset; work completion errors: {}",
-                 flushed ? "peer gone" : "queue pair error", error_summary());
+    if (group_->connection_count() == 0) {
+      // An idle link whose peer process ended: nothing is lost.
+      SMC_LOG_INFO("link: down ({}), no connection on it",
+                   flushed ? "peer gone" : "queue pair error");
+    } else {
+      SMC_LOG_WARN("link: down ({}); its connections are reset; work completion errors: {}",
+                   flushed ? "peer gone" : "queue pair error", error_summary());
+    }
     events_.wake();
     polling_.clear(std::memory_order_release);
     group_->on_link_down();

@@ -409,7 +409,9 @@ void ShmQp::drain_socket_locked() {
       case RecvStatus::kWouldBlock:
         return;
       case RecvStatus::kEof:
-        enter_error("peer closed the rendezvous socket (its process exited or its QP is gone)");
+        // A peer process ending is ordinary; the engine says what it costs.
+        enter_error("peer closed the rendezvous socket (its process exited or its QP is gone)",
+                    /*ordinary=*/true);
         return;
       case RecvStatus::kInvalid:
         enter_error("bad rendezvous message from the peer: " + why);
@@ -759,9 +761,13 @@ void ShmQp::signal_self() {
   sys::write(event_fd_.get(), &one, sizeof one);
 }
 
-void ShmQp::enter_error(const std::string& why) {
+void ShmQp::enter_error(const std::string& why, bool ordinary) {
   if (error_.exchange(true, std::memory_order_acq_rel)) return;
-  SMC_LOG_WARN("shm: QP {:#x} (peer QP {:#x}) in error: {}", qp_num_, remote_.qp_num, why);
+  if (ordinary) {
+    SMC_LOG_DEBUG("shm: QP {:#x} (peer QP {:#x}) in error: {}", qp_num_, remote_.qp_num, why);
+  } else {
+    SMC_LOG_WARN("shm: QP {:#x} (peer QP {:#x}) in error: {}", qp_num_, remote_.qp_num, why);
+  }
   signal_self();
   if (connected_.load(std::memory_order_acquire) && owner_pid_ == ::getpid()) {
     // The peer learns at once from the hangup, as an IB peer would from its retries.

@@ -163,7 +163,7 @@ class ShmQp final : public QueuePair {
   void publish_queue_state_locked();
   void complete(const WorkRequest& wr, WcStatus status);
 
-  void enter_error(const std::string& why);
+  void enter_error(const std::string& why, bool ordinary = false);
   void signal_self();
 
   const std::shared_ptr<PdState> pd_;
