@@ -1,7 +1,13 @@
 // Exception-proof calls into the engine and the interposer's log lines.
 #include "preload/interpose.h"
 
+#include <fcntl.h>
+
+#include <cstdio>
+#include <string>
+
 #include "config/log.h"
+#include "config/sys.h"
 
 namespace smcpre::preload {
 
@@ -46,6 +52,35 @@ bool polled_is_smc(core::Socket& s, int fd) {
   });
 }
 
+namespace {
+
+// Whether `fd`'s one-shot registration in epoll set `epfd` is still armed. The kernel
+// clears a one-shot registration's event bits when it fires; /proc/self/fdinfo/<epfd>
+// shows them ("tfd: <fd> events: <hex>"). When that cannot be read, disarmed is assumed:
+// a second thread handling the connection at once would corrupt the stream.
+bool oneshot_armed(int epfd, int fd) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/fdinfo/%d", epfd);
+  const int info = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (info < 0) return false;
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = sys::read(info, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  sys::close(info);
+  constexpr uint32_t kFlags = EPOLLONESHOT | EPOLLET | EPOLLWAKEUP | EPOLLEXCLUSIVE;
+  for (size_t at = text.find("tfd:"); at != std::string::npos; at = text.find("tfd:", at + 4)) {
+    int tfd = -1;
+    unsigned events = 0;
+    if (std::sscanf(text.c_str() + at, "tfd: %d events: %x", &tfd, &events) == 2 && tfd == fd) {
+      return (events & ~kFlags) != 0;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 void settle_epoll_registrations(Tracked& t, int fd) noexcept {
   if (!t.epoll_pending.load(std::memory_order_acquire)) return;
   if (t.socket->undecided()) return;
@@ -56,8 +91,14 @@ void settle_epoll_registrations(Tracked& t, int fd) noexcept {
     for (Tracked::EpollRegistration& reg : t.epoll_registrations) {
       // The kernel socket will never be ready in an SMC way: its registration goes, the
       // mirror's comes with the application's own mask and data.
+      // A one-shot registration that has fired stays disarmed on the mirror, until the
+      // application re-arms it (EPOLL_CTL_MOD, which then reaches the mirror).
+      epoll_event event = reg.event;
+      if ((event.events & EPOLLONESHOT) && !oneshot_armed(reg.epfd, fd)) {
+        event.events &= EPOLLONESHOT | EPOLLET | EPOLLWAKEUP;
+      }
       real().epoll_ctl(reg.epfd, EPOLL_CTL_DEL, fd, nullptr);
-      if (mirror < 0 || real().epoll_ctl(reg.epfd, EPOLL_CTL_ADD, mirror, &reg.event) != 0) {
+      if (mirror < 0 || real().epoll_ctl(reg.epfd, EPOLL_CTL_ADD, mirror, &event) != 0) {
         log_safely([&] {
           SMC_LOG_WARN("preload: fd {} turned SMC but cannot be watched in epoll set {}", fd,
                        reg.epfd);
