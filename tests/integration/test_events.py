@@ -155,6 +155,33 @@ class EventsTest(SmcTestCase):
         self.finish(srv, 10, 1, [cli])
         self.assertIn("data mismatch", srv.records()[0]["error"])
 
+    def asyncio_pair(self, preload):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps",
+                              "asyncio_echo.py")
+        conns, size = 4, 4 * 1024 * 1024 + 5
+        srv = self.start([sys.executable, script, "server", "--port", "0", "--conns",
+                          str(conns)], preload, name="server")
+        m = srv.wait_stderr(r"^listening (\d+)$", 20)
+        self.assertIsNotNone(m, srv.describe())
+        cli = self.start([sys.executable, script, "client", "--port", m.group(1), "--bytes",
+                          str(size), "--conns", str(conns)], preload, name="client")
+        self.finish(cli, 60, 0, [srv])
+        self.finish(srv, 20, 0, [cli])
+        srec, crec = srv.records(), cli.records()
+        self.assertEqual((len(srec), len(crec)), (conns, conns))
+        for r in srec + crec:
+            self.assertTrue(r["ok"], r)
+            self.assertEqual(r["bytes_received"], size, r)
+        return srv, cli, srec, crec
+
+    def test_asyncio_both_ends(self):
+        """Python's asyncio on both ends (epoll, non-blocking connect and accept, reads
+        paused and resumed for flow control): an echo of 4 MiB on 4 connections."""
+        srv, cli, srec, crec = self.asyncio_pair(True)
+        self.assert_smc(srec, crec, (srv, cli))
+        srv, cli, srec, crec = self.asyncio_pair(False)
+        self.assert_tcp(srec, crec, (srv, cli))
+
 
 if __name__ == "__main__":
     main()
