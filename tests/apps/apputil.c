@@ -316,3 +316,20 @@ uint64_t get_be64(const uint8_t* p) {
   for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
   return v;
 }
+
+long long num_arg(const char* prog, const char* name, const char* v, long long lo, long long hi) {
+  long long x = parse_size(v);
+  if (x < lo || x > hi) {
+    fprintf(stderr, "%s: bad value for %s: %s\n", prog, name, v);
+    exit(2);
+  }
+  return x;
+}
+
+size_t pick_chunk(struct rng* r, size_t fixed, size_t max) {
+  if (fixed != 0) return fixed;
+  uint64_t x = rng_next(r) % 16;
+  if (x == 0) return (size_t)rng_range(r, 64 * 1024, max);  // occasionally big
+  if (x <= 2) return (size_t)rng_range(r, 1, 64);           // some tiny ones
+  return (size_t)rng_range(r, 1, 64 * 1024);
+}

@@ -69,6 +69,12 @@ struct tcpstats tcp_stats(int fd);
 
 // Parses a non-negative size with an optional K/M/G suffix (binary units); -1 on error.
 long long parse_size(const char* s);
+// A numeric command-line value (parse_size syntax) within [lo, hi]; else "<prog>: bad value
+// for <name>" on stderr and exit(2).
+long long num_arg(const char* prog, const char* name, const char* v, long long lo, long long hi);
+// The size of the next write or read: `fixed` if non-zero, else random (mostly up to 64 KiB,
+// some tiny, now and then up to `max`), so that every chunking path is exercised.
+size_t pick_chunk(struct rng* r, size_t fixed, size_t max);
 // Monotonic clock in nanoseconds.
 uint64_t now_ns(void);
 // Writes `s` to `out` as a JSON string literal (quotes included), or null if s is NULL.

@@ -412,14 +412,6 @@ static void settle(struct conn* c) {
 
 // ---- I/O ---------------------------------------------------------------------------------
 
-static size_t pick_chunk(struct rng* r) {
-  if (opt.chunk != 0) return opt.chunk;
-  uint64_t x = rng_next(r) % 16;
-  if (x == 0) return (size_t)rng_range(r, 64 * 1024, MAX_CHUNK);  // occasionally big
-  if (x <= 2) return (size_t)rng_range(r, 1, 64);                 // some tiny ones
-  return (size_t)rng_range(r, 1, 64 * 1024);
-}
-
 static size_t min_size(size_t a, size_t b) {
   return a < b ? a : b;
 }
@@ -524,7 +516,7 @@ static enum io do_read(struct conn* c) {
       len = 1;
       break;
     case RX_DATA:
-      len = pick_chunk(&c->rng);
+      len = pick_chunk(&c->rng, opt.chunk, MAX_CHUNK);
       if (c->rx_limit >= 0) len = (size_t)min_size(len, (uint64_t)c->rx_limit - c->rx_off);
       if (echo_server()) {  // into the ring's free space behind the unsent bytes
         size_t tail = (c->ring_head + c->ring_len) % MAX_CHUNK;
@@ -584,7 +576,8 @@ static enum io do_write(struct conn* c) {
       break;
     case TX_DATA:
       if (c->pend_pos == c->pend_len) {  // the next chunk of the stream
-        size_t n = (size_t)min_size(pick_chunk(&c->rng), c->tx_total - c->tx_filled);
+        size_t n =
+            (size_t)min_size(pick_chunk(&c->rng, opt.chunk, MAX_CHUNK), c->tx_total - c->tx_filled);
         pattern_fill(c->seed_tx, c->tx_filled, c->sbuf, n);
         if (!opt.server && opt.mode == MODE_SINK) fletcher_update(&c->sum, c->sbuf, n);
         c->tx_filled += n;
@@ -1078,15 +1071,6 @@ static void usage(void) {
   exit(2);
 }
 
-static long long num_arg(const char* name, const char* v, long long lo, long long hi) {
-  long long x = parse_size(v);
-  if (x < lo || x > hi) {
-    fprintf(stderr, "evloop: bad value for %s: %s\n", name, v);
-    exit(2);
-  }
-  return x;
-}
-
 static int name_index(const char* v, const char* const* names, int n) {
   for (int i = 0; i < n; i++)
     if (strcmp(v, names[i]) == 0) return i;
@@ -1110,7 +1094,7 @@ static void parse_args(int argc, char** argv) {
     }
     if (v == NULL) usage();
     if (strcmp(a, "--port") == 0) {
-      opt.port = (int)num_arg(a, v, 0, 65535);
+      opt.port = (int)num_arg("evloop", a, v, 0, 65535);
     } else if (strcmp(a, "--host") == 0) {
       opt.host = v;
     } else if (strcmp(a, "--bind") == 0) {
@@ -1121,17 +1105,17 @@ static void parse_args(int argc, char** argv) {
     } else if (strcmp(a, "--api") == 0) {
       opt.api = (enum api)name_index(v, api_names, 4);
     } else if (strcmp(a, "--bytes") == 0) {
-      opt.bytes = num_arg(a, v, 0, 1LL << 40);
+      opt.bytes = num_arg("evloop", a, v, 0, 1LL << 40);
     } else if (strcmp(a, "--conns") == 0) {
-      opt.conns = (int)num_arg(a, v, 1, MAX_CONNS);
+      opt.conns = (int)num_arg("evloop", a, v, 1, MAX_CONNS);
     } else if (strcmp(a, "--threads") == 0) {
-      opt.threads = (int)num_arg(a, v, 1, MAX_THREADS);
+      opt.threads = (int)num_arg("evloop", a, v, 1, MAX_THREADS);
     } else if (strcmp(a, "--chunk") == 0) {
-      opt.chunk = strcmp(v, "random") == 0 ? 0 : (size_t)num_arg(a, v, 1, MAX_CHUNK);
+      opt.chunk = strcmp(v, "random") == 0 ? 0 : (size_t)num_arg("evloop", a, v, 1, MAX_CHUNK);
     } else if (strcmp(a, "--seed") == 0) {
-      opt.seed = (uint64_t)num_arg(a, v, 0, 1LL << 50);
+      opt.seed = (uint64_t)num_arg("evloop", a, v, 0, 1LL << 50);
     } else if (strcmp(a, "--timeout") == 0) {
-      opt.timeout = (unsigned)num_arg(a, v, 1, 86400);
+      opt.timeout = (unsigned)num_arg("evloop", a, v, 1, 86400);
     } else {
       usage();
     }

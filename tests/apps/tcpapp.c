@@ -120,14 +120,6 @@ static void report(struct conn* c, const struct tcpstats* st) {
 
 // ---- I/O with varied calls ---------------------------------------------------------------
 
-static size_t pick_chunk(struct rng* r) {
-  if (opt.chunk != 0) return opt.chunk;
-  uint64_t x = rng_next(r) % 16;
-  if (x == 0) return (size_t)rng_range(r, 64 * 1024, MAX_CHUNK);  // occasionally big
-  if (x <= 2) return (size_t)rng_range(r, 1, 64);                 // some tiny ones
-  return (size_t)rng_range(r, 1, 64 * 1024);
-}
-
 // Splits [buf, buf+len) into three iovecs at random points (some may be empty).
 static void split3(struct rng* r, void* buf, size_t len, struct iovec iov[3]) {
   size_t a = (size_t)rng_range(r, 0, len);
@@ -245,7 +237,7 @@ static bool expect_eof(struct conn* c, const char* when) {
 static bool send_stream(struct conn* c, uint64_t seed, uint64_t total, struct fletcher* sum) {
   uint64_t off = 0;
   while (off < total) {
-    size_t n = pick_chunk(&c->rng);
+    size_t n = pick_chunk(&c->rng, opt.chunk, MAX_CHUNK);
     if (n > total - off) n = (size_t)(total - off);
     pattern_fill(seed, off, c->sbuf, n);
     if (sum != NULL) fletcher_update(sum, c->sbuf, n);
@@ -261,7 +253,7 @@ static bool recv_stream(struct conn* c, uint64_t seed, long long total, bool raw
                         struct fletcher* sum, uint64_t* count) {
   uint64_t off = 0;
   for (;;) {
-    size_t want = pick_chunk(&c->rng);
+    size_t want = pick_chunk(&c->rng, opt.chunk, MAX_CHUNK);
     if (total >= 0) {
       if (off == (uint64_t)total) break;
       if (want > (uint64_t)total - off) want = (size_t)((uint64_t)total - off);
@@ -545,15 +537,6 @@ static void usage(void) {
   exit(2);
 }
 
-static long long num_arg(const char* name, const char* v, long long lo, long long hi) {
-  long long x = parse_size(v);
-  if (x < lo || x > hi) {
-    fprintf(stderr, "tcpapp: bad value for %s: %s\n", name, v);
-    exit(2);
-  }
-  return x;
-}
-
 static void parse_args(int argc, char** argv) {
   if (argc < 2) usage();
   if (strcmp(argv[1], "server") == 0)
@@ -579,7 +562,7 @@ static void parse_args(int argc, char** argv) {
     } else if (v == NULL) {
       usage();
     } else if (strcmp(a, "--port") == 0) {
-      opt.port = (int)num_arg(a, v, 0, 65535);
+      opt.port = (int)num_arg("tcpapp", a, v, 0, 65535);
     } else if (strcmp(a, "--host") == 0) {
       opt.host = v;
     } else if (strcmp(a, "--bind") == 0) {
@@ -594,19 +577,19 @@ static void parse_args(int argc, char** argv) {
       else
         usage();
     } else if (strcmp(a, "--bytes") == 0) {
-      opt.bytes = num_arg(a, v, 0, 1LL << 40);
+      opt.bytes = num_arg("tcpapp", a, v, 0, 1LL << 40);
     } else if (strcmp(a, "--conns") == 0) {
-      opt.conns = (int)num_arg(a, v, 1, 100000);
+      opt.conns = (int)num_arg("tcpapp", a, v, 1, 100000);
     } else if (strcmp(a, "--parallel") == 0) {
-      opt.parallel = (int)num_arg(a, v, 1, 256);
+      opt.parallel = (int)num_arg("tcpapp", a, v, 1, 256);
     } else if (strcmp(a, "--chunk") == 0) {
-      opt.chunk = strcmp(v, "random") == 0 ? 0 : (size_t)num_arg(a, v, 1, MAX_CHUNK);
+      opt.chunk = strcmp(v, "random") == 0 ? 0 : (size_t)num_arg("tcpapp", a, v, 1, MAX_CHUNK);
     } else if (strcmp(a, "--seed") == 0) {
-      opt.seed = (uint64_t)num_arg(a, v, 0, 1LL << 50);
+      opt.seed = (uint64_t)num_arg("tcpapp", a, v, 0, 1LL << 50);
     } else if (strcmp(a, "--dump") == 0) {
       opt.dump = v;
     } else if (strcmp(a, "--timeout") == 0) {
-      opt.timeout = (unsigned)num_arg(a, v, 1, 86400);
+      opt.timeout = (unsigned)num_arg("tcpapp", a, v, 1, 86400);
     } else {
       usage();
     }
