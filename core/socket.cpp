@@ -19,6 +19,8 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <new>
+#include <vector>
 
 #include "config/log.h"
 #include "config/registry.h"
@@ -37,9 +39,27 @@ class Listener {
   explicit Listener(std::optional<registry::ListenerRegistration> registration)
       : registration_(std::move(registration)) {}
 
+  // In a fork child: the listening socket is the child's too (pre-fork servers accept
+  // there), so the child holds the registration's lock with a descriptor of its own.
+  // The port then stays published until the last process holding the socket closes it,
+  // even if the parent closes its copy first.
+  void after_fork_in_child() {
+    if (!registration_) return;
+    std::string error;
+    if (!registration_->renew_after_fork(&error)) {
+      SMC_LOG_WARN("listener registration not renewed after fork: {}", error);
+    }
+  }
+
  private:
   std::optional<registry::ListenerRegistration> registration_;
 };
+
+namespace {
+// Every listener of this process, for after_fork_in_child().
+std::mutex g_listeners_mutex;
+std::vector<std::weak_ptr<Listener>> g_listeners;
+}  // namespace
 
 namespace {
 
@@ -131,14 +151,15 @@ class SmcSocket final : public Socket {
   }
 
   void release(int fd) override {
+    // A fork child's copy of a parent's socket is the parent's to close: the child's
+    // close only drops its fd (a lingering close would shut the shared socket down).
+    if (generation_ != EngineState::generation()) return;
     const State state = state_.load();
     if (state == State::kServerUndecided || state == State::kTcpSwallow) {
       linger(fd);
       return;
     }
     if (state != State::kSmc || !connection_) return;
-    // A fork child's copy of a parent's connection is the parent's to close.
-    if (generation_ != EngineState::generation()) return;
     connection_->close(sys::dup_cloexec(fd));
   }
 
@@ -377,7 +398,11 @@ std::shared_ptr<Listener> Engine::on_listen(int fd) {
     SMC_LOG_DEBUG("listener on port {} published", port_of(local));
   }
   // Tracked either way: accepted connections still answer a client's Proposal.
-  return std::make_shared<Listener>(std::move(registration));
+  auto listener = std::make_shared<Listener>(std::move(registration));
+  std::lock_guard lock(g_listeners_mutex);
+  std::erase_if(g_listeners, [](const std::weak_ptr<Listener>& l) { return l.expired(); });
+  g_listeners.push_back(listener);
+  return listener;
 }
 
 bool Engine::eligible_destination(const sockaddr* addr, socklen_t len) {
@@ -435,6 +460,11 @@ std::shared_ptr<Socket> Engine::on_accepted(int fd, const std::shared_ptr<Listen
 
 void Engine::after_fork_in_child() {
   EngineState::reset_after_fork();
+  // A parent thread may have held the lock at fork: the child starts with a fresh one.
+  new (&g_listeners_mutex) std::mutex();
+  for (auto& weak : g_listeners) {
+    if (auto listener = weak.lock()) listener->after_fork_in_child();
+  }
 }
 
 void Engine::at_exit() {

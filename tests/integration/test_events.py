@@ -182,6 +182,35 @@ class EventsTest(SmcTestCase):
         srv, cli, srec, crec = self.asyncio_pair(False)
         self.assert_tcp(srec, crec, (srv, cli))
 
+    def prefork(self, extra, conns):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps",
+                              "prefork.py")
+        srv = self.start([sys.executable, script, "--port", "0", "--conns", str(conns)] + extra,
+                         True, name="server")
+        m = srv.wait_stderr(r"^listening (\d+)$", 20)
+        self.assertIsNotNone(m, srv.describe())
+        size = 2 * MIB + 1
+        cli = self.start([app("tcpapp"), "client", "--host", "127.0.0.1", "--port", m.group(1),
+                          "--mode", "echo", "--bytes", str(size), "--conns", str(conns)],
+                         True, name="client")
+        self.finish(cli, 60, 0, [srv])
+        self.finish(srv, 20, 0, [cli])
+        crec = cli.records()
+        self.assertEqual(len(crec), conns)
+        for r in crec:
+            self.assertTrue(r["ok"], r)
+        self.assert_smc([], crec, (cli,))
+
+    def test_prefork_workers_accept_over_smc(self):
+        """Worker processes forked after listen() accept and serve over SMC: the engine
+        starts afresh in each child."""
+        self.prefork(["--workers", "3"], 6)
+
+    def test_child_closing_inherited_socket_leaves_parent_alone(self):
+        """A child that closes its inherited copy of an SMC socket does not end the
+        parent's connection, as with TCP."""
+        self.prefork(["--inherit"], 3)
+
 
 if __name__ == "__main__":
     main()
