@@ -590,77 +590,71 @@ TEST_CASE("an unused link group is deleted after the linger time, on both sides"
   close(lfd);
 }
 
-TEST_CASE("a peer that stops answering is taken for gone after the keepalive (ECONNRESET)") {
-  env();
-  uint16_t port;
-  int lfd = listen_loopback(&port);
-  auto listener = Engine::on_listen(lfd);
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    Engine::after_fork_in_child();
-    close(lfd);
-    int fd = connect_loopback(port);
-    auto s = Engine::on_connected(fd);
-    sock_send(*s, fd, "x", 1);
-    pause();  // stopped by the parent; its TCP connection stays up
-    _exit(1);
+// A client process connected over SMC that has sent one byte (already read here) and then
+// runs `then` in the child, which never returns (it waits to be stopped or kills itself).
+struct SilentPeer {
+  explicit SilentPeer(const std::function<void()>& then) {
+    env();
+    uint16_t port;
+    lfd = listen_loopback(&port);
+    auto listener = Engine::on_listen(lfd);
+    pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      Engine::after_fork_in_child();
+      close(lfd);
+      int cfd = connect_loopback(port);
+      auto cs = Engine::on_connected(cfd);
+      sock_send(*cs, cfd, "x", 1);
+      then();
+      _exit(1);
+    }
+    fd = accept(lfd, nullptr, nullptr);
+    s = Engine::on_accepted(fd, listener);
+    char c;
+    REQUIRE(sock_recv(*s, fd, &c, 1) == 1);
+    REQUIRE(s->is_smc());
   }
-  int fd = accept(lfd, nullptr, nullptr);
-  auto s = Engine::on_accepted(fd, listener);
-  char c;
-  REQUIRE(sock_recv(*s, fd, &c, 1) == 1);
-  REQUIRE(s->is_smc());
-  REQUIRE(kill(pid, SIGSTOP) == 0);
+  ~SilentPeer() {
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    s->release(fd);
+    close(fd);
+    close(lfd);
+  }
+  int lfd = -1;
+  int fd = -1;
+  pid_t pid = -1;
+  std::shared_ptr<Socket> s;
+};
+
+TEST_CASE("a peer that stops answering is taken for gone after the keepalive (ECONNRESET)") {
+  SilentPeer peer([] { pause(); });  // stopped below; its TCP connection stays up
+  REQUIRE(kill(peer.pid, SIGSTOP) == 0);
   timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   // Blocks with nothing coming: the TEST LINK after 1 s of silence goes unanswered.
-  const ssize_t n = sock_recv(*s, fd, &c, 1);
+  char c;
+  const ssize_t n = sock_recv(*peer.s, peer.fd, &c, 1);
   const int error = errno;
   clock_gettime(CLOCK_MONOTONIC, &t1);
-  kill(pid, SIGKILL);
-  int status;
-  waitpid(pid, &status, 0);
   const double waited =
       static_cast<double>(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
   CHECK(n == -1);
   CHECK(error == ECONNRESET);
   CHECK(waited >= 0.9);  // not before a keepalive interval
   CHECK(waited < 10);
-  s->release(fd);
-  close(fd);
-  close(lfd);
 }
 
 TEST_CASE("a dead peer's TCP connection ends an idle SMC connection at once (ECONNRESET)") {
-  env();
-  uint16_t port;
-  int lfd = listen_loopback(&port);
-  auto listener = Engine::on_listen(lfd);
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    Engine::after_fork_in_child();
-    close(lfd);
-    int fd = connect_loopback(port);
-    auto s = Engine::on_connected(fd);
-    sock_send(*s, fd, "x", 1);
+  SilentPeer peer([] {
     usleep(300'000);  // the server is blocked in recv by now
     kill(getpid(), SIGKILL);
-    _exit(1);
-  }
-  int fd = accept(lfd, nullptr, nullptr);
-  auto s = Engine::on_accepted(fd, listener);
+  });
   char c;
-  REQUIRE(sock_recv(*s, fd, &c, 1) == 1);
-  REQUIRE(s->is_smc());
-  const ssize_t n = sock_recv(*s, fd, &c, 1);
+  const ssize_t n = sock_recv(*peer.s, peer.fd, &c, 1);
   const int error = errno;
-  int status;
-  waitpid(pid, &status, 0);
   CHECK(n == -1);
   CHECK(error == ECONNRESET);
-  s->release(fd);
-  close(fd);
-  close(lfd);
 }
