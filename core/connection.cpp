@@ -27,47 +27,31 @@ size_t iov_total(const iovec* iov, int iovcnt) {
   return total;
 }
 
-// Copies `length` bytes out of a ring starting at absolute position `pos` into the iovec
-// array, skipping the first `skip` bytes of the iovec space.
-void copy_from_ring(const uint8_t* ring, uint32_t ring_size, uint64_t pos, size_t length,
-                    const iovec* iov, int iovcnt, size_t skip) {
+enum class Copy { kFromRing, kToRing };
+
+// Copies `length` bytes between a ring, at absolute position `pos` (wrapping), and the
+// iovec array, after its first `skip` bytes.
+void copy_ring(Copy direction, uint8_t* ring, uint32_t ring_size, uint64_t pos, size_t length,
+               const iovec* iov, int iovcnt, size_t skip) {
   int i = 0;
   while (i < iovcnt && skip >= iov[i].iov_len) skip -= iov[i++].iov_len;
   while (length > 0 && i < iovcnt) {
-    auto* dst = static_cast<uint8_t*>(iov[i].iov_base) + skip;
-    size_t room = std::min(iov[i].iov_len - skip, length);
-    size_t done = 0;
-    while (done < room) {
+    auto* mem = static_cast<uint8_t*>(iov[i].iov_base) + skip;
+    const size_t room = std::min(iov[i].iov_len - skip, length);
+    for (size_t done = 0; done < room;) {
       const uint32_t offset = static_cast<uint32_t>((pos + done) % ring_size);
       const size_t piece = std::min<size_t>(room - done, ring_size - offset);
-      std::memcpy(dst + done, ring + offset, piece);
+      if (direction == Copy::kFromRing) {
+        std::memcpy(mem + done, ring + offset, piece);
+      } else {
+        std::memcpy(ring + offset, mem + done, piece);
+      }
       done += piece;
     }
     pos += room;
     length -= room;
     skip = 0;
     ++i;
-  }
-}
-
-// Copies `length` bytes from the iovec array, starting at part iov_index, offset
-// iov_offset, into a ring at absolute position `pos`.
-void copy_to_ring(uint8_t* ring, uint32_t ring_size, uint64_t pos, size_t length, const iovec* iov,
-                  int iovcnt, int iov_index, size_t iov_offset) {
-  while (length > 0 && iov_index < iovcnt) {
-    const auto* src = static_cast<const uint8_t*>(iov[iov_index].iov_base) + iov_offset;
-    size_t room = std::min(iov[iov_index].iov_len - iov_offset, length);
-    size_t done = 0;
-    while (done < room) {
-      const uint32_t offset = static_cast<uint32_t>((pos + done) % ring_size);
-      const size_t piece = std::min<size_t>(room - done, ring_size - offset);
-      std::memcpy(ring + offset, src + done, piece);
-      done += piece;
-    }
-    pos += room;
-    length -= room;
-    iov_offset = 0;
-    ++iov_index;
   }
 }
 
@@ -200,8 +184,8 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
     const uint64_t available = rx_available();
     if (available > 0) {
       const size_t n = std::min<uint64_t>(available, want - copied);
-      copy_from_ring(static_cast<const uint8_t*>(rmb_->addr()), rmb_size_,
-                     rx_cons_.load(std::memory_order_relaxed), n, iov, iovcnt, copied);
+      copy_ring(Copy::kFromRing, static_cast<uint8_t*>(rmb_->addr()), rmb_size_,
+                rx_cons_.load(std::memory_order_relaxed), n, iov, iovcnt, copied);
       if (peek) return static_cast<ssize_t>(n);
       rx_cons_.fetch_add(n, std::memory_order_release);
       copied += n;
@@ -307,8 +291,8 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
     uint64_t prod = tx_prod_.load(std::memory_order_relaxed);
     if (!direct_writes_) {
       // Outside the send lock: only this writer touches this part of the send buffer.
-      copy_to_ring(static_cast<uint8_t*>(send_buffer_->addr()), peer_rmb_.length, prod, chunk, iov,
-                   iovcnt, iov_index, iov_offset);
+      copy_ring(Copy::kToRing, static_cast<uint8_t*>(send_buffer_->addr()), peer_rmb_.length, prod,
+                chunk, iov, iovcnt, sent);
     }
     // RDMA WRITE the chunk into the peer's ring (a piece per iovec part and ring wrap),
     // then one CDC with the new producer cursor; RC ordering delivers it after the data.
