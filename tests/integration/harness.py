@@ -81,22 +81,32 @@ class Proc:
         with self._cond:
             self._cond.notify_all()
 
+    @property
+    def pid(self):
+        return self.popen.pid
+
     def wait_stderr(self, pattern, timeout):
         """Waits for a stderr line matching `pattern`; returns the match or None (on
         timeout or when the process ended first)."""
+        return self._wait_line(self.stderr_lines, self._readers[1], pattern, timeout)
+
+    def wait_stdout(self, pattern, timeout):
+        """wait_stderr for stdout."""
+        return self._wait_line(self.stdout_lines, self._readers[0], pattern, timeout)
+
+    def _wait_line(self, lines, reader, pattern, timeout):
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = 0
         with self._cond:
             while True:
-                for line in self.stderr_lines[seen:]:
+                for line in lines[seen:]:
                     m = rx.search(line)
                     if m:
                         return m
-                seen = len(self.stderr_lines)
+                seen = len(lines)
                 left = deadline - time.monotonic()
-                if left <= 0 or (self.popen.poll() is not None
-                                 and not self._readers[1].is_alive()):
+                if left <= 0 or (self.popen.poll() is not None and not reader.is_alive()):
                     return None
                 self._cond.wait(min(left, 0.1))
 

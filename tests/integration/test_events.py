@@ -15,10 +15,11 @@ be a busy loop. A plain-TCP control run of every combination shows the proofs di
 
 import os
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import MIB, SmcTestCase, app, main  # noqa: E402
+from harness import MIB, SMC_ESTABLISHED, SmcTestCase, app, main  # noqa: E402
 
 APIS = ("epoll", "epoll-et", "poll", "select")
 MODES = ("sink", "source", "echo")
@@ -210,6 +211,48 @@ class EventsTest(SmcTestCase):
         """A child that closes its inherited copy of an SMC socket does not end the
         parent's connection, as with TCP."""
         self.prefork(["--inherit"], 3)
+
+    def test_idle_connection_costs_no_cpu(self):
+        """An SMC connection with nothing to do costs no CPU: the asyncio server sleeps in
+        epoll_wait on the readiness mirror, the client in a blocking recv(), and the
+        progress threads sleep too (no busy loop)."""
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps",
+                              "asyncio_echo.py")
+        srv = self.start([sys.executable, script, "server", "--port", "0", "--conns", "1"],
+                         True, name="server")
+        m = srv.wait_stderr(r"^listening (\d+)$", 20)
+        self.assertIsNotNone(m, srv.describe())
+        # The client echoes one message, then waits 3 s in recv() for an answer that only
+        # comes when it half-closes; meanwhile both processes are idle.
+        client_code = (
+            "import socket,sys,time,os\n"
+            "s=socket.create_connection(('127.0.0.1',%s))\n"
+            "s.sendall(b'x'*1000); got=b''\n"
+            "while len(got)<1000: got+=s.recv(1000)\n"
+            "print('ready',flush=True)\n"
+            "s.settimeout(3)\n"
+            "try:\n s.recv(1)\nexcept socket.timeout:\n pass\n"
+            "t=os.times(); print('cpu %%.3f' %% (t.user+t.system),flush=True)\n"
+            "s.shutdown(socket.SHUT_WR); s.recv(1)\n" % m.group(1))
+        cli = self.start([sys.executable, "-c", client_code], True, name="client")
+        self.assertIsNotNone(cli.wait_stdout(r"^ready$", 20), cli.describe())
+        before = self.cpu_seconds(srv.pid)
+        time.sleep(2)
+        idle = self.cpu_seconds(srv.pid) - before
+        self.finish(cli, 20, 0, [srv])
+        self.finish(srv, 20, 0, [cli])
+        self.assertIn(SMC_ESTABLISHED, srv.stderr_text(), srv.describe())
+        print("idle server CPU %.3f s in 2 s" % idle, file=sys.stderr)
+        self.assertLess(idle, 0.2, "the idle server used %.3f s of CPU in 2 s" % idle)
+        # The client's whole life (start-up, one echo, 3 s blocked in recv) stays small.
+        client_cpu = float(cli.wait_stdout(r"^cpu (\S+)$", 1).group(1))
+        self.assertLess(client_cpu, 1.0, "client CPU %.3f s" % client_cpu)
+
+    @staticmethod
+    def cpu_seconds(pid):
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
