@@ -1,13 +1,13 @@
 // poll, ppoll, select, pselect and epoll_ctl over tracked sockets.
 //
-// Every tracked socket in a set hears on_polled() first (an undecided server socket
-// settles to TCP there). If none of them is on SMC, the real call runs unchanged. An SMC
-// socket's kernel TCP socket says nothing about SMC data; its readiness mirror (an fd
-// whose poll mask the engine keeps equal to what TCP would report) takes its place in
-// poll/ppoll and epoll_ctl, and the kernel does the waiting. select/pselect, and poll
-// when no mirror can be had, take the readiness from Socket::poll_state() and the rest
-// from the real call, in a loop: first with timeout 0, then with short waits growing
-// from 50us to 1ms, until something is ready or the caller's timeout expires.
+// Every tracked socket in a set hears on_polled() first. If none of them is on SMC, the
+// real call runs unchanged. An SMC socket's kernel TCP socket says nothing about SMC
+// data; its readiness mirror (an fd whose poll mask the engine keeps equal to what TCP
+// would report) takes its place in poll/ppoll, select/pselect and epoll_ctl, and the
+// kernel does the waiting. Only when a mirror cannot be had (fd limit) do poll and select
+// fall back to Socket::poll_state() and the real call in a loop: first with timeout 0,
+// then with short waits growing from 50us to 1ms, until something is ready or the
+// caller's timeout expires.
 //
 // Signals: for the whole loop signals are blocked except inside the real waits,
 // which run with the caller's mask (or ppoll/pselect's sigmask). A signal can thus only
@@ -378,6 +378,103 @@ int select_smc(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, const std::vector<S
   }
 }
 
+// select over readiness mirrors: copies of the sets, sized for the largest fd, in which
+// each SMC socket's mirror stands in for it (in the read and write sets; TCP has no
+// exceptional condition but urgent data, which SMC never carries), and one real pselect
+// with the caller's deadline and signal mask. Returns -2 if some socket has no mirror.
+int select_mirrored(int nfds, fd_set* rd, fd_set* wr, fd_set* ex,
+                    const std::vector<SmcMember>& members, const Deadline& deadline,
+                    const sigset_t* sigmask) {
+  const auto real_pselect = real().pselect;
+  if (real_pselect == nullptr) return enosys();
+  std::vector<int> mirrors;
+  int top = nfds - 1;
+  try {
+    mirrors.reserve(members.size());
+    for (const SmcMember& m : members) {
+      const int mirror = m.tracked->socket->readiness_fd();
+      if (mirror < 0) return -2;
+      mirrors.push_back(mirror);
+      top = std::max(top, mirror);
+    }
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+    return -1;
+  }
+  const size_t caller_words = static_cast<size_t>((nfds + kMaskBits - 1) / kMaskBits);
+  const size_t words = static_cast<size_t>(top / kMaskBits + 1);
+  fd_set* caller[3] = {rd, wr, ex};
+  std::vector<__fd_mask> ask[3];
+  try {
+    for (int k = 0; k < 3; ++k) {
+      if (caller[k] == nullptr) continue;
+      ask[k].assign(words, 0);
+      std::copy_n(words_of(caller[k]), caller_words, ask[k].begin());
+      // Bits at nfds and above mean nothing to select(): they must not count here.
+      if (nfds % kMaskBits != 0) {
+        ask[k][caller_words - 1] &= static_cast<__fd_mask>((1UL << (nfds % kMaskBits)) - 1);
+      }
+    }
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+    return -1;
+  }
+  auto has = [&](int k, int fd) {
+    return !ask[k].empty() && (ask[k][fd / kMaskBits] & bit_of(fd)) != 0;
+  };
+  auto set = [&](int k, int fd, bool on) {
+    if (ask[k].empty()) return;
+    if (on) {
+      ask[k][fd / kMaskBits] |= bit_of(fd);
+    } else {
+      ask[k][fd / kMaskBits] &= ~bit_of(fd);
+    }
+  };
+  std::vector<uint8_t> wanted(members.size());  // bit k: the caller asked set k
+  for (size_t i = 0; i < members.size(); ++i) {
+    const int fd = members[i].tracked_fd;
+    for (int k = 0; k < 3; ++k) {
+      if (has(k, fd)) wanted[i] |= static_cast<uint8_t>(1 << k);
+      set(k, fd, false);
+    }
+    for (int k = 0; k < 2; ++k) {
+      if (wanted[i] & (1 << k)) set(k, mirrors[i], true);
+    }
+  }
+  timespec wait{};
+  timespec* timeout = nullptr;
+  if (!deadline.is_infinite()) {
+    const int64_t ns = deadline.remaining_ns();
+    wait = timespec{static_cast<time_t>(ns / kNsPerSec), static_cast<long>(ns % kNsPerSec)};
+    timeout = &wait;
+  }
+  auto as_set = [&](int k) {
+    return ask[k].empty() ? nullptr : reinterpret_cast<fd_set*>(ask[k].data());
+  };
+  const int rc = real_pselect(top + 1, as_set(0), as_set(1), as_set(2), timeout, sigmask);
+  if (rc < 0) return -1;
+  // The answer in the caller's terms: mirrors reported as their sockets, never themselves.
+  std::vector<uint8_t> ready(members.size());
+  for (size_t i = 0; i < members.size(); ++i) {
+    for (int k = 0; k < 2; ++k) {
+      if ((wanted[i] & (1 << k)) && has(k, mirrors[i])) ready[i] |= static_cast<uint8_t>(1 << k);
+      set(k, mirrors[i], false);
+    }
+  }
+  for (size_t i = 0; i < members.size(); ++i) {
+    for (int k = 0; k < 2; ++k) set(k, members[i].tracked_fd, (ready[i] & (1 << k)) != 0);
+  }
+  int count = 0;
+  for (int k = 0; k < 3; ++k) {
+    if (caller[k] == nullptr) continue;
+    std::copy_n(ask[k].begin(), caller_words, words_of(caller[k]));
+    for (size_t w = 0; w < caller_words; ++w) {
+      count += __builtin_popcountl(static_cast<unsigned long>(words_of(caller[k])[w]));
+    }
+  }
+  return count;
+}
+
 // `time_left`: select()'s timeval, which Linux updates with the time not slept (the
 // real call does so itself when it runs unchanged).
 template <typename Unchanged>
@@ -389,7 +486,8 @@ int select_common(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, const Deadline& 
   if (!scan_fdsets(nfds, rd, wr, ex, &members)) return -1;
   saved.restore();
   if (members.empty()) return unchanged();
-  const int rc = select_smc(nfds, rd, wr, ex, members, deadline, sigmask);
+  int rc = select_mirrored(nfds, rd, wr, ex, members, deadline, sigmask);
+  if (rc == -2) rc = select_smc(nfds, rd, wr, ex, members, deadline, sigmask);
   if (rc >= 0) saved.restore();
   if (time_left != nullptr && !deadline.is_infinite()) {
     const int64_t left_us = deadline.remaining_ns() / 1000;
