@@ -401,7 +401,7 @@ int Connection::shutdown(int how) {
   return 0;
 }
 
-void Connection::close(int held_fd) {
+void Connection::close(int held_fd, bool abort) {
   // The application's last fd is gone, and with it (as with any closed fd) every epoll
   // registration and poll interest in it.
   drop_mirror();
@@ -410,7 +410,7 @@ void Connection::close(int held_fd) {
   const bool unread = rx_available() > 0;
   // Never waits for a writer blocked in another thread (TCP's close() does not either):
   // the send lock orders this CDC after any data already posted, see shutdown().
-  if (unread && writes_possible()) aborted_.store(true);
+  if ((unread || abort) && writes_possible()) aborted_.store(true);
   shut_wr_.store(true);
   closed_.store(true);
   queue_.wake();

@@ -52,7 +52,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   int shutdown(int how);
   // The application closed the socket. `held_fd` is a private duplicate of the TCP
   // socket, closed once SMC close has finished.
-  void close(int held_fd);
+  // abort: SO_LINGER with a zero timeout, an abortive close (the peer gets ECONNRESET).
+  void close(int held_fd, bool abort = false);
   // The peer did not close its side within the close timeout after our close.
   void close_timed_out();
   bool finished() const { return finished_.load(std::memory_order_acquire); }

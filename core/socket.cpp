@@ -134,6 +134,8 @@ class SmcSocket final : public Socket {
   ssize_t recv(const iovec* iov, int iovcnt, int flags) override {
     if (int e = take_deferred()) return fail(e);
     if (!usable()) return fail(EOPNOTSUPP);
+    // SMC carries no urgent data: TCP says EINVAL when none is pending.
+    if (flags & MSG_OOB) return fail(EINVAL);
     return connection_->recv(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
                              rcv_timeout_ns_.load(std::memory_order_relaxed));
   }
@@ -141,6 +143,8 @@ class SmcSocket final : public Socket {
   ssize_t send(const iovec* iov, int iovcnt, int flags) override {
     if (int e = take_deferred()) return fail(e);
     if (!usable()) return fail(EOPNOTSUPP);
+    // Urgent data has no SMC equivalent; sending it inline would corrupt the stream.
+    if (flags & MSG_OOB) return fail(EOPNOTSUPP);
     return connection_->send(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
                              snd_timeout_ns_.load(std::memory_order_relaxed));
   }
@@ -160,7 +164,7 @@ class SmcSocket final : public Socket {
       return;
     }
     if (state != State::kSmc || !connection_) return;
-    connection_->close(sys::dup_cloexec(fd));
+    connection_->close(sys::dup_cloexec(fd), abort_on_close_.load());
   }
 
   bool take_so_error(int* error) override {
@@ -204,6 +208,13 @@ class SmcSocket final : public Socket {
     if (level != SOL_SOCKET) return;
     if (name == SO_RCVTIMEO) rcv_timeout_ns_.store(timeval_ns(value, length));
     if (name == SO_SNDTIMEO) snd_timeout_ns_.store(timeval_ns(value, length));
+    if (name == SO_LINGER && value != nullptr && length >= sizeof(::linger)) {
+      ::linger l;
+      std::memcpy(&l, value, sizeof l);
+      // SO_LINGER with a zero timeout makes close() abortive (TCP sends RST). A non-zero
+      // timeout waits for unsent data: SMC data is in the peer's ring once written.
+      abort_on_close_.store(l.l_onoff != 0 && l.l_linger == 0);
+    }
   }
 
  private:
@@ -374,6 +385,7 @@ class SmcSocket final : public Socket {
   std::atomic<bool> nonblocking_;
   std::atomic<int64_t> rcv_timeout_ns_{0};
   std::atomic<int64_t> snd_timeout_ns_{0};
+  std::atomic<bool> abort_on_close_{false};  // SO_LINGER {1, 0}
   const uint64_t generation_;
   std::shared_ptr<Connection> connection_;
   uint32_t reason_ = 0;

@@ -658,3 +658,43 @@ TEST_CASE("a dead peer's TCP connection ends an idle SMC connection at once (ECO
   CHECK(n == -1);
   CHECK(error == ECONNRESET);
 }
+
+TEST_CASE("urgent data and SO_LINGER {1, 0} on an SMC connection behave as on TCP") {
+  env();
+  uint16_t port;
+  int lfd = listen_loopback(&port);
+  auto listener = Engine::on_listen(lfd);
+  run_pair(
+      [&] {
+        close(lfd);
+        int fd = connect_loopback(port);
+        auto s = Engine::on_connected(fd);
+        if (!s || !s->is_smc()) return 1;
+        // MSG_OOB has no SMC equivalent: refused, never sent inline.
+        iovec v{const_cast<char*>("u"), 1};
+        if (s->send(&v, 1, MSG_OOB) != -1 || errno != EOPNOTSUPP) return 2;
+        char c;
+        iovec r{&c, 1};
+        if (s->recv(&r, 1, MSG_OOB) != -1 || errno != EINVAL) return 3;  // none pending
+        if (sock_send(*s, fd, "x", 1) != 1) return 4;
+        // A zero linger time makes close() abortive: the server sees ECONNRESET.
+        const ::linger abortive{1, 0};
+        s->on_sockopt(SOL_SOCKET, SO_LINGER, &abortive, sizeof abortive);
+        s->release(fd);
+        close(fd);
+        return 0;
+      },
+      [&] {
+        int fd = accept(lfd, nullptr, nullptr);
+        auto s = Engine::on_accepted(fd, listener);
+        char c;
+        REQUIRE(sock_recv(*s, fd, &c, 1) == 1);
+        REQUIRE(c == 'x');  // the urgent byte never arrived
+        REQUIRE(s->is_smc());
+        CHECK(sock_recv(*s, fd, &c, 1) == -1);
+        CHECK(errno == ECONNRESET);
+        s->release(fd);
+        close(fd);
+      });
+  close(lfd);
+}
