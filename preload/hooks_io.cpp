@@ -9,8 +9,11 @@
 #undef _FORTIFY_SOURCE
 #undef _FILE_OFFSET_BITS
 
+#include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -169,7 +172,88 @@ ssize_t sendfile_common(Real real_fn, int out_fd, int in_fd, Off* offset, size_t
   return n;
 }
 
+// splice() from an SMC socket into a pipe: the kernel cannot splice SMC data, so the bytes
+// are peeked, written into the pipe (never more than it has room for, so the write does
+// not block), and only what the pipe took is consumed: nothing is lost or duplicated.
+ssize_t splice_from_smc(core::Socket& socket, int pipe_fd, size_t len, unsigned flags) {
+  constexpr size_t kChunk = 64 * 1024;
+  const int used_now = [&] {
+    int used = 0;
+    return ::syscall(SYS_ioctl, pipe_fd, FIONREAD, &used) == 0 ? used : -1;
+  }();
+  const int capacity = sys::fcntl(pipe_fd, F_GETPIPE_SZ);
+  if (used_now < 0 || capacity < 0) {
+    errno = EINVAL;  // not a pipe: splice needs one end to be a pipe
+    return -1;
+  }
+  size_t room = static_cast<size_t>(std::max(capacity - used_now, 0));
+  if (room == 0) {
+    if (flags & SPLICE_F_NONBLOCK) {
+      errno = EAGAIN;
+      return -1;
+    }
+    pollfd p{pipe_fd, POLLOUT, 0};
+    while (sys::poll(&p, 1, -1) < 0) {
+      if (errno != EINTR) return -1;
+    }
+    room = PIPE_BUF;  // POLLOUT: at least one page is free
+  }
+  const size_t want = std::min({len, room, kChunk});
+  std::unique_ptr<char[]> buf(new (std::nothrow) char[want]);
+  if (buf == nullptr) {
+    errno = ENOMEM;
+    return -1;
+  }
+  iovec iov = single(buf.get(), want);
+  const ssize_t got =
+      smc_recv(socket, &iov, 1, MSG_PEEK | ((flags & SPLICE_F_NONBLOCK) ? MSG_DONTWAIT : 0));
+  if (got <= 0) return got;
+  const ssize_t put = sys::write(pipe_fd, buf.get(), static_cast<size_t>(got));
+  if (put <= 0) return put;
+  iov = single(buf.get(), static_cast<size_t>(put));
+  return smc_recv(socket, &iov, 1, MSG_DONTWAIT);  // exactly what was peeked and put
+}
+
 }  // namespace
+
+// splice() with an SMC socket at either end (the other must be a pipe, as for TCP): the
+// socket side goes through the engine; everything else is the kernel's.
+SMCPRE_HOOK ssize_t splice(int fd_in, loff_t* off_in, int fd_out, loff_t* off_out, size_t len,
+                           unsigned int flags) {
+  const auto& r = real();
+  if (r.splice == nullptr) return enosys<ssize_t>();
+  auto unchanged = [&] { return r.splice(fd_in, off_in, fd_out, off_out, len, flags); };
+  if (!fds().any()) [[likely]] {
+    return unchanged();
+  }
+  SavedErrno saved;
+  if (std::shared_ptr<Tracked> t = tracked_socket(fd_in); t != nullptr) {
+    if (route_recv(*t->socket, fd_in, (flags & SPLICE_F_NONBLOCK) ? MSG_DONTWAIT : 0) ==
+        core::Path::kSmc) {
+      if (off_in != nullptr || off_out != nullptr) {
+        errno = ESPIPE;
+        return -1;
+      }
+      const ssize_t n = splice_from_smc(*t->socket, fd_out, std::min(len, kMaxRw), flags);
+      if (n >= 0) saved.restore();
+      return n;
+    }
+  }
+  if (std::shared_ptr<Tracked> t = tracked_socket(fd_out); t != nullptr) {
+    if (route_send(*t->socket, fd_out, 0) == core::Path::kSmc) {
+      if (off_in != nullptr || off_out != nullptr) {
+        errno = ESPIPE;
+        return -1;
+      }
+      // From a pipe: what is taken from it is always sent (sendfile's pipe rule).
+      const ssize_t n = sendfile_smc(*t->socket, fd_in, static_cast<off64_t*>(nullptr), len);
+      if (n >= 0) saved.restore();
+      return n;
+    }
+  }
+  saved.restore();
+  return unchanged();
+}
 
 ssize_t read_impl(int fd, void* buf, size_t count) {
   const auto& r = real();

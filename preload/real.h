@@ -47,6 +47,7 @@ namespace smcpre::preload {
   X(recvmmsg)                    \
   X(sendfile)                    \
   X(sendfile64)                  \
+  X(splice)                      \
   X(close)                       \
   X(close_range)                 \
   X(dup)                         \

@@ -39,6 +39,7 @@ enum kind {
   K_DUP,
   K_MMSG,
   K_FIONREAD,
+  K_SPLICE,
   K_SHUTDOWN,  // must stay last: the client half-closes, then both sides close
 };
 
@@ -64,6 +65,7 @@ static const struct step steps[] = {
     {"recv/send after dup closed", K_SEND_RECV, 999, 1001},
     {"recvmmsg/sendmmsg", K_MMSG, 150 * 1024 + 1, 3 * 1024},
     {"ioctl FIONREAD/SIOCOUTQ", K_FIONREAD, 200 * 1024, 5000},
+    {"splice through a pipe", K_SPLICE, 300 * 1024 + 7, 70000},
     {"shutdown(SHUT_WR) and EOF", K_SHUTDOWN, 4096, 70000},
 };
 #define NSTEPS (sizeof steps / sizeof steps[0])
@@ -170,6 +172,19 @@ static bool send_message(int fd, enum kind kind, const uint8_t* buf, size_t len)
             }
           }
         }
+        break;
+      }
+      case K_SPLICE: {
+        // Through a pipe: write into it, then splice from it into the socket.
+        int pfd[2];
+        if (pipe(pfd) != 0) return fail("pipe: %s", strerror(errno));
+        size_t piece = rest < 16384 ? rest : 16384;
+        ssize_t w = write(pfd[1], p, piece);
+        n = w < 0 ? w : splice(pfd[0], NULL, fd, NULL, (size_t)w, 0);
+        call = "splice(pipe -> socket)";
+        if (n >= 0 && n != w) return fail("splice moved %zd of %zd bytes from the pipe", n, w);
+        close(pfd[0]);
+        close(pfd[1]);
         break;
       }
       case K_WAITALL: {
@@ -284,6 +299,20 @@ static ssize_t receive_once(int fd, enum kind kind, uint8_t* buf, size_t want) {
           n += mm[i].msg_len;
         }
       }
+      break;
+    }
+    case K_SPLICE: {
+      // splice from the socket into a pipe, then read the pipe.
+      int pfd[2];
+      if (pipe(pfd) != 0) return fail("pipe: %s", strerror(errno)), -1;
+      n = splice(fd, NULL, pfd[1], NULL, want, 0);
+      call = "splice(socket -> pipe)";
+      if (n > 0) {
+        ssize_t r = read(pfd[0], buf, (size_t)n);
+        if (r != n) return fail("pipe gave %zd of the %zd spliced bytes", r, n), -1;
+      }
+      close(pfd[0]);
+      close(pfd[1]);
       break;
     }
     case K_FIONREAD: {

@@ -17,7 +17,7 @@ from harness import SmcTestCase, app, main  # noqa: E402
 REQUIRED_IMPORTS = {
     "read", "write", "readv", "writev", "send", "recv", "sendto", "recvfrom", "sendmsg",
     "recvmsg", "__read_chk", "__recv_chk", "__recvfrom_chk", "dup", "shutdown", "close",
-    "recvmmsg", "sendmmsg", "ioctl",
+    "recvmmsg", "sendmmsg", "ioctl", "splice",
 }
 
 
