@@ -551,14 +551,13 @@ void Connection::on_link_down() {
 }
 
 Readiness Connection::readiness() {
+  // The same view the readiness mirror shows, as poll bits.
+  const MirrorState m = mirror_state();
   Readiness r;
-  const bool down = link_down_.load() || peer_aborted_.load();
-  r.readable = rx_available() > 0 || peer_done_writing_.load() || peer_closed_.load() || down ||
-               shut_rd_.load();
-  r.writable =
-      (peer_ready_.load() && tx_space() > 0) || down || peer_closed_.load() || shut_wr_.load();
+  r.readable = m.readable || m.peer_done || m.reset;
+  r.writable = m.writable || m.reset;
   r.error = pending_error_.load() != 0;
-  r.hangup = down || (peer_closed_.load() && shut_wr_.load());
+  r.hangup = m.closed || m.reset;
   return r;
 }
 

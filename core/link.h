@@ -85,11 +85,8 @@ class Link {
 
   WaitQueue& events() { return events_; }
 
-  // Work completions with an error, by status (logged by name as they happen).
-  uint64_t wc_errors(rdma::WcStatus status) const {
-    return wc_errors_[static_cast<size_t>(status)].load(std::memory_order_relaxed);
-  }
-  // "2 remote access error, 63 work request flushed", or "none".
+  // Work completions with an error, counted by status (each logged by name as it
+  // happens): "2 remote access error, 63 work request flushed", or "none".
   std::string error_summary() const;
 
   // Adaptive polling bookkeeping, read by the background progress thread: while an

@@ -172,12 +172,6 @@ class SmcSocket final : public Socket {
     return connection_->take_error(error);
   }
 
-  void on_polled(int fd) override {
-    // An undecided server socket is polled as the kernel socket it still is: the
-    // Proposal makes it readable, and the application's read settles it.
-    (void)fd;
-  }
-
   Readiness poll_state() override {
     if (!usable()) return Readiness{true, true, true, true};
     return connection_->readiness();

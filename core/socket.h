@@ -89,10 +89,6 @@ class Socket {
   // and fills *error (clearing it like the kernel does).
   virtual bool take_so_error(int* error) = 0;
 
-  // A poller (poll/select/epoll) is about to look at this socket. An undecided server
-  // socket is settled to TCP (polled sockets are not accelerated in this slice).
-  virtual void on_polled(int fd) = 0;
-
   // Current readiness of an SMC-path socket (for poll/select over SMC sockets).
   virtual Readiness poll_state() = 0;
 

@@ -1,9 +1,9 @@
 // poll, ppoll, select, pselect and epoll_ctl over tracked sockets.
 //
-// Every tracked socket in a set hears on_polled() first. If none of them is on SMC, the
-// real call runs unchanged. An SMC socket's kernel TCP socket says nothing about SMC
-// data; its readiness mirror (an fd whose poll mask the engine keeps equal to what TCP
-// would report) takes its place in poll/ppoll, select/pselect and epoll_ctl, and the
+// If no tracked socket in a set is on SMC, the real call runs unchanged (an undecided
+// server socket is polled as the kernel socket it still is). An SMC socket's kernel TCP socket says
+// nothing about SMC data; its readiness mirror (an fd whose poll mask the engine keeps equal to
+// what TCP would report) takes its place in poll/ppoll, select/pselect and epoll_ctl, and the
 // kernel does the waiting. Only when a mirror cannot be had (fd limit) do poll and select
 // fall back to Socket::poll_state() and the real call in a loop: first with timeout 0,
 // then with short waits growing from 50us to 1ms, until something is ready or the
@@ -194,14 +194,14 @@ int poll_smc(pollfd* pfds, nfds_t nfds, const std::vector<SmcMember>& members,
   }
 }
 
-// The SMC members of a poll set, after on_polled() for every tracked socket in it.
+// The SMC members of a poll set.
 // False (errno ENOMEM) only if the list cannot be allocated.
 bool scan_pollfds(const pollfd* pfds, nfds_t nfds, std::vector<SmcMember>* members) {
   for (nfds_t i = 0; i < nfds; ++i) {
     const int fd = pfds[i].fd;
     if (fd < 0) continue;
     std::shared_ptr<Tracked> t = tracked_socket(fd);
-    if (t == nullptr || !polled_is_smc(*t->socket, fd)) continue;
+    if (t == nullptr || !t->socket->is_smc()) continue;
     try {
       members->push_back(SmcMember{i, std::move(t), fd});
     } catch (const std::bad_alloc&) {
@@ -309,8 +309,7 @@ class SelectSet {
   std::vector<__fd_mask> answer_;
 };
 
-// The SMC members among the fds the caller asks about, after on_polled() for every
-// tracked socket among them.
+// The SMC members among the fds the caller asks about.
 bool scan_fdsets(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, std::vector<SmcMember>* members) {
   const int limit = std::min(nfds, TrackedTable::kMaxFds);
   const size_t words = static_cast<size_t>((limit + kMaskBits - 1) / kMaskBits);
@@ -323,7 +322,7 @@ bool scan_fdsets(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, std::vector<SmcMe
       const int fd = static_cast<int>(w) * kMaskBits + b;
       if (fd >= limit) break;
       std::shared_ptr<Tracked> t = tracked_socket(fd);
-      if (t == nullptr || !polled_is_smc(*t->socket, fd)) continue;
+      if (t == nullptr || !t->socket->is_smc()) continue;
       try {
         members->push_back(SmcMember{static_cast<size_t>(fd), std::move(t), fd});
       } catch (const std::bad_alloc&) {

@@ -45,13 +45,6 @@ ssize_t smc_send(core::Socket& s, const iovec* iov, int iovcnt, int flags) {
   return n;
 }
 
-bool polled_is_smc(core::Socket& s, int fd) {
-  return engine_call("on_polled", false, [&] {
-    s.on_polled(fd);
-    return s.is_smc();
-  });
-}
-
 namespace {
 
 // Whether `fd`'s one-shot registration in epoll set `epfd` is still armed. The kernel

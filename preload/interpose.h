@@ -161,9 +161,6 @@ inline core::Path route_send(core::Socket& s, int fd, int flags) {
 // The SMC data path: bytes or -1/errno; an engine exception becomes EIO.
 ssize_t smc_recv(core::Socket& s, const iovec* iov, int iovcnt, int flags);
 ssize_t smc_send(core::Socket& s, const iovec* iov, int iovcnt, int flags);
-// on_polled() then is_smc(): true if the poller must ask poll_state() instead of the
-// kernel for this fd.
-bool polled_is_smc(core::Socket& s, int fd);
 
 // --- shared hook bodies ----------------------------------------------------------------
 

@@ -202,4 +202,40 @@ PeerInfo info_of(const DeviceSide& side) {
                                static_cast<uint32_t>(side.region->length())}};
 }
 
+// Polls until `count` completions arrived (or the deadline).
+std::vector<WorkCompletion> reap(QueuePair& qp, bool send, size_t count,
+                                 int timeout_ms = kTimeoutMs) {
+  std::vector<WorkCompletion> got;
+  const int64_t deadline = now_ms() + timeout_ms;
+  WorkCompletion wc[16];
+  while (got.size() < count && now_ms() < deadline) {
+    const int n = send ? qp.poll_send(wc) : qp.poll_recv(wc);
+    got.insert(got.end(), wc, wc + n);
+  }
+  return got;
+}
+
+// Receives `count` messages, reposting each buffer; returns their bytes in order.
+std::vector<std::vector<uint8_t>> receive(DeviceSide& side, size_t count,
+                                          int timeout_ms = kTimeoutMs) {
+  std::vector<std::vector<uint8_t>> messages;
+  const int64_t deadline = now_ms() + timeout_ms;
+  WorkCompletion wc[16];
+  while (messages.size() < count && now_ms() < deadline) {
+    const int n = side.qp->poll_recv(wc);
+    for (int i = 0; i < n; ++i) {
+      if (wc[i].status != WcStatus::kSuccess || wc[i].opcode != WcOpcode::kRecv) return messages;
+      const uint8_t* data = side.buffer(wc[i].wr_id);
+      messages.emplace_back(data, data + wc[i].byte_len);
+      if (side.post_recv(wc[i].wr_id) != 0) return messages;
+    }
+  }
+  return messages;
+}
+
+bool readable(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, timeout_ms) == 1;
+}
+
 }  // namespace
