@@ -325,6 +325,11 @@ std::string parse_exclude(std::string_view v, Config& c) {
 }
 
 std::string parse_shm_uids(std::string_view v, Config& c) {
+  if (v == "any") {
+    c.shm_any_uid = true;
+    c.shm_allowed_uids.clear();
+    return {};
+  }
   std::vector<std::string_view> items;
   std::vector<uint32_t> uids;
   bool ok = split_list(v, &items);
@@ -334,8 +339,9 @@ std::string parse_shm_uids(std::string_view v, Config& c) {
     ok = parse_uint(items[i], std::numeric_limits<uint32_t>::max() - 1, &uid);
     uids.push_back(static_cast<uint32_t>(uid));
   }
-  if (!ok) return "expected a comma-separated list of uids (0 to 4294967294)";
+  if (!ok) return "expected `any` or a comma-separated list of uids (0 to 4294967294)";
   c.shm_allowed_uids = std::move(uids);
+  c.shm_any_uid = false;
   return {};
 }
 

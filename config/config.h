@@ -48,7 +48,8 @@ struct Config {
   std::string runtime_dir;                 // SMCPRE_RUNTIME_DIR (default: see runtime_dir_default)
   std::vector<PeerRule> peers;             // SMCPRE_PEERS
   std::vector<PortRange> exclude_ports;    // SMCPRE_EXCLUDE
-  std::vector<uint32_t> shm_allowed_uids;  // SMCPRE_SHM_UIDS: uids besides our own
+  std::vector<uint32_t> shm_allowed_uids;  // SMCPRE_SHM_UIDS: uids besides our own and root
+  bool shm_any_uid = false;                // SMCPRE_SHM_UIDS=any
   // Receive path (issue 5 grows these).
   std::optional<std::vector<int>> backlog_cpus;  // SMCPRE_BACKLOG_CPUS; nullopt = default
   bool backlog_inline = false;                   // SMCPRE_BACKLOG_CPUS=none

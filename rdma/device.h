@@ -192,8 +192,10 @@ class Device {
 };
 
 struct ShmOptions {
-  // uids besides our own whose processes may attach (SO_PEERCRED check).
+  // uids besides our own and root's whose processes may attach (SO_PEERCRED check), or
+  // any uid at all.
   std::span<const uint32_t> allowed_uids;
+  bool any_uid = false;
   // Report write_from_any_memory = false, as a verbs device does, so that the engine's
   // registered-send-buffer path can be tested without RDMA hardware.
   bool staged_writes = false;

@@ -93,7 +93,8 @@ bool host_mac(Mac* mac) {
 }  // namespace
 
 bool peer_uid_allowed(uint32_t uid, uint32_t own_uid, std::span<const uint32_t> allowed) {
-  return uid == own_uid || std::find(allowed.begin(), allowed.end(), uid) != allowed.end();
+  return uid == own_uid || uid == 0 ||
+         std::find(allowed.begin(), allowed.end(), uid) != allowed.end();
 }
 
 Gid gid_for_instance(uint64_t instance_id) {
@@ -135,6 +136,7 @@ std::shared_ptr<DeviceState> DeviceState::create(const ShmOptions& options, std:
   state->own_uid_ = ::geteuid();
   state->owner_pid_ = ::getpid();
   state->allowed_uids_.assign(options.allowed_uids.begin(), options.allowed_uids.end());
+  state->any_uid_ = options.any_uid;
   state->staged_writes_ = options.staged_writes;
   return state;
 }
@@ -142,7 +144,7 @@ std::shared_ptr<DeviceState> DeviceState::create(const ShmOptions& options, std:
 DeviceState::~DeviceState() = default;
 
 bool DeviceState::uid_allowed(uint32_t uid) const {
-  return peer_uid_allowed(uid, own_uid_, allowed_uids_);
+  return any_uid_ || peer_uid_allowed(uid, own_uid_, allowed_uids_);
 }
 
 bool DeviceState::allocate_qp_num(uint32_t* qp_num, std::string* error) {

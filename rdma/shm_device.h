@@ -21,8 +21,8 @@ namespace smcpre::rdma::shm {
 
 class ShmQp;
 
-// The uid check both ends of a rendezvous apply to SO_PEERCRED: our own uid, or one
-// listed in ShmOptions::allowed_uids.
+// The uid check both ends of a rendezvous apply to SO_PEERCRED: our own uid, root (who
+// can read our memory anyway), or one listed in ShmOptions::allowed_uids.
 bool peer_uid_allowed(uint32_t uid, uint32_t own_uid, std::span<const uint32_t> allowed);
 
 // GID layout: fe80:0000:0000:0000 followed by the device's 64-bit instance id.
@@ -79,6 +79,7 @@ class DeviceState {
   uint32_t own_uid_ = 0;
   pid_t owner_pid_ = 0;
   std::vector<uint32_t> allowed_uids_;
+  bool any_uid_ = false;
   bool staged_writes_ = false;
 
   std::mutex mutex_;

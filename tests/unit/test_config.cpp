@@ -346,7 +346,10 @@ TEST_CASE("SMCPRE_SHM_UIDS", "[config]") {
   CHECK(uids[0] == 0);
   CHECK(uids[1] == 1000);
   CHECK(uids[2] == 4294967294u);
-  for (const char* v : {"", "4294967295", "99999999999", "1000,", "-1", "root", "1000 ,1001"}) {
+  CHECK_FALSE(good("SMCPRE_SHM_UIDS", "1000").shm_any_uid);
+  CHECK(good("SMCPRE_SHM_UIDS", "any").shm_any_uid);
+  for (const char* v :
+       {"", "4294967295", "99999999999", "1000,", "-1", "root", "1000 ,1001", "any,1000", "ANY"}) {
     bad("SMCPRE_SHM_UIDS", v);
   }
 }

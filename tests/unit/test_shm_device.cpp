@@ -33,9 +33,10 @@ namespace {
 // One process's side: device, PD, a WRITE target region, receive buffers, a QP.
 struct Side : DeviceSide {
   bool open(const QpConfig& qp_config, std::vector<uint32_t> allowed_uids = {},
-            size_t region_bytes = 64 * 1024) {
+            size_t region_bytes = 64 * 1024, bool any_uid = false) {
     ShmOptions options;
     options.allowed_uids = allowed_uids;
+    options.any_uid = any_uid;
     return open_on(open_shm_device(options, &error), qp_config, region_bytes);
   }
 };
@@ -78,6 +79,7 @@ TEST_CASE("shm: uid check and GID layout", "[shm]") {
   const uint32_t allowed[] = {1000, 1001};
   CHECK(shm::peer_uid_allowed(5, 5, {}));
   CHECK_FALSE(shm::peer_uid_allowed(6, 5, {}));
+  CHECK(shm::peer_uid_allowed(0, 5, {}));
   CHECK(shm::peer_uid_allowed(1001, 5, allowed));
   CHECK_FALSE(shm::peer_uid_allowed(1002, 5, allowed));
 
@@ -727,21 +729,20 @@ TEST_CASE("shm: peer credentials are checked against the allowed uids", "[shm][f
   constexpr uint32_t kOtherUid = 65534;
   Child child([](Channel& ch) {
     CHILD_CHECK(::setgid(kOtherUid) == 0 && ::setuid(kOtherUid) == 0);
+    // No list: the server's root uid is allowed without one.
     Side s;
-    CHILD_CHECK(s.open(small_config(), {0}));
+    CHILD_CHECK(s.open(small_config()));
     PeerInfo peer;
     // Round 1: the server does not allow us; our hello still goes out.
     CHILD_CHECK(rendezvous(s, ch, Role::kClient, &peer));
-    // Round 2: allowed.
-    CHILD_CHECK(s.new_qp());
-    CHILD_CHECK(rendezvous(s, ch, Role::kClient, &peer));
-    CHILD_CHECK(s.qp->post_send_inline("hi", 2, 1, false) == 0);
-    // Round 3: we do not allow the server (uid 0).
-    Side strict;
-    CHILD_CHECK(strict.open(small_config()));
-    CHILD_CHECK(ch.get(&peer));
-    CHILD_CHECK(!strict.qp->connect(peer.endpoint, Role::kClient, 1000, &strict.error));
-    CHILD_CHECK(strict.error == "peer credentials rejected (uid 0)");
+    // Rounds 2 (our uid listed) and 3 (any uid): allowed.
+    for (int round = 2; round <= 3; ++round) {
+      CHILD_CHECK(s.new_qp());
+      CHILD_CHECK(rendezvous(s, ch, Role::kClient, &peer));
+      CHILD_CHECK(s.qp->post_send_inline("hi", 2, 1, false) == 0);
+      // Keep this QP until the server has connected and received.
+      CHILD_CHECK(ch.get(&peer));
+    }
     return 0;
   });
   Channel& ch = child.channel();
@@ -752,16 +753,24 @@ TEST_CASE("shm: peer credentials are checked against the allowed uids", "[shm][f
     CHECK_FALSE(rendezvous(s, ch, Role::kServer, &peer));
     CHECK(s.error == "peer credentials rejected (uid 65534)");
   }
-  Side s;
-  REQUIRE(s.open(small_config(), {kOtherUid}));
-  REQUIRE(s.post_all_recvs());
-  PeerInfo peer;
-  REQUIRE(rendezvous(s, ch, Role::kServer, &peer));
-  auto got = receive(s, 1);
-  REQUIRE(got.size() == 1);
-  CHECK(std::string(got[0].begin(), got[0].end()) == "hi");
-  REQUIRE(s.new_qp());
-  REQUIRE(ch.put(info_of(s)));
+  for (bool any_uid : {false, true}) {
+    CAPTURE(any_uid);
+    Side s;
+    if (any_uid) {
+      REQUIRE(s.open(small_config(), {}, 64 * 1024, true));
+    } else {
+      REQUIRE(s.open(small_config(), {kOtherUid}));
+    }
+    REQUIRE(s.post_all_recvs());
+    PeerInfo peer;
+    const bool connected = rendezvous(s, ch, Role::kServer, &peer);
+    INFO(s.error);
+    REQUIRE(connected);
+    auto got = receive(s, 1);
+    REQUIRE(got.size() == 1);
+    CHECK(std::string(got[0].begin(), got[0].end()) == "hi");
+    REQUIRE(ch.put(info_of(s)));
+  }
   CHECK(child.wait() == 0);
 }
 
