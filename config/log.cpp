@@ -22,6 +22,7 @@
 #include <system_error>
 
 #include "config/config.h"
+#include "config/high_fd.h"
 #include "config/sys.h"
 
 namespace smcpre::log {
@@ -80,7 +81,8 @@ void write_stderr(const std::string& line) {
 // Opens SMCPRE_LOG_FILE for appending, close-on-exec (our fds never leak into exec'd
 // programs, which spdlog's own file sink cannot promise). nullptr and errno on failure.
 FILE* open_log_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
+  int fd = sys::move_fd_high(
+      ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644));
   if (fd < 0) return nullptr;
   FILE* file = ::fdopen(fd, "a");
   if (file == nullptr) {

@@ -16,6 +16,7 @@
 #include <system_error>
 
 #include "config/config.h"
+#include "config/high_fd.h"
 #include "config/sys.h"
 
 namespace smcpre::registry {
@@ -94,7 +95,8 @@ bool ensure_directories(const std::string& runtime_dir, std::string* error) {
 // or -1 with *error set.
 int lock_shared(const std::string& path, std::string* error) {
   for (int attempt = 0; attempt < kPublishAttempts; ++attempt) {
-    int fd = ::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0644);
+    int fd =
+        sys::move_fd_high(::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0644));
     if (fd < 0) {
       if (errno == EINTR) continue;
       set_error(error, "cannot open " + path + ": " + errno_text(errno));

@@ -61,9 +61,6 @@ inline int shutdown(int fd, int how) {
 inline int fcntl(int fd, int cmd, long arg = 0) {
   return static_cast<int>(::syscall(SYS_fcntl, fd, cmd, arg));
 }
-inline int dup_cloexec(int fd) {
-  return fcntl(fd, F_DUPFD_CLOEXEC, 0);
-}
 inline int poll(pollfd* fds, nfds_t n, int timeout_ms) {
   return static_cast<int>(::syscall(SYS_poll, fds, n, timeout_ms));
 }

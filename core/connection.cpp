@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "config/config.h"
+#include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
 #include "core/link_group.h"
@@ -448,7 +449,7 @@ void Connection::finish_if_closed() {
 }
 
 void Connection::watch_tcp(int fd) {
-  const int dup = sys::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  const int dup = sys::dup_high(fd);
   if (dup < 0) return;  // the keepalive still notices a dead peer, only later
   tcp_watch_.store(progress_thread().watch_tcp(weak_from_this(), dup));
   if (finished()) {

@@ -8,6 +8,7 @@
 #include <cerrno>
 
 #include "config/config.h"
+#include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
 #include "core/connection.h"
@@ -48,8 +49,8 @@ ProgressThread::~ProgressThread() {
 
 bool ProgressThread::ensure_started() {
   if (thread_.joinable()) return true;
-  if (epoll_fd_ < 0) epoll_fd_ = sys::epoll_create1(EPOLL_CLOEXEC);
-  if (kick_fd_ < 0) kick_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (epoll_fd_ < 0) epoll_fd_ = sys::move_fd_high(sys::epoll_create1(EPOLL_CLOEXEC));
+  if (kick_fd_ < 0) kick_fd_ = sys::move_fd_high(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (epoll_fd_ < 0 || kick_fd_ < 0) {
     SMC_LOG_ERROR("progress thread: cannot create epoll/eventfd: errno {}", errno);
     return false;

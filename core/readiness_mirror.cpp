@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <system_error>
 
+#include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
 
@@ -41,6 +42,8 @@ std::unique_ptr<ReadinessMirror> ReadinessMirror::create(std::string* error) {
     *error = errno_text("socketpair");
     return nullptr;
   }
+  sv[0] = sys::move_fd_high(sv[0]);
+  sv[1] = sys::move_fd_high(sv[1]);
   // From here on the destructor closes both ends.
   std::unique_ptr<ReadinessMirror> m(new ReadinessMirror(sv[0], sv[1]));
   const int request = kAppSndbufRequest;

@@ -22,6 +22,7 @@
 #include <new>
 #include <vector>
 
+#include "config/high_fd.h"
 #include "config/log.h"
 #include "config/registry.h"
 #include "config/sys.h"
@@ -164,7 +165,7 @@ class SmcSocket final : public Socket {
       return;
     }
     if (state != State::kSmc || !connection_) return;
-    connection_->close(sys::dup_cloexec(fd), abort_on_close_.load());
+    connection_->close(sys::dup_high(fd), abort_on_close_.load());
   }
 
   bool take_so_error(int* error) override {
@@ -228,7 +229,7 @@ class SmcSocket final : public Socket {
   void linger(int fd) {
     EngineState* engine = EngineState::get();
     if (!engine) return;
-    const int held = sys::dup_cloexec(fd);
+    const int held = sys::dup_high(fd);
     if (held < 0) return;
     sys::shutdown(held, SHUT_WR);
     progress_thread().linger_close(

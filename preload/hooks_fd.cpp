@@ -21,6 +21,7 @@
 #include <climits>
 #include <cstdarg>
 
+#include "config/high_fd.h"
 #include "config/sys.h"
 #include "preload/interpose.h"
 
@@ -69,7 +70,7 @@ int dup2_common(int oldfd, int newfd, int flags, bool is_dup3) {
   }
   int keep = -1;
   if (victim != nullptr && victim->socket != nullptr) {
-    keep = sys::dup_cloexec(newfd);
+    keep = sys::dup_high(newfd);
     if (keep < 0) {
       // No fd left for the duplicate: treat newfd as closed up front, like close()
       // would, unless the call is bound to fail on oldfd anyway.

@@ -13,6 +13,7 @@
 #include <string>
 #include <utility>
 
+#include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
 #include "rdma/shm_qp.h"
@@ -173,7 +174,8 @@ void DeviceState::release_qp_num(uint32_t qp_num) {
 }
 
 bool DeviceState::start_listener_locked(std::string* error) {
-  UniqueFd sock(sys::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  UniqueFd sock(
+      sys::move_fd_high(sys::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)));
   if (!sock.valid()) {
     *error = errno_text("rendezvous socket", errno);
     return false;
@@ -195,7 +197,8 @@ bool DeviceState::start_listener_locked(std::string* error) {
 
 void DeviceState::accept_locked(int64_t now) {
   for (;;) {
-    UniqueFd sock(sys::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    UniqueFd sock(sys::move_fd_high(
+        sys::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK)));
     if (!sock.valid()) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) {

@@ -15,6 +15,7 @@
 #include <string>
 #include <utility>
 
+#include "config/high_fd.h"
 #include "config/sys.h"
 #include "rdma/shm_ring.h"
 
@@ -108,7 +109,7 @@ class SharedMemory {
   bool create(const char* name, size_t length, std::string* error) {
     reset();
     const size_t bytes = round_up(length, page_size());
-    UniqueFd fd(::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    UniqueFd fd(sys::move_fd_high(::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)));
     if (!fd.valid()) return fail(error, errno_text("memfd_create", errno));
     if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) {
       return fail(error, errno_text("ftruncate", errno));

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <utility>
 
+#include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
 
@@ -194,12 +195,12 @@ bool ShmQp::init(std::string* error) {
   const RingGeometry geometry{config_.recv_depth, config_.max_inline};
   if (!ring_.create("smcpre-rq", geometry.bytes(), error)) return false;
   rx_.init(ring_.addr(), geometry);
-  event_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  event_fd_.reset(sys::move_fd_high(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)));
   if (!event_fd_.valid()) {
     *error = errno_text("eventfd", errno);
     return false;
   }
-  epoll_fd_.reset(sys::epoll_create1(EPOLL_CLOEXEC));
+  epoll_fd_.reset(sys::move_fd_high(sys::epoll_create1(EPOLL_CLOEXEC)));
   if (!epoll_fd_.valid()) {
     *error = errno_text("epoll_create1", errno);
     return false;
@@ -276,7 +277,8 @@ bool ShmQp::connect_client(int64_t deadline, std::string* error) {
     *error = "peer GID is not an shm device GID";
     return false;
   }
-  UniqueFd sock(sys::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  UniqueFd sock(
+      sys::move_fd_high(sys::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)));
   if (!sock.valid()) {
     *error = errno_text("rendezvous socket", errno);
     return false;

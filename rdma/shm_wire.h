@@ -25,6 +25,7 @@
 #include <span>
 #include <string>
 
+#include "config/high_fd.h"
 #include "config/sys.h"
 #include "rdma/shm_memory.h"
 
@@ -147,7 +148,7 @@ inline RecvStatus recv_message(int sock, ReceivedMsg* out, std::string* why) {
         int fd;
         std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
         if (nfds < kMaxMsgFds) {
-          out->fds[nfds++].reset(fd);
+          out->fds[nfds++].reset(sys::move_fd_high(fd));
         } else {
           sys::close(fd);
           extra_fds = true;
