@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+"""Real programs nobody here wrote, under the preload on both ends (issue 4): redis-server
+with redis-benchmark and redis-cli, nginx (master + worker processes, sendfile) with curl
+and wrk, iperf3, sockperf and socat. (A Python asyncio server and client run in
+test_events.py.)
+
+Every case runs twice, under the preload and as plain TCP, and checks that the outputs
+agree (file contents, key counts, command counts, stream counts, message accounting).
+
+The path is proven by the kernel, not by smcpre: the tests run in a network namespace of
+their own, so its IP counters (IpExt InOctets, Tcp ActiveOpens) see only the test's own
+traffic. Over SMC, TCP carries the handshakes only: at most HANDSHAKE_BUDGET bytes per
+TCP connection opened. The plain-TCP run of each case must exceed that same bound, which
+shows the check can fail.
+
+  test_apps.py            quick sizes (part of the default scripts/test)
+  test_apps.py --full     the sizes the issue names (scripts/test --apps)
+"""
+
+import ctypes
+import json
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import MIB, SMC_ESTABLISHED, SmcTestCase, main  # noqa: E402
+
+FULL = "--full" in sys.argv
+if FULL:
+    sys.argv.remove("--full")
+
+# IP bytes (headers included) one TCP connection may carry when its payload moved over
+# SMC: SYN, SYN-ACK, the CLC Proposal, Accept and Confirm, ACKs, FIN exchange.
+HANDSHAKE_BUDGET = 2048
+# Slack for the namespace's own noise (there is none expected: nothing else runs there).
+SLACK = 4096
+
+SIZES = {
+    # name: (quick, full)
+    "redis_requests": (20000, 100000),
+    "redis_value": (10 * MIB, 10 * MIB),
+    "nginx_file": (100 * MIB, 100 * MIB),
+    "wrk_seconds": (2, 5),
+    "iperf_seconds": (1, 5),
+    "sockperf_seconds": (1, 3),
+    "socat_file": (32 * MIB, 256 * MIB),
+}
+
+
+def size(name):
+    return SIZES[name][1 if FULL else 0]
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def enter_private_netns():
+    """Moves this process (its main thread, which starts every program) into a new
+    network namespace with only lo, up. Raises SkipTest when that is not allowed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        raise unittest.SkipTest("cannot create a network namespace (%s): the path proof "
+                                "needs one; run as root" % os.strerror(ctypes.get_errno()))
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=30)
+
+
+def _table(path, prefix):
+    with open(path) as f:
+        lines = [l.split() for l in f if l.startswith(prefix + ":")]
+    return dict(zip(lines[0][1:], (int(v) for v in lines[1][1:])))
+
+
+def net_counters():
+    """(IP bytes received, TCP connections actively opened) in our namespace."""
+    ip = _table("/proc/thread-self/net/netstat", "IpExt")
+    tcp = _table("/proc/thread-self/net/snmp", "Tcp")
+    return ip["InOctets"], tcp["ActiveOpens"]
+
+
+def listening(port):
+    """True once a TCP socket listens on `port` (read from /proc, no connection made:
+    a probe connection would be an extra client to the program under test)."""
+    for path in ("/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppsTest(SmcTestCase):
+
+    PROGRAMS = ("redis-server", "redis-benchmark", "redis-cli", "nginx", "curl", "wrk",
+                "iperf3", "sockperf", "socat")
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        enter_private_netns()
+
+    def setUp(self):
+        super().setUp()
+        self.work = tempfile.mkdtemp(prefix="smcpre-apps-")
+
+    def tearDown(self):
+        super().tearDown()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def need(self, *programs):
+        missing = [p for p in programs if shutil.which(p) is None and
+                   not os.path.exists(os.path.join("/usr/sbin", p))]
+        if missing:
+            self.skipTest("not installed: %s (scripts/deps installs them)" % ", ".join(missing))
+
+    # ---- running programs -------------------------------------------------------------
+
+    def server(self, argv, port, preload, env=None, name=None, timeout=20):
+        p = self.start(argv, preload, env, name or os.path.basename(argv[0]))
+        deadline = time.monotonic() + timeout
+        while not listening(port):
+            if not p.alive() or time.monotonic() > deadline:
+                p.kill()
+                self.fail("%s did not listen on %d\n%s" % (p.name, port, p.describe()))
+            time.sleep(0.02)
+        return p
+
+    def run_client(self, argv, preload, env=None, timeout=120, name=None, others=()):
+        p = self.start(argv, preload, env, name or os.path.basename(argv[0]))
+        self.finish(p, timeout, 0, others)
+        return p
+
+    def stop(self, proc, timeout=20):
+        if proc.alive():
+            proc.popen.terminate()
+        if proc.finish(timeout) is None:
+            self.fail("%s did not stop\n%s" % (proc.name, proc.describe()))
+
+    # ---- path proofs ------------------------------------------------------------------
+
+    def measured(self, body):
+        """Runs body(); returns (its result, IP bytes, TCP connections opened)."""
+        octets0, opens0 = net_counters()
+        result = body()
+        octets1, opens1 = net_counters()
+        return result, octets1 - octets0, opens1 - opens0
+
+    def assert_path(self, preload, octets, opens, procs):
+        bound = opens * HANDSHAKE_BUDGET + SLACK
+        sys.stderr.write("  %s: %d TCP connections, %d IP bytes (SMC bound %d)\n" % (
+            "preload" if preload else "plain TCP", opens, octets, bound))
+        self.assertGreater(opens, 0, "no TCP connection was opened")
+        if preload:
+            self.assertLessEqual(
+                octets, bound,
+                "%d IP bytes for %d connections: the payload went over TCP, not SMC\n%s"
+                % (octets, opens, self.describe_all(procs)))
+            for p in procs:
+                text = p.stderr_text()
+                self.assertNotIn("falls back to TCP", text, p.describe())
+        else:
+            self.assertGreater(
+                octets, bound,
+                "plain TCP moved only %d IP bytes over %d connections: the SMC proof "
+                "would not catch TCP" % (octets, opens))
+
+    def both_paths(self, run):
+        """run(preload) -> (result, procs); returns {True: result over SMC, False: TCP}."""
+        results = {}
+        for preload in (True, False):
+            (result, procs), octets, opens = self.measured(lambda: run(preload))
+            self.assert_path(preload, octets, opens, procs)
+            if preload:
+                for p in procs:
+                    self.assertIn(SMC_ESTABLISHED, p.stderr_text(), p.describe())
+            results[preload] = result
+        return results
+
+    # ---- redis ------------------------------------------------------------------------
+
+    def redis(self, preload):
+        port = free_port()
+        srv = self.server(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                           "--save", "", "--appendonly", "no", "--dir", self.work],
+                          port, preload, name="redis-server")
+        return srv, port
+
+    def redis_cli(self, port, args, preload, stdin_path=os.devnull, stdout_path=None):
+        """Runs redis-cli to completion; its stdout goes to `stdout_path` if given, else
+        is returned in the result."""
+        argv = ["redis-cli", "-p", str(port)] + list(args)
+        with open(stdin_path, "rb") as fin, \
+                open(stdout_path or os.devnull, "wb") as fout:
+            out = subprocess.run(argv, env=self.env(preload), stdin=fin,
+                                 stdout=fout if stdout_path else subprocess.PIPE,
+                                 stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(out.returncode, 0, "%s: %s" % (argv, out.stderr))
+        return out
+
+    def test_redis_benchmark(self):
+        """redis-benchmark SET/GET with 50 clients, with and without -P 16: every request
+        is answered, and the server counted the same commands on both paths."""
+        self.need("redis-server", "redis-benchmark", "redis-cli")
+        n = size("redis_requests")
+
+        def run(preload):
+            srv, port = self.redis(preload)
+            results = []
+            procs = [srv]
+            for pipeline in ("1", "16"):
+                bench = self.run_client(
+                    ["redis-benchmark", "-p", str(port), "-t", "set,get", "-c", "50",
+                     "-n", str(n), "-P", pipeline, "--csv"], preload, others=[srv])
+                procs.append(bench)
+                rows = [l for l in bench.stdout_lines if l.startswith('"')]
+                names = [r.split(",")[0].strip('"') for r in rows[1:]]
+                results.append(names)
+            info = self.redis_cli(port, ["info", "commandstats"], preload).stdout.decode()
+            calls = {m.group(1): int(m.group(2))
+                     for m in re.finditer(r"cmdstat_(set|get):calls=(\d+)", info)}
+            dbsize = self.redis_cli(port, ["dbsize"], preload).stdout.decode().strip()
+            self.stop(srv)
+            return (results, calls, dbsize), procs
+
+        got = self.both_paths(run)
+        self.assertEqual(got[True], got[False])
+        results, calls, _ = got[True]
+        self.assertEqual(results, [["SET", "GET"], ["SET", "GET"]])
+        self.assertEqual(calls, {"set": 2 * n, "get": 2 * n})
+
+    def test_redis_cli_large_value(self):
+        """redis-cli stores a 10 MiB value and reads it back byte for byte."""
+        self.need("redis-server", "redis-cli")
+        value = os.path.join(self.work, "value")
+        with open(value, "wb") as f:
+            # Printable, no newline: redis-cli -x sends stdin as is, --raw prints it back
+            # followed by one newline.
+            f.write(os.urandom(size("redis_value") * 3 // 4).hex().encode()[:size("redis_value")])
+
+        def run(preload):
+            srv, port = self.redis(preload)
+            self.redis_cli(port, ["-x", "set", "big"], preload, stdin_path=value)
+            back = os.path.join(self.work, "back-%d" % preload)
+            self.redis_cli(port, ["--raw", "get", "big"], preload, stdout_path=back)
+            with open(back, "rb") as f, open(value, "rb") as g:
+                same = f.read() == g.read() + b"\n"
+            self.stop(srv)
+            return same, [srv]
+
+        got = self.both_paths(run)
+        self.assertEqual(got, {True: True, False: True})
+
+    # ---- nginx ------------------------------------------------------------------------
+
+    def nginx(self, preload, port, root):
+        conf = os.path.join(self.work, "nginx.conf")
+        user = "user nobody nogroup;" if os.geteuid() == 0 else ""
+        with open(conf, "w") as f:
+            f.write("""daemon off; master_process on; worker_processes 2; %s
+pid %s/nginx.pid; error_log stderr info;
+events { worker_connections 1024; }
+http {
+  access_log off; sendfile on; keepalive_requests 100000;
+  client_body_temp_path %s/cb; proxy_temp_path %s/px; fastcgi_temp_path %s/fc;
+  uwsgi_temp_path %s/uw; scgi_temp_path %s/sc;
+  server { listen 127.0.0.1:%d; root %s; }
+}
+""" % (user, self.work, self.work, self.work, self.work, self.work, self.work, port, root))
+        os.chmod(self.work, 0o755)
+        return self.server(["nginx", "-c", conf, "-p", self.work], port, preload,
+                           name="nginx")
+
+    def test_nginx_curl_and_wrk(self):
+        """nginx with two worker processes (fork; they run as nobody when we are root)
+        serves a 100 MiB file to curl (sendfile on the SMC socket) and to wrk."""
+        self.need("nginx", "curl", "wrk")
+        root = os.path.join(self.work, "www")
+        os.mkdir(root)
+        os.chmod(root, 0o755)
+        big = os.path.join(root, "big.bin")
+        with open(big, "wb") as f:
+            for _ in range(size("nginx_file") // MIB):
+                f.write(os.urandom(MIB))
+        os.chmod(big, 0o644)
+        # The workers' uid must be allowed to attach over shm by the clients.
+        client_env = {"SMCPRE_SHM_UIDS": str(pwd.getpwnam("nobody").pw_uid)}
+
+        def run(preload):
+            port = free_port()
+            srv = self.nginx(preload, port, root)
+            url = "http://127.0.0.1:%d/big.bin" % port
+            got = os.path.join(self.work, "got-%d" % preload)
+            curl = self.run_client(["curl", "-sS", "--fail", "-o", got, url], preload,
+                                   client_env, others=[srv])
+            same = subprocess.run(["cmp", "-s", got, big]).returncode == 0
+            os.unlink(got)
+            wrk = self.run_client(["wrk", "-t", "2", "-c", "16", "-d",
+                                   "%ds" % size("wrk_seconds"), "--timeout", "10s", url],
+                                  preload, client_env, others=[srv])
+            text = "\n".join(wrk.stdout_lines)
+            requests = int(re.search(r"(\d+) requests in", text).group(1))
+            problems = re.findall(r"Socket errors:.*|Non-2xx.*", text)
+            self.stop(srv)
+            return (same, requests > 0, problems), [srv, curl, wrk]
+
+        got = self.both_paths(run)
+        self.assertEqual(got[True], (True, True, []), "over SMC")
+        self.assertEqual(got[True], got[False])
+
+    # ---- iperf3 -----------------------------------------------------------------------
+
+    def iperf(self, preload, args):
+        port = free_port()
+        srv = self.server(["iperf3", "-s", "-1", "-p", str(port)], port, preload,
+                          name="iperf3-server")
+        cli = self.run_client(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-J", "-t",
+                               str(size("iperf_seconds"))] + list(args), preload,
+                              others=[srv])
+        if srv.finish(20) is None:
+            self.fail("iperf3 server did not end\n%s" % srv.describe())
+        report = json.loads("\n".join(cli.stdout_lines))
+        return report, [srv, cli]
+
+    def test_iperf3(self):
+        """iperf3 -P 1, -P 4 and -R: every stream completes, data flows the way asked."""
+        self.need("iperf3")
+        for args in ([], ["-P", "4"], ["-R"]):
+            with self.subTest(args=args):
+                def run(preload):
+                    report, procs = self.iperf(preload, args)
+                    end = report["end"]
+                    streams = len(end["streams"])
+                    ok = (report.get("error") is None and end["sum_received"]["bytes"] > 0
+                          and end["sum_sent"]["bytes"] >= end["sum_received"]["bytes"])
+                    reverse = report["start"]["test_start"]["reverse"]
+                    return (ok, streams, reverse), procs
+
+                got = self.both_paths(run)
+                self.assertEqual(got[True], got[False])
+                self.assertEqual(got[True], (True, 4 if "-P" in args else 1,
+                                             1 if "-R" in args else 0))
+
+    # ---- sockperf ---------------------------------------------------------------------
+
+    def test_sockperf(self):
+        """sockperf ping-pong (every message answered, none dropped, duplicated or out of
+        order) and throughput against one sockperf server."""
+        self.need("sockperf")
+
+        def run(preload):
+            port = free_port()
+            srv = self.server(["sockperf", "sr", "--tcp", "-i", "127.0.0.1", "-p",
+                               str(port)], port, preload, name="sockperf-server")
+            t = str(size("sockperf_seconds"))
+            pp = self.run_client(["sockperf", "pp", "--tcp", "-i", "127.0.0.1", "-p",
+                                  str(port), "-t", t], preload, others=[srv])
+            tp = self.run_client(["sockperf", "tp", "--tcp", "-i", "127.0.0.1", "-p",
+                                  str(port), "-t", t, "-m", "1400"], preload, others=[srv])
+            pp_text = "\n".join(pp.stdout_lines + pp.stderr_lines)
+            tp_text = "\n".join(tp.stdout_lines + tp.stderr_lines)
+            m = re.search(r"\[Valid Duration\].*SentMessages=(\d+); ReceivedMessages=(\d+)",
+                          pp_text)
+            clean = "# dropped messages = 0; # duplicated messages = 0; " \
+                    "# out-of-order messages = 0" in pp_text
+            sent = re.search(r"Total of (\d+) messages sent", tp_text)
+            self.stop(srv)
+            return (m is not None and m.group(1) == m.group(2) and int(m.group(1)) > 0,
+                    clean, sent is not None and int(sent.group(1)) > 0), [srv, pp, tp]
+
+        got = self.both_paths(run)
+        self.assertEqual(got[True], (True, True, True))
+        self.assertEqual(got[True], got[False])
+
+    # ---- socat ------------------------------------------------------------------------
+
+    def test_socat_relay(self):
+        """A file through socat: source -> relay (TCP-LISTEN to TCP) -> sink, two SMC
+        connections in a row; the sink's file equals the source's."""
+        self.need("socat")
+        data = os.path.join(self.work, "data")
+        with open(data, "wb") as f:
+            for _ in range(size("socat_file") // MIB):
+                f.write(os.urandom(MIB))
+
+        def run(preload):
+            sink_port, relay_port = free_port(), free_port()
+            out = os.path.join(self.work, "out-%d" % preload)
+            sink = self.server(["socat", "-u", "TCP-LISTEN:%d,bind=127.0.0.1" % sink_port,
+                                "CREATE:" + out], sink_port, preload, name="socat-sink")
+            relay = self.server(["socat", "TCP-LISTEN:%d,bind=127.0.0.1" % relay_port,
+                                 "TCP:127.0.0.1:%d" % sink_port], relay_port, preload,
+                                name="socat-relay")
+            src = self.run_client(["socat", "-u", "OPEN:" + data,
+                                   "TCP:127.0.0.1:%d" % relay_port], preload,
+                                  others=[sink, relay], name="socat-source")
+            for p in (relay, sink):
+                self.finish(p, 60, 0, [src])
+            same = subprocess.run(["cmp", "-s", out, data]).returncode == 0
+            os.unlink(out)
+            return same, [sink, relay, src]
+
+        got = self.both_paths(run)
+        self.assertEqual(got, {True: True, False: True})
+
+
+if __name__ == "__main__":
+    main()
