@@ -181,7 +181,6 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
   size_t copied = 0;
   int64_t deadline = -1;
   while (true) {
-    if (shut_rd_.load(std::memory_order_relaxed)) return static_cast<ssize_t>(copied);
     const uint64_t available = rx_available();
     if (available > 0) {
       const size_t n = std::min<uint64_t>(available, want - copied);
@@ -194,14 +193,20 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
       if (!waitall || copied == want) return static_cast<ssize_t>(copied);
       continue;
     }
-    // Nothing buffered: end of stream, error, or wait. An orderly close the peer sent
-    // before its link went away is still an orderly close (EOF), as TCP's FIN would be.
-    if (peer_aborted_.load(std::memory_order_acquire)) return end_with_reset(copied);
+    // Nothing buffered: end of stream, error, or wait. After shutdown(SHUT_RD) that is
+    // end of stream, while data that arrives is still read (as Linux TCP does). An
+    // orderly close the peer sent before its link went away is still an orderly close
+    // (EOF), as TCP's FIN would be.
+    // TCP's order: the peer's FIN, then a pending error, then our own SHUT_RD.
+    if (peer_aborted_.load(std::memory_order_acquire) && !abort_after_fin_.load()) {
+      return end_with_reset(copied);
+    }
     if (peer_done_writing_.load(std::memory_order_acquire) ||
         peer_closed_.load(std::memory_order_acquire)) {
       return static_cast<ssize_t>(copied);
     }
     if (link_down_.load(std::memory_order_acquire)) return end_with_reset(copied);
+    if (shut_rd_.load(std::memory_order_relaxed)) return static_cast<ssize_t>(copied);
     if (dontwait) {
       if (copied > 0) return static_cast<ssize_t>(copied);
       errno = EAGAIN;
@@ -225,8 +230,11 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
 
 ssize_t Connection::end_with_reset(size_t copied) {
   if (copied > 0) return static_cast<ssize_t>(copied);
-  int error = pending_error_.exchange(0);
-  errno = error != 0 ? error : ECONNRESET;
+  // As on TCP, a reset is reported once (by a read or SO_ERROR); reads after that find
+  // the connection shut down and return 0.
+  const int error = pending_error_.exchange(0);
+  if (error == 0) return 0;
+  errno = error;
   return -1;
 }
 
@@ -483,6 +491,10 @@ void Connection::finish() {
 
 void Connection::protocol_error(const char* what) {
   SMC_LOG_WARN("connection {:#x}: protocol error from peer ({}): aborting", local_token_, what);
+  abort_here();
+}
+
+void Connection::abort_here() {
   pending_error_.store(ECONNRESET);
   if (!aborted_.exchange(true)) send_cdc(CdcContext::kReceiver);
   peer_aborted_.store(true);  // no more data accepted from the peer
@@ -504,6 +516,12 @@ void Connection::on_cdc(const cdc::Message& msg) {
     if (*prod - rx_cons_.load(std::memory_order_acquire) > rmb_size_) {
       return protocol_error("producer cursor more than one ring ahead");
     }
+    if (shut_rd_.load() && shut_wr_.load()) {
+      // Data for a socket shut in both directions: TCP drops it and answers with a
+      // reset (RFC 793; the peer's writes fail from then on), and so do we.
+      SMC_LOG_DEBUG("connection {:#x}: data after shutdown(SHUT_RDWR): reset", local_token_);
+      return abort_here();
+    }
     rx_peer_prod_.store(*prod, std::memory_order_release);
   }
   if (peer_ready_.load(std::memory_order_acquire)) {
@@ -517,11 +535,16 @@ void Connection::on_cdc(const cdc::Message& msg) {
       tx_peer_cons_.store(*cons, std::memory_order_release);
     }
   }
+  // Whether the peer's FIN (done writing or closed) came before this message.
+  const bool fin_before = peer_done_writing_.load() || peer_closed_.load();
   if (msg.write_blocked || msg.cons_curs_upd_req) peer_write_blocked_.store(true);
   if (msg.peer_done_writing) peer_done_writing_.store(true, std::memory_order_release);
   if (msg.peer_conn_closed) peer_closed_.store(true, std::memory_order_release);
   if (msg.peer_conn_abort) {
-    pending_error_.store(ECONNRESET);
+    // As TCP on a reset: after the peer's FIN (CLOSE_WAIT) reads still end in EOF and
+    // writes fail with EPIPE; otherwise both fail with ECONNRESET.
+    abort_after_fin_.store(fin_before);
+    pending_error_.store(fin_before ? EPIPE : ECONNRESET);
     peer_aborted_.store(true, std::memory_order_release);
   }
   queue_.wake();
@@ -585,7 +608,8 @@ MirrorState Connection::mirror_state() const {
   m.readable = rx_available() > 0;
   m.writable = (peer_ready_.load() && tx_space() > 0) || shut_wr_.load() || peer_closed_.load();
   m.peer_done = peer_done || shut_rd_.load();
-  m.closed = peer_done && shut_wr_.load();
+  // TCP's HUP: both directions shut, whichever end shut the receiving one.
+  m.closed = (peer_done || shut_rd_.load()) && shut_wr_.load();
   m.reset = reset;
   // TCP's ERR goes once the error has been taken by a read or SO_ERROR.
   m.error_reported = reset && pending_error_.load() == 0;

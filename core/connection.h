@@ -100,6 +100,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   int post_cdc_locked(bool write_blocked);
   void flush_pending_cdc();
   void maybe_announce_consumed();
+  // Aborts the connection from our side: the peer is sent an abort, our reads and writes
+  // fail with ECONNRESET, nothing more is accepted from the peer.
+  void abort_here();
   void protocol_error(const char* what);
   void finish_if_closed();
   void finish();
@@ -164,6 +167,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::atomic<bool> peer_closed_{false};
   std::atomic<bool> peer_aborted_{false};
   // What we did.
+  std::atomic<bool> abort_after_fin_{false};  // the peer aborted after its FIN
   std::atomic<bool> shut_rd_{false};
   std::atomic<bool> shut_wr_{false};
   std::atomic<bool> closed_{false};

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <system_error>
 
@@ -30,11 +31,18 @@ constexpr int kAppSndbufRequest = 4096;
 
 constexpr int kSendFlags = MSG_DONTWAIT | MSG_NOSIGNAL;
 
+// fork() calls seen in this process (ReadinessMirror::note_fork).
+std::atomic<uint64_t> g_forks{0};
+
 std::string errno_text(const char* what) {
   return std::string(what) + ": " + std::system_category().message(errno);
 }
 
 }  // namespace
+
+void ReadinessMirror::note_fork() noexcept {
+  g_forks.fetch_add(1, std::memory_order_acq_rel);
+}
 
 std::unique_ptr<ReadinessMirror> ReadinessMirror::create(std::string* error) {
   int sv[2];
@@ -46,6 +54,7 @@ std::unique_ptr<ReadinessMirror> ReadinessMirror::create(std::string* error) {
   sv[1] = sys::move_fd_high(sv[1]);
   // From here on the destructor closes both ends.
   std::unique_ptr<ReadinessMirror> m(new ReadinessMirror(sv[0], sv[1]));
+  m->forks_at_creation_ = g_forks.load(std::memory_order_acquire);
   const int request = kAppSndbufRequest;
   int sndbuf = 0;
   socklen_t len = sizeof sndbuf;
@@ -200,9 +209,12 @@ void ReadinessMirror::do_reset(bool error_reported) {
   // The kernel leaves ECONNRESET on app_fd when engine_fd goes with bytes unread, and
   // nothing when it goes empty: how TCP looks once the error has been read.
   if (error_reported ? !drain_send_queue() : !ensure_primer()) return;
-  // The shutdown gives app_fd HUP even if a forked child still holds engine_fd, so that
-  // the close below does not release it.
-  sys::shutdown(engine_fd_, SHUT_RDWR);
+  // Closing engine_fd gives app_fd HUP and ERR in one step. If a child forked since this
+  // mirror was made holds a copy, the close releases nothing: shutting it down first gives
+  // HUP all the same (ERR then follows when the last copy goes).
+  if (g_forks.load(std::memory_order_acquire) != forks_at_creation_) {
+    sys::shutdown(engine_fd_, SHUT_RDWR);
+  }
   sys::close(engine_fd_);
   engine_fd_ = -1;
   out_bytes_ = 0;

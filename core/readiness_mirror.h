@@ -83,8 +83,13 @@ class ReadinessMirror {
   // around the call): otherwise an older view applied last would win.
   void apply(const MirrorState& state, bool new_data);
 
+  // Called in the parent after every fork(): mirrors that existed then may have a copy of
+  // engine_fd in the child, so a reset must shut it down explicitly (see do_reset).
+  static void note_fork() noexcept;
+
  private:
   // What app_fd shows. `readable` is the bytes queued to app_fd being > 0.
+  uint64_t forks_at_creation_ = 0;
   struct Shown {
     bool writable = true;
     bool peer_done = false;

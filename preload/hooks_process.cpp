@@ -19,6 +19,7 @@
 #include <cstdlib>
 
 #include "config/log.h"
+#include "core/readiness_mirror.h"
 #include "preload/interpose.h"
 
 namespace smcpre::preload {
@@ -38,6 +39,10 @@ void on_fork_child() {
   saved.restore();
 }
 
+void on_fork_parent() {
+  smcpre::core::ReadinessMirror::note_fork();
+}
+
 void on_exit() {
   SavedErrno saved;
   engine_call("at_exit", 0, [] {
@@ -51,7 +56,7 @@ void register_process_handlers() {
   owner_pid.store(getpid(), std::memory_order_relaxed);
   // Both can fail only for lack of memory. Say so loudly rather than fail the
   // application's socket call.
-  if (int rc = pthread_atfork(nullptr, nullptr, on_fork_child); rc != 0) {
+  if (int rc = pthread_atfork(nullptr, on_fork_parent, on_fork_child); rc != 0) {
     log_safely([&] {
       SMC_LOG_ERROR("preload: pthread_atfork failed ({}); fork() children are unsafe", rc);
     });
