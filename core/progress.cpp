@@ -91,6 +91,7 @@ bool ProgressThread::add_link(std::shared_ptr<LinkGroup> group) {
     }
   }
   groups_.push_back(std::move(group));
+  publish_links_locked();
   uint64_t one = 1;
   sys::write(kick_fd_, &one, sizeof one);
   return true;
@@ -207,6 +208,17 @@ void ProgressThread::reap_lingering() {
   }
 }
 
+void ProgressThread::publish_links_locked() {
+  auto snapshot = std::make_shared<const LinkGroups>(groups_);
+  std::lock_guard lock(snapshot_mutex_);
+  snapshot_ = std::move(snapshot);
+}
+
+std::shared_ptr<const ProgressThread::LinkGroups> ProgressThread::links_for_app_polling() const {
+  std::lock_guard lock(snapshot_mutex_);
+  return snapshot_;
+}
+
 void ProgressThread::on_app_sleep() {
   if (armed_.load(std::memory_order_acquire) || kick_fd_ < 0) return;
   uint64_t one = 1;
@@ -238,6 +250,7 @@ void ProgressThread::run() {
         if (link.failed() && group.connection_count() == 0) {
           sys::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, link.qp().notify_fd(), nullptr);
           it = groups_.erase(it);
+          publish_links_locked();
           continue;
         }
         link.progress();
@@ -319,6 +332,10 @@ ProgressThread& progress_thread() {
   return *p;
 }
 
+ProgressThread* existing_progress_thread() {
+  return g_progress.load(std::memory_order_acquire);
+}
+
 void reset_progress_thread_after_fork() {
   // The parent's thread does not exist here; its object (and any lock it held) is
   // abandoned, and a new thread starts with the child's first link.
@@ -388,6 +405,80 @@ WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, 
       return done(WaitResult::kInterrupted);
     }
   }
+}
+
+namespace {
+
+// Kernel checks while polling with nothing reaped: other fds in the set (pipes, timers,
+// plain TCP) are seen within this many link polls.
+constexpr int kKernelCheckEvery = 16;
+
+bool reap_all(const ProgressThread::LinkGroups& groups) {
+  bool reaped = false;
+  for (const auto& group : groups) reaped |= group->link().progress();
+  return reaped;
+}
+
+int timeout_ms_until(int64_t deadline_ns) {
+  if (deadline_ns < 0) return -1;
+  const int64_t left_ms = (deadline_ns - now_ns() + 999'999) / 1'000'000;
+  return static_cast<int>(std::clamp<int64_t>(left_ms, 0, INT32_MAX));
+}
+
+}  // namespace
+
+int wait_readiness_adaptive(int64_t deadline_ns, int (*kernel_wait)(void*, int), void* ctx) {
+  ProgressThread* progress = existing_progress_thread();
+  std::shared_ptr<const ProgressThread::LinkGroups> groups;
+  if (progress != nullptr) groups = progress->links_for_app_polling();
+  if (groups == nullptr || groups->empty()) {
+    return kernel_wait(ctx, timeout_ms_until(deadline_ns));
+  }
+  // Whatever already arrived: one pass, then the kernel's view without blocking.
+  reap_all(*groups);
+  int n = kernel_wait(ctx, 0);
+  if (n != 0 || deadline_ns == 0) return n;
+
+  // One budget for all readiness waits of the process: an event loop is one waiter.
+  static SpinBudget budget;
+  const int64_t max_spin_ns = int64_t{config::current().spin_us} * 1000;
+  const int64_t start = now_ns();
+  const int64_t spin_ns = budget.spin_ns(max_spin_ns);
+  if (spin_ns > 0) {
+    for (const auto& g : *groups) g->link().app_pollers.fetch_add(1, std::memory_order_relaxed);
+    int64_t now = start;
+    for (int round = 1;; ++round) {
+      if (reap_all(*groups) || round % kKernelCheckEvery == 0) {
+        n = kernel_wait(ctx, 0);
+        if (n != 0) break;
+      }
+      now = now_ns();
+      if (now - start >= spin_ns || (deadline_ns >= 0 && now >= deadline_ns)) break;
+      if (now - start < kYieldAfterNs) {
+        for (int i = 0; i < 8; ++i) cpu_relax();
+      } else {
+        sched_yield();
+      }
+    }
+    for (const auto& g : *groups) {
+      g->link().last_app_poll_ns.store(now, std::memory_order_relaxed);
+      g->link().app_pollers.fetch_sub(1, std::memory_order_relaxed);
+    }
+    if (n != 0) {
+      budget.record(now - start, max_spin_ns);
+      return n;
+    }
+    if (deadline_ns >= 0 && now >= deadline_ns) {
+      budget.record(now - start, max_spin_ns);
+      return kernel_wait(ctx, 0);
+    }
+  }
+  // Block in the kernel; the progress thread, armed now, reaps and updates the mirrors.
+  for (const auto& g : *groups) g->link().last_app_poll_ns.store(0, std::memory_order_relaxed);
+  progress->on_app_sleep();
+  n = kernel_wait(ctx, timeout_ms_until(deadline_ns));
+  budget.record(now_ns() - start, max_spin_ns);
+  return n;
 }
 
 }  // namespace smcpre::core

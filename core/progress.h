@@ -58,12 +58,20 @@ class ProgressThread {
   void unwatch_tcp(uint64_t id);
   void stop();
 
+  // The links an application thread polls while it waits for readiness
+  // (wait_readiness_adaptive): a snapshot, so that no wait takes mutex_.
+  using LinkGroups = std::vector<std::shared_ptr<LinkGroup>>;
+  std::shared_ptr<const LinkGroups> links_for_app_polling() const;
+
  private:
   void run();
   bool ensure_started();
+  void publish_links_locked();  // under mutex_, after groups_ changed
 
   std::mutex mutex_;  // guards links_ and the epoll set against the thread's use of them
   std::vector<std::shared_ptr<LinkGroup>> groups_;
+  mutable std::mutex snapshot_mutex_;
+  std::shared_ptr<const LinkGroups> snapshot_;  // under snapshot_mutex_
   // Devices whose asynchronous event fd is watched (they live as long as the process).
   std::vector<rdma::Device*> devices_;
   struct Lingering {
@@ -104,6 +112,8 @@ class ProgressThread {
 };
 
 ProgressThread& progress_thread();
+// The progress thread if one was created (no SMC link ever existed otherwise).
+ProgressThread* existing_progress_thread();
 void reset_progress_thread_after_fork();
 
 enum class WaitResult { kReady, kTimeout, kInterrupted, kLinkDown };
@@ -138,5 +148,16 @@ WaitResult wait_adaptive(Link& link, WaitQueue& queue, SpinBudget& budget, int64
       link, queue, budget, deadline_ns,
       [](void* ctx) { return (*static_cast<std::remove_reference_t<Pred>*>(ctx))(); }, &pred);
 }
+
+// For an application thread about to wait in the kernel for readiness (epoll_wait, poll,
+// select) while the process has SMC links: data for SMC sockets reaches their readiness
+// mirrors only when somebody reaps the links. Left to the progress thread, that is a
+// wake-up and a thread hop per message, which on a busy event loop costs more than the
+// whole kernel TCP path (DESIGN.md 4a). So the waiting thread reaps every link itself,
+// asks the kernel without blocking, polls on for an adaptive budget while nothing is
+// ready, and only then blocks in the kernel with the progress thread's notifications
+// armed. `kernel_wait(ctx, timeout_ms)` is the real call (0: do not block); its result is
+// returned as soon as it is not 0. `deadline_ns`: CLOCK_MONOTONIC, -1 = none.
+int wait_readiness_adaptive(int64_t deadline_ns, int (*kernel_wait)(void*, int), void* ctx);
 
 }  // namespace smcpre::core

@@ -23,6 +23,7 @@
 
 #include "config/high_fd.h"
 #include "config/sys.h"
+#include "preload/epoll_sets.h"
 #include "preload/interpose.h"
 
 namespace smcpre::preload {
@@ -151,6 +152,7 @@ using namespace smcpre::preload;  // NOLINT: the hooks below are C symbols
 SMCPRE_HOOK int close(int fd) {
   const auto& r = real();
   if (r.close == nullptr) return enosys();
+  epoll_sets().forget(fd);
   // The lookup first: in_owner_process() costs a syscall, paid only for tracked fds.
   if (fds().any() && fds().lookup(fd) != nullptr && in_owner_process()) {
     SavedErrno saved;

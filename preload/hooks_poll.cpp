@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "config/log.h"
+#include "preload/epoll_sets.h"
 #include "preload/interpose.h"
 
 namespace smcpre::preload {
@@ -564,6 +565,7 @@ SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept
   if (r.epoll_ctl == nullptr) return enosys();
   std::shared_ptr<Tracked> t = fds().any() ? tracked_socket(fd) : nullptr;
   if (t == nullptr) return r.epoll_ctl(epfd, op, fd, event);
+  if (op != EPOLL_CTL_DEL) epoll_sets().mark(epfd);
   SavedErrno saved;
   settle_epoll_registrations(*t, fd);
   if (t->socket->is_smc()) {

@@ -60,7 +60,9 @@ namespace smcpre::preload {
   X(ppoll)                       \
   X(select)                      \
   X(pselect)                     \
-  X(epoll_ctl)
+  X(epoll_ctl)                   \
+  X(epoll_pwait)                 \
+  X(epoll_pwait2)
 
 struct RealFunctions {
 #define SMCPRE_REAL_MEMBER(name) decltype(&::name) name = nullptr;
