@@ -315,6 +315,17 @@ void ProgressThread::run() {
 
 namespace {
 std::atomic<ProgressThread*> g_progress{nullptr};
+
+// Between two looks of a polling wait that has gone on for `polled_ns`.
+void pause_polling(int64_t polled_ns) {
+  if (polled_ns < kYieldAfterNs) {
+    for (int i = 0; i < 8; ++i) cpu_relax();
+  } else {
+    // Still waiting: the peer may need this very CPU (more runnable threads than cores).
+    // Polling on, but letting it run.
+    sched_yield();
+  }
+}
 std::mutex g_progress_mutex;
 }  // namespace
 
@@ -375,13 +386,7 @@ WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, 
       if (link.failed()) break;
       now = now_ns();
       if (now - start >= spin_ns || (deadline_ns >= 0 && now >= deadline_ns)) break;
-      if (now - start < kYieldAfterNs) {
-        for (int i = 0; i < 8; ++i) cpu_relax();
-      } else {
-        // Still waiting: the peer may need this very CPU (more runnable threads than
-        // cores). Polling on, but letting it run.
-        sched_yield();
-      }
+      pause_polling(now - start);
     }
     link.last_app_poll_ns.store(now, std::memory_order_relaxed);
     link.app_pollers.fetch_sub(1, std::memory_order_relaxed);
@@ -454,11 +459,7 @@ int wait_readiness_adaptive(int64_t deadline_ns, int (*kernel_wait)(void*, int),
       }
       now = now_ns();
       if (now - start >= spin_ns || (deadline_ns >= 0 && now >= deadline_ns)) break;
-      if (now - start < kYieldAfterNs) {
-        for (int i = 0; i < 8; ++i) cpu_relax();
-      } else {
-        sched_yield();
-      }
+      pause_polling(now - start);
     }
     for (const auto& g : *groups) {
       g->link().last_app_poll_ns.store(now, std::memory_order_relaxed);

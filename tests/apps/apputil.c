@@ -84,6 +84,11 @@ uint64_t fletcher_value(const struct fletcher* f) {
 }
 
 int listen_tcp(const char* bind_addr, int port, int* bound_port) {
+  const struct listen_opts defaults = {.reuseport = false, .v6only = -1, .cloexec = false};
+  return listen_tcp_opts(bind_addr, port, &defaults, bound_port);
+}
+
+int listen_tcp_opts(const char* bind_addr, int port, const struct listen_opts* o, int* bound_port) {
   struct addrinfo hints = {.ai_family = AF_UNSPEC,
                            .ai_socktype = SOCK_STREAM,
                            .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
@@ -95,22 +100,20 @@ int listen_tcp(const char* bind_addr, int port, int* bound_port) {
     fprintf(stderr, "bad bind address %s: %s\n", bind_addr, gai_strerror(rc));
     return -1;
   }
-  int fd = socket(res->ai_family, SOCK_STREAM, IPPROTO_TCP);
-  if (fd < 0) {
-    perror("socket");
-    freeaddrinfo(res);
-    return -1;
-  }
+  int fd = socket(res->ai_family, SOCK_STREAM | (o->cloexec ? SOCK_CLOEXEC : 0), IPPROTO_TCP);
   int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 128) != 0) {
-    perror("bind/listen");
-    close(fd);
-    freeaddrinfo(res);
-    return -1;
+  bool ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+            (!o->reuseport || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0) &&
+            (o->v6only < 0 || res->ai_family != AF_INET6 ||
+             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &o->v6only, sizeof o->v6only) == 0) &&
+            bind(fd, res->ai_addr, res->ai_addrlen) == 0 && listen(fd, 128) == 0;
+  if (!ok) {
+    perror("socket/bind/listen");
+    if (fd >= 0) close(fd);
+    fd = -1;
   }
   freeaddrinfo(res);
-  *bound_port = local_port(fd);
+  if (fd >= 0) *bound_port = local_port(fd);
   return fd;
 }
 

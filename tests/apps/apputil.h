@@ -46,6 +46,14 @@ uint64_t fletcher_value(const struct fletcher* f);
 // and stores the port actually bound in *bound_port. Returns the fd or -1 (message on
 // stderr).
 int listen_tcp(const char* bind_addr, int port, int* bound_port);
+// listen_tcp with options: SO_REUSEPORT, IPV6_V6ONLY (< 0: the system default), and
+// SOCK_CLOEXEC.
+struct listen_opts {
+  bool reuseport;
+  int v6only;
+  bool cloexec;
+};
+int listen_tcp_opts(const char* bind_addr, int port, const struct listen_opts* o, int* bound_port);
 // Connects to host:port (numeric or resolvable name). Returns the fd or -1 (errno kept).
 int connect_tcp(const char* host, int port);
 // connect_tcp() from a given local address (numeric; port chosen by the kernel), or from

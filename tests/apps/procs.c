@@ -288,34 +288,10 @@ static bool recv_stream(int fd, uint64_t seed, struct rng* rng, struct fletcher*
 
 // ---- addresses and listeners -----------------------------------------------------------------
 
-// A listening socket on bind_addr:port; v6only < 0 leaves IPV6_V6ONLY at the system default.
+// A close-on-exec listening socket (the exec tests count every fd they did not open).
 static int listen_on(const char* bind_addr, int port, bool reuseport, int v6only, int* bound) {
-  struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                           .ai_socktype = SOCK_STREAM,
-                           .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
-  struct addrinfo* res = NULL;
-  char portstr[16];
-  snprintf(portstr, sizeof portstr, "%d", port);
-  int rc = getaddrinfo(bind_addr, portstr, &hints, &res);
-  if (rc != 0) {
-    fprintf(stderr, "bad bind address %s: %s\n", bind_addr, gai_strerror(rc));
-    return -1;
-  }
-  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
-  int one = 1;
-  bool ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
-            (!reuseport || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0) &&
-            (v6only < 0 || res->ai_family != AF_INET6 ||
-             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) == 0) &&
-            bind(fd, res->ai_addr, res->ai_addrlen) == 0 && listen(fd, 128) == 0;
-  if (!ok) {
-    perror("listen_on");
-    if (fd >= 0) close(fd);
-    fd = -1;
-  }
-  freeaddrinfo(res);
-  if (fd >= 0) *bound = local_port(fd);
-  return fd;
+  const struct listen_opts o = {.reuseport = reuseport, .v6only = v6only, .cloexec = true};
+  return listen_tcp_opts(bind_addr, port, &o, bound);
 }
 
 // ---- server ------------------------------------------------------------------------------
