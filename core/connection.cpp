@@ -616,13 +616,62 @@ MirrorState Connection::mirror_state() const {
   return m;
 }
 
-void Connection::sync_mirror(bool new_data) {
+namespace {
+
+std::mutex g_stale_mutex;
+std::vector<std::shared_ptr<Connection>>* g_stale = new std::vector<std::shared_ptr<Connection>>;
+std::atomic<bool> g_any_stale{false};
+
+}  // namespace
+
+void Connection::sync_mirror(bool new_data, bool lazy) {
   if (mirror_.load(std::memory_order_acquire) == nullptr) return;
-  // The state is read inside the mirror's lock: two threads syncing at once cannot
-  // leave it showing the older of their two views.
-  std::lock_guard lock(mirror_mutex_);
-  if (!mirror_owner_) return;
-  mirror_owner_->apply(mirror_state(), new_data);
+  bool deferred = false;
+  {
+    // The state is read inside the mirror's lock: two threads syncing at once cannot
+    // leave it showing the older of their two views.
+    std::lock_guard lock(mirror_mutex_);
+    if (!mirror_owner_) return;
+    mirror_owner_->apply(mirror_state(), new_data && mirror_edges_.load(std::memory_order_relaxed),
+                         lazy, &deferred);
+  }
+  if (deferred && !mirror_stale_.exchange(true)) {
+    std::lock_guard lock(g_stale_mutex);
+    try {
+      g_stale->push_back(shared_from_this());
+      g_any_stale.store(true, std::memory_order_release);
+    } catch (const std::exception&) {
+      // No memory for the list (or no owner): bring the mirror up to date right away.
+      mirror_stale_.store(false);
+      std::lock_guard mirror_lock(mirror_mutex_);
+      if (mirror_owner_) mirror_owner_->apply(mirror_state(), false);
+    }
+  }
+}
+
+void flush_stale_mirrors() {
+  if (!g_any_stale.load(std::memory_order_acquire)) return;
+  // The lock is held until every listed mirror is settled, and the flag stays up until
+  // then: a thread about to wait must not find the list empty while another thread is
+  // still settling the mirrors it took from it.
+  std::lock_guard lock(g_stale_mutex);
+  while (!g_stale->empty()) {
+    std::vector<std::shared_ptr<Connection>> stale;
+    stale.swap(*g_stale);
+    for (const auto& c : stale) {
+      // Cleared first: a read racing with this flush lists the connection again.
+      c->mirror_stale_.store(false);
+      c->sync_mirror(false, false);
+    }
+  }
+  g_any_stale.store(false, std::memory_order_release);
+}
+
+void forget_stale_mirrors_after_fork() {
+  // Abandoned, not destroyed: destroying the parent's connections here would act on them.
+  new (&g_stale_mutex) std::mutex();
+  g_stale = new std::vector<std::shared_ptr<Connection>>;
+  g_any_stale.store(false);
 }
 
 void Connection::drop_mirror() {

@@ -64,6 +64,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The fd whose poll/epoll readiness mirrors this connection's (created on first use,
   // kept until the connection goes), or -1 if it cannot be made. See readiness_mirror.h.
   int readiness_fd();
+  // The mirror is watched edge-triggered (EPOLLET) somewhere: it needs an edge per arrival
+  // of data. Level-triggered watchers (poll, select, plain epoll) do not, which saves a
+  // syscall per arrival while the connection is readable anyway.
+  void want_readiness_edges() { mirror_edges_.store(true, std::memory_order_relaxed); }
 
   // Receive processing (the thread reaping the link, in order per connection).
   void on_cdc(const cdc::Message& message);
@@ -124,14 +128,19 @@ class Connection : public std::enable_shared_from_this<Connection> {
                   size_t iov_offset, uint64_t prod, size_t length);
   ssize_t fail_send(int error, int flags);
   // Brings the readiness mirror, if there is one, up to date (any thread, after a change).
-  void sync_mirror(bool new_data = false);
+  // lazy: a mirror that would only stop being readable is left readable and the
+  // connection put on the stale list instead (flush_stale_mirrors), so that a reader that
+  // drains the ring pays no syscall if more data comes before anyone waits.
+  void sync_mirror(bool new_data = false, bool lazy = false);
+  friend void flush_stale_mirrors();
+  friend void forget_stale_mirrors_after_fork();
   void drop_mirror();
   MirrorState mirror_state() const;
   // Syncs the mirror when a recv/send returns, whichever way it returns.
   struct MirrorSync {
     Connection* c;
     ~MirrorSync() {
-      if (c->mirror_.load(std::memory_order_acquire) != nullptr) c->sync_mirror();
+      if (c->mirror_.load(std::memory_order_acquire) != nullptr) c->sync_mirror(false, true);
     }
   };
   ssize_t end_with_reset(size_t copied);
@@ -182,9 +191,20 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::mutex mirror_mutex_;
   std::unique_ptr<ReadinessMirror> mirror_owner_;  // under mirror_mutex_
   std::atomic<ReadinessMirror*> mirror_{nullptr};
+  std::atomic<bool> mirror_edges_{false};
+  std::atomic<bool> mirror_stale_{false};  // on the stale list
   WaitQueue queue_;
   SpinBudget rx_budget_;
   SpinBudget tx_budget_;
 };
+
+// Readiness mirrors left readable after a read drained their connection (lazy sync) are
+// brought up to date: to be called before any kernel wait on mirrors (epoll_wait, poll,
+// select, an epoll_ctl that registers one), so that no wait ever sees a stale IN. Cheap
+// when there are none.
+void flush_stale_mirrors();
+// In a fork child: the list names the parent's connections, which the child must leave
+// alone (draining a mirror it shares with the parent would hide the parent's data).
+void forget_stale_mirrors_after_fork();
 
 }  // namespace smcpre::core

@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "config/log.h"
+#include "core/connection.h"
 #include "core/decline.h"
 #include "core/local_address.h"
 #include "core/progress.h"
@@ -41,6 +42,7 @@ void EngineState::reset_after_fork() {
   new (&g_create_mutex) std::mutex();
   g_generation.fetch_add(1);
   reset_progress_thread_after_fork();
+  forget_stale_mirrors_after_fork();
 }
 
 EngineState* EngineState::get_if_created() {

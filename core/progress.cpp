@@ -432,16 +432,26 @@ int timeout_ms_until(int64_t deadline_ns) {
 
 }  // namespace
 
+namespace {
+
+// Every kernel wait on mirrors goes through here: stale mirrors are settled first.
+int kernel_wait_fresh(int (*kernel_wait)(void*, int), void* ctx, int timeout_ms) {
+  flush_stale_mirrors();
+  return kernel_wait(ctx, timeout_ms);
+}
+
+}  // namespace
+
 int wait_readiness_adaptive(int64_t deadline_ns, int (*kernel_wait)(void*, int), void* ctx) {
   ProgressThread* progress = existing_progress_thread();
   std::shared_ptr<const ProgressThread::LinkGroups> groups;
   if (progress != nullptr) groups = progress->links_for_app_polling();
   if (groups == nullptr || groups->empty()) {
-    return kernel_wait(ctx, timeout_ms_until(deadline_ns));
+    return kernel_wait_fresh(kernel_wait, ctx, timeout_ms_until(deadline_ns));
   }
   // Whatever already arrived: one pass, then the kernel's view without blocking.
   reap_all(*groups);
-  int n = kernel_wait(ctx, 0);
+  int n = kernel_wait_fresh(kernel_wait, ctx, 0);
   if (n != 0 || deadline_ns == 0) return n;
 
   // One budget for all readiness waits of the process: an event loop is one waiter.
@@ -454,7 +464,7 @@ int wait_readiness_adaptive(int64_t deadline_ns, int (*kernel_wait)(void*, int),
     int64_t now = start;
     for (int round = 1;; ++round) {
       if (reap_all(*groups) || round % kKernelCheckEvery == 0) {
-        n = kernel_wait(ctx, 0);
+        n = kernel_wait_fresh(kernel_wait, ctx, 0);
         if (n != 0) break;
       }
       now = now_ns();
@@ -471,13 +481,13 @@ int wait_readiness_adaptive(int64_t deadline_ns, int (*kernel_wait)(void*, int),
     }
     if (deadline_ns >= 0 && now >= deadline_ns) {
       budget.record(now - start, max_spin_ns);
-      return kernel_wait(ctx, 0);
+      return kernel_wait_fresh(kernel_wait, ctx, 0);
     }
   }
   // Block in the kernel; the progress thread, armed now, reaps and updates the mirrors.
   for (const auto& g : *groups) g->link().last_app_poll_ns.store(0, std::memory_order_relaxed);
   progress->on_app_sleep();
-  n = kernel_wait(ctx, timeout_ms_until(deadline_ns));
+  n = kernel_wait_fresh(kernel_wait, ctx, timeout_ms_until(deadline_ns));
   budget.record(now_ns() - start, max_spin_ns);
   return n;
 }

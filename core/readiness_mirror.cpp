@@ -89,7 +89,8 @@ ReadinessMirror::~ReadinessMirror() {
   if (engine_fd_ >= 0) sys::close(engine_fd_);
 }
 
-void ReadinessMirror::apply(const MirrorState& state, bool new_data) {
+void ReadinessMirror::apply(const MirrorState& state, bool new_data, bool lazy_unreadable,
+                            bool* deferred) {
   std::lock_guard lock(mutex_);
   if (shown_.reset) {
     // Final: only ERR can still go, once the error has been reported.
@@ -110,7 +111,13 @@ void ReadinessMirror::apply(const MirrorState& state, bool new_data) {
   }
   // Once the peer is done, RDHUP implies IN: the queued bytes no longer matter, and
   // engine_fd can no longer send them anyway.
-  if (!peer_done && !shown_.peer_done) set_readable(state.readable, new_data);
+  if (!peer_done && !shown_.peer_done) {
+    if (!state.readable && in_bytes_ > 0 && lazy_unreadable && deferred != nullptr) {
+      *deferred = true;
+    } else {
+      set_readable(state.readable, new_data);
+    }
+  }
   if (closed && !shown_.closed) {
     // app_fd cannot send once closed: the primer must be in place for a later reset.
     if (!ensure_primer()) return;

@@ -81,7 +81,11 @@ class ReadinessMirror {
   //
   // Concurrent callers must read the state they pass under one lock of their own (taken
   // around the call): otherwise an older view applied last would win.
-  void apply(const MirrorState& state, bool new_data);
+  //
+  // lazy_unreadable: if the only change would be IN going off, leave IN on and set
+  // *deferred (the caller must apply again, non-lazily, before anyone waits on app_fd).
+  void apply(const MirrorState& state, bool new_data, bool lazy_unreadable = false,
+             bool* deferred = nullptr);
 
   // Called in the parent after every fork(): mirrors that existed then may have a copy of
   // engine_fd in the child, so a reset must shut it down explicitly (see do_reset).

@@ -188,6 +188,10 @@ class SmcSocket final : public Socket {
     return connection_->readiness_fd();
   }
 
+  void want_readiness_edges() override {
+    if (is_smc() && usable()) connection_->want_readiness_edges();
+  }
+
   bool queue_sizes(uint64_t* inq, uint64_t* outq) override {
     if (!is_smc() || !usable()) return false;
     *inq = connection_->bytes_readable();

@@ -103,6 +103,8 @@ class Socket {
   // An SMC-path socket's readiness mirror (core/readiness_mirror.h), which poll and epoll
   // watch in its place; -1 if it is not on SMC or no mirror can be made.
   virtual int readiness_fd() = 0;
+  // The mirror is (about to be) watched edge-triggered: see Connection::want_readiness_edges.
+  virtual void want_readiness_edges() = 0;
 
   // The application changed the file status flags (fcntl F_SETFL, ioctl FIONBIO):
   // O_NONBLOCK decides whether SMC-path calls wait.

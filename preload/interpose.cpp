@@ -3,11 +3,13 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
 #include "config/log.h"
 #include "config/sys.h"
+#include "core/connection.h"
 
 namespace smcpre::preload {
 
@@ -80,7 +82,15 @@ void settle_epoll_registrations(Tracked& t, int fd) noexcept {
   SavedErrno saved;
   std::lock_guard lock(t.epoll_mutex);
   if (t.socket->is_smc()) {
-    const int mirror = engine_call("readiness_fd", -1, [&] { return t.socket->readiness_fd(); });
+    const bool edges = std::any_of(
+        t.epoll_registrations.begin(), t.epoll_registrations.end(),
+        [](const Tracked::EpollRegistration& reg) { return (reg.event.events & EPOLLET) != 0; });
+    const int mirror = engine_call("readiness_fd", -1, [&] {
+      if (edges) t.socket->want_readiness_edges();
+      const int fd = t.socket->readiness_fd();
+      smcpre::core::flush_stale_mirrors();
+      return fd;
+    });
     for (Tracked::EpollRegistration& reg : t.epoll_registrations) {
       // The kernel socket will never be ready in an SMC way: its registration goes, the
       // mirror's comes with the application's own mask and data.

@@ -619,3 +619,33 @@ TEST_CASE("mirror: concurrent apply() calls leave it consistent") {
     CHECK(names(poll_mask(m->app_fd())) == names(expect));
   }
 }
+
+TEST_CASE("mirror: a lazy apply leaves IN on until the next plain apply") {
+  auto m = make_mirror();
+  m->apply(st(true, true), false);
+  REQUIRE((poll_mask(m->app_fd()) & POLLIN) != 0);
+  // The reader drained the connection: lazily, IN stays and the caller is told.
+  bool deferred = false;
+  m->apply(st(false, true), false, true, &deferred);
+  CHECK(deferred);
+  CHECK((poll_mask(m->app_fd()) & POLLIN) != 0);
+  // Data again before anyone waited: nothing to undo, no byte added.
+  const int queued = queued_to_app(*m);
+  m->apply(st(true, true), false);
+  CHECK(queued_to_app(*m) == queued);
+  // Drained again, then settled before a wait: IN goes.
+  deferred = false;
+  m->apply(st(false, true), false, true, &deferred);
+  CHECK(deferred);
+  m->apply(st(false, true), false);
+  CHECK((poll_mask(m->app_fd()) & POLLIN) == 0);
+  // Nothing to defer when IN is already off, or when other bits change with it.
+  deferred = false;
+  m->apply(st(false, true), false, true, &deferred);
+  CHECK_FALSE(deferred);
+  m->apply(st(true, true), false);
+  deferred = false;
+  m->apply(st(false, true, true), false, true, &deferred);
+  CHECK_FALSE(deferred);
+  CHECK((poll_mask(m->app_fd()) & POLLRDHUP) != 0);
+}
