@@ -452,7 +452,14 @@ int wait_readiness_adaptive(int64_t deadline_ns, int (*kernel_wait)(void*, int),
   // Whatever already arrived: one pass, then the kernel's view without blocking.
   reap_all(*groups);
   int n = kernel_wait_fresh(kernel_wait, ctx, 0);
-  if (n != 0 || deadline_ns == 0) return n;
+  if (n != 0 || deadline_ns == 0) {
+    // This thread will be back soon and reap again: the progress thread stays unarmed
+    // meanwhile, so the peer's messages cost neither an eventfd write nor a wake-up that
+    // would preempt this very thread.
+    const int64_t now = now_ns();
+    for (const auto& g : *groups) g->link().last_app_poll_ns.store(now, std::memory_order_relaxed);
+    return n;
+  }
 
   // One budget for all readiness waits of the process: an event loop is one waiter.
   static SpinBudget budget;
