@@ -59,7 +59,8 @@ class Listener {
 namespace {
 // Every listener of this process, for after_fork_in_child().
 std::mutex g_listeners_mutex;
-std::vector<std::weak_ptr<Listener>> g_listeners;
+// Heap-allocated and never freed, like every object engine threads may touch at exit.
+std::vector<std::weak_ptr<Listener>>& g_listeners = *new std::vector<std::weak_ptr<Listener>>;
 }  // namespace
 
 namespace {

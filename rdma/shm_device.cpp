@@ -38,7 +38,9 @@ constexpr uint8_t kGidPrefix[8] = {0xfe, 0x80, 0, 0, 0, 0, 0, 0};
 // Memory keys are unique within the process, like a verbs device's keys within a PD;
 // a peer cannot guess another PD's key and a stale key never aliases a new region.
 std::mutex g_keys_mutex;
-std::unordered_set<uint32_t> g_keys;
+// Heap-allocated and never freed: engine threads may still release keys (a link torn down
+// because the peer exited) while static destructors run at exit.
+std::unordered_set<uint32_t>& g_keys = *new std::unordered_set<uint32_t>;
 
 uint32_t allocate_key() {
   std::lock_guard lock(g_keys_mutex);
