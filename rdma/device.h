@@ -165,6 +165,11 @@ class ProtectionDomain {
  public:
   virtual ~ProtectionDomain() = default;
   virtual std::unique_ptr<MemoryRegion> register_memory(size_t length, std::string* error) = 0;
+  // Registers memory the caller owns (it must outlive the region) for local access only:
+  // receive buffers, which the device fills and no peer may address. Several protection
+  // domains may register the same memory (the process-wide receive buffer pool).
+  virtual std::unique_ptr<MemoryRegion> register_local(void* addr, size_t length,
+                                                       std::string* error) = 0;
   virtual std::unique_ptr<QueuePair> create_qp(const QpConfig& config, std::string* error) = 0;
 };
 

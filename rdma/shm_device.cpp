@@ -361,6 +361,18 @@ class ShmMemoryRegion final : public MemoryRegion {
   SharedMemory memory_;
 };
 
+// Local-only memory (receive buffers): the receiving QP copies messages into it in this
+// process, so nothing is shared or announced; the key only names the registration.
+class ShmLocalRegion final : public MemoryRegion {
+ public:
+  ShmLocalRegion(void* addr, size_t length, uint32_t lkey) {
+    addr_ = addr;
+    length_ = length;
+    lkey_ = lkey;
+  }
+  ~ShmLocalRegion() override { release_key(lkey_); }
+};
+
 class ShmProtectionDomain final : public ProtectionDomain {
  public:
   explicit ShmProtectionDomain(std::shared_ptr<DeviceState> device)
@@ -383,6 +395,20 @@ class ShmProtectionDomain final : public ProtectionDomain {
     auto mr = std::make_unique<ShmMemoryRegion>(state_, std::move(memory), length, lkey, rkey);
     state_->add_region(AnnouncedRegion{rkey, mr->remote_addr(), length, mr->fd()});
     return mr;
+  }
+
+  std::unique_ptr<MemoryRegion> register_local(void* addr, size_t length,
+                                               std::string* error) override {
+    if (addr == nullptr || length == 0 || length > kMaxRegionBytes) {
+      *error = "local memory region out of range: " + std::to_string(length) + " bytes";
+      return nullptr;
+    }
+    const uint32_t lkey = allocate_key();
+    if (lkey == 0) {
+      *error = "cannot allocate a memory key";
+      return nullptr;
+    }
+    return std::make_unique<ShmLocalRegion>(addr, length, lkey);
   }
 
   std::unique_ptr<QueuePair> create_qp(const QpConfig& config, std::string* error) override {

@@ -117,6 +117,40 @@ class VerbsMemoryRegion final : public MemoryRegion {
   ibv_mr* mr_;
 };
 
+// Memory the caller owns, registered for local writes only (receive buffers): no rkey a
+// peer could use. Deregistering leaves the memory to its owner.
+class VerbsLocalRegion final : public MemoryRegion {
+ public:
+  static std::unique_ptr<MemoryRegion> create(std::shared_ptr<Pd> pd, void* addr, size_t length,
+                                              std::string* error) {
+    if (addr == nullptr || length == 0) {
+      *error = "cannot register an empty region";
+      return nullptr;
+    }
+    ibv_mr* mr = ::ibv_reg_mr(pd->pd, addr, length, IBV_ACCESS_LOCAL_WRITE);
+    if (mr == nullptr) {
+      *error = errno_text("ibv_reg_mr", errno);
+      SMC_LOG_WARN("verbs: registering {} bytes of receive buffers failed: {}", length, *error);
+      return nullptr;
+    }
+    return std::unique_ptr<MemoryRegion>(new VerbsLocalRegion(std::move(pd), mr));
+  }
+  ~VerbsLocalRegion() override {
+    const int rc = ::ibv_dereg_mr(mr_);
+    if (rc != 0) SMC_LOG_WARN("verbs: ibv_dereg_mr: {}", std::strerror(rc));
+  }
+
+ private:
+  VerbsLocalRegion(std::shared_ptr<Pd> pd, ibv_mr* mr) : pd_(std::move(pd)), mr_(mr) {
+    addr_ = mr->addr;
+    length_ = mr->length;
+    lkey_ = mr->lkey;
+    rkey_ = 0;
+  }
+  std::shared_ptr<Pd> pd_;
+  ibv_mr* mr_;
+};
+
 class VerbsQp final : public QueuePair {
  public:
   VerbsQp(std::shared_ptr<Pd> pd, const QpConfig& config)
@@ -493,6 +527,10 @@ class VerbsPd final : public ProtectionDomain {
   explicit VerbsPd(std::shared_ptr<Pd> pd) : pd_(std::move(pd)) {}
   std::unique_ptr<MemoryRegion> register_memory(size_t length, std::string* error) override {
     return VerbsMemoryRegion::create(pd_, length, error);
+  }
+  std::unique_ptr<MemoryRegion> register_local(void* addr, size_t length,
+                                               std::string* error) override {
+    return VerbsLocalRegion::create(pd_, addr, length, error);
   }
   std::unique_ptr<QueuePair> create_qp(const QpConfig& config, std::string* error) override {
     auto qp = std::make_unique<VerbsQp>(pd_, config);
