@@ -1,13 +1,16 @@
-// smcpre-stat: what smcpre sees and does on this host. One subcommand per concern; today
-// `devices` (RDMA ports and GID tables like `ibv_devinfo -v`, condensed, and which port smcpre
-// would pick for a route). This is an ordinary program, not part of libsmcpre.so, so plain
-// libc calls are fine here.
+// smcpre-stat: what smcpre sees and does on this host. One subcommand per concern: `devices`
+// (RDMA ports and GID tables like `ibv_devinfo -v`, condensed, and which port smcpre would
+// pick for a route), `processes` and `show` (the counters that processes running smcpre
+// publish in <runtime_dir>/stats). This is an ordinary program, not part of libsmcpre.so,
+// so plain libc calls are fine here.
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <netdb.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -18,7 +21,10 @@
 #include <vector>
 
 #include "config/config.h"
+#include "core/stats.h"
+#include "core/stats_layout.h"
 #include "rdma/port_select.h"
+#include "tools/stats_reader.h"
 
 namespace {
 
@@ -48,16 +54,36 @@ commands:
       --from ADDR[:PORT]   the connection's local address (default: the kernel's choice);
                            policy routing may depend on it.
       --json               one JSON object on stdout instead of text.
+  processes [--json] [--runtime-dir DIR]
+      One line per live process using smcpre: pid, program, links, backlog workers
+      (0: inline mode), receive pool free/size and low water, RNR events (all links),
+      command line. Prints "no processes use smcpre" when there are none.
+  show [PID...] [--json] [--runtime-dir DIR]
+      For each PID (default: every live process using smcpre): its counters, a table of
+      its links (id, role, peer QP, receive queue posted/depth and low water, refills cut
+      short, CDC and LLC messages received, RNR events/retries, sends, RDMA writes and
+      bytes written, receives, connections) and a table of its backlog workers (index,
+      CPU, CDC and other messages applied, queue now/max, sleeps).
+  common options of processes and show:
+      --runtime-dir DIR    where the processes publish (default: SMCPRE_RUNTIME_DIR, else
+                           the library's default: /run/smcpre for root,
+                           $XDG_RUNTIME_DIR/smcpre or /tmp/smcpre-UID for others).
+      --json               {"processes": [{"pid", "comm", "cmdline", "process": {...},
+                           "links": [{"id", ...}], "workers": [{"index", ...}]}]} on
+                           stdout, counters under their names in core/stats_layout.h.
   help
       This text.
 
 environment:
-  SMCPRE_DEVICE  auto|shm|verbs|none|<ibdev>[:port], as for the library: an ibdev name
-                 restricts --route's choice to that device (and port).
+  SMCPRE_DEVICE       auto|shm|verbs|none|<ibdev>[:port], as for the library: an ibdev
+                      name restricts --route's choice to that device (and port).
+  SMCPRE_RUNTIME_DIR  as for the library: the default of --runtime-dir.
 
 exit status:
-  0  done (also when there are no RDMA devices or no port fits the route)
-  1  a device could not be queried, or there is no route to ADDR
+  0  done (also when there are no RDMA devices or no port fits the route, or no process
+     uses smcpre)
+  1  a device could not be queried, there is no route to ADDR, a PID given to show has
+     no live smcpre counters, or a process's counters could not be read
   2  usage error
 )";
 
@@ -378,6 +404,295 @@ int cmd_devices(const DevicesOptions& options) {
   return status;
 }
 
+// ---------------------------------------------------------------------------------------------
+// processes, show
+
+using smcpre::stats::LinkSlot;
+using smcpre::stats::ProcessCounters;
+using smcpre::stats::ReadResult;
+using smcpre::stats::ReadStatus;
+using smcpre::stats::Snapshot;
+using smcpre::stats::WorkerSlot;
+
+struct StatsOptions {
+  bool json = false;
+  std::string runtime_dir;
+  std::vector<uint32_t> pids;  // show: the ones asked for (empty: all)
+};
+
+// SMCPRE_RUNTIME_DIR read the way the library reads it, else the library's default.
+bool default_runtime_dir(std::string* dir, std::string* error) {
+  const char* value = std::getenv("SMCPRE_RUNTIME_DIR");
+  if (value == nullptr) {
+    *dir = smcpre::config::runtime_dir_default();
+    return true;
+  }
+  const smcpre::config::Config c = smcpre::config::parse({{"SMCPRE_RUNTIME_DIR", value}}, error);
+  if (!error->empty()) return false;
+  *dir = c.runtime_dir;
+  return true;
+}
+
+// A process id: a positive decimal number.
+bool parse_pid(const std::string& text, uint32_t* pid) {
+  if (text.empty() || text.front() < '1' || text.front() > '9') return false;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), *pid);
+  return ec == std::errc() && end == text.data() + text.size();
+}
+
+// The snapshots asked for (all live processes if options.pids is empty). Says on stderr
+// why one cannot be read, and sets *failed; a process that is gone or still starting up
+// counts as a failure only if it was asked for by pid.
+std::vector<Snapshot> collect(const StatsOptions& options, bool* failed) {
+  const std::string dir = smcpre::stats::stats_dir(options.runtime_dir);
+  *failed = false;
+  std::vector<uint32_t> pids = options.pids;
+  const bool all = pids.empty();
+  if (all) {
+    std::string error;
+    if (!smcpre::stats::list_pids(dir, &pids, &error)) {
+      std::fprintf(stderr, "smcpre-stat: %s\n", error.c_str());
+      *failed = true;
+      return {};
+    }
+  }
+  std::vector<Snapshot> out;
+  for (uint32_t pid : pids) {
+    ReadResult r = smcpre::stats::read_segment(dir, pid);
+    switch (r.status) {
+      case ReadStatus::kOk:
+        out.push_back(std::move(r.snapshot));
+        continue;
+      case ReadStatus::kAbsent:
+      case ReadStatus::kStale:
+        if (all) continue;
+        std::fprintf(stderr, "smcpre-stat: no live process with pid %u publishes in %s\n", pid,
+                     dir.c_str());
+        break;
+      case ReadStatus::kStarting:
+        if (all) continue;
+        std::fprintf(stderr, "smcpre-stat: pid %u is still setting up its counters\n", pid);
+        break;
+      case ReadStatus::kInvalid:
+      case ReadStatus::kError:
+        std::fprintf(stderr, "smcpre-stat: %s\n", r.error.c_str());
+        break;
+    }
+    *failed = true;
+  }
+  return out;
+}
+
+uint64_t rnr_events(const Snapshot& s) {
+  uint64_t sum = 0;
+  for (const auto& link : s.links) sum += link[&LinkSlot::rnr_events];
+  return sum;
+}
+
+// Counters of one struct as a JSON object, keyed by their names (stats_layout.h).
+template <typename T>
+std::string counters_json(const smcpre::stats::Values<T>& v) {
+  std::string out;
+  for (size_t i = 0; i < v.values.size(); ++i) {
+    out += (i == 0 ? "" : ",") + json_string(v.kFields[i].name) + ":" + std::to_string(v.values[i]);
+  }
+  return out;
+}
+
+std::string snapshots_json(const std::vector<Snapshot>& snapshots) {
+  std::string out = "{\"processes\":[";
+  for (size_t i = 0; i < snapshots.size(); ++i) {
+    const Snapshot& s = snapshots[i];
+    out += (i == 0 ? "{" : ",{");
+    out += "\"pid\":" + std::to_string(s.pid) + ",\"comm\":" + json_string(s.comm) +
+           ",\"cmdline\":" + json_string(s.cmdline) + ",\"process\":{" + counters_json(s.process) +
+           "},\"links\":[";
+    for (size_t j = 0; j < s.links.size(); ++j) {
+      out += (j == 0 ? "{" : ",{");
+      out += "\"id\":" + std::to_string(s.links[j][&LinkSlot::in_use]) + "," +
+             counters_json(s.links[j]) + "}";
+    }
+    out += "],\"workers\":[";
+    for (size_t j = 0; j < s.workers.size(); ++j) {
+      out += (j == 0 ? "{" : ",{");
+      out += "\"index\":" + std::to_string(s.workers[j].index) + "," +
+             counters_json(s.workers[j].counters) + "}";
+    }
+    out += "]}";
+  }
+  return out + "]}";
+}
+
+// A text table: columns as wide as their widest cell, numbers right-aligned, text columns
+// (listed in `left`) left-aligned; the last column is not padded.
+class Table {
+ public:
+  Table(std::vector<std::string> header, std::vector<size_t> left) : left_(std::move(left)) {
+    rows_.push_back(std::move(header));
+  }
+  void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  void print(const char* indent) const {
+    std::vector<size_t> width(rows_.front().size(), 0);
+    for (const auto& row : rows_) {
+      for (size_t c = 0; c < row.size() && c < width.size(); ++c) {
+        width[c] = std::max(width[c], row[c].size());
+      }
+    }
+    for (const auto& row : rows_) {
+      std::string line = indent;
+      for (size_t c = 0; c < row.size() && c < width.size(); ++c) {
+        const std::string pad(width[c] - row[c].size(), ' ');
+        if (c != 0) line += "  ";
+        if (std::find(left_.begin(), left_.end(), c) == left_.end()) {
+          line += pad + row[c];
+        } else {
+          line += c + 1 == width.size() ? row[c] : row[c] + pad;
+        }
+      }
+      std::printf("%s\n", line.c_str());
+    }
+  }
+
+ private:
+  std::vector<std::vector<std::string>> rows_;
+  std::vector<size_t> left_;
+};
+
+std::string num(uint64_t v) {
+  return std::to_string(v);
+}
+
+std::string ratio(uint64_t a, uint64_t b) {
+  return std::to_string(a) + "/" + std::to_string(b);
+}
+
+std::string uptime(uint64_t start_realtime_ns) {
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  const uint64_t now_ns =
+      static_cast<uint64_t>(now.tv_sec) * 1000000000u + static_cast<uint64_t>(now.tv_nsec);
+  uint64_t s = now_ns > start_realtime_ns ? (now_ns - start_realtime_ns) / 1000000000u : 0;
+  char text[64];
+  if (s >= 86400) {
+    std::snprintf(text, sizeof text, "%llud%02lluh%02llum",
+                  static_cast<unsigned long long>(s / 86400),
+                  static_cast<unsigned long long>(s / 3600 % 24),
+                  static_cast<unsigned long long>(s / 60 % 60));
+  } else if (s >= 3600) {
+    std::snprintf(
+        text, sizeof text, "%lluh%02llum%02llus", static_cast<unsigned long long>(s / 3600),
+        static_cast<unsigned long long>(s / 60 % 60), static_cast<unsigned long long>(s % 60));
+  } else {
+    std::snprintf(text, sizeof text, "%llum%02llus", static_cast<unsigned long long>(s / 60),
+                  static_cast<unsigned long long>(s % 60));
+  }
+  return text;
+}
+
+void print_processes_text(const std::vector<Snapshot>& snapshots) {
+  if (snapshots.empty()) {
+    std::printf("no processes use smcpre\n");
+    return;
+  }
+  Table table({"PID", "COMM", "LINKS", "WORKERS", "POOL FREE/SIZE", "POOL LOW", "RNR", "CMDLINE"},
+              {1, 7});
+  for (const Snapshot& s : snapshots) {
+    table.add(
+        {num(s.pid), s.comm, num(s.links.size()), num(s.process[&ProcessCounters::backlog_workers]),
+         ratio(s.process[&ProcessCounters::pool_free], s.process[&ProcessCounters::pool_size]),
+         num(s.process[&ProcessCounters::pool_low_water]), num(rnr_events(s)), s.cmdline});
+  }
+  table.print("");
+}
+
+std::string role_name(uint64_t role) {
+  if (role == 0) return "client";
+  if (role == 1) return "server";
+  return num(role);
+}
+
+std::string qp_hex(uint64_t qp) {
+  char text[24];
+  std::snprintf(text, sizeof text, "0x%06llx", static_cast<unsigned long long>(qp));
+  return text;
+}
+
+void print_show_text(const Snapshot& s) {
+  std::printf("pid %u (%s), up %s: %s\n", s.pid, s.comm.c_str(),
+              uptime(s.start_realtime_ns).c_str(), s.cmdline.c_str());
+  // Every process counter under its own name, a few per line.
+  std::string line = " ";
+  for (size_t i = 0; i < s.process.values.size(); ++i) {
+    std::string item =
+        std::string(" ") + s.process.kFields[i].name + " " + num(s.process.values[i]);
+    if (line.size() + item.size() > 92) {
+      std::printf("%s\n", line.c_str());
+      line = " ";
+    }
+    line += item;
+  }
+  std::printf("%s\n", line.c_str());
+  if (s.links.empty()) {
+    std::printf("  no links\n");
+  } else {
+    Table links({"LINK", "ROLE", "PEER QP", "RQ POSTED/DEPTH", "RQ LOW", "REFILL SHORT", "CDC",
+                 "LLC", "RNR EVENTS/RETRIES", "SENDS", "WRITES", "BYTES", "RECVS", "CONNS"},
+                {1});
+    for (const auto& l : s.links) {
+      links.add({num(l[&LinkSlot::in_use]), role_name(l[&LinkSlot::role]),
+                 qp_hex(l[&LinkSlot::peer_qp_num]),
+                 ratio(l[&LinkSlot::rq_posted], l[&LinkSlot::rq_depth]),
+                 num(l[&LinkSlot::rq_low_water]), num(l[&LinkSlot::rq_refill_short]),
+                 num(l[&LinkSlot::cdc_received]), num(l[&LinkSlot::llc_received]),
+                 ratio(l[&LinkSlot::rnr_events], l[&LinkSlot::rnr_retries]),
+                 num(l[&LinkSlot::sends]), num(l[&LinkSlot::writes]),
+                 num(l[&LinkSlot::write_bytes]), num(l[&LinkSlot::recvs]),
+                 num(l[&LinkSlot::connections])});
+    }
+    links.print("  ");
+  }
+  if (s.workers.empty()) {
+    std::printf("  no backlog workers (CDC messages are applied inline)\n");
+  } else {
+    Table workers({"WORKER", "CPU", "CDC", "OTHER", "QUEUE NOW/MAX", "SLEEPS"}, {});
+    for (const auto& w : s.workers) {
+      const auto& c = w.counters;
+      workers.add({num(w.index), num(c[&WorkerSlot::cpu]), num(c[&WorkerSlot::cdc_processed]),
+                   num(c[&WorkerSlot::other_processed]),
+                   ratio(c[&WorkerSlot::queue_depth], c[&WorkerSlot::queue_max]),
+                   num(c[&WorkerSlot::sleeps])});
+    }
+    workers.print("  ");
+  }
+}
+
+int cmd_processes(const StatsOptions& options) {
+  bool failed = false;
+  const std::vector<Snapshot> snapshots = collect(options, &failed);
+  if (options.json) {
+    std::printf("%s\n", snapshots_json(snapshots).c_str());
+  } else {
+    print_processes_text(snapshots);
+  }
+  return failed ? kExitFailure : kExitOk;
+}
+
+int cmd_show(const StatsOptions& options) {
+  bool failed = false;
+  const std::vector<Snapshot> snapshots = collect(options, &failed);
+  if (options.json) {
+    std::printf("%s\n", snapshots_json(snapshots).c_str());
+  } else if (snapshots.empty() && options.pids.empty()) {
+    std::printf("no processes use smcpre\n");
+  } else {
+    for (size_t i = 0; i < snapshots.size(); ++i) {
+      if (i != 0) std::printf("\n");
+      print_show_text(snapshots[i]);
+    }
+  }
+  return failed ? kExitFailure : kExitOk;
+}
+
 int usage_error(const std::string& text) {
   std::fprintf(stderr, "smcpre-stat: %s\nTry 'smcpre-stat --help'.\n", text.c_str());
   return kExitUsage;
@@ -409,6 +724,45 @@ int run_devices(const std::vector<std::string>& args) {
   return cmd_devices(options);
 }
 
+// The arguments of processes and show (only show takes PIDs).
+int run_stats(const std::string& command, const std::vector<std::string>& args) {
+  StatsOptions options;
+  bool dir_given = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "-h" || arg == "--help") {
+      std::fputs(kUsage, stdout);
+      return kExitOk;
+    }
+    if (arg == "--json") {
+      options.json = true;
+      continue;
+    }
+    if (arg == "--runtime-dir") {
+      if (i + 1 == args.size() || args[i + 1].empty()) {
+        return usage_error("--runtime-dir needs a directory");
+      }
+      options.runtime_dir = args[++i];
+      dir_given = true;
+      continue;
+    }
+    uint32_t pid = 0;
+    if (command == "show" && parse_pid(arg, &pid)) {
+      options.pids.push_back(pid);
+      continue;
+    }
+    return usage_error(command + ": unknown argument '" + arg + "'");
+  }
+  if (!dir_given) {
+    std::string error;
+    if (!default_runtime_dir(&options.runtime_dir, &error)) {
+      std::fprintf(stderr, "smcpre-stat: %s\n", error.c_str());
+      return kExitUsage;
+    }
+  }
+  return command == "show" ? cmd_show(options) : cmd_processes(options);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -425,5 +779,6 @@ int main(int argc, char** argv) {
     return kExitOk;
   }
   if (command == "devices") return run_devices(args);
+  if (command == "processes" || command == "show") return run_stats(command, args);
   return usage_error("unknown command '" + command + "'");
 }

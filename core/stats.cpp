@@ -1,0 +1,380 @@
+// Publishing the process's counters (see stats.h). The file <runtime_dir>/stats/<pid> is
+// created, locked, sized and filled before its magic is stored, so a reader either sees a
+// complete header or none:
+// - The owner takes LOCK_SH right after creating the file and keeps it for life; a reader
+//   that can take LOCK_EX (no owner) removes the file as stale.
+// - A reader may remove a new file in the instant between the owner's open and lock; the
+//   owner notices because the path no longer names its inode, and starts over.
+// - A file already at our path belongs to a dead process with our pid (or to ourselves
+//   before exec): it is unlocked, and removed like any stale file.
+#include "core/stats.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <system_error>
+
+#include "config/config.h"
+#include "config/high_fd.h"
+#include "config/log.h"
+#include "config/sys.h"
+
+namespace smcpre::stats {
+namespace {
+
+// A stale file at our path may be locked for a moment by a reader removing it; bounded, so
+// that a live process holding it (same pid in another pid namespace sharing the runtime
+// dir) costs the first segment() call at most this long before the private fallback.
+constexpr int kCreateAttempts = 64;
+constexpr long kBusyWaitNs = 1000000;  // 1 ms between attempts
+
+// Process-wide state: constant-initialized globals (no static-init order, no destructors
+// at exit, when engine threads may still count). reset_after_fork() re-creates the mutexes.
+std::atomic<Segment*> g_segment{nullptr};
+std::mutex g_segment_mutex;  // serializes creating the segment
+std::mutex g_slot_mutex;     // serializes claiming slots (releases need no lock)
+// Written under g_segment_mutex before g_segment is stored (release), then only read.
+int g_fd = -1;                // the published file (holding LOCK_SH), or -1 when private
+pid_t g_owner = 0;            // the process that created g_path
+char g_path[PATH_MAX];        // the published file's path, "" when private
+Segment* g_mapped = nullptr;  // the published mapping (the segment itself when published)
+
+// Slots beyond the published arrays: heap blocks kept on a list and reused once released,
+// so that links churning above kMaxLinkSlots cost memory for their peak count only.
+template <typename Slot>
+struct PrivateSlot {
+  Slot slot;
+  PrivateSlot* next = nullptr;
+};
+PrivateSlot<LinkSlot>* g_private_links = nullptr;  // guarded by g_slot_mutex
+PrivateSlot<WorkerSlot>* g_private_workers = nullptr;
+// Handed out only if allocating a private slot fails: callers get a slot, never null.
+LinkSlot g_sink_link;
+WorkerSlot g_sink_worker;
+
+size_t mapping_length() {
+  const long page = ::sysconf(_SC_PAGESIZE);
+  const size_t p = page > 0 ? static_cast<size_t>(page) : 4096;
+  return (sizeof(Segment) + p - 1) / p * p;
+}
+
+std::string errno_text(int err) {
+  return std::generic_category().message(err);
+}
+
+// True if `path` (still) names the file open on `fd`.
+bool fd_is_at_path(int fd, const char* path) {
+  struct stat by_fd;
+  struct stat by_path;
+  if (::fstat(fd, &by_fd) != 0 || ::lstat(path, &by_path) != 0) return false;
+  return by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
+}
+
+void pause_briefly() {
+  timespec pause{0, kBusyWaitNs};
+  ::nanosleep(&pause, nullptr);
+}
+
+// mkdir with exactly `mode` (mkdir's mode passes through the umask), or an existing
+// directory (not a symlink to one).
+bool make_directory(const std::string& path, mode_t mode, std::string* why) {
+  if (::mkdir(path.c_str(), mode) == 0) {
+    if (::chmod(path.c_str(), mode) == 0) return true;
+    *why = "cannot set mode of " + path + ": " + errno_text(errno);
+    return false;
+  }
+  const int err = errno;
+  struct stat st;
+  if (err != EEXIST || ::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    *why = "cannot create directory " + path + ": " + errno_text(err == EEXIST ? ENOTDIR : err);
+    return false;
+  }
+  return true;
+}
+
+// True if `path` is a directory (not a symlink) owned by `uid` that only it can write.
+bool owned_privately(const std::string& path, uid_t uid, std::string* why) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == uid &&
+      (st.st_mode & 022) == 0) {
+    return true;
+  }
+  *why = path + " is not a directory owned by uid " + std::to_string(uid) +
+         " and writable by it alone";
+  return false;
+}
+
+// The runtime dir as the listener registry makes it (private when it is the per-user
+// default), and the stats dir in it, private to the user: its files name the user's
+// programs and their command lines.
+bool ensure_directories(const std::string& runtime_dir, std::string* why) {
+  if (runtime_dir.empty() || runtime_dir.front() != '/') {
+    *why = "runtime dir \"" + runtime_dir + "\" is not an absolute path";
+    return false;
+  }
+  // mkdir -p for the parents; a parent that cannot be made shows up as the error below.
+  for (size_t slash = runtime_dir.find('/', 1); slash != std::string::npos;
+       slash = runtime_dir.find('/', slash + 1)) {
+    ::mkdir(runtime_dir.substr(0, slash).c_str(), 0755);
+  }
+  const uid_t uid = ::geteuid();
+  const bool per_user = uid != 0 && runtime_dir == config::runtime_dir_default();
+  if (!make_directory(runtime_dir, per_user ? 0700 : 0755, why)) return false;
+  if (per_user && !owned_privately(runtime_dir, uid, why)) return false;
+  const std::string dir = stats_dir(runtime_dir);
+  return make_directory(dir, 0700, why) && owned_privately(dir, uid, why);
+}
+
+// Removes the file at `path` if no process holds it. False if a live process does (or it
+// cannot be examined); true if it is gone now.
+bool remove_if_stale(const char* path) {
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return errno == ENOENT;
+  bool gone = false;
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+    // Only while the path still names the inode we hold locked: else it is someone's new one.
+    gone = !fd_is_at_path(fd, path) || ::unlink(path) == 0;
+  }
+  sys::close(fd);
+  return gone;
+}
+
+// Reads a small /proc file into buf (NUL-terminated); returns the bytes read.
+size_t read_proc_file(const char* path, char* buf, size_t size) {
+  size_t n = 0;
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    while (n + 1 < size) {
+      const ssize_t r = sys::read(fd, buf + n, size - 1 - n);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;
+      n += static_cast<size_t>(r);
+    }
+    sys::close(fd);
+  }
+  buf[n] = '\0';
+  return n;
+}
+
+// Fills the header of a zeroed segment (magic excluded).
+void fill_header(Segment& s) {
+  s.version = kStatsVersion;
+  s.pid = static_cast<uint32_t>(::getpid());
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  s.start_realtime_ns =
+      static_cast<uint64_t>(now.tv_sec) * 1000000000u + static_cast<uint64_t>(now.tv_nsec);
+  const size_t comm_len = read_proc_file("/proc/self/comm", s.comm, sizeof s.comm);
+  if (comm_len > 0 && s.comm[comm_len - 1] == '\n') s.comm[comm_len - 1] = '\0';
+  // argv is NUL-separated (and NUL-terminated): join with spaces, drop the trailing ones.
+  size_t len = read_proc_file("/proc/self/cmdline", s.cmdline, sizeof s.cmdline);
+  for (size_t i = 0; i < len; ++i) {
+    if (s.cmdline[i] == '\0') s.cmdline[i] = ' ';
+  }
+  while (len > 0 && s.cmdline[len - 1] == ' ') s.cmdline[--len] = '\0';
+}
+
+void store_magic(Segment& s) {
+  std::atomic_ref<uint64_t>(s.magic).store(kStatsMagic, std::memory_order_release);
+}
+
+// Creates, locks and maps the process's file; the segment or null with *why set. Called
+// under g_segment_mutex.
+Segment* publish(std::string* why) {
+  const std::string& runtime_dir = config::current().runtime_dir;
+  if (!ensure_directories(runtime_dir, why)) return nullptr;
+  const std::string path = stats_dir(runtime_dir) + "/" + std::to_string(::getpid());
+  if (path.size() >= sizeof g_path) {
+    *why = "path " + path + " is too long";
+    return nullptr;
+  }
+  for (int attempt = 0; attempt < kCreateAttempts; ++attempt) {
+    const int fd = sys::move_fd_high(
+        ::open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (fd < 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      if (err != EEXIST) {
+        *why = "cannot create " + path + ": " + errno_text(err);
+        return nullptr;
+      }
+      if (!remove_if_stale(path.c_str())) pause_briefly();
+      continue;
+    }
+    // EWOULDBLOCK while a reader holds LOCK_EX to remove the file as stale (it was not
+    // locked yet): that reader unlinks it, and we start over.
+    if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+      const int err = errno;
+      if (err != EWOULDBLOCK && err != EINTR && fd_is_at_path(fd, path.c_str())) {
+        ::unlink(path.c_str());
+      }
+      sys::close(fd);
+      if (err == EWOULDBLOCK || err == EINTR) continue;
+      *why = "cannot lock " + path + ": " + errno_text(err);
+      return nullptr;
+    }
+    if (!fd_is_at_path(fd, path.c_str())) {
+      sys::close(fd);
+      continue;
+    }
+    void* map = MAP_FAILED;
+    if (::ftruncate(fd, static_cast<off_t>(sizeof(Segment))) == 0) {
+      map = ::mmap(nullptr, mapping_length(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    }
+    if (map == MAP_FAILED) {
+      *why = "cannot size or map " + path + ": " + errno_text(errno);
+      ::unlink(path.c_str());
+      sys::close(fd);
+      return nullptr;
+    }
+    // The file is zero-filled; the counters begin their lifetime there.
+    Segment* s = new (map) Segment();
+    fill_header(*s);
+    store_magic(*s);
+    g_fd = fd;
+    g_owner = ::getpid();
+    std::memcpy(g_path, path.c_str(), path.size() + 1);
+    g_mapped = s;
+    return s;
+  }
+  *why = path + " is held by another live process";
+  return nullptr;
+}
+
+Segment* create_segment() {
+  std::string why;
+  if (Segment* s = publish(&why)) return s;
+  SMC_LOG_WARN("stats: cannot publish this process's counters ({}); keeping them private", why);
+  // Out of memory too: the one static segment (shared by a fork child that ends up here as
+  // well; its counters are then meaningless, but the data path keeps running).
+  static Segment last_resort;
+  Segment* s = new (std::nothrow) Segment();
+  if (s == nullptr) s = &last_resort;
+  fill_header(*s);
+  store_magic(*s);
+  return s;
+}
+
+// A claimed slot starts from zero; in_use, stored last with release ordering, makes it
+// visible to readers, which load in_use with acquire before the counters.
+template <typename Slot, size_t N>
+void claim(Slot& slot, uint64_t in_use, const CounterField<Slot> (&fields)[N]) {
+  for (const CounterField<Slot>& f : fields) (slot.*f.member).store(0, std::memory_order_relaxed);
+  slot.in_use.store(in_use, std::memory_order_release);
+}
+
+// A free published slot (if `published`), else a private one; *overflowed tells which.
+template <typename Slot, size_t N, size_t M>
+Slot* acquire_slot(Slot (&slots)[N], bool published, PrivateSlot<Slot>*& privates, Slot& sink,
+                   uint64_t in_use, const CounterField<Slot> (&fields)[M], bool* overflowed) {
+  std::lock_guard lock(g_slot_mutex);
+  *overflowed = false;
+  for (size_t i = 0; published && i < N; ++i) {
+    if (slots[i].in_use.load(std::memory_order_relaxed) == 0) {
+      claim(slots[i], in_use, fields);
+      return &slots[i];
+    }
+  }
+  *overflowed = true;
+  for (PrivateSlot<Slot>* p = privates; p != nullptr; p = p->next) {
+    if (p->slot.in_use.load(std::memory_order_relaxed) == 0) {
+      claim(p->slot, in_use, fields);
+      return &p->slot;
+    }
+  }
+  auto* p = new (std::nothrow) PrivateSlot<Slot>();
+  if (p == nullptr) return &sink;  // out of memory: shared, meaningless, but never null
+  claim(p->slot, in_use, fields);
+  p->next = privates;
+  privates = p;
+  return &p->slot;
+}
+
+// In a fork child: the inherited shared mapping is replaced, at the same address, by a
+// private copy. Objects the child abandoned may still count into it (and release their
+// slots), and must not change the parent's published counters.
+void privatize(Segment* mapped) {
+  const size_t len = mapping_length();
+  void* copy = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (copy == MAP_FAILED) return;  // keeps the shared mapping: the parent's counters may drift
+  std::memcpy(copy, static_cast<void*>(mapped), sizeof(Segment));
+  if (::mremap(copy, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, mapped) == MAP_FAILED) {
+    ::munmap(copy, len);
+  }
+}
+
+}  // namespace
+
+std::string stats_dir(const std::string& runtime_dir) {
+  return runtime_dir + "/stats";
+}
+
+Segment& segment() {
+  Segment* s = g_segment.load(std::memory_order_acquire);
+  if (s != nullptr) return *s;
+  std::lock_guard lock(g_segment_mutex);
+  s = g_segment.load(std::memory_order_relaxed);
+  if (s == nullptr) {
+    s = create_segment();
+    g_segment.store(s, std::memory_order_release);
+  }
+  return *s;
+}
+
+LinkSlot* acquire_link_slot(uint64_t id) {
+  Segment& s = segment();
+  // in_use 0 marks a free slot: a link with id 0 (a caller's bug) could not hold a
+  // published one, so it gets a private slot.
+  bool overflowed = false;
+  LinkSlot* slot = acquire_slot(s.links, id != 0, g_private_links, g_sink_link, id != 0 ? id : 1,
+                                kLinkFields, &overflowed);
+  if (overflowed && id != 0) add(s.process.link_slots_overflowed);
+  return slot;
+}
+
+void release_link_slot(LinkSlot* slot) {
+  if (slot != nullptr) slot->in_use.store(0, std::memory_order_release);
+}
+
+WorkerSlot* acquire_worker_slot() {
+  bool overflowed = false;
+  return acquire_slot(segment().workers, true, g_private_workers, g_sink_worker, 1, kWorkerFields,
+                      &overflowed);
+}
+
+void release_worker_slot(WorkerSlot* slot) {
+  if (slot != nullptr) slot->in_use.store(0, std::memory_order_release);
+}
+
+void reset_after_fork() {
+  // The fork child runs one thread: the mutexes may have been copied while held by a
+  // thread that does not exist here.
+  new (&g_segment_mutex) std::mutex();
+  new (&g_slot_mutex) std::mutex();
+  g_segment.store(nullptr, std::memory_order_relaxed);
+  if (g_mapped != nullptr) privatize(g_mapped);
+  g_mapped = nullptr;
+  // Our copy of the descriptor would keep the parent's lock alive after the parent died.
+  if (g_fd >= 0) sys::close(g_fd);
+  g_fd = -1;
+  g_owner = 0;
+  g_path[0] = '\0';
+}
+
+void unpublish_at_exit() {
+  if (g_segment.load(std::memory_order_acquire) == nullptr) return;
+  if (g_fd < 0 || g_owner != ::getpid()) return;
+  // The mapping and the lock stay until the process is gone: threads may still count.
+  if (fd_is_at_path(g_fd, g_path)) ::unlink(g_path);
+}
+
+}  // namespace smcpre::stats

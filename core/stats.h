@@ -1,0 +1,58 @@
+// Publishing this process's counters (layout: core/stats_layout.h) in
+// <runtime_dir>/stats/<pid>, a file the process maps shared and updates in place.
+//
+// The process holds flock(LOCK_SH) on the file while it lives; the kernel drops the lock
+// when the process dies, so a reader that can take LOCK_EX knows the file is stale and
+// removes it (no cleanup daemon, as with the listener registry). When the file cannot be
+// made (no runtime dir, no space), the counters live in private memory instead: the data
+// path never depends on the file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/stats_layout.h"
+
+namespace smcpre::stats {
+
+// The process's segment, published on first call. Never fails.
+Segment& segment();
+
+// A zeroed link slot with in_use = id (nonzero), or a private slot when every published one
+// is taken (counted in process.link_slots_overflowed). Never null.
+LinkSlot* acquire_link_slot(uint64_t id);
+void release_link_slot(LinkSlot* slot);
+// A zeroed worker slot with in_use = 1, or a private one when all are taken. Never null.
+WorkerSlot* acquire_worker_slot();
+void release_worker_slot(WorkerSlot* slot);
+
+// In a fork child: the inherited segment is the parent's. The child stops publishing into
+// it (the pointers it still holds belong to abandoned objects) and publishes its own on
+// next use.
+void reset_after_fork();
+// At exit: the file goes (a reader would otherwise only remove it once the lock is gone).
+void unpublish_at_exit();
+
+// <runtime_dir>/stats
+std::string stats_dir(const std::string& runtime_dir);
+
+// Relaxed updates: the counters are statistics, ordered with nothing.
+inline void add(Counter& c, uint64_t n = 1) {
+  c.fetch_add(n, std::memory_order_relaxed);
+}
+inline void set(Counter& c, uint64_t v) {
+  c.store(v, std::memory_order_relaxed);
+}
+// Low- and high-water marks.
+inline void lower_to(Counter& c, uint64_t v) {
+  uint64_t old = c.load(std::memory_order_relaxed);
+  while (v < old && !c.compare_exchange_weak(old, v, std::memory_order_relaxed)) {
+  }
+}
+inline void raise_to(Counter& c, uint64_t v) {
+  uint64_t old = c.load(std::memory_order_relaxed);
+  while (v > old && !c.compare_exchange_weak(old, v, std::memory_order_relaxed)) {
+  }
+}
+
+}  // namespace smcpre::stats

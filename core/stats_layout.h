@@ -1,0 +1,163 @@
+// The layout of a process's published counters: a file <runtime_dir>/stats/<pid> that the
+// process maps shared and updates in place (plain relaxed atomic stores and adds, no
+// syscall per update), and that smcpre-stat maps read-only while the process runs.
+//
+// Header-only and dependency-free, so that the reader (tools/) and the writer (core/) agree
+// on one definition. Every counter is a 64-bit atomic: lock-free on every platform smcpre
+// builds for, so a reader in another process never sees a torn value. A change of layout
+// bumps kStatsVersion; a reader refuses versions it does not know.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace smcpre::stats {
+
+inline constexpr uint64_t kStatsMagic = 0x31545354'45525043;  // "CPRESTT1", little-endian
+inline constexpr uint32_t kStatsVersion = 1;
+inline constexpr size_t kMaxLinkSlots = 256;
+inline constexpr size_t kMaxWorkerSlots = 64;
+
+using Counter = std::atomic<uint64_t>;
+static_assert(Counter::is_always_lock_free);
+
+// Receive path of the whole process (DESIGN.md section 4).
+struct alignas(64) ProcessCounters {
+  Counter backlog_workers;        // 0: inline mode (SMCPRE_BACKLOG_CPUS=none)
+  Counter pool_size;              // receive buffers in the mempool
+  Counter pool_free;              // free now
+  Counter pool_low_water;         // fewest ever free
+  Counter pool_exhausted;         // refills that found the pool empty
+  Counter cdc_inline;             // CDC messages the reaping thread processed itself
+  Counter cdc_backlogged;         // CDC messages handed to a backlog worker
+  Counter links_total;            // links ever created
+  Counter link_slots_overflowed;  // links beyond kMaxLinkSlots (counted, not published)
+};
+
+// One link (one link group: the RDMA relationship with one peer process).
+struct alignas(64) LinkSlot {
+  Counter in_use;           // 0: free slot; else the link group's id (nonzero)
+  Counter peer_qp_num;      // the peer's QP number
+  Counter role;             // 0 client, 1 server
+  Counter rq_depth;         // receive queue depth (SMCPRE_RQ_DEPTH)
+  Counter rq_posted;        // receive buffers posted now
+  Counter rq_low_water;     // fewest posted receive buffers a reaper found (0: ran dry)
+  Counter rq_refill_short;  // refills that could not fill the queue (pool empty)
+  Counter cdc_received;
+  Counter llc_received;
+  // Copied from the queue pair's counters by the progress thread (about once a second
+  // while idle, on every pass while busy): our SENDs that met an empty receive queue at
+  // the peer (RNR) and the retries they took, and what went out and came in.
+  Counter rnr_events;
+  Counter rnr_retries;
+  Counter sends;
+  Counter writes;
+  Counter write_bytes;
+  Counter recvs;
+  Counter connections;  // live connections on the link now
+};
+
+// One backlog worker thread.
+struct alignas(64) WorkerSlot {
+  Counter in_use;           // 1 while the worker exists
+  Counter cpu;              // the CPU it is pinned to
+  Counter cdc_processed;    // CDC messages it applied
+  Counter other_processed;  // send completions it applied
+  Counter queue_depth;      // messages waiting for it now
+  Counter queue_max;        // most messages ever waiting for it
+  Counter sleeps;           // times it went to sleep (each wake-up costs a futex wake)
+};
+
+// Every counter of each struct with its C++ name, in declaration order. The writer zeroes
+// a slot through these lists, and smcpre-stat prints the counters under these names (its
+// JSON keys), so a counter added to a struct must be added to its list too: the checks
+// below refuse a list that misses a member or names one twice.
+template <typename T>
+struct CounterField {
+  const char* name;
+  Counter T::*member;
+};
+
+inline constexpr CounterField<ProcessCounters> kProcessFields[] = {
+    {"backlog_workers", &ProcessCounters::backlog_workers},
+    {"pool_size", &ProcessCounters::pool_size},
+    {"pool_free", &ProcessCounters::pool_free},
+    {"pool_low_water", &ProcessCounters::pool_low_water},
+    {"pool_exhausted", &ProcessCounters::pool_exhausted},
+    {"cdc_inline", &ProcessCounters::cdc_inline},
+    {"cdc_backlogged", &ProcessCounters::cdc_backlogged},
+    {"links_total", &ProcessCounters::links_total},
+    {"link_slots_overflowed", &ProcessCounters::link_slots_overflowed},
+};
+
+inline constexpr CounterField<LinkSlot> kLinkFields[] = {
+    {"in_use", &LinkSlot::in_use},
+    {"peer_qp_num", &LinkSlot::peer_qp_num},
+    {"role", &LinkSlot::role},
+    {"rq_depth", &LinkSlot::rq_depth},
+    {"rq_posted", &LinkSlot::rq_posted},
+    {"rq_low_water", &LinkSlot::rq_low_water},
+    {"rq_refill_short", &LinkSlot::rq_refill_short},
+    {"cdc_received", &LinkSlot::cdc_received},
+    {"llc_received", &LinkSlot::llc_received},
+    {"rnr_events", &LinkSlot::rnr_events},
+    {"rnr_retries", &LinkSlot::rnr_retries},
+    {"sends", &LinkSlot::sends},
+    {"writes", &LinkSlot::writes},
+    {"write_bytes", &LinkSlot::write_bytes},
+    {"recvs", &LinkSlot::recvs},
+    {"connections", &LinkSlot::connections},
+};
+
+inline constexpr CounterField<WorkerSlot> kWorkerFields[] = {
+    {"in_use", &WorkerSlot::in_use},
+    {"cpu", &WorkerSlot::cpu},
+    {"cdc_processed", &WorkerSlot::cdc_processed},
+    {"other_processed", &WorkerSlot::other_processed},
+    {"queue_depth", &WorkerSlot::queue_depth},
+    {"queue_max", &WorkerSlot::queue_max},
+    {"sleeps", &WorkerSlot::sleeps},
+};
+
+namespace detail {
+// Converts to anything: T{AnyInit{}, ...} compiles with at most as many as T has members.
+struct AnyInit {
+  template <typename U>
+  operator U() const noexcept;
+};
+template <typename T, typename... A>
+constexpr size_t member_count(A... a) {
+  if constexpr (requires { T{a..., AnyInit{}}; }) {
+    return member_count<T>(a..., AnyInit{});
+  } else {
+    return sizeof...(A);
+  }
+}
+template <typename T, size_t N>
+constexpr bool names_each_member_once(const CounterField<T> (&fields)[N]) {
+  for (size_t i = 0; i < N; ++i) {
+    for (size_t j = i + 1; j < N; ++j) {
+      if (fields[i].member == fields[j].member) return false;
+    }
+  }
+  return N == member_count<T>();
+}
+}  // namespace detail
+static_assert(detail::names_each_member_once(kProcessFields));
+static_assert(detail::names_each_member_once(kLinkFields));
+static_assert(detail::names_each_member_once(kWorkerFields));
+
+struct Segment {
+  uint64_t magic;    // kStatsMagic, written last when the segment is ready
+  uint32_t version;  // kStatsVersion
+  uint32_t pid;
+  uint64_t start_realtime_ns;  // when the segment was created (CLOCK_REALTIME)
+  char comm[32];               // program name (NUL-terminated)
+  char cmdline[224];           // argv joined by spaces, truncated (NUL-terminated)
+  ProcessCounters process;
+  LinkSlot links[kMaxLinkSlots];
+  WorkerSlot workers[kMaxWorkerSlots];
+};
+
+}  // namespace smcpre::stats

@@ -1,0 +1,222 @@
+// Reading published counters (see stats_reader.h). The file's owner is another process,
+// possibly of another smcpre version, possibly dead: nothing in the file is trusted beyond
+// what is checked here (magic, version, size, pid; strings bounded and sanitized).
+#include "tools/stats_reader.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+
+namespace smcpre::stats {
+namespace {
+
+// magic, version and pid: what must be readable to tell what the file is.
+constexpr size_t kHeaderBytes = offsetof(Segment, pid) + sizeof(Segment::pid);
+
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
+
+// Closes on scope exit.
+struct Fd {
+  int fd;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// Unmaps on scope exit.
+struct Mapping {
+  void* addr;
+  size_t len;
+  ~Mapping() {
+    if (addr != MAP_FAILED) ::munmap(addr, len);
+  }
+};
+
+bool fd_is_at_path(int fd, const std::string& path) {
+  struct stat by_fd;
+  struct stat by_path;
+  if (::fstat(fd, &by_fd) != 0 || ::lstat(path.c_str(), &by_path) != 0) return false;
+  return by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
+}
+
+// The length of the well-formed UTF-8 sequence at p (avail bytes left), 0 if there is none.
+size_t utf8_length(const unsigned char* p, size_t avail) {
+  const unsigned char c = p[0];
+  size_t n = 0;
+  uint32_t cp = 0;
+  uint32_t min = 0;
+  if (c >= 0xc2 && c <= 0xdf) {
+    n = 2, cp = c & 0x1fu, min = 0x80;
+  } else if ((c & 0xf0) == 0xe0) {
+    n = 3, cp = c & 0x0fu, min = 0x800;
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4, cp = c & 0x07u, min = 0x10000;
+  } else {
+    return 0;
+  }
+  if (n > avail) return 0;
+  for (size_t i = 1; i < n; ++i) {
+    if ((p[i] & 0xc0) != 0x80) return 0;
+    cp = cp << 6 | (p[i] & 0x3fu);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+  // C1 controls (0x80-0x9f) act on terminals like C0 ones.
+  if (cp < 0xa0) return 0;
+  return n;
+}
+
+// A NUL-terminated field of at most `size` bytes that its writer may have left unterminated
+// or cut mid-character: control characters and malformed UTF-8 become '?', so that the text
+// is safe on a terminal and valid in JSON.
+std::string bounded_text(const char* field, size_t size) {
+  const auto* p = reinterpret_cast<const unsigned char*>(field);
+  const size_t len = ::strnlen(field, size);
+  std::string out;
+  for (size_t i = 0; i < len;) {
+    if (p[i] < 0x80) {
+      out += (p[i] < 0x20 || p[i] == 0x7f) ? '?' : static_cast<char>(p[i]);
+      ++i;
+    } else if (const size_t n = utf8_length(p + i, len - i); n != 0) {
+      out.append(field + i, n);
+      i += n;
+    } else {
+      out += '?';
+      ++i;
+    }
+  }
+  return out;
+}
+
+template <typename T>
+Values<T> copy_values(const T& live) {
+  Values<T> out;
+  for (size_t i = 0; i < out.values.size(); ++i) {
+    out.values[i] = (live.*Values<T>::kFields[i].member).load(std::memory_order_relaxed);
+  }
+  return out;
+}
+
+ReadResult failure(ReadStatus status, std::string error) {
+  ReadResult r;
+  r.status = status;
+  r.error = std::move(error);
+  return r;
+}
+
+}  // namespace
+
+ReadResult read_segment(const std::string& dir, uint32_t pid) {
+  const std::string path = dir + "/" + std::to_string(pid);
+  const Fd fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)};
+  if (fd.fd < 0) {
+    if (errno == ENOENT) return failure(ReadStatus::kAbsent, "");
+    return failure(ReadStatus::kError, "cannot open " + path + ": " + errno_text(errno));
+  }
+  // The owner holds LOCK_SH for life: if LOCK_EX is free, the owner is dead. Remove the
+  // file while holding the lock, unless the path names a newer file by now (a restarted
+  // process with the same pid) -- which is not ours to judge from this descriptor.
+  if (::flock(fd.fd, LOCK_EX | LOCK_NB) == 0) {
+    if (!fd_is_at_path(fd.fd, path)) return failure(ReadStatus::kAbsent, "");
+    ::unlink(path.c_str());  // may fail in a directory we cannot write: still stale
+    return failure(ReadStatus::kStale, "");
+  }
+  if (errno != EWOULDBLOCK) {
+    return failure(ReadStatus::kError, "cannot lock " + path + ": " + errno_text(errno));
+  }
+  struct stat st;
+  if (::fstat(fd.fd, &st) != 0) {
+    return failure(ReadStatus::kError, "cannot stat " + path + ": " + errno_text(errno));
+  }
+  // The owner sizes the file right after locking it: empty means not ready yet.
+  if (st.st_size == 0) return failure(ReadStatus::kStarting, "");
+  if (static_cast<uint64_t>(st.st_size) < kHeaderBytes) {
+    return failure(ReadStatus::kInvalid, path + " is not an smcpre stats file (too small)");
+  }
+  // Only what the file holds is mapped: touching a page beyond its end would be SIGBUS.
+  const Mapping map{::mmap(nullptr, std::min<uint64_t>(st.st_size, sizeof(Segment)), PROT_READ,
+                           MAP_SHARED, fd.fd, 0),
+                    static_cast<size_t>(std::min<uint64_t>(st.st_size, sizeof(Segment)))};
+  if (map.addr == MAP_FAILED) {
+    return failure(ReadStatus::kError, "cannot map " + path + ": " + errno_text(errno));
+  }
+  const auto* seg = static_cast<const Segment*>(map.addr);
+  // Stored last by the owner (release): everything in the header is written before it.
+  const uint64_t magic = __atomic_load_n(&seg->magic, __ATOMIC_ACQUIRE);
+  if (magic == 0) return failure(ReadStatus::kStarting, "");
+  if (magic != kStatsMagic) {
+    return failure(ReadStatus::kInvalid, path + " is not an smcpre stats file (bad magic)");
+  }
+  if (seg->version != kStatsVersion) {
+    return failure(ReadStatus::kInvalid,
+                   path + " has stats format version " + std::to_string(seg->version) +
+                       "; this smcpre-stat reads version " + std::to_string(kStatsVersion) +
+                       " (use the smcpre-stat of the smcpre that process runs)");
+  }
+  if (map.len < sizeof(Segment)) {
+    return failure(ReadStatus::kInvalid, path + " is truncated (" + std::to_string(map.len) +
+                                             " bytes, version " + std::to_string(kStatsVersion) +
+                                             " needs " + std::to_string(sizeof(Segment)) + ")");
+  }
+  if (seg->pid != pid) {
+    return failure(ReadStatus::kInvalid, path + " was written by pid " + std::to_string(seg->pid) +
+                                             ", not " + std::to_string(pid));
+  }
+
+  ReadResult r;
+  r.status = ReadStatus::kOk;
+  Snapshot& s = r.snapshot;
+  s.pid = pid;
+  s.start_realtime_ns = seg->start_realtime_ns;
+  s.comm = bounded_text(seg->comm, sizeof seg->comm);
+  s.cmdline = bounded_text(seg->cmdline, sizeof seg->cmdline);
+  s.process = copy_values(seg->process);
+  // A slot's in_use is stored last when it is claimed (release): loaded first (acquire),
+  // it tells whether the counters behind it belong to a live link or worker.
+  for (const LinkSlot& slot : seg->links) {
+    const uint64_t id = slot.in_use.load(std::memory_order_acquire);
+    if (id == 0) continue;
+    s.links.push_back(copy_values(slot));
+    s.links.back()[&LinkSlot::in_use] = id;  // as seen above, not as copied later
+  }
+  for (size_t i = 0; i < kMaxWorkerSlots; ++i) {
+    const WorkerSlot& slot = seg->workers[i];
+    const uint64_t in_use = slot.in_use.load(std::memory_order_acquire);
+    if (in_use == 0) continue;
+    s.workers.push_back({i, copy_values(slot)});
+    s.workers.back().counters[&WorkerSlot::in_use] = in_use;
+  }
+  return r;
+}
+
+bool list_pids(const std::string& dir, std::vector<uint32_t>* pids, std::string* error) {
+  pids->clear();
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    if (errno == ENOENT) return true;  // no process has published yet
+    *error = "cannot read " + dir + ": " + errno_text(errno);
+    return false;
+  }
+  while (const dirent* e = ::readdir(d)) {
+    // Only canonical decimal pids: anything else in the directory is not a segment.
+    const char* name = e->d_name;
+    const char* end = name + std::strlen(name);
+    uint32_t pid = 0;
+    const auto [ptr, ec] = std::from_chars(name, end, pid);
+    if (ec == std::errc() && ptr == end && name[0] >= '1' && name[0] <= '9') pids->push_back(pid);
+  }
+  ::closedir(d);
+  std::sort(pids->begin(), pids->end());
+  return true;
+}
+
+}  // namespace smcpre::stats
