@@ -90,4 +90,10 @@ bool decode(std::span<const uint8_t> in, Message* out, std::string* error) {
   return true;
 }
 
+bool peek_token(std::span<const uint8_t> in, uint32_t* token) {
+  if (in.size() != kSize || in[kOffType] != kType || in[kOffLen] != kSize) return false;
+  *token = get_be32(in.data() + kOffToken);
+  return true;
+}
+
 }  // namespace smcpre::core::cdc

@@ -40,5 +40,9 @@ void encode(const Message& msg, std::span<uint8_t, kSize> out);
 // Requires in.size() == 44, type 0xFE and length byte 44; reserved bits are ignored.
 // On failure returns false and, if error is not null, sets a reason.
 bool decode(std::span<const uint8_t> in, Message* out, std::string* error);
+// What the thread reaping receive completions needs to route a CDC to its connection's
+// worker without decoding it: true (and *token set) if `in` is framed as a CDC (size, type
+// and length byte as decode() requires); the worker decodes and validates the rest.
+bool peek_token(std::span<const uint8_t> in, uint32_t* token);
 
 }  // namespace smcpre::core::cdc

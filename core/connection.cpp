@@ -11,6 +11,7 @@
 #include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
+#include "core/backlog.h"
 #include "core/link_group.h"
 
 namespace smcpre::core {
@@ -64,6 +65,47 @@ Connection::Connection(std::shared_ptr<LinkGroup> group, std::unique_ptr<rdma::M
       rmb_size_(static_cast<uint32_t>(rmb_->length())),
       update_limit_(update_limit_for(rmb_size_)),
       direct_writes_(group_->device().caps().write_from_any_memory) {}
+
+namespace {
+
+// The bytes of an address that identify it (family, port, IP), for hashing.
+void hash_address(const sockaddr_storage& a, uint64_t* h) {
+  auto mix = [h](const void* data, size_t length) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    for (size_t i = 0; i < length; ++i) *h = (*h ^ p[i]) * 0x100000001b3;  // FNV-1a
+  };
+  mix(&a.ss_family, sizeof a.ss_family);
+  if (a.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(a);
+    mix(&in.sin_port, sizeof in.sin_port);
+    mix(&in.sin_addr, sizeof in.sin_addr);
+  } else if (a.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(a);
+    mix(&in6.sin6_port, sizeof in6.sin6_port);
+    mix(&in6.sin6_addr, sizeof in6.sin6_addr);
+  }
+}
+
+}  // namespace
+
+void Connection::set_flow(int fd) {
+  socklen_t length = sizeof local_address_;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local_address_), &length) != 0) {
+    local_address_ = {};
+  }
+  length = sizeof peer_address_;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer_address_), &length) != 0) {
+    peer_address_ = {};
+  }
+  uint64_t h = 0xcbf29ce484222325;
+  hash_address(local_address_, &h);
+  hash_address(peer_address_, &h);
+  // FNV's low bits mix poorly; the worker index is taken modulo a small count.
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccd;
+  h ^= h >> 33;
+  flow_hash_ = h;
+}
 
 Connection::~Connection() {
   if (uint64_t id = tcp_watch_.exchange(0)) progress_thread().unwatch_tcp(id);
@@ -469,6 +511,9 @@ void Connection::on_tcp_ended() {
   tcp_watch_.store(0);  // the watch is gone with the event
   // What the peer sent before it went is delivered first: its close, if it sent one.
   group_->link().progress();
+  if (Backlog* backlog = group_->link().backlog()) {
+    backlog->wait_applied(flow_hash_, now_ns() + 100'000'000);
+  }
   if (peer_gone_or_closed()) return;
   // A user-space peer can only have died (or timed out its own close): whatever it
   // wrote last may never have left its machine, so this is a reset, not an end of file.
@@ -504,7 +549,9 @@ void Connection::abort_here() {
 }
 
 void Connection::on_cdc(const cdc::Message& msg) {
-  if (peer_aborted_.load(std::memory_order_relaxed)) return;
+  // A message a worker applies after the connection ended (it was queued before) changes
+  // nothing any more.
+  if (peer_aborted_.load(std::memory_order_relaxed) || finished()) return;
   if (rx_seq_valid_ && !seq_newer(msg.seq, rx_seq_)) return;  // stale or duplicate
   rx_seq_ = msg.seq;
   rx_seq_valid_ = true;

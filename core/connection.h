@@ -9,6 +9,7 @@
 // Data in flight in either direction never exceeds the ring size.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <atomic>
@@ -37,6 +38,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Connection& operator=(const Connection&) = delete;
 
   LinkGroup& group() { return *group_; }
+  // The TCP connection's addresses, taken from its socket before the connection is
+  // published: a hash of this 4-tuple chooses the connection's backlog worker, and the
+  // addresses name the connection in statistics.
+  void set_flow(int fd);
+  uint64_t flow_hash() const { return flow_hash_; }
+  const sockaddr_storage& local_address() const { return local_address_; }
+  const sockaddr_storage& peer_address() const { return peer_address_; }
   const rdma::MemoryRegion& rmb() const { return *rmb_; }
   uint32_t local_token() const { return local_token_; }
   void set_local_token(uint32_t token) { local_token_ = token; }
@@ -146,6 +154,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   ssize_t end_with_reset(size_t copied);
 
   std::shared_ptr<LinkGroup> group_;
+  sockaddr_storage local_address_{};
+  sockaddr_storage peer_address_{};
+  uint64_t flow_hash_ = 0;
   std::unique_ptr<rdma::MemoryRegion> rmb_;
   const uint32_t rmb_size_;
   const uint32_t update_limit_;

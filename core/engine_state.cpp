@@ -6,10 +6,13 @@
 #include <chrono>
 
 #include "config/log.h"
+#include "core/backlog.h"
 #include "core/connection.h"
 #include "core/decline.h"
 #include "core/local_address.h"
 #include "core/progress.h"
+#include "core/recv_pool.h"
+#include "core/stats.h"
 
 namespace smcpre::core {
 namespace {
@@ -43,6 +46,9 @@ void EngineState::reset_after_fork() {
   g_generation.fetch_add(1);
   reset_progress_thread_after_fork();
   forget_stale_mirrors_after_fork();
+  Backlog::reset_after_fork();
+  RecvPool::reset_after_fork();
+  stats::reset_after_fork();
 }
 
 EngineState* EngineState::get_if_created() {

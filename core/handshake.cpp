@@ -118,7 +118,7 @@ struct PendingConnection {
 };
 
 // Creates our RMB element and registers the connection in the group.
-uint32_t create_connection(EngineState& engine, PendingConnection* pending) {
+uint32_t create_connection(EngineState& engine, int fd, PendingConnection* pending) {
   std::string error;
   auto rmb = pending->group->take_buffer(engine.config().rmb_size, &error);
   if (!rmb) {
@@ -126,6 +126,7 @@ uint32_t create_connection(EngineState& engine, PendingConnection* pending) {
     return code(DeclineCode::kMem);
   }
   pending->connection = std::make_shared<Connection>(pending->group, std::move(rmb));
+  pending->connection->set_flow(fd);
   if (pending->group->add_connection(pending->connection) == 0) {
     pending->connection.reset();
     return code(DeclineCode::kMem);
@@ -340,7 +341,7 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
       return fallback(code(DeclineCode::kSyncErr));
     }
   }
-  if (uint32_t r = create_connection(engine, &pending); r != 0) {
+  if (uint32_t r = create_connection(engine, fd, &pending); r != 0) {
     send_decline(fd, engine, r);
     return fallback(r);
   }
@@ -446,7 +447,7 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
       return decline(code(DeclineCode::kMem));
     }
   }
-  if (uint32_t r = create_connection(engine, &pending); r != 0) return decline(r);
+  if (uint32_t r = create_connection(engine, fd, &pending); r != 0) return decline(r);
   clc::AcceptConfirm accept =
       describe(engine, *device, *pending.group, *pending.connection, first_contact);
   if (!send_all(fd, clc::encode_accept(accept))) return fallback(code(DeclineCode::kIntErr));

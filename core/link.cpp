@@ -5,41 +5,104 @@
 #include <cstring>
 
 #include "config/log.h"
+#include "core/backlog.h"
 #include "core/cdc.h"
+#include "core/connection.h"
 #include "core/link_group.h"
 #include "core/llc.h"
+#include "core/recv_pool.h"
+#include "core/stats.h"
 
 namespace smcpre::core {
 namespace {
 constexpr int kPollBatch = 16;
-}
+// Receive completions one pass reaps at most before it turns to the send queue: enough to
+// empty a full receive queue several times over, bounded so that sends are reaped too.
+constexpr int kMaxRecvPerPass = 256;
+// Completions an application thread's pass may find and still apply itself.
+constexpr int kApplyHereMaxBatch = 4;
+}  // namespace
 
-Link::Link(LinkGroup* group, std::unique_ptr<rdma::QueuePair> qp,
-           std::unique_ptr<rdma::MemoryRegion> recv_buffers, uint32_t recv_depth)
+Link::Link(LinkGroup* group, std::unique_ptr<rdma::QueuePair> qp, RecvPool& pool,
+           std::unique_ptr<rdma::MemoryRegion> pool_region, uint32_t recv_depth, Backlog* backlog)
     : group_(group),
       qp_(std::move(qp)),
-      recv_buffers_(std::move(recv_buffers)),
-      recv_depth_(recv_depth) {}
+      pool_(pool),
+      pool_region_(std::move(pool_region)),
+      recv_depth_(recv_depth),
+      backlog_(backlog),
+      posted_((pool.size() + 63) / 64, 0),
+      slot_(stats::acquire_link_slot(group->id())) {
+  stats::set(slot_->rq_depth, recv_depth);
+  stats::set(slot_->rq_low_water, recv_depth);
+  stats::set(slot_->role, group->role() == rdma::Role::kServer ? 1 : 0);
+  stats::add(stats::segment().process.links_total);
+}
 
-Link::~Link() = default;
+Link::~Link() {
+  // The queue pair first: once it is gone the device fills none of the posted buffers,
+  // and they can go back to the pool (their registration with it).
+  qp_.reset();
+  pool_region_.reset();
+  give_back_posted();
+  stats::release_link_slot(slot_);
+}
 
-bool Link::repost(uint64_t index) {
-  auto* base = static_cast<uint8_t*>(recv_buffers_->addr());
-  int rc =
-      qp_->post_recv(base + index * kRecvBufferSize, kRecvBufferSize, recv_buffers_->lkey(), index);
+void Link::give_back_posted() {
+  for (size_t word = 0; word < posted_.size(); ++word) {
+    while (posted_[word] != 0) {
+      const int bit = __builtin_ctzll(posted_[word]);
+      posted_[word] &= posted_[word] - 1;
+      pool_.give(static_cast<uint32_t>(word * 64 + static_cast<size_t>(bit)));
+    }
+  }
+  posted_count_.store(0, std::memory_order_relaxed);
+}
+
+bool Link::post_buffer(uint32_t index) {
+  int rc = qp_->post_recv(pool_.buffer(index), RecvPool::kBufferSize, pool_region_->lkey(), index);
   if (rc != 0) {
     if (!qp_->in_error()) SMC_LOG_WARN("link: post_recv failed: errno {}", rc);
+    pool_.give(index);
     return false;
   }
+  posted_[index / 64] |= uint64_t{1} << (index % 64);
+  posted_count_.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 
-bool Link::post_all_receives(std::string* error) {
-  for (uint32_t i = 0; i < recv_depth_; ++i) {
-    if (!repost(i)) {
-      *error = "cannot post receive buffers";
-      return false;
+void Link::refill() {
+  uint32_t posted = posted_count_.load(std::memory_order_relaxed);
+  bool short_now = false;
+  while (posted < recv_depth_) {
+    uint32_t index;
+    if (!pool_.take(&index)) {
+      short_now = true;
+      break;
     }
+    if (!post_buffer(index)) break;
+    ++posted;
+  }
+  if (short_now && !refill_short_) {
+    // One event per episode of shortage, not per pass while it lasts.
+    pool_.note_exhausted();
+    stats::add(slot_->rq_refill_short);
+  }
+  refill_short_ = short_now;
+  stats::set(slot_->rq_posted, posted_count_.load(std::memory_order_relaxed));
+}
+
+bool Link::post_all_receives(std::string* error) {
+  refill();
+  if (posted_count_.load(std::memory_order_relaxed) == 0) {
+    *error = "no receive buffer: the receive pool (SMCPRE_POOL_SIZE) is used up";
+    return false;
+  }
+  if (refill_short_) {
+    SMC_LOG_WARN(
+        "link: only {} of {} receive buffers: the receive pool (SMCPRE_POOL_SIZE={}) is "
+        "nearly used up",
+        posted_count_.load(), recv_depth_, pool_.size());
   }
   return true;
 }
@@ -54,7 +117,7 @@ int Link::post_message(std::span<const uint8_t, kWrMessageSize> message, uint64_
   return rc;
 }
 
-bool Link::progress() {
+bool Link::progress(Reaper reaper) {
   if (polling_.test_and_set(std::memory_order_acquire)) return false;
   bool any = false;
   rdma::WorkCompletion wc[kPollBatch];
@@ -63,46 +126,63 @@ bool Link::progress() {
   // sent just before it went away is seen as one, then declare the link down.
   const bool draining = error_pending_.load(std::memory_order_acquire) || qp_->in_error();
   bool flushed = false;
+  const uint32_t posted_before = posted_count_.load(std::memory_order_relaxed);
+  int reaped = 0;
   int n;
   do {
     n = qp_->poll_recv(wc);
+    reaped += n;
+    // A reaper that finds a batch is looking at a backlog: it hands everything over and
+    // goes on reaping, so that the receive queue is re-posted at the rate messages come,
+    // not at the rate they are applied. Only a reaper that finds a few messages (a
+    // request, a reply) applies them itself, with no thread hop.
+    const Reaper batch_reaper = n > kApplyHereMaxBatch ? Reaper::kBackground : reaper;
     for (int i = 0; i < n; ++i) {
       any = true;
+      const uint64_t index = wc[i].wr_id;
+      if (index >= pool_.size() || !(posted_[index / 64] & (uint64_t{1} << (index % 64)))) {
+        SMC_LOG_WARN("link: completion for receive buffer {} that is not posted here ignored",
+                     index);
+        continue;
+      }
+      posted_[index / 64] &= ~(uint64_t{1} << (index % 64));
+      posted_count_.fetch_sub(1, std::memory_order_relaxed);
+      const auto buffer = static_cast<uint32_t>(index);
       if (wc[i].status != rdma::WcStatus::kSuccess) {
         count_error("receive", wc[i].status);
         flushed = true;
         error_pending_.store(true, std::memory_order_release);
+        pool_.give(buffer);
         continue;
       }
-      if (wc[i].wr_id >= recv_depth_) continue;  // never ours: ignore defensively
-      const auto* data =
-          static_cast<const uint8_t*>(recv_buffers_->addr()) + wc[i].wr_id * kRecvBufferSize;
-      // Copy out first so the buffer can go back to the queue before the work is done.
-      uint8_t message[kRecvBufferSize];
-      const uint32_t length = std::min<uint32_t>(wc[i].byte_len, kRecvBufferSize);
-      std::memcpy(message, data, length);
-      if (!draining) repost(wc[i].wr_id);
-      handle_receive(message, length);
+      const uint32_t length = std::min(wc[i].byte_len, RecvPool::kBufferSize);
+      if (handle_receive(buffer, length, batch_reaper, draining)) continue;  // handed over
+      // Applied (or dropped) here: the same buffer goes up again.
+      if (draining) {
+        pool_.give(buffer);
+      } else {
+        post_buffer(buffer);
+      }
     }
-  } while (draining && n > 0);
+  } while (n == kPollBatch && (draining || reaped < kMaxRecvPerPass));
+  if (reaped > 0) {
+    // What the reaper found: buffers still posted once these completions were taken off
+    // the queue; 0 means the queue had run dry and a sender may have met RNR.
+    const uint32_t left = posted_before > static_cast<uint32_t>(reaped)
+                              ? posted_before - static_cast<uint32_t>(reaped)
+                              : 0;
+    stats::lower_to(slot_->rq_low_water, left);
+  }
+  if (!draining) refill();
   n = qp_->poll_send(wc);
   for (int i = 0; i < n; ++i) {
     any = true;
-    if (wc[i].status != rdma::WcStatus::kSuccess) {
-      count_error("send", wc[i].status);
-      error_pending_.store(true, std::memory_order_release);
-    } else if (wc[i].wr_id & kCdcWrFlag) {
-      group_->on_send_complete(wc[i].wr_id);
-    } else if (wc[i].wr_id == kDeleteLinkWrId) {
-      fail("DELETE LINK sent");
-    } else if (wc[i].wr_id == kFlushWrId) {
-      flush_done_.store(true, std::memory_order_release);
-    }
+    handle_send_completion(wc[i], reaper);
   }
   if (!draining && (error_pending_.load(std::memory_order_acquire) || qp_->in_error())) {
     // Drain on the next pass (right away, below).
     polling_.clear(std::memory_order_release);
-    return progress() || any;
+    return progress(reaper) || any;
   }
   if (draining && !failed_.exchange(true, std::memory_order_acq_rel)) {
     if (group_->connection_count() == 0) {
@@ -115,11 +195,36 @@ bool Link::progress() {
     }
     events_.wake();
     polling_.clear(std::memory_order_release);
-    group_->on_link_down();
+    group_->on_link_down(reaper == Reaper::kApplication);
     return true;
   }
   polling_.clear(std::memory_order_release);
   return any;
+}
+
+void Link::handle_send_completion(const rdma::WorkCompletion& wc, Reaper reaper) {
+  if (wc.status != rdma::WcStatus::kSuccess) {
+    count_error("send", wc.status);
+    error_pending_.store(true, std::memory_order_release);
+  } else if (wc.wr_id & kCdcWrFlag) {
+    group_->on_send_complete(wc.wr_id, reaper == Reaper::kApplication);
+  } else if (wc.wr_id == kDeleteLinkWrId) {
+    fail("DELETE LINK sent");
+  } else if (wc.wr_id == kFlushWrId) {
+    flush_done_.store(true, std::memory_order_release);
+  }
+}
+
+void Link::publish_stats(size_t connections) {
+  const rdma::QpCounters& c = qp_->counters();
+  stats::set(slot_->rnr_events, c.rnr_events.load(std::memory_order_relaxed));
+  stats::set(slot_->rnr_retries, c.rnr_retries.load(std::memory_order_relaxed));
+  stats::set(slot_->sends, c.sends.load(std::memory_order_relaxed));
+  stats::set(slot_->writes, c.writes.load(std::memory_order_relaxed));
+  stats::set(slot_->write_bytes, c.write_bytes.load(std::memory_order_relaxed));
+  stats::set(slot_->recvs, c.recvs.load(std::memory_order_relaxed));
+  stats::set(slot_->connections, connections);
+  stats::set(slot_->peer_qp_num, group_->peer_qp_num());
 }
 
 std::string Link::error_summary() const {
@@ -144,19 +249,46 @@ void Link::count_error(const char* queue, rdma::WcStatus status) {
   }
 }
 
-void Link::handle_receive(const uint8_t* data, uint32_t length) {
-  if (length == 0) return;
-  if (data[0] == cdc::kType) {
+bool Link::handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool draining) {
+  const uint8_t* data = pool_.buffer(buffer);
+  if (length == 0) return false;
+  if (data[0] != cdc::kType) {
+    stats::add(slot_->llc_received);
+    handle_llc(data, length);
+    return false;
+  }
+  stats::add(slot_->cdc_received);
+  const std::span<const uint8_t> bytes(data, length);
+  if (backlog_ == nullptr) {
+    // Inline mode: applied in place by this thread; the buffer is re-posted afterwards.
+    stats::add(stats::segment().process.cdc_inline);
     cdc::Message msg;
     std::string error;
-    if (!cdc::decode(std::span<const uint8_t>(data, length), &msg, &error)) {
+    if (!cdc::decode(bytes, &msg, &error)) {
       SMC_LOG_WARN("link: malformed CDC message dropped: {}", error);
-      return;
+      return false;
     }
     group_->on_cdc(msg);
-    return;
+    return false;
   }
-  handle_llc(data, length);
+  uint32_t token;
+  if (!cdc::peek_token(bytes, &token)) {
+    SMC_LOG_WARN("link: malformed CDC message dropped: {} bytes, type {:#04x}, length byte {}",
+                 length, data[0], length > 1 ? data[1] : 0);
+    return false;
+  }
+  auto connection = group_->find_connection(token);
+  if (!connection) {
+    SMC_LOG_DEBUG("link group {}: CDC for unknown token {:#x} dropped", group_->id(), token);
+    return false;
+  }
+  // A fresh buffer goes up in its place before the message is applied (while draining,
+  // when the link is going down, nothing is re-posted).
+  if (!draining) refill();
+  const uint64_t flow = connection->flow_hash();
+  backlog_->submit(BacklogItem{std::move(connection), flow, 0, buffer, BacklogItem::Kind::kCdc},
+                   reaper == Reaper::kApplication);
+  return true;
 }
 
 void Link::handle_llc(const uint8_t* data, uint32_t length) {

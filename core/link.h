@@ -9,16 +9,24 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <vector>
 
+#include "core/stats_layout.h"
 #include "core/wait.h"
 #include "rdma/device.h"
 
 namespace smcpre::core {
 
+class Backlog;
 class LinkGroup;
+class RecvPool;
 
 inline constexpr uint32_t kWrMessageSize = 44;  // CDC and LLC messages
-inline constexpr uint32_t kRecvBufferSize = 64;
+
+// Who reaps a link's completions. Only an application thread (waiting on one of its
+// sockets) may apply a message itself, and only when the message's backlog worker is idle
+// (backlog.h); the background poller and threads inside a connection's locks hand over.
+enum class Reaper : uint8_t { kBackground, kApplication };
 
 // Work request id of a signaled CDC send: bit 63 set, the sending connection's token in
 // bits 31..62 and the low 31 bits of the producer cursor the CDC announced (the sender
@@ -38,20 +46,32 @@ inline constexpr uint64_t kFlushWrId = 2;
 
 class Link {
  public:
-  Link(LinkGroup* group, std::unique_ptr<rdma::QueuePair> qp,
-       std::unique_ptr<rdma::MemoryRegion> recv_buffers, uint32_t recv_depth);
+  // `pool_region`: the receive pool registered with the link's protection domain.
+  // `backlog`: the process's workers, nullptr in inline mode (the reaper applies CDC
+  // messages itself and re-posts the same buffer afterwards, as the kernel's SMC does).
+  Link(LinkGroup* group, std::unique_ptr<rdma::QueuePair> qp, RecvPool& pool,
+       std::unique_ptr<rdma::MemoryRegion> pool_region, uint32_t recv_depth, Backlog* backlog);
   ~Link();
   Link(const Link&) = delete;
   Link& operator=(const Link&) = delete;
 
-  // Posts every receive buffer. Must precede the peer's first SEND.
+  // Posts receive buffers from the pool, up to the queue depth. Must precede the peer's
+  // first SEND. Fails only when the pool cannot give a single buffer.
   bool post_all_receives(std::string* error);
 
   rdma::QueuePair& qp() { return *qp_; }
 
   // Reaps send and receive completions unless another thread is already doing so, and
-  // dispatches what arrived. Returns true if anything was reaped.
-  bool progress();
+  // dispatches what arrived (see Reaper). Tops the receive queue up from the pool.
+  // Returns true if anything was reaped.
+  bool progress(Reaper reaper = Reaper::kBackground);
+  // The receive queue is short of its depth (the pool ran empty): whoever polls should
+  // come back soon, as buffers return, instead of sleeping on the notification.
+  bool needs_refill() const { return posted_count_.load(std::memory_order_relaxed) < recv_depth_; }
+  // Copies the queue pair's counters into the published slot (progress thread).
+  void publish_stats(size_t connections);
+  stats::LinkSlot& stats() { return *slot_; }
+  Backlog* backlog() const { return backlog_; }
 
   // Posts one 44-byte message (CDC or LLC) inline. The caller holds send_mutex() when
   // the message content depends on state that must go out in order (CDC sequence).
@@ -96,14 +116,29 @@ class Link {
 
  private:
   void count_error(const char* queue, rdma::WcStatus status);
-  void handle_receive(const uint8_t* data, uint32_t length);
+  // Receive processing of one completed buffer; returns whether the buffer was handed to
+  // a worker (else it is free for re-posting).
+  bool handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool draining);
   void handle_llc(const uint8_t* data, uint32_t length);
-  bool repost(uint64_t index);
+  void handle_send_completion(const rdma::WorkCompletion& wc, Reaper reaper);
+  bool post_buffer(uint32_t index);
+  // Posts pool buffers until the queue is full or the pool is empty.
+  void refill();
+  void give_back_posted();
 
   LinkGroup* group_;
   std::unique_ptr<rdma::QueuePair> qp_;
-  std::unique_ptr<rdma::MemoryRegion> recv_buffers_;
-  uint32_t recv_depth_;
+  RecvPool& pool_;
+  std::unique_ptr<rdma::MemoryRegion> pool_region_;
+  const uint32_t recv_depth_;
+  Backlog* const backlog_;
+  // Pool buffers posted to this queue pair (bit per pool index) and their count: a
+  // completion for a buffer not posted here is never trusted. Changed only by the thread
+  // holding polling_ (and before the link is shared).
+  std::vector<uint64_t> posted_;
+  std::atomic<uint32_t> posted_count_{0};
+  bool refill_short_ = false;  // the last refill found the pool empty
+  stats::LinkSlot* slot_;
   std::mutex send_mutex_;
   std::atomic_flag polling_ = ATOMIC_FLAG_INIT;
   std::atomic<bool> confirmed_{false};

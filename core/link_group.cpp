@@ -3,8 +3,10 @@
 #include <sys/random.h>
 
 #include "config/log.h"
+#include "core/backlog.h"
 #include "core/connection.h"
 #include "core/progress.h"
+#include "core/recv_pool.h"
 
 namespace smcpre::core {
 namespace {
@@ -33,7 +35,7 @@ std::shared_ptr<LinkGroup> LinkGroup::create(rdma::Device& device, rdma::Role ro
   rdma::QpConfig qp_config;
   qp_config.send_depth = config.sq_depth;
   qp_config.recv_depth = config.rq_depth;
-  qp_config.max_inline = kRecvBufferSize;
+  qp_config.max_inline = RecvPool::kBufferSize;
   qp_config.rnr_retry = config.rnr_retry;
   qp_config.min_rnr_timer = config.min_rnr_timer;
   qp_config.timeout = config.ib_timeout;
@@ -41,10 +43,15 @@ std::shared_ptr<LinkGroup> LinkGroup::create(rdma::Device& device, rdma::Role ro
   qp_config.mtu = rdma::path_mtu_at_most(config.ib_mtu);
   auto qp = group->pd_->create_qp(qp_config, error);
   if (!qp) return nullptr;
-  auto buffers = group->pd_->register_memory(size_t{config.rq_depth} * kRecvBufferSize, error);
-  if (!buffers) return nullptr;
-  group->link_ =
-      std::make_unique<Link>(group.get(), std::move(qp), std::move(buffers), config.rq_depth);
+  RecvPool* pool = RecvPool::get();
+  if (pool == nullptr) {
+    *error = "no receive buffer pool";
+    return nullptr;
+  }
+  auto pool_region = group->pd_->register_local(pool->base(), pool->bytes(), error);
+  if (!pool_region) return nullptr;
+  group->link_ = std::make_unique<Link>(group.get(), std::move(qp), *pool, std::move(pool_region),
+                                        config.rq_depth, Backlog::get());
   // Receive buffers go up before the peer can send anything (it learns our QP from CLC).
   if (!group->link_->post_all_receives(error)) return nullptr;
   return group;
@@ -184,11 +191,22 @@ void LinkGroup::maintain(int64_t now, const config::Config& config) {
   }
 }
 
-void LinkGroup::on_send_complete(uint64_t wr_id) {
-  if (auto connection = find_connection(cdc_wr_token(wr_id))) connection->on_send_complete(wr_id);
+void LinkGroup::on_send_complete(uint64_t wr_id, bool may_run_here) {
+  auto connection = find_connection(cdc_wr_token(wr_id));
+  if (!connection) return;
+  if (Backlog* backlog = link_->backlog()) {
+    const uint64_t flow = connection->flow_hash();
+    backlog->submit(BacklogItem{.connection = std::move(connection),
+                                .flow_hash = flow,
+                                .wr_id = wr_id,
+                                .kind = BacklogItem::Kind::kSendComplete},
+                    may_run_here);
+  } else {
+    connection->on_send_complete(wr_id);
+  }
 }
 
-void LinkGroup::on_link_down() {
+void LinkGroup::on_link_down(bool may_run_here) {
   std::vector<std::shared_ptr<Connection>> all;
   {
     std::lock_guard lock(table_mutex_);
@@ -196,7 +214,20 @@ void LinkGroup::on_link_down() {
       if (c) all.push_back(c);
     }
   }
-  for (auto& c : all) c->on_link_down();
+  Backlog* backlog = link_->backlog();
+  for (auto& c : all) {
+    // After the connection's queued messages: an orderly close the peer sent just before
+    // the link went is applied as one.
+    if (backlog != nullptr) {
+      const uint64_t flow = c->flow_hash();
+      backlog->submit(
+          BacklogItem{
+              .connection = std::move(c), .flow_hash = flow, .kind = BacklogItem::Kind::kLinkDown},
+          may_run_here);
+    } else {
+      c->on_link_down();
+    }
+  }
 }
 
 void LinkGroup::close_all_at_exit() {

@@ -76,11 +76,12 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   std::unique_ptr<rdma::MemoryRegion> take_buffer(uint32_t size, std::string* error);
   void give_back_buffer(std::unique_ptr<rdma::MemoryRegion> buffer, bool quarantine);
 
-  // Called by the link (receive processing, any polling thread).
-  void on_cdc(const cdc::Message& message);
+  // Called by the link (receive processing, any polling thread). With backlog workers,
+  // connection work goes to the connection's worker (`may_run_here`: see Reaper).
+  void on_cdc(const cdc::Message& message);  // inline mode only
   // A signaled CDC of a connection completed: its send buffer is free up to that CDC.
-  void on_send_complete(uint64_t wr_id);
-  void on_link_down();
+  void on_send_complete(uint64_t wr_id, bool may_run_here);
+  void on_link_down(bool may_run_here);
   void close_all_at_exit();
   llc::ConfirmLink make_confirm_link(bool response) const;
 

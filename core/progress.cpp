@@ -11,9 +11,12 @@
 #include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
+#include "core/backlog.h"
 #include "core/connection.h"
 #include "core/handshake.h"
 #include "core/link_group.h"
+#include "core/recv_pool.h"
+#include "core/stats.h"
 
 namespace smcpre::core {
 namespace {
@@ -38,6 +41,19 @@ constexpr int64_t kTcpEndGraceNs = 250'000'000;
 constexpr uint64_t kTcpWatchTag = uint64_t{1} << 63;
 // Epoll data of a device's asynchronous event fd: its index in devices_, this bit set.
 constexpr uint64_t kDeviceTag = uint64_t{1} << 62;
+
+// The process-wide receive path counters (the links publish their own).
+void publish_receive_stats() {
+  stats::ProcessCounters& p = stats::segment().process;
+  if (RecvPool* pool = RecvPool::get()) {
+    stats::set(p.pool_size, pool->size());
+    stats::set(p.pool_free, pool->free_count());
+    stats::set(p.pool_low_water, pool->low_water());
+    stats::set(p.pool_exhausted, pool->exhausted());
+  }
+  Backlog* backlog = Backlog::get();
+  stats::set(p.backlog_workers, backlog != nullptr ? backlog->worker_count() : 0);
+}
 
 }  // namespace
 
@@ -255,6 +271,10 @@ void ProgressThread::run() {
         }
         link.progress();
         group.maintain(now, config::current());
+        link.publish_stats(group.connection_count());
+        // A queue short of buffers (the pool ran empty) is topped up as they come back:
+        // look again soon rather than sleep until a completion that may not come.
+        if (link.needs_refill() && !link.failed()) app_polling = true;
         if (link.app_pollers.load(std::memory_order_relaxed) > 0 ||
             now - link.last_app_poll_ns.load(std::memory_order_relaxed) < kAppPollGraceNs) {
           app_polling = true;
@@ -263,6 +283,7 @@ void ProgressThread::run() {
         if (d >= 0 && (deadline < 0 || d < deadline)) deadline = d;
         ++it;
       }
+      publish_receive_stats();
       if (!app_polling) {
         // Arm, then look once more: a completion that arrived before arming would
         // otherwise wait for the next one.
@@ -378,7 +399,7 @@ WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, 
     int64_t now = start;
     bool hit = false;
     while (true) {
-      link.progress();
+      link.progress(Reaper::kApplication);
       if (pred(ctx)) {
         hit = true;
         break;
@@ -396,7 +417,7 @@ WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, 
   link.last_app_poll_ns.store(0, std::memory_order_relaxed);
   while (true) {
     uint32_t seen = queue.seq();
-    link.progress();
+    link.progress(Reaper::kApplication);
     if (pred(ctx)) return done(WaitResult::kReady);
     if (link.failed()) return done(WaitResult::kLinkDown);
     if (deadline_ns >= 0 && now_ns() >= deadline_ns) return done(WaitResult::kTimeout);
@@ -420,7 +441,7 @@ constexpr int kKernelCheckEvery = 16;
 
 bool reap_all(const ProgressThread::LinkGroups& groups) {
   bool reaped = false;
-  for (const auto& group : groups) reaped |= group->link().progress();
+  for (const auto& group : groups) reaped |= group->link().progress(Reaper::kApplication);
   return reaped;
 }
 

@@ -26,12 +26,14 @@
 #include "config/log.h"
 #include "config/registry.h"
 #include "config/sys.h"
+#include "core/backlog.h"
 #include "core/connection.h"
 #include "core/decline.h"
 #include "core/engine_state.h"
 #include "core/handshake.h"
 #include "core/local_address.h"
 #include "core/progress.h"
+#include "core/stats.h"
 
 namespace smcpre::core {
 
@@ -480,7 +482,11 @@ void Engine::after_fork_in_child() {
 }
 
 void Engine::at_exit() {
+  // Messages the workers still hold are applied first (a peer's close among them), then
+  // connections still open get their orderly close, applied by this thread from now on.
+  Backlog::stop_at_exit();
   if (EngineState* engine = EngineState::get_if_created()) engine->close_all_at_exit();
+  stats::unpublish_at_exit();
 }
 
 }  // namespace smcpre::core
