@@ -8,6 +8,8 @@
 //                 [--chunk N|random] [--seed S] [--half-close] [--conns K] [--parallel P]
 //                 [--write-first] [--dump FILE]
 //   common: [--timeout SECONDS] (default 120; the process exits 3 when it expires)
+//           [--hold] (when done, print "done" on stderr and exit only when stdin closes:
+//           a test can then look at the live process, e.g. its smcpre counters)
 // --bind: the server's listening address (default 127.0.0.1); the client's source address
 //   (default: the kernel's choice), which selects the route and so the netdev it uses.
 //
@@ -71,6 +73,7 @@ struct options {
   bool raw;
   const char* dump;
   unsigned timeout;
+  bool hold;
 };
 static struct options opt = {.bytes = -1, .conns = 1, .parallel = 1, .seed = 1, .timeout = 120};
 
@@ -529,11 +532,11 @@ static void usage(void) {
   fprintf(stderr,
           "usage: tcpapp server --port P [--bind ADDR] [--mode sink|echo|source] [--bytes N]\n"
           "                     [--conns K] [--concurrent] [--chunk N|random] [--seed S]\n"
-          "                     [--write-first] [--raw] [--timeout S]\n"
+          "                     [--write-first] [--raw] [--timeout S] [--hold]\n"
           "       tcpapp client --host H --port P [--bind ADDR] [--mode sink|echo|source]\n"
           "                     --bytes N [--chunk N|random] [--seed S] [--half-close]\n"
           "                     [--conns K] [--parallel P] [--write-first] [--dump FILE]\n"
-          "                     [--timeout S]\n");
+          "                     [--timeout S] [--hold]\n");
   exit(2);
 }
 
@@ -558,6 +561,9 @@ static void parse_args(int argc, char** argv) {
       takes = false;
     } else if (strcmp(a, "--raw") == 0) {
       opt.raw = true;
+      takes = false;
+    } else if (strcmp(a, "--hold") == 0) {
+      opt.hold = true;
       takes = false;
     } else if (v == NULL) {
       usage();
@@ -606,5 +612,13 @@ int main(int argc, char** argv) {
   // A peer that vanishes must show up as an error in the report, not as a silent death.
   signal(SIGPIPE, SIG_IGN);
   arm_timeout("tcpapp", opt.timeout, NULL);
-  return opt.server ? run_server() : run_clients();
+  const int rc = opt.server ? run_server() : run_clients();
+  if (opt.hold) {
+    fflush(stdout);
+    fprintf(stderr, "done\n");
+    char byte;
+    while (read(0, &byte, 1) > 0) {
+    }
+  }
+  return rc;
 }

@@ -49,7 +49,7 @@ class Proc:
     """A child process in its own process group; stdout and stderr are collected by
     threads so that neither pipe can fill up and block the child."""
 
-    def __init__(self, argv, env, name):
+    def __init__(self, argv, env, name, stdin_pipe=False):
         self.name = name
         self.argv = argv
         self.stdout_lines = []
@@ -58,7 +58,7 @@ class Proc:
         self.popen = subprocess.Popen(
             argv,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
@@ -123,6 +123,11 @@ class Proc:
 
     def alive(self):
         return self.popen.poll() is None
+
+    def close_stdin(self):
+        """Lets a program started with stdin_pipe (waiting with --hold) exit."""
+        if self.popen.stdin is not None and not self.popen.stdin.closed:
+            self.popen.stdin.close()
 
     def kill(self):
         if self.popen.poll() is None:
@@ -206,15 +211,17 @@ class SmcTestCase(unittest.TestCase):
                 env[k] = v
         return env
 
-    def start(self, argv, preload, env=None, name=None):
-        p = Proc(argv, self.env(preload, env), name or os.path.basename(argv[0]))
+    def start(self, argv, preload, env=None, name=None, stdin_pipe=False):
+        p = Proc(argv, self.env(preload, env), name or os.path.basename(argv[0]), stdin_pipe)
         self.procs.append(p)
         return p
 
-    def start_server(self, program, args, preload=True, env=None, name="server", timeout=15):
+    def start_server(self, program, args, preload=True, env=None, name="server", timeout=15,
+                     stdin_pipe=False):
         """Starts a server on port 0 and returns (proc, port) once it prints
         'listening <port>'."""
-        p = self.start([app(program), "server", "--port", "0"] + list(args), preload, env, name)
+        p = self.start([app(program), "server", "--port", "0"] + list(args), preload, env, name,
+                       stdin_pipe)
         m = p.wait_stderr(r"^listening (\d+)$", timeout)
         if m is None:
             p.kill()
