@@ -53,8 +53,8 @@ struct Config {
   // Receive path (issue 5 grows these).
   std::optional<std::vector<int>> backlog_cpus;  // SMCPRE_BACKLOG_CPUS; nullopt = default
   bool backlog_inline = false;                   // SMCPRE_BACKLOG_CPUS=none
-  uint32_t pool_size = 1024;                     // SMCPRE_POOL_SIZE receive buffers per process
-  uint32_t rq_depth = 64;                        // SMCPRE_RQ_DEPTH receive queue depth per link
+  uint32_t pool_size = 16384;                    // SMCPRE_POOL_SIZE receive buffers per process
+  uint32_t rq_depth = 1024;                      // SMCPRE_RQ_DEPTH receive queue depth per link
   uint32_t sq_depth = 256;                       // SMCPRE_SQ_DEPTH
   // Waiting: poll up to this long before sleeping (adaptive below it).
   uint32_t spin_us = 200;     // SMCPRE_SPIN_US, 0..100000

@@ -217,17 +217,28 @@ bool Backlog::submit(BacklogItem&& item, bool may_run_here) {
     w.busy.store(false, std::memory_order_release);
     return true;
   }
-  if (may_run_here && w.queued.load(std::memory_order_acquire) == 0 &&
-      !w.busy.exchange(true, std::memory_order_acquire)) {
-    // Idle worker: nothing of this connection is queued or being applied.
-    if (w.queued.load(std::memory_order_acquire) == 0) {
-      const bool cdc = item.kind == BacklogItem::Kind::kCdc;
-      apply_(item, pool_);
-      w.busy.store(false, std::memory_order_release);
-      if (cdc) stats::add(process_stats_.cdc_inline);
-      return true;
+  if (may_run_here && !w.busy.exchange(true, std::memory_order_acquire)) {
+    // Nobody is applying for this worker: this thread does, what is queued (older) first
+    // and then this item, with no hop. The worker, if it was about to, finds nothing.
+    // Thread-local: its capacity is kept, and the connections it held are released
+    // (outside the busy section) the next time.
+    thread_local std::vector<BacklogItem> earlier;
+    earlier.clear();
+    if (w.queued.load(std::memory_order_acquire) != 0) {
+      {
+        std::lock_guard lock(w.mutex);
+        earlier.swap(w.queue);
+        w.queued.store(0, std::memory_order_relaxed);
+      }
+      stats::set(w.slot->queue_depth, 0);
+      // (They were counted as backlogged when they were queued.)
+      for (auto& e : earlier) apply_(e, pool_);
     }
+    const bool cdc = item.kind == BacklogItem::Kind::kCdc;
+    apply_(item, pool_);
     w.busy.store(false, std::memory_order_release);
+    if (cdc) stats::add(process_stats_.cdc_inline);
+    return true;
   }
   const bool cdc = item.kind == BacklogItem::Kind::kCdc;
   uint32_t depth;

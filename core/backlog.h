@@ -7,11 +7,11 @@
 // runs empty (a busy link refills it within microseconds) and then sleeps; it is woken by
 // the next submission.
 //
-// No thread hop when there is no backlog (DESIGN.md 4a): an application thread that reaps
-// a link itself (it is waiting on a socket) applies a message at once when the message's
-// worker is idle — nothing queued, nothing being applied — which keeps the order, because
-// everything earlier for that connection has then been applied. Only the background poller
-// (the progress thread) always hands over: it never does connection work.
+// No thread hop where none is needed (DESIGN.md 4a): an application thread that reaps a
+// link itself (it waits on a socket, or is about to read or write one) applies a message
+// at once when nobody is applying for the message's worker — first what is queued there,
+// then the message — which keeps each connection's order. Only the background poller (the
+// progress thread) always hands over: it never does connection work.
 #pragma once
 
 #include <atomic>

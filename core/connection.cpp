@@ -222,6 +222,9 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
   const bool waitall = (flags & MSG_WAITALL) && !peek;
   size_t copied = 0;
   int64_t deadline = -1;
+  // What arrived since the last look is taken in by this thread (see send()): a reader
+  // that is never short of data would leave every producer update to a worker.
+  if (rx_available() < want) reap_here(group_->link());
   while (true) {
     const uint64_t available = rx_available();
     if (available > 0) {
@@ -311,6 +314,10 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
   bool announced_blocked = false;
   bool timed_out = false;
   int64_t deadline = -1;
+  // Whatever the link has brought meanwhile (the peer's consumer cursor, above all) is
+  // taken in by this thread, with no hop to another one: a writer that never has to wait
+  // would otherwise leave every cursor update to the background poller and a worker.
+  if (tx_space() < total) reap_here(link);
   while (sent < total) {
     uint64_t space = tx_space();
     if (space == 0) {

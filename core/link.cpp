@@ -19,8 +19,6 @@ constexpr int kPollBatch = 16;
 // Receive completions one pass reaps at most before it turns to the send queue: enough to
 // empty a full receive queue several times over, bounded so that sends are reaped too.
 constexpr int kMaxRecvPerPass = 256;
-// Completions an application thread's pass may find and still apply itself.
-constexpr int kApplyHereMaxBatch = 4;
 }  // namespace
 
 Link::Link(LinkGroup* group, std::unique_ptr<rdma::QueuePair> qp, RecvPool& pool,
@@ -132,11 +130,6 @@ bool Link::progress(Reaper reaper) {
   do {
     n = qp_->poll_recv(wc);
     reaped += n;
-    // A reaper that finds a batch is looking at a backlog: it hands everything over and
-    // goes on reaping, so that the receive queue is re-posted at the rate messages come,
-    // not at the rate they are applied. Only a reaper that finds a few messages (a
-    // request, a reply) applies them itself, with no thread hop.
-    const Reaper batch_reaper = n > kApplyHereMaxBatch ? Reaper::kBackground : reaper;
     for (int i = 0; i < n; ++i) {
       any = true;
       const uint64_t index = wc[i].wr_id;
@@ -156,7 +149,7 @@ bool Link::progress(Reaper reaper) {
         continue;
       }
       const uint32_t length = std::min(wc[i].byte_len, RecvPool::kBufferSize);
-      if (handle_receive(buffer, length, batch_reaper, draining)) continue;  // handed over
+      if (handle_receive(buffer, length, reaper, draining)) continue;  // handed over
       // Applied (or dropped) here: the same buffer goes up again.
       if (draining) {
         pool_.give(buffer);

@@ -24,6 +24,8 @@ namespace {
 // An application thread that polled this recently is assumed to poll again soon (the gap
 // between two requests of a ping-pong); the background thread does not arm meanwhile.
 constexpr int64_t kAppPollGraceNs = 200'000;
+// How long the background thread reaps busy links back to back before its housekeeping.
+constexpr int64_t kBusyPollSliceNs = 10'000'000;
 // While application threads poll, the background thread still looks every millisecond.
 constexpr int kBusyTimeoutMs = 1;
 constexpr int kIdleTimeoutMs = 1000;
@@ -254,6 +256,7 @@ void ProgressThread::run() {
   epoll_event events[32];
   while (!stopping_.load(std::memory_order_relaxed)) {
     bool app_polling = false;
+    bool busy = false;  // completions on a link no application thread polls
     int64_t deadline = -1;
     {
       std::lock_guard lock(mutex_);
@@ -269,7 +272,7 @@ void ProgressThread::run() {
           publish_links_locked();
           continue;
         }
-        link.progress();
+        if (link.progress() && link.app_pollers.load(std::memory_order_relaxed) == 0) busy = true;
         group.maintain(now, config::current());
         link.publish_stats(group.connection_count());
         // A queue short of buffers (the pool ran empty) is topped up as they come back:
@@ -284,7 +287,7 @@ void ProgressThread::run() {
         ++it;
       }
       publish_receive_stats();
-      if (!app_polling) {
+      if (!app_polling && !busy) {
         // Arm, then look once more: a completion that arrived before arming would
         // otherwise wait for the next one.
         for (auto& group : groups_) group->link().qp().arm_recv_notify();
@@ -293,6 +296,12 @@ void ProgressThread::run() {
       }
     }
     int timeout_ms = app_polling ? kBusyTimeoutMs : kIdleTimeoutMs;
+    if (busy) {
+      poll_while_busy();
+      // Then the housekeeping below and a look at the other fds, without sleeping: the
+      // next pass decides whether to go on polling or to arm and sleep.
+      timeout_ms = 0;
+    }
     {
       std::lock_guard lock(mutex_);
       reap_lingering();
@@ -336,6 +345,37 @@ void ProgressThread::run() {
 
 namespace {
 std::atomic<ProgressThread*> g_progress{nullptr};
+void pause_polling(int64_t polled_ns);
+}  // namespace
+
+void ProgressThread::poll_while_busy() {
+  // Messages are coming faster than wake-ups can follow (a wake-up costs tens of
+  // microseconds here, DESIGN.md 4a): sleeping on the notification between them would let
+  // the receive queues run dry and the peers meet RNR. So reap back to back, for as long
+  // as there is something to reap, and for the polling budget after the last completion.
+  auto groups = links_for_app_polling();
+  if (!groups) return;
+  const int64_t window = int64_t{config::current().spin_us} * 1000;
+  const int64_t start = now_ns();
+  int64_t last_found = start;
+  // Bounded, so that the housekeeping (closes, TCP watches, new links) is not held up.
+  while (!stopping_.load(std::memory_order_relaxed) && last_found - start < kBusyPollSliceNs) {
+    bool found = false;
+    for (const auto& group : *groups) {
+      Link& link = group->link();
+      if (link.app_pollers.load(std::memory_order_relaxed) == 0) found |= link.progress();
+    }
+    const int64_t now = now_ns();
+    if (found) {
+      last_found = now;
+    } else if (now - last_found >= window) {
+      return;
+    }
+    pause_polling(now - last_found);
+  }
+}
+
+namespace {
 
 // Between two looks of a polling wait that has gone on for `polled_ns`.
 void pause_polling(int64_t polled_ns) {
@@ -381,6 +421,12 @@ void SpinBudget::record(int64_t waited_ns, int64_t max_ns) {
   const int64_t sample = std::min(waited_ns, 4 * max_ns);
   const int64_t avg = average_ns_.load(std::memory_order_relaxed);
   average_ns_.store(avg + (sample - avg) / 8, std::memory_order_relaxed);
+}
+
+void reap_here(Link& link) {
+  if (link.progress(Reaper::kApplication)) {
+    link.last_app_poll_ns.store(now_ns(), std::memory_order_relaxed);
+  }
 }
 
 WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,

@@ -65,6 +65,9 @@ class ProgressThread {
 
  private:
   void run();
+  // Reaps busy links back to back, without sleeping, while completions keep coming and no
+  // application thread polls them (see run()).
+  void poll_while_busy();
   bool ensure_started();
   void publish_links_locked();  // under mutex_, after groups_ changed
 
@@ -137,6 +140,11 @@ class SpinBudget {
 
 WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,
                               bool (*pred)(void*), void* ctx);
+
+// An application thread reaps `link` in passing (it is about to use the connection, not
+// to wait): applied here when its worker is idle, and the background thread stays unarmed
+// as it does while application threads poll.
+void reap_here(Link& link);
 
 // Waits until pred() holds, the deadline (CLOCK_MONOTONIC ns, -1 = none) passes, a signal
 // interrupts the sleep, or the link fails.
