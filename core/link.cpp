@@ -16,8 +16,8 @@
 namespace smcpre::core {
 namespace {
 constexpr int kPollBatch = 16;
-// Receive completions one pass reaps at most before it turns to the send queue: enough to
-// empty a full receive queue several times over, bounded so that sends are reaped too.
+// Receive completions one pass reaps at most before it turns to the send queue (at least
+// the whole receive queue): bounded so that sends are reaped too.
 constexpr int kMaxRecvPerPass = 256;
 }  // namespace
 
@@ -125,6 +125,8 @@ bool Link::progress(Reaper reaper) {
   const bool draining = error_pending_.load(std::memory_order_acquire) || qp_->in_error();
   bool flushed = false;
   const uint32_t posted_before = posted_count_.load(std::memory_order_relaxed);
+  // A pass may take the whole queue: then what it leaves posted is the queue's true low.
+  const int recv_limit = static_cast<int>(recv_depth_);
   int reaped = 0;
   int n;
   do {
@@ -157,7 +159,7 @@ bool Link::progress(Reaper reaper) {
         post_buffer(buffer);
       }
     }
-  } while (n == kPollBatch && (draining || reaped < kMaxRecvPerPass));
+  } while (n == kPollBatch && (draining || reaped < std::max(kMaxRecvPerPass, recv_limit)));
   if (reaped > 0) {
     // What the reaper found: buffers still posted once these completions were taken off
     // the queue; 0 means the queue had run dry and a sender may have met RNR.

@@ -272,7 +272,12 @@ void ProgressThread::run() {
           publish_links_locked();
           continue;
         }
-        if (link.progress() && link.app_pollers.load(std::memory_order_relaxed) == 0) busy = true;
+        // Busy: completions that no application thread is taking in (none waits on the
+        // link or has reaped it lately).
+        if (link.progress() && link.app_pollers.load(std::memory_order_relaxed) == 0 &&
+            now - link.last_app_poll_ns.load(std::memory_order_relaxed) >= kAppPollGraceNs) {
+          busy = true;
+        }
         group.maintain(now, config::current());
         link.publish_stats(group.connection_count());
         // A queue short of buffers (the pool ran empty) is topped up as they come back:
