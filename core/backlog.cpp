@@ -36,6 +36,9 @@ struct alignas(64) Backlog::Worker {
 
 namespace {
 
+// Below this many CPUs the default is inline mode (see default_cpus()).
+constexpr size_t kMinCpusForWorkers = 4;
+
 std::atomic<Backlog*> g_backlog{nullptr};
 std::atomic<bool> g_backlog_tried{false};
 std::mutex g_backlog_mutex;
@@ -77,12 +80,14 @@ std::string cpu_list_text(const std::vector<int>& cpus) {
 }  // namespace
 
 std::vector<int> Backlog::default_cpus() {
-  // One worker per 8 CPUs the process may use, at least 1 and at most 8, on the highest
-  // numbered ones (applications and interrupts tend to start at CPU 0). Measured on a
-  // 2-core machine: one worker beside the poller and the application; on a 64-core one the
-  // link's message rate, not the CPU count, bounds what more workers could take.
+  // Measured on a 2-core machine (README, Performance): with both ends of a connection and
+  // their threads sharing two CPUs, a worker can only take CPU time from an application
+  // thread, and every fan-in case ran faster inline. So below 4 CPUs the default is inline
+  // (empty). From 4 on, on paper (a 64-core server): one worker per 8 CPUs the process may
+  // use, at most 8, on the highest-numbered ones (applications and interrupts tend to
+  // start at CPU 0); a link's message rate, not the CPU count, bounds what more could take.
   std::vector<int> allowed = allowed_cpus();
-  if (allowed.empty()) return {0};
+  if (allowed.size() < kMinCpusForWorkers) return {};
   const size_t count = std::clamp<size_t>(allowed.size() / 8, 1, 8);
   return std::vector<int>(allowed.end() - static_cast<std::ptrdiff_t>(count), allowed.end());
 }
@@ -106,15 +111,22 @@ Backlog* Backlog::get() {
   std::lock_guard lock(g_backlog_mutex);
   if (g_backlog_tried.load(std::memory_order_relaxed)) return g_backlog.load();
   const config::Config& config = config::current();
+  std::vector<int> cpus;
+  std::string error;
   if (!config.backlog_inline) {
-    std::vector<int> cpus = default_cpus();
-    std::string error;
+    cpus = default_cpus();
     if (config.backlog_cpus && !validate_cpus(*config.backlog_cpus, &error)) {
-      SMC_LOG_ERROR("SMCPRE_BACKLOG_CPUS: {}; using the default CPUs {}", error,
-                    cpu_list_text(cpus));
+      SMC_LOG_ERROR(
+          "SMCPRE_BACKLOG_CPUS: {}; using the default ({})", error,
+          cpus.empty() ? std::string("inline below 4 CPUs") : "CPUs " + cpu_list_text(cpus));
     } else if (config.backlog_cpus) {
       cpus = *config.backlog_cpus;
     }
+  }
+  if (cpus.empty()) {
+    SMC_LOG_DEBUG("backlog: none, receive processing inline{}",
+                  config.backlog_inline ? "" : " (the default below 4 CPUs)");
+  } else {
     RecvPool* pool = RecvPool::get();
     if (pool != nullptr) {
       // Lives as long as the process (its threads may be applying at exit).

@@ -12,6 +12,8 @@ carries only the CLC handshake (~200 bytes); over TCP it carries the whole paylo
 Environment (set by tests/integration/meson.build):
   SMCPRE_LIB   path of libsmcpre.so      (default: <repo>/build/preload/libsmcpre.so)
   SMCPRE_APPS  directory of the programs (default: <repo>/build/tests/apps)
+  SMCPRE_TEST_ENV  K=V,K=V settings for every preloaded program (a file run in another
+                   mode); the value @last-cpu stands for the highest CPU we may use
 """
 
 import json
@@ -204,6 +206,12 @@ class SmcTestCase(unittest.TestCase):
         if preload:
             env["LD_PRELOAD"] = LIB
             env["SMCPRE_LOG"] = self.log_level
+            # A whole file run again with some setting (meson: transfer_backlog, ...).
+            for pair in filter(None, os.environ.get("SMCPRE_TEST_ENV", "").split(",")):
+                key, _, value = pair.partition("=")
+                if value == "@last-cpu":
+                    value = str(max(os.sched_getaffinity(0)))
+                env[key] = value
         for k, v in (extra or {}).items():
             if v is None:
                 env.pop(k, None)

@@ -63,7 +63,8 @@ class ReceivePathTest(SmcTestCase):
     def test_pool_exhaustion_degrades_to_rnr_and_recovers(self):
         # Four receive buffers in the whole receiving process, a queue of four: every CDC
         # handed to the worker leaves the queue one short until the worker gives it back.
-        tiny = {"SMCPRE_POOL_SIZE": "4", "SMCPRE_RQ_DEPTH": "4"}
+        tiny = {"SMCPRE_POOL_SIZE": "4", "SMCPRE_RQ_DEPTH": "4",
+                "SMCPRE_BACKLOG_CPUS": str(max(os.sched_getaffinity(0)))}
         srv, cli = self.held_transfer(8 * MIB, tiny, None, client_args=["--chunk", "64"])
         receiver, sender = self.stats(srv), self.stats(cli)
         self.release(srv, cli)
@@ -116,9 +117,12 @@ class ReceivePathTest(SmcTestCase):
         for p in (srv, cli):
             self.assertIn("SMCPRE_BACKLOG_CPUS: CPU 4000 does not exist", p.stderr_text(),
                           p.describe())
-        self.assertGreaterEqual(receiver["process"]["backlog_workers"], 1, receiver)
-        for worker in receiver["workers"]:
-            self.assertLess(worker["cpu"], os.cpu_count(), receiver)
+        # The default: inline below 4 CPUs, else one worker per 8 CPUs on the highest.
+        cpus = sorted(os.sched_getaffinity(0))
+        expected = 0 if len(cpus) < 4 else min(max(len(cpus) // 8, 1), 8)
+        self.assertEqual(receiver["process"]["backlog_workers"], expected, receiver)
+        self.assertEqual(sorted(w["cpu"] for w in receiver["workers"]),
+                         cpus[len(cpus) - expected:], receiver)
 
     def test_fork_child_starts_its_own_workers_and_both_exit_cleanly(self):
         srv, port = self.start_server("tcpapp", ["--mode", "echo", "--raw", "--conns", "2",
@@ -151,7 +155,8 @@ class ReceivePathTest(SmcTestCase):
             sys.exit(0 if status == 0 else 1)
             """).replace("PORT", str(port))
         cli = self.start([sys.executable, "-c", script], True,
-                         {"SMCPRE_LOG": "debug"}, "client")
+                         {"SMCPRE_LOG": "debug",
+                          "SMCPRE_BACKLOG_CPUS": str(max(os.sched_getaffinity(0)))}, "client")
         self.finish(cli, 60, 0, [srv])
         self.finish(srv, 30, 0, [cli])
         log = cli.stderr_text()

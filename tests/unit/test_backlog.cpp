@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <memory>
@@ -220,7 +221,16 @@ TEST_CASE("a CPU list naming CPUs that do not exist is refused with the reason")
   CHECK(error.find("CPU 4095") != std::string::npos);
   CHECK(error.find("available:") != std::string::npos);
   CHECK_FALSE(Backlog::validate_cpus({}, &error));
+  // The default: inline below 4 CPUs (measured), else one worker per 8 CPUs (1 to 8) on
+  // the highest-numbered ones.
+  const std::vector<int> cpus = usable_cpus();
   const std::vector<int> defaults = Backlog::default_cpus();
-  REQUIRE_FALSE(defaults.empty());
-  CHECK(Backlog::validate_cpus(defaults, &error));
+  if (cpus.size() < 4) {
+    CHECK(defaults.empty());
+  } else {
+    REQUIRE_FALSE(defaults.empty());
+    CHECK(defaults.size() == std::clamp<size_t>(cpus.size() / 8, 1, 8));
+    CHECK(defaults.back() == cpus.back());
+    CHECK(Backlog::validate_cpus(defaults, &error));
+  }
 }
