@@ -13,10 +13,10 @@
 
 #include <cerrno>
 #include <ctime>
-#include <system_error>
 
 #include "config/config.h"
 #include "config/high_fd.h"
+#include "config/runtime_dir.h"
 #include "config/sys.h"
 
 namespace smcpre::registry {
@@ -28,67 +28,13 @@ constexpr int kPublishAttempts = 64;
 constexpr long kBusyWaitNs = 1000000;  // 1 ms between attempts
 constexpr int kQueryAttempts = 4;
 
-std::string errno_text(int err) {
-  return std::generic_category().message(err);
-}
-
 void set_error(std::string* error, std::string text) {
   if (error != nullptr) *error = std::move(text);
 }
 
-// True if `path` (still) names the file open on `fd`.
-bool fd_is_at_path(int fd, const std::string& path) {
-  struct stat by_fd;
-  struct stat by_path;
-  if (::fstat(fd, &by_fd) != 0 || ::lstat(path.c_str(), &by_path) != 0) return false;
-  return by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
-}
-
-// Creates `path` with exactly `mode` (mkdir's mode passes through the umask, but the
-// registry's modes are part of its design), or accepts an existing directory.
-bool make_directory(const std::string& path, mode_t mode, std::string* error) {
-  if (::mkdir(path.c_str(), mode) == 0) {
-    if (::chmod(path.c_str(), mode) != 0) {
-      set_error(error, "cannot set mode of " + path + ": " + errno_text(errno));
-      return false;
-    }
-    return true;
-  }
-  const int err = errno;
-  struct stat st;
-  if (err != EEXIST || ::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    set_error(error,
-              "cannot create directory " + path + ": " + errno_text(err == EEXIST ? ENOTDIR : err));
-    return false;
-  }
-  return true;
-}
-
 bool ensure_directories(const std::string& runtime_dir, std::string* error) {
-  if (runtime_dir.empty() || runtime_dir.front() != '/') {
-    set_error(error, "runtime dir \"" + runtime_dir + "\" is not an absolute path");
-    return false;
-  }
-  // mkdir -p for the parents; a parent that cannot be made shows up as the error below.
-  for (size_t slash = runtime_dir.find('/', 1); slash != std::string::npos;
-       slash = runtime_dir.find('/', slash + 1)) {
-    ::mkdir(runtime_dir.substr(0, slash).c_str(), 0755);
-  }
-  // The default per-user dir (possibly in /tmp) is private: anyone able to add files to it
-  // could make our clients send CLC proposals to servers that do not speak SMC.
-  const uid_t uid = ::geteuid();
-  const bool per_user = uid != 0 && runtime_dir == config::runtime_dir_default();
-  if (!make_directory(runtime_dir, per_user ? 0700 : 0755, error)) return false;
-  if (per_user) {
-    struct stat st;
-    if (::lstat(runtime_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != uid ||
-        (st.st_mode & 022) != 0) {
-      set_error(error, "runtime dir " + runtime_dir + " is not a directory owned by uid " +
-                           std::to_string(uid) + " and writable by it alone");
-      return false;
-    }
-  }
-  return make_directory(runtime_dir + "/listeners", 0755, error);
+  return runtime_dir::ensure(runtime_dir, error) &&
+         runtime_dir::make_directory(runtime_dir + "/listeners", 0755, false, error);
 }
 
 // Opens (creating) `path` and takes LOCK_SH on the file the path names. Returns the fd,
@@ -99,11 +45,11 @@ int lock_shared(const std::string& path, std::string* error) {
         sys::move_fd_high(::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0644));
     if (fd < 0) {
       if (errno == EINTR) continue;
-      set_error(error, "cannot open " + path + ": " + errno_text(errno));
+      set_error(error, "cannot open " + path + ": " + runtime_dir::errno_text(errno));
       return -1;
     }
     if (::flock(fd, LOCK_SH | LOCK_NB) == 0) {
-      if (fd_is_at_path(fd, path)) return fd;
+      if (runtime_dir::fd_is_at_path(fd, path)) return fd;
       // A client removed it as stale between our open and our lock: start over.
       sys::close(fd);
       continue;
@@ -115,7 +61,7 @@ int lock_shared(const std::string& path, std::string* error) {
       timespec pause{0, kBusyWaitNs};
       ::nanosleep(&pause, nullptr);
     } else if (err != EINTR) {
-      set_error(error, "cannot lock " + path + ": " + errno_text(err));
+      set_error(error, "cannot lock " + path + ": " + runtime_dir::errno_text(err));
       return -1;
     }
   }
@@ -174,7 +120,7 @@ void ListenerRegistration::release() {
   if (owner_ == ::getpid()) {
     // Converting our LOCK_SH to LOCK_EX succeeds only if no other listener holds the file.
     // (On failure Linux has already dropped our shared lock; we are closing anyway.)
-    if (::flock(fd_, LOCK_EX | LOCK_NB) == 0 && fd_is_at_path(fd_, path_)) {
+    if (::flock(fd_, LOCK_EX | LOCK_NB) == 0 && runtime_dir::fd_is_at_path(fd_, path_)) {
       ::unlink(path_.c_str());
     }
   }
@@ -215,7 +161,7 @@ bool is_published(const std::string& runtime_dir, uint16_t port) {
     }
     // Nobody holds it: a listener died without cleaning up. Remove it while we hold the
     // lock -- unless the path names a newer file by now, which deserves a fresh look.
-    const bool stale = fd_is_at_path(fd, path);
+    const bool stale = runtime_dir::fd_is_at_path(fd, path);
     if (stale) ::unlink(path.c_str());  // may fail in a dir we cannot write: harmless
     sys::close(fd);
     if (stale) return false;

@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/sysinfo.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -93,12 +94,13 @@ std::vector<int> Backlog::default_cpus() {
 }
 
 bool Backlog::validate_cpus(const std::vector<int>& cpus, std::string* error) {
-  const std::vector<int> allowed = allowed_cpus();
+  // A CPU outside the process's own affinity mask is fine (a worker may be given a CPU the
+  // application was kept off with taskset); one the machine does not have is not.
+  const int configured = get_nprocs_conf();
   for (int cpu : cpus) {
-    if (!std::binary_search(allowed.begin(), allowed.end(), cpu)) {
-      *error = "CPU " + std::to_string(cpu) +
-               " does not exist or is not available to this process (available: " +
-               cpu_list_text(allowed) + ")";
+    if (cpu < 0 || cpu >= configured) {
+      *error = "CPU " + std::to_string(cpu) + " does not exist (this machine has CPUs 0-" +
+               std::to_string(configured - 1) + ")";
       return false;
     }
   }

@@ -82,9 +82,9 @@ class Backlog {
   // peer's TCP connection ended: did its SMC close come first?).
   bool wait_applied(uint64_t flow_hash, int64_t deadline_ns);
 
-  // The CPUs the default uses (empty: inline, below 4 CPUs), and the validation of a
-  // configured list: every CPU must be one this process may run on. On failure *error
-  // names the first one that is not.
+  // The CPUs the default uses (empty: inline, below 4 CPUs; from those the process may
+  // run on), and the validation of a configured list: every CPU must exist. On failure
+  // *error names the first one that does not.
   static std::vector<int> default_cpus();
   static bool validate_cpus(const std::vector<int>& cpus, std::string* error);
 

@@ -21,11 +21,11 @@
 #include <cstring>
 #include <mutex>
 #include <new>
-#include <system_error>
 
 #include "config/config.h"
 #include "config/high_fd.h"
 #include "config/log.h"
+#include "config/runtime_dir.h"
 #include "config/sys.h"
 
 namespace smcpre::stats {
@@ -67,71 +67,19 @@ size_t mapping_length() {
   return (sizeof(Segment) + p - 1) / p * p;
 }
 
-std::string errno_text(int err) {
-  return std::generic_category().message(err);
-}
-
-// True if `path` (still) names the file open on `fd`.
-bool fd_is_at_path(int fd, const char* path) {
-  struct stat by_fd;
-  struct stat by_path;
-  if (::fstat(fd, &by_fd) != 0 || ::lstat(path, &by_path) != 0) return false;
-  return by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
-}
-
 void pause_briefly() {
   timespec pause{0, kBusyWaitNs};
   ::nanosleep(&pause, nullptr);
-}
-
-// mkdir with exactly `mode` (mkdir's mode passes through the umask), or an existing
-// directory (not a symlink to one).
-bool make_directory(const std::string& path, mode_t mode, std::string* why) {
-  if (::mkdir(path.c_str(), mode) == 0) {
-    if (::chmod(path.c_str(), mode) == 0) return true;
-    *why = "cannot set mode of " + path + ": " + errno_text(errno);
-    return false;
-  }
-  const int err = errno;
-  struct stat st;
-  if (err != EEXIST || ::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    *why = "cannot create directory " + path + ": " + errno_text(err == EEXIST ? ENOTDIR : err);
-    return false;
-  }
-  return true;
-}
-
-// True if `path` is a directory (not a symlink) owned by `uid` that only it can write.
-bool owned_privately(const std::string& path, uid_t uid, std::string* why) {
-  struct stat st;
-  if (::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == uid &&
-      (st.st_mode & 022) == 0) {
-    return true;
-  }
-  *why = path + " is not a directory owned by uid " + std::to_string(uid) +
-         " and writable by it alone";
-  return false;
 }
 
 // The runtime dir as the listener registry makes it (private when it is the per-user
 // default), and the stats dir in it, private to the user: its files name the user's
 // programs and their command lines.
 bool ensure_directories(const std::string& runtime_dir, std::string* why) {
-  if (runtime_dir.empty() || runtime_dir.front() != '/') {
-    *why = "runtime dir \"" + runtime_dir + "\" is not an absolute path";
-    return false;
-  }
-  // mkdir -p for the parents; a parent that cannot be made shows up as the error below.
-  for (size_t slash = runtime_dir.find('/', 1); slash != std::string::npos;
-       slash = runtime_dir.find('/', slash + 1)) {
-    ::mkdir(runtime_dir.substr(0, slash).c_str(), 0755);
-  }
-  const uid_t uid = ::geteuid();
-  const bool per_user = uid != 0 && runtime_dir == config::runtime_dir_default();
-  if (!make_directory(runtime_dir, per_user ? 0700 : 0755, why)) return false;
-  if (per_user && !owned_privately(runtime_dir, uid, why)) return false;
+  if (!runtime_dir::ensure(runtime_dir, why)) return false;
   const std::string dir = stats_dir(runtime_dir);
-  return make_directory(dir, 0700, why) && owned_privately(dir, uid, why);
+  return runtime_dir::make_directory(dir, 0700, true, why) &&
+         runtime_dir::owned_privately(dir, ::geteuid(), why);
 }
 
 // Removes the file at `path` if no process holds it. False if a live process does (or it
@@ -142,7 +90,7 @@ bool remove_if_stale(const char* path) {
   bool gone = false;
   if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
     // Only while the path still names the inode we hold locked: else it is someone's new one.
-    gone = !fd_is_at_path(fd, path) || ::unlink(path) == 0;
+    gone = !runtime_dir::fd_is_at_path(fd, path) || ::unlink(path) == 0;
   }
   sys::close(fd);
   return gone;
@@ -204,7 +152,7 @@ Segment* publish(std::string* why) {
       const int err = errno;
       if (err == EINTR) continue;
       if (err != EEXIST) {
-        *why = "cannot create " + path + ": " + errno_text(err);
+        *why = "cannot create " + path + ": " + runtime_dir::errno_text(err);
         return nullptr;
       }
       if (!remove_if_stale(path.c_str())) pause_briefly();
@@ -214,15 +162,15 @@ Segment* publish(std::string* why) {
     // locked yet): that reader unlinks it, and we start over.
     if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
       const int err = errno;
-      if (err != EWOULDBLOCK && err != EINTR && fd_is_at_path(fd, path.c_str())) {
+      if (err != EWOULDBLOCK && err != EINTR && runtime_dir::fd_is_at_path(fd, path.c_str())) {
         ::unlink(path.c_str());
       }
       sys::close(fd);
       if (err == EWOULDBLOCK || err == EINTR) continue;
-      *why = "cannot lock " + path + ": " + errno_text(err);
+      *why = "cannot lock " + path + ": " + runtime_dir::errno_text(err);
       return nullptr;
     }
-    if (!fd_is_at_path(fd, path.c_str())) {
+    if (!runtime_dir::fd_is_at_path(fd, path.c_str())) {
       sys::close(fd);
       continue;
     }
@@ -231,7 +179,7 @@ Segment* publish(std::string* why) {
       map = ::mmap(nullptr, mapping_length(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     }
     if (map == MAP_FAILED) {
-      *why = "cannot size or map " + path + ": " + errno_text(errno);
+      *why = "cannot size or map " + path + ": " + runtime_dir::errno_text(errno);
       ::unlink(path.c_str());
       sys::close(fd);
       return nullptr;
@@ -374,7 +322,7 @@ void unpublish_at_exit() {
   if (g_segment.load(std::memory_order_acquire) == nullptr) return;
   if (g_fd < 0 || g_owner != ::getpid()) return;
   // The mapping and the lock stay until the process is gone: threads may still count.
-  if (fd_is_at_path(g_fd, g_path)) ::unlink(g_path);
+  if (runtime_dir::fd_is_at_path(g_fd, g_path)) ::unlink(g_path);
 }
 
 }  // namespace smcpre::stats

@@ -336,3 +336,36 @@ size_t pick_chunk(struct rng* r, size_t fixed, size_t max) {
   if (x <= 2) return (size_t)rng_range(r, 1, 64);           // some tiny ones
   return (size_t)rng_range(r, 1, 64 * 1024);
 }
+
+void put_be32(uint8_t* p, uint32_t v) {
+  for (int i = 3; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+uint32_t get_be32(const uint8_t* p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+bool send_all_fd(int fd, const void* buf, size_t len) {
+  const uint8_t* p = buf;
+  while (len > 0) {
+    ssize_t n = send(fd, p, len, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    len -= (size_t)n;
+  }
+  return true;
+}
+
+int recv_all_fd(int fd, void* buf, size_t len) {
+  uint8_t* p = buf;
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = recv(fd, p + got, len - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -1;
+    if (n == 0) return got == 0 ? 0 : -1;
+    got += (size_t)n;
+  }
+  return 1;
+}

@@ -1,5 +1,5 @@
-// Helpers shared by the test programs (tcpapp, entrypoints, tcpbench): the deterministic
-// data pattern, a small PRNG, socket setup, TCP_INFO and JSON output.
+// Helpers shared by the test programs (tcpapp, entrypoints, tcpbench, fanin, ...): the
+// deterministic data pattern, a small PRNG, socket setup, TCP_INFO and JSON output.
 //
 // These programs are ordinary TCP applications that know nothing of smcpre; everything
 // here is plain libc, exactly what an unmodified application would call.
@@ -95,3 +95,13 @@ void arm_timeout(const char* prog, unsigned seconds, const char* (*detail)(void)
 // Big-endian 64-bit fields of the apps' small replies and headers.
 void put_be64(uint8_t* p, uint64_t v);
 uint64_t get_be64(const uint8_t* p);
+void put_be32(uint8_t* p, uint32_t v);
+uint32_t get_be32(const uint8_t* p);
+
+// ---- whole messages on a blocking socket -----------------------------------------------
+
+// Sends all len bytes (retrying on EINTR); false on error or a zero-byte send.
+bool send_all_fd(int fd, const void* buf, size_t len);
+// Receives exactly len bytes. Returns 1 on success, 0 on EOF before the first byte, -1 on
+// error or EOF in the middle.
+int recv_all_fd(int fd, void* buf, size_t len);

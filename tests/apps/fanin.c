@@ -131,40 +131,6 @@ static void fail(const char* fmt, ...) {
   exit(1);
 }
 
-static bool send_all(int fd, const void* buf, size_t len) {
-  const uint8_t* p = buf;
-  while (len > 0) {
-    ssize_t n = send(fd, p, len, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    len -= (size_t)n;
-  }
-  return true;
-}
-
-// Receives exactly len bytes. Returns 1 on success, 0 on EOF before the first byte, -1 on
-// error or EOF in the middle.
-static int recv_all(int fd, void* buf, size_t len) {
-  uint8_t* p = buf;
-  size_t got = 0;
-  while (got < len) {
-    ssize_t n = recv(fd, p + got, len - got, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return -1;
-    if (n == 0) return got == 0 ? 0 : -1;
-    got += (size_t)n;
-  }
-  return 1;
-}
-
-static void put_be32(uint8_t* p, uint32_t v) {
-  for (int i = 3; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
-}
-static uint32_t get_be32(const uint8_t* p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 static void set_nodelay(int fd) {
   int one = 1;
   if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0)
@@ -216,10 +182,10 @@ static void send_msg(int fd, uint32_t type, const uint64_t* fields, int nfields)
   uint8_t m[MSG_LEN] = {0};
   put_be32(m, type);
   for (int i = 0; i < nfields; i++) put_be64(m + 8 + 8 * i, fields[i]);
-  if (!send_all(fd, m, sizeof m)) fail("probe connection: send: %s", strerror(errno));
+  if (!send_all_fd(fd, m, sizeof m)) fail("probe connection: send: %s", strerror(errno));
 }
 static void recv_msg(int fd, uint32_t type, uint8_t m[MSG_LEN]) {
-  int r = recv_all(fd, m, MSG_LEN);
+  int r = recv_all_fd(fd, m, MSG_LEN);
   if (r != 1) fail("probe connection: %s", r == 0 ? "closed by the peer" : strerror(errno));
   if (get_be32(m) != type) fail("probe connection: message %u, expected %u", get_be32(m), type);
 }
@@ -352,7 +318,7 @@ static void receive_loop(struct conn* c, const struct params* p, uint64_t t0, bo
         uint8_t count[8];
         put_be64(count, cn->bytes);
         set_nonblocking(cn->fd, false);
-        if (!send_all(cn->fd, count, sizeof count))
+        if (!send_all_fd(cn->fd, count, sizeof count))
           fail("sending the count on connection %u: %s", i, strerror(errno));
       }
     }
@@ -409,7 +375,7 @@ static void* echo_main(void* arg) {
   int fd = *(const int*)arg;
   uint8_t m[MSG_LEN];
   for (;;) {
-    int r = recv_all(fd, m, sizeof m);
+    int r = recv_all_fd(fd, m, sizeof m);
     if (r != 1) {
       fprintf(stderr, "fanin: probe connection ended without END: %s\n",
               r == 0 ? "closed" : strerror(errno));
@@ -421,7 +387,7 @@ static void* echo_main(void* arg) {
       fprintf(stderr, "fanin: probe connection: unexpected message %u\n", type);
       return arg;
     }
-    if (!send_all(fd, m, sizeof m)) {
+    if (!send_all_fd(fd, m, sizeof m)) {
       fprintf(stderr, "fanin: probe echo: %s\n", strerror(errno));
       return arg;
     }
@@ -447,7 +413,7 @@ static void* probe_main(void* arg) {
     put_be32(m, MSG_PING);
     put_be64(m + 8, seq);
     uint64_t t = now_ns();
-    if (!send_all(pr->fd, m, sizeof m) || recv_all(pr->fd, back, sizeof back) != 1) {
+    if (!send_all_fd(pr->fd, m, sizeof m) || recv_all_fd(pr->fd, back, sizeof back) != 1) {
       fprintf(stderr, "fanin: probe round trip %llu failed: %s\n", (unsigned long long)seq,
               strerror(errno));
       pr->failed = true;
@@ -516,7 +482,7 @@ static int run_server(const char* bind_addr, int port, bool hold_at_end) {
     uint8_t h[HDR_LEN];
     struct params hp;
     int kind = 0;
-    if (recv_all(fd, h, sizeof h) == 1) kind = decode_header(h, &hp);
+    if (recv_all_fd(fd, h, sizeof h) == 1) kind = decode_header(h, &hp);
     if (kind == 0) fail("connection %u: no valid header", nbulk + (probe_fd >= 0));
     if (c == NULL) {
       check_nofile(hp.conns);
@@ -528,7 +494,7 @@ static int run_server(const char* bind_addr, int port, bool hold_at_end) {
       fail("a connection's header disagrees with the first one's");
     }
     static const uint8_t ack = 'A';
-    if (!send_all(fd, &ack, 1)) fail("accept: acknowledging a header: %s", strerror(errno));
+    if (!send_all_fd(fd, &ack, 1)) fail("accept: acknowledging a header: %s", strerror(errno));
     if (kind == KIND_PROBE) {
       if (probe_fd >= 0) fail("two probe connections");
       probe_fd = fd;
@@ -580,7 +546,7 @@ static int open_connection(const char* host, int port, const uint8_t h[HDR_LEN],
   int fd = connect_tcp(host, port);
   if (fd < 0) fail("connect (connection %u): %s", index, strerror(errno));
   uint8_t ack;
-  if (!send_all(fd, h, HDR_LEN) || recv_all(fd, &ack, 1) != 1 || ack != 'A')
+  if (!send_all_fd(fd, h, HDR_LEN) || recv_all_fd(fd, &ack, 1) != 1 || ack != 'A')
     fail("connection %u: the server did not acknowledge the header: %s", index,
          errno ? strerror(errno) : "bad answer");
   return fd;

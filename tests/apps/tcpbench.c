@@ -29,39 +29,6 @@ enum mode { MODE_PINGPONG = 1, MODE_STREAM = 2 };
 static const char kMagic[8] = {'T', 'C', 'P', 'B', 'E', 'N', 'C', 'H'};
 #define MAX_SIZE (16u << 20)
 
-static bool send_all(int fd, const void* buf, size_t len) {
-  const uint8_t* p = buf;
-  while (len > 0) {
-    ssize_t n = send(fd, p, len, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    len -= (size_t)n;
-  }
-  return true;
-}
-
-// Receives exactly len bytes. Returns 1 on success, 0 on EOF before the first byte, -1 on
-// error or EOF in the middle.
-static int recv_all(int fd, void* buf, size_t len) {
-  uint8_t* p = buf;
-  size_t got = 0;
-  while (got < len) {
-    ssize_t n = recv(fd, p + got, len - got, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return -1;
-    if (n == 0) return got == 0 ? 0 : -1;
-    got += (size_t)n;
-  }
-  return 1;
-}
-
-static void put_be32(uint8_t* p, uint32_t v) {
-  for (int i = 3; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
-}
-static uint32_t get_be32(const uint8_t* p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 static void set_nodelay(int fd) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -71,7 +38,7 @@ static void set_nodelay(int fd) {
 
 static void serve(int fd, uint8_t* buf) {
   uint8_t hdr[16];
-  if (recv_all(fd, hdr, sizeof hdr) != 1 || memcmp(hdr, kMagic, 8) != 0) {
+  if (recv_all_fd(fd, hdr, sizeof hdr) != 1 || memcmp(hdr, kMagic, 8) != 0) {
     fprintf(stderr, "tcpbench: bad header from client\n");
     return;
   }
@@ -83,8 +50,8 @@ static void serve(int fd, uint8_t* buf) {
   if (mode == MODE_PINGPONG) {
     set_nodelay(fd);
     int r;
-    while ((r = recv_all(fd, buf, size)) == 1)
-      if (!send_all(fd, buf, size)) break;
+    while ((r = recv_all_fd(fd, buf, size)) == 1)
+      if (!send_all_fd(fd, buf, size)) break;
     if (r < 0) fprintf(stderr, "tcpbench: pingpong receive failed: %s\n", strerror(errno));
   } else if (mode == MODE_STREAM) {
     uint64_t total = 0;
@@ -100,7 +67,7 @@ static void serve(int fd, uint8_t* buf) {
     }
     uint8_t reply[8];
     put_be64(reply, total);
-    send_all(fd, reply, sizeof reply);
+    send_all_fd(fd, reply, sizeof reply);
   } else {
     fprintf(stderr, "tcpbench: bad mode %u\n", mode);
   }
@@ -152,7 +119,7 @@ static int pingpong(int fd, uint8_t* buf, uint32_t size, long long iters, long l
   memset(buf, 0x5a, size);
   for (long long i = -warmup; i < iters; i++) {
     uint64_t t0 = now_ns();
-    if (!send_all(fd, buf, size) || recv_all(fd, buf, size) != 1) {
+    if (!send_all_fd(fd, buf, size) || recv_all_fd(fd, buf, size) != 1) {
       fprintf(stderr, "tcpbench: round trip %lld failed: %s\n", i, strerror(errno));
       return 1;
     }
@@ -183,7 +150,7 @@ static int stream(int fd, uint8_t* buf, uint32_t size, double seconds) {
       t_warm = t;
       bytes_warm = total;
     }
-    if (!send_all(fd, buf, size)) {
+    if (!send_all_fd(fd, buf, size)) {
       fprintf(stderr, "tcpbench: send failed: %s\n", strerror(errno));
       return 1;
     }
@@ -194,7 +161,7 @@ static int stream(int fd, uint8_t* buf, uint32_t size, double seconds) {
     bytes_warm = 0;
   }
   uint8_t reply[8];
-  if (shutdown(fd, SHUT_WR) != 0 || recv_all(fd, reply, sizeof reply) != 1) {
+  if (shutdown(fd, SHUT_WR) != 0 || recv_all_fd(fd, reply, sizeof reply) != 1) {
     fprintf(stderr, "tcpbench: no count from server: %s\n", strerror(errno));
     return 1;
   }
@@ -278,7 +245,7 @@ int main(int argc, char** argv) {
   memcpy(hdr, kMagic, 8);
   put_be32(hdr + 8, mode);
   put_be32(hdr + 12, (uint32_t)size);
-  if (buf == NULL || !send_all(fd, hdr, sizeof hdr)) return 1;
+  if (buf == NULL || !send_all_fd(fd, hdr, sizeof hdr)) return 1;
   int rc = mode == MODE_PINGPONG ? pingpong(fd, buf, (uint32_t)size, iters, warmup)
                                  : stream(fd, buf, (uint32_t)size, seconds);
   close(fd);

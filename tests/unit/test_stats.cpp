@@ -23,6 +23,7 @@
 #include "config/config.h"
 #include "config/high_fd.h"
 #include "core/stats.h"
+#include "tests/unit/child_check.h"
 // The reader is part of smcpre-stat, not of a library: compiled into this test directly.
 #include "tools/stats_reader.cpp"
 
@@ -65,15 +66,6 @@ bool exists(const std::string& path) {
   struct stat st;
   return lstat(path.c_str(), &st) == 0;
 }
-
-// A failed check in a forked child ends it with the line number as a message.
-#define CHILD_CHECK(cond)                                                           \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      std::fprintf(stderr, "child check failed at line %d: %s\n", __LINE__, #cond); \
-      ::_exit(1);                                                                   \
-    }                                                                               \
-  } while (0)
 
 int wait_exit(pid_t pid) {
   int status = 0;

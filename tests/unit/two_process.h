@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "rdma/device.h"
+#include "tests/unit/child_check.h"
 
 namespace {
 
@@ -25,15 +26,6 @@ using namespace smcpre::rdma;
 // Generous: the machine may be loaded, and a healthy run never waits this long.
 constexpr int kTimeoutMs = 10000;
 constexpr uint32_t kSlot = 64;  // receive buffer size
-
-// A failed check in a child ends it with a message; the parent checks the exit code.
-#define CHILD_CHECK(cond)                                                           \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      std::fprintf(stderr, "child check failed at line %d: %s\n", __LINE__, #cond); \
-      ::_exit(1);                                                                   \
-    }                                                                               \
-  } while (0)
 
 int64_t now_ms() {
   timespec ts{};

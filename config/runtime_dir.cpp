@@ -1,0 +1,77 @@
+#include "config/runtime_dir.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <system_error>
+
+#include "config/config.h"
+
+namespace smcpre::runtime_dir {
+
+std::string errno_text(int err) {
+  return std::generic_category().message(err);
+}
+
+namespace {
+void set_error(std::string* error, std::string text) {
+  if (error != nullptr) *error = std::move(text);
+}
+}  // namespace
+
+bool fd_is_at_path(int fd, const std::string& path) {
+  struct stat by_fd;
+  struct stat by_path;
+  if (::fstat(fd, &by_fd) != 0 || ::lstat(path.c_str(), &by_path) != 0) return false;
+  return by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
+}
+
+bool make_directory(const std::string& path, mode_t mode, bool no_symlink, std::string* error) {
+  if (::mkdir(path.c_str(), mode) == 0) {
+    if (::chmod(path.c_str(), mode) == 0) return true;
+    set_error(error, "cannot set mode of " + path + ": " + errno_text(errno));
+    return false;
+  }
+  const int err = errno;
+  struct stat st;
+  const int rc = no_symlink ? ::lstat(path.c_str(), &st) : ::stat(path.c_str(), &st);
+  if (err != EEXIST || rc != 0 || !S_ISDIR(st.st_mode)) {
+    set_error(error,
+              "cannot create directory " + path + ": " + errno_text(err == EEXIST ? ENOTDIR : err));
+    return false;
+  }
+  return true;
+}
+
+bool owned_privately(const std::string& path, uid_t uid, std::string* error) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == uid &&
+      (st.st_mode & 022) == 0) {
+    return true;
+  }
+  set_error(error, path + " is not a directory owned by uid " + std::to_string(uid) +
+                       " and writable by it alone");
+  return false;
+}
+
+bool ensure(const std::string& runtime_dir, std::string* error) {
+  if (runtime_dir.empty() || runtime_dir.front() != '/') {
+    set_error(error, "runtime dir \"" + runtime_dir + "\" is not an absolute path");
+    return false;
+  }
+  // mkdir -p for the parents; a parent that cannot be made shows up as the error below.
+  for (size_t slash = runtime_dir.find('/', 1); slash != std::string::npos;
+       slash = runtime_dir.find('/', slash + 1)) {
+    ::mkdir(runtime_dir.substr(0, slash).c_str(), 0755);
+  }
+  // The default per-user dir (possibly in /tmp) is private: anyone able to add files to it
+  // could make our clients send CLC proposals to servers that do not speak SMC, or read
+  // which programs run.
+  const uid_t uid = ::geteuid();
+  const bool per_user = uid != 0 && runtime_dir == config::runtime_dir_default();
+  if (!make_directory(runtime_dir, per_user ? 0700 : 0755, false, error)) return false;
+  return !per_user || owned_privately(runtime_dir, uid, error);
+}
+
+}  // namespace smcpre::runtime_dir
