@@ -234,10 +234,8 @@ bool Backlog::submit(BacklogItem&& item, bool may_run_here) {
   if (may_run_here && !w.busy.exchange(true, std::memory_order_acquire)) {
     // Nobody is applying for this worker: this thread does, what is queued (older) first
     // and then this item, with no hop. The worker, if it was about to, finds nothing.
-    // Thread-local: its capacity is kept, and the connections it held are released
-    // (outside the busy section) the next time.
+    // Thread-local so that its capacity is kept from call to call.
     thread_local std::vector<BacklogItem> earlier;
-    earlier.clear();
     if (w.queued.load(std::memory_order_acquire) != 0) {
       {
         std::lock_guard lock(w.mutex);
@@ -251,6 +249,7 @@ bool Backlog::submit(BacklogItem&& item, bool may_run_here) {
     const bool cdc = item.kind == BacklogItem::Kind::kCdc;
     apply_(item, pool_);
     w.busy.store(false, std::memory_order_release);
+    earlier.clear();  // the connections they held, released outside the busy section
     if (cdc) stats::add(process_stats_.cdc_inline);
     return true;
   }
