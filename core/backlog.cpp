@@ -277,6 +277,13 @@ bool Backlog::wait_applied(uint64_t flow_hash, int64_t deadline_ns) {
   return true;
 }
 
+bool Backlog::wait_all_applied() {
+  const int64_t deadline = now_ns() + 1'000'000'000;
+  bool all = true;
+  for (size_t i = 0; i < workers_.size(); ++i) all &= wait_applied(i, deadline);
+  return all;
+}
+
 void apply_to_connection(BacklogItem& item, RecvPool& pool) {
   switch (item.kind) {
     case BacklogItem::Kind::kCdc: {

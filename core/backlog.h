@@ -81,6 +81,9 @@ class Backlog {
   // worker has been applied: for whoever must judge a connection after its messages (the
   // peer's TCP connection ended: did its SMC close come first?).
   bool wait_applied(uint64_t flow_hash, int64_t deadline_ns);
+  // The same for every worker, bounded (a second): for a waiter whose link went down,
+  // so that what arrived before is applied before it reports the failure.
+  bool wait_all_applied();
 
   // The CPUs the default uses (empty: inline, below 4 CPUs; from those the process may
   // run on), and the validation of a configured list: every CPU must exist. On failure

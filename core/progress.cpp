@@ -470,7 +470,14 @@ WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, 
     uint32_t seen = queue.seq();
     link.progress(Reaper::kApplication);
     if (pred(ctx)) return done(WaitResult::kReady);
-    if (link.failed()) return done(WaitResult::kLinkDown);
+    if (link.failed()) {
+      // Messages that arrived before the link went down may still wait in a worker's
+      // queue (a close, the last data): they are applied before the wait gives up.
+      if (Backlog* backlog = link.backlog(); backlog != nullptr && backlog->wait_all_applied()) {
+        if (pred(ctx)) return done(WaitResult::kReady);
+      }
+      return done(WaitResult::kLinkDown);
+    }
     if (deadline_ns >= 0 && now_ns() >= deadline_ns) return done(WaitResult::kTimeout);
     progress_thread().on_app_sleep();
     // Bounded sleep so a lost notification can never turn into a hang.

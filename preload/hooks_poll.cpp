@@ -570,21 +570,28 @@ SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept
   if (t == nullptr) return r.epoll_ctl(epfd, op, fd, event);
   if (op != EPOLL_CTL_DEL) epoll_sets().mark(epfd);
   SavedErrno saved;
-  settle_epoll_registrations(*t, fd);
-  if (t->socket->is_smc()) {
-    if (event != nullptr && (event->events & EPOLLET)) t->socket->want_readiness_edges();
-    const int mirror = t->socket->readiness_fd();
-    if (mirror < 0) {
-      errno = ENOMEM;  // as the kernel says when it cannot watch one more fd
-      return -1;
+  std::unique_lock lock(t->epoll_mutex, std::defer_lock);
+  while (true) {
+    settle_epoll_registrations(*t, fd);
+    if (t->socket->is_smc()) {
+      if (event != nullptr && (event->events & EPOLLET)) t->socket->want_readiness_edges();
+      const int mirror = t->socket->readiness_fd();
+      if (mirror < 0) {
+        errno = ENOMEM;  // as the kernel says when it cannot watch one more fd
+        return -1;
+      }
+      // ADD and MOD look at the mirror's state at once: it must not be stale.
+      if (op != EPOLL_CTL_DEL) smcpre::core::flush_stale_mirrors();
+      saved.restore();
+      return r.epoll_ctl(epfd, op, mirror, event);
     }
-    // ADD and MOD look at the mirror's state at once: it must not be stale.
-    if (op != EPOLL_CTL_DEL) smcpre::core::flush_stale_mirrors();
-    saved.restore();
-    return r.epoll_ctl(epfd, op, mirror, event);
+    lock.lock();
+    // Another thread's read may have turned the socket SMC (and moved its registrations
+    // to the mirror) since the look above: then this call is the mirror's too.
+    if (!t->socket->is_smc()) break;
+    lock.unlock();
   }
   saved.restore();
-  std::lock_guard lock(t->epoll_mutex);
   const int rc = r.epoll_ctl(epfd, op, fd, event);
   if (rc != 0 || !t->socket->undecided()) return rc;
   auto& regs = t->epoll_registrations;
