@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -38,9 +39,11 @@ class ReceivePathTest(SmcTestCase):
         self.assertEqual(processes[0]["pid"], proc.pid)
         return processes[0]
 
-    def held_transfer(self, nbytes, server_env, client_env, server_args=(), client_args=()):
+    def held_transfer(self, nbytes, server_env, client_env, server_args=(), client_args=(),
+                      conns=1):
         """A tcpapp sink transfer whose two processes stay alive (--hold) until released;
-        returns (server, client) after both reported ok records and "done"."""
+        returns (server, client) after both reported ok records (one per connection) and
+        "done"."""
         srv, port = self.start_server(
             "tcpapp", ["--mode", "sink", "--bytes", str(nbytes), "--hold"] + list(server_args),
             env=server_env, stdin_pipe=True)
@@ -50,6 +53,10 @@ class ReceivePathTest(SmcTestCase):
         for p in (cli, srv):
             self.assertIsNotNone(p.wait_stderr(r"^done$", 110),
                                  "no 'done'\n" + self.describe_all(srv, cli))
+            # stdout has its own reader thread: the records may trail the "done" line.
+            deadline = time.monotonic() + 10
+            while len(p.records()) < conns and time.monotonic() < deadline:
+                time.sleep(0.05)
         self.assert_records_ok(srv.records(), cli.records(), srv, cli)
         self.assert_smc(srv.records(), cli.records(), (srv, cli))
         return srv, cli
@@ -82,7 +89,7 @@ class ReceivePathTest(SmcTestCase):
         env = {"SMCPRE_BACKLOG_CPUS": cpus}
         srv, cli = self.held_transfer(
             1 * MIB, env, env, server_args=["--conns", "64", "--concurrent"],
-            client_args=["--conns", "4", "--parallel", "16", "--chunk", "random"])
+            client_args=["--conns", "4", "--parallel", "16", "--chunk", "random"], conns=64)
         receiver = self.stats(srv)
         self.release(srv, cli)
         return receiver
