@@ -9,6 +9,7 @@
 
 #include "config/config.h"
 #include "config/log.h"
+#include "core/stats.h"
 
 namespace smcpre::core {
 namespace {
@@ -84,10 +85,7 @@ bool RecvPool::take(uint32_t* index) {
     }
   }
   const int64_t left = free_.fetch_sub(1, std::memory_order_relaxed) - 1;
-  const auto low = static_cast<uint32_t>(std::max<int64_t>(0, left));
-  uint32_t seen = low_water_.load(std::memory_order_relaxed);
-  while (low < seen && !low_water_.compare_exchange_weak(seen, low, std::memory_order_relaxed)) {
-  }
+  stats::lower_to(low_water_, static_cast<uint64_t>(std::max<int64_t>(0, left)));
   return true;
 }
 

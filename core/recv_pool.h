@@ -50,7 +50,9 @@ class RecvPool {
     return static_cast<uint32_t>(std::max<int64_t>(0, free_.load(std::memory_order_relaxed)));
   }
   // The fewest buffers ever free at once.
-  uint32_t low_water() const { return low_water_.load(std::memory_order_relaxed); }
+  uint32_t low_water() const {
+    return static_cast<uint32_t>(low_water_.load(std::memory_order_relaxed));
+  }
   // Refills that found the pool empty (noted by the caller).
   void note_exhausted() { exhausted_.fetch_add(1, std::memory_order_relaxed); }
   uint64_t exhausted() const { return exhausted_.load(std::memory_order_relaxed); }
@@ -66,7 +68,7 @@ class RecvPool {
   alignas(64) std::atomic<uint64_t> head_{0};
   std::unique_ptr<std::atomic<uint32_t>[]> next_;  // index + 1 of the next free, 0 = none
   alignas(64) std::atomic<int64_t> free_{0};
-  std::atomic<uint32_t> low_water_{0};
+  std::atomic<uint64_t> low_water_{0};  // a stats::Counter, lowered with stats::lower_to
   std::atomic<uint64_t> exhausted_{0};
 };
 

@@ -15,15 +15,13 @@
 #include <charconv>
 #include <cstring>
 
+#include "config/runtime_dir.h"
+
 namespace smcpre::stats {
 namespace {
 
 // magic, version and pid: what must be readable to tell what the file is.
 constexpr size_t kHeaderBytes = offsetof(Segment, pid) + sizeof(Segment::pid);
-
-std::string errno_text(int err) {
-  return std::strerror(err);
-}
 
 // Closes on scope exit.
 struct Fd {
@@ -41,13 +39,6 @@ struct Mapping {
     if (addr != MAP_FAILED) ::munmap(addr, len);
   }
 };
-
-bool fd_is_at_path(int fd, const std::string& path) {
-  struct stat by_fd;
-  struct stat by_path;
-  if (::fstat(fd, &by_fd) != 0 || ::lstat(path.c_str(), &by_path) != 0) return false;
-  return by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
-}
 
 // The length of the well-formed UTF-8 sequence at p (avail bytes left), 0 if there is none.
 size_t utf8_length(const unsigned char* p, size_t avail) {
@@ -120,22 +111,25 @@ ReadResult read_segment(const std::string& dir, uint32_t pid) {
   const Fd fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)};
   if (fd.fd < 0) {
     if (errno == ENOENT) return failure(ReadStatus::kAbsent, "");
-    return failure(ReadStatus::kError, "cannot open " + path + ": " + errno_text(errno));
+    return failure(ReadStatus::kError,
+                   "cannot open " + path + ": " + runtime_dir::errno_text(errno));
   }
   // The owner holds LOCK_SH for life: if LOCK_EX is free, the owner is dead. Remove the
   // file while holding the lock, unless the path names a newer file by now (a restarted
   // process with the same pid) -- which is not ours to judge from this descriptor.
   if (::flock(fd.fd, LOCK_EX | LOCK_NB) == 0) {
-    if (!fd_is_at_path(fd.fd, path)) return failure(ReadStatus::kAbsent, "");
+    if (!runtime_dir::fd_is_at_path(fd.fd, path)) return failure(ReadStatus::kAbsent, "");
     ::unlink(path.c_str());  // may fail in a directory we cannot write: still stale
     return failure(ReadStatus::kStale, "");
   }
   if (errno != EWOULDBLOCK) {
-    return failure(ReadStatus::kError, "cannot lock " + path + ": " + errno_text(errno));
+    return failure(ReadStatus::kError,
+                   "cannot lock " + path + ": " + runtime_dir::errno_text(errno));
   }
   struct stat st;
   if (::fstat(fd.fd, &st) != 0) {
-    return failure(ReadStatus::kError, "cannot stat " + path + ": " + errno_text(errno));
+    return failure(ReadStatus::kError,
+                   "cannot stat " + path + ": " + runtime_dir::errno_text(errno));
   }
   // The owner sizes the file right after locking it: empty means not ready yet.
   if (st.st_size == 0) return failure(ReadStatus::kStarting, "");
@@ -147,7 +141,8 @@ ReadResult read_segment(const std::string& dir, uint32_t pid) {
                            MAP_SHARED, fd.fd, 0),
                     static_cast<size_t>(std::min<uint64_t>(st.st_size, sizeof(Segment)))};
   if (map.addr == MAP_FAILED) {
-    return failure(ReadStatus::kError, "cannot map " + path + ": " + errno_text(errno));
+    return failure(ReadStatus::kError,
+                   "cannot map " + path + ": " + runtime_dir::errno_text(errno));
   }
   const auto* seg = static_cast<const Segment*>(map.addr);
   // Stored last by the owner (release): everything in the header is written before it.
@@ -203,7 +198,7 @@ bool list_pids(const std::string& dir, std::vector<uint32_t>* pids, std::string*
   DIR* d = ::opendir(dir.c_str());
   if (d == nullptr) {
     if (errno == ENOENT) return true;  // no process has published yet
-    *error = "cannot read " + dir + ": " + errno_text(errno);
+    *error = "cannot read " + dir + ": " + runtime_dir::errno_text(errno);
     return false;
   }
   while (const dirent* e = ::readdir(d)) {
