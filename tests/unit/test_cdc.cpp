@@ -152,6 +152,31 @@ TEST_CASE("CDC decode rejects malformed frames") {
   }
 }
 
+TEST_CASE("the reaper's token peek accepts exactly the frames decode accepts") {
+  const cdc::Message msg = sample();
+  const Bytes good = encoded(msg);
+  uint32_t token = 0;
+  REQUIRE(cdc::peek_token(good, &token));
+  CHECK(token == msg.token);
+  Bytes b = good;
+  b[0] = 0x07;  // type
+  CHECK_FALSE(cdc::peek_token(b, &token));
+  b = good;
+  b[1] = 40;  // length byte
+  CHECK_FALSE(cdc::peek_token(b, &token));
+  CHECK_FALSE(cdc::peek_token(std::span(good.data(), good.size() - 1), &token));
+  // On random frames it agrees with decode (which the worker runs afterwards).
+  std::mt19937 rng(7);
+  for (int i = 0; i < 20000; ++i) {
+    Bytes r(44);
+    for (auto& byte : r) byte = static_cast<uint8_t>(rng());
+    if (i % 2 == 0) r[0] = cdc::kType;
+    if (i % 4 == 0) r[1] = 44;
+    cdc::Message out;
+    CHECK(cdc::peek_token(r, &token) == cdc::decode(r, &out, nullptr));
+  }
+}
+
 TEST_CASE("CDC decode survives random input and accepts only valid frames") {
   std::mt19937 rng(1234);
   const Bytes good = encoded(sample());
