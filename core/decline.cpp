@@ -37,11 +37,15 @@ constexpr std::array kTable{
     Entry{DeclineCode::kPeerCred, "PEER_CRED", "shm peer credentials or nonce rejected"},
     Entry{DeclineCode::kHandshakeTimeout, "HANDSHAKE_TIMEOUT", "timeout waiting for a CLC message"},
     Entry{DeclineCode::kNonBlocking, "NON_BLOCKING",
-          "non-blocking or polled socket, not accelerated"},
+          "non-blocking socket (sent only by smcpre versions before 0.1)"},
     Entry{DeclineCode::kProtocol, "PROTOCOL", "malformed CLC message"},
     Entry{DeclineCode::kDisabled, "DISABLED", "smcpre disabled by configuration"},
     Entry{DeclineCode::kLateProposal, "LATE_PROPOSAL",
           "server application wrote before the CLC Proposal arrived"},
+    Entry{DeclineCode::kPolicy, "POLICY", "a rule of the policy file says tcp"},
+    Entry{DeclineCode::kPeerUnknown, "PEER_UNKNOWN",
+          "destination not known to run smcpre: not proposed"},
+    Entry{DeclineCode::kExcluded, "EXCLUDED", "destination port in SMCPRE_EXCLUDE: not proposed"},
 };
 
 const Entry* find(uint32_t code) {

@@ -35,10 +35,13 @@ enum class DeclineCode : uint32_t {
   // smcpre's own reasons.
   kPeerCred = 0x0e010000,          // shm peer credentials or nonce rejected
   kHandshakeTimeout = 0x0e020000,  // no CLC message within the handshake timeout
-  kNonBlocking = 0x0e030000,       // socket non-blocking or polled: not accelerated yet
+  kNonBlocking = 0x0e030000,       // sent by older smcpre versions (non-blocking socket)
   kProtocol = 0x0e040000,          // malformed CLC message
   kDisabled = 0x0e050000,          // smcpre disabled by configuration
   kLateProposal = 0x0e060000,      // server wrote before the Proposal arrived
+  kPolicy = 0x0e070000,            // a policy rule (SMCPRE_CONFIG) says tcp
+  kPeerUnknown = 0x0e080000,       // client: destination not known to run smcpre
+  kExcluded = 0x0e090000,          // client: destination port in SMCPRE_EXCLUDE
 };
 
 // Short upper-case name ("MEM", "TIMEOUT_CL", "PEER_CRED", ...) for logs and statistics;
