@@ -164,8 +164,15 @@ int Connection::post_cdc_locked(bool write_blocked) {
   // completes in order, so it also means the device is done with those WRITEs.
   const uint64_t prod = tx_prod_.load(std::memory_order_relaxed);
   const bool signaled = !direct_writes_ && prod != tx_signaled_;
+  // The device counts RNR per queue pair; under the send lock, what it counts during this
+  // post is this message's (the shm device executes a SEND as it is posted).
+  const std::atomic<uint64_t>& rnr_events = group_->link().qp().counters().rnr_events;
+  const uint64_t rnr_before = rnr_events.load(std::memory_order_relaxed);
   const int rc =
       group_->link().post_message(wire, signaled ? cdc_wr_id(local_token_, prod) : 0, signaled);
+  if (const uint64_t met = rnr_events.load(std::memory_order_relaxed) - rnr_before; met != 0) {
+    if (ConnectionStats* stats = stats_.load(std::memory_order_acquire)) stats->add_rnr(met);
+  }
   if (rc == 0) {
     if (signaled) tx_signaled_ = prod;
     tx_seq_ = msg.seq;  // a message not sent leaves its number to the next one
@@ -456,6 +463,7 @@ int Connection::shutdown(int how) {
     send_cdc(CdcContext::kApplication);
   }
   sync_mirror();
+  publish_state();
   return 0;
 }
 
@@ -478,6 +486,7 @@ void Connection::close(int held_fd, bool abort) {
     const int64_t timeout = int64_t{config::current().close_timeout_ms} * 1'000'000;
     progress_thread().watch_close(weak_from_this(), now_ns() + timeout);
   }
+  publish_state();
 }
 
 void Connection::close_timed_out() {
@@ -496,6 +505,7 @@ void Connection::close_at_exit() {
   shut_wr_.store(true);
   closed_.store(true);
   send_cdc(CdcContext::kReceiver);
+  publish_state();
 }
 
 void Connection::finish_if_closed() {
@@ -531,6 +541,7 @@ void Connection::on_tcp_ended() {
   queue_.wake();
   sync_mirror();
   finish_if_closed();
+  publish_state();
 }
 
 void Connection::finish() {
@@ -539,6 +550,7 @@ void Connection::finish() {
   const int fd = held_fd_.exchange(-1);
   if (fd >= 0) sys::close(fd);
   group_->remove_connection(local_token_);
+  publish_state();
 }
 
 void Connection::protocol_error(const char* what) {
@@ -553,6 +565,7 @@ void Connection::abort_here() {
   queue_.wake();
   sync_mirror();
   finish_if_closed();
+  publish_state();
 }
 
 void Connection::on_cdc(const cdc::Message& msg) {
@@ -616,6 +629,7 @@ void Connection::on_cdc(const cdc::Message& msg) {
     }
   }
   finish_if_closed();
+  if (msg.peer_done_writing || msg.peer_conn_closed || msg.peer_conn_abort) publish_state();
 }
 
 void Connection::on_link_down() {
@@ -626,6 +640,33 @@ void Connection::on_link_down() {
   queue_.wake();
   sync_mirror();
   finish_if_closed();
+  publish_state();
+}
+
+void Connection::attach_stats(std::shared_ptr<ConnectionStats> stats) {
+  if (!stats || stats_owner_) return;
+  stats_owner_ = std::move(stats);
+  stats_.store(stats_owner_.get(), std::memory_order_release);
+  publish_state();
+}
+
+void Connection::publish_state() {
+  ConnectionStats* stats = stats_.load(std::memory_order_acquire);
+  if (stats == nullptr) return;
+  const bool reset = aborted_.load() || peer_aborted_.load() || link_down_.load();
+  const bool we_done = closed_.load() || shut_wr_.load();
+  const bool peer_done = peer_closed_.load() || peer_done_writing_.load();
+  stats::ConnectionState state = stats::kConnActive;
+  if (reset) {
+    state = stats::kConnAborted;
+  } else if (finished()) {
+    state = stats::kConnClosed;
+  } else if (we_done) {
+    state = stats::kConnClosing;
+  } else if (peer_done) {
+    state = stats::kConnPeerClosed;
+  }
+  stats->set_state(state);
 }
 
 Readiness Connection::readiness() {

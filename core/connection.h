@@ -19,6 +19,7 @@
 #include <string>
 
 #include "core/cdc.h"
+#include "core/connection_stats.h"
 #include "core/cursor.h"
 #include "core/progress.h"
 #include "core/readiness_mirror.h"
@@ -91,6 +92,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
   // A signaled CDC this connection sent has completed (wr_id from cdc_wr_id()).
   void on_send_complete(uint64_t wr_id);
+  // The connection's line in the published counters: from now on its state (and the
+  // RNR events its CDC messages meet) are reported there. Called once.
+  void attach_stats(std::shared_ptr<ConnectionStats> stats);
 
   uint64_t bytes_sent() const { return tx_prod_.load(std::memory_order_relaxed); }
   // FIONREAD: what a read would return now. SIOCOUTQ: written bytes still in our send
@@ -152,6 +156,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
   };
   ssize_t end_with_reset(size_t copied);
+  // Reports the state the close protocol has reached (after any change of the flags).
+  void publish_state();
 
   std::shared_ptr<LinkGroup> group_;
   sockaddr_storage local_address_{};
@@ -204,6 +210,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::atomic<ReadinessMirror*> mirror_{nullptr};
   std::atomic<bool> mirror_edges_{false};
   std::atomic<bool> mirror_stale_{false};  // on the stale list
+  // Kept by stats_owner_ (set once, before stats_ is published); read through stats_,
+  // which receive processing may load while attach_stats() runs.
+  std::shared_ptr<ConnectionStats> stats_owner_;
+  std::atomic<ConnectionStats*> stats_{nullptr};
   WaitQueue queue_;
   SpinBudget rx_budget_;
   SpinBudget tx_budget_;

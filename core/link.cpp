@@ -34,6 +34,10 @@ Link::Link(LinkGroup* group, std::unique_ptr<rdma::QueuePair> qp, RecvPool& pool
   stats::set(slot_->rq_depth, recv_depth);
   stats::set(slot_->rq_low_water, recv_depth);
   stats::set(slot_->role, group->role() == rdma::Role::kServer ? 1 : 0);
+  stats::set(slot_->device,
+             group->device().name() == "shm" ? stats::kDeviceShm : stats::kDeviceVerbs);
+  stats::set(slot_->local_qp_num, qp_->local_endpoint().qp_num);
+  stats::set(slot_->state, stats::kLinkActivating);
   stats::add(stats::segment().process.links_total);
 }
 
@@ -115,6 +119,13 @@ int Link::post_message(std::span<const uint8_t, kWrMessageSize> message, uint64_
   return rc;
 }
 
+int Link::post_llc(std::span<const uint8_t, kWrMessageSize> message, uint64_t wr_id,
+                   bool signaled) {
+  const int rc = post_message(message, wr_id, signaled);
+  if (rc == 0) stats::add(slot_->llc_sent);
+  return rc;
+}
+
 bool Link::progress(Reaper reaper) {
   if (polling_.test_and_set(std::memory_order_acquire)) return false;
   bool any = false;
@@ -167,6 +178,7 @@ bool Link::progress(Reaper reaper) {
                               ? posted_before - static_cast<uint32_t>(reaped)
                               : 0;
     stats::lower_to(slot_->rq_low_water, left);
+    stats::lower_to(stats::segment().process.rq_low_water, left);
   }
   if (!draining) refill();
   n = qp_->poll_send(wc);
@@ -180,6 +192,7 @@ bool Link::progress(Reaper reaper) {
     return progress(reaper) || any;
   }
   if (draining && !failed_.exchange(true, std::memory_order_acq_rel)) {
+    stats::set(slot_->state, stats::kLinkDown);
     if (group_->connection_count() == 0) {
       // An idle link whose peer process ended: nothing is lost.
       SMC_LOG_INFO("link: down ({}), no connection on it",
@@ -295,15 +308,17 @@ void Link::handle_llc(const uint8_t* data, uint32_t length) {
       if (!llc::decode(bytes, &msg, &error)) break;
       if (msg.response) {
         confirmed_.store(true, std::memory_order_release);
+        stats::set(slot_->state, stats::kLinkActive);
       } else {
         llc::ConfirmLink reply = group_->make_confirm_link(true);
         uint8_t out[kWrMessageSize];
         llc::encode(reply, std::span<uint8_t, kWrMessageSize>(out));
         {
           std::lock_guard lock(send_mutex_);
-          if (post_message(out) != 0) break;
+          if (post_llc(out) != 0) break;
         }
         confirmed_.store(true, std::memory_order_release);
+        stats::set(slot_->state, stats::kLinkActive);
       }
       SMC_LOG_DEBUG("link: CONFIRM LINK {} received", msg.response ? "response" : "request");
       events_.wake();
@@ -317,7 +332,7 @@ void Link::handle_llc(const uint8_t* data, uint32_t length) {
         uint8_t out[kWrMessageSize];
         llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
         std::lock_guard lock(send_mutex_);
-        post_message(out);
+        post_llc(out);
       }
       return;
     }
@@ -340,7 +355,7 @@ bool Link::send_test_link() {
   uint8_t out[kWrMessageSize];
   llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
   std::lock_guard lock(send_mutex_);
-  return post_message(out) == 0;
+  return post_llc(out) == 0;
 }
 
 bool Link::send_delete_link() {
@@ -352,7 +367,7 @@ bool Link::send_delete_link() {
   uint8_t out[kWrMessageSize];
   llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
   std::lock_guard lock(send_mutex_);
-  return post_message(out, kDeleteLinkWrId, true) == 0;
+  return post_llc(out, kDeleteLinkWrId, true) == 0;
 }
 
 bool Link::flush_sends(int64_t deadline_ns) {
@@ -363,7 +378,7 @@ bool Link::flush_sends(int64_t deadline_ns) {
   flush_done_.store(false, std::memory_order_relaxed);
   {
     std::lock_guard lock(send_mutex_);
-    if (post_message(out, kFlushWrId, true) != 0) return false;
+    if (post_llc(out, kFlushWrId, true) != 0) return false;
   }
   while (!flush_done_.load(std::memory_order_acquire) && !failed() && now_ns() < deadline_ns) {
     progress();
@@ -377,7 +392,7 @@ bool Link::send_confirm_link_request() {
   uint8_t out[kWrMessageSize];
   llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
   std::lock_guard lock(send_mutex_);
-  return post_message(out) == 0;
+  return post_llc(out) == 0;
 }
 
 void Link::fail(const char* why) {

@@ -78,6 +78,9 @@ class Link {
   int post_message(std::span<const uint8_t, kWrMessageSize> message, uint64_t wr_id = 0,
                    bool signaled = false);
   std::mutex& send_mutex() { return send_mutex_; }
+  // post_message for an LLC message (counted as one in the published counters).
+  int post_llc(std::span<const uint8_t, kWrMessageSize> message, uint64_t wr_id = 0,
+               bool signaled = false);
 
   // LLC TEST LINK request (keepalive); the answer, like any receipt, shows the peer alive.
   bool send_test_link();

@@ -28,9 +28,12 @@
 #include "config/sys.h"
 #include "core/backlog.h"
 #include "core/connection.h"
+#include "core/connection_stats.h"
 #include "core/decline.h"
 #include "core/engine_state.h"
+#include "core/exit_summary.h"
 #include "core/handshake.h"
+#include "core/link_group.h"
 #include "core/local_address.h"
 #include "core/progress.h"
 #include "core/stats.h"
@@ -116,10 +119,17 @@ class SmcSocket final : public Socket {
     snd_timeout_ns_.store(socket_timeout_ns(fd, SO_SNDTIMEO), std::memory_order_relaxed);
   }
 
-  void set_connection(std::shared_ptr<Connection> connection) {
-    connection_ = std::move(connection);
+  // The connection's published line; may be null (then nothing is counted).
+  void set_stats(std::shared_ptr<ConnectionStats> stats) { stats_ = std::move(stats); }
+  // The client handshake's outcome.
+  void adopt_client(const HandshakeResult& r) {
+    if (r.connection) {
+      connection_ = r.connection;
+      publish_smc();
+    } else {
+      if (stats_) stats_->on_fallback(r.reason);
+    }
   }
-  void set_reason(uint32_t reason) { reason_ = reason; }
 
   Path route_recv(int fd, int flags) override {
     State s = state_.load(std::memory_order_acquire);
@@ -140,8 +150,11 @@ class SmcSocket final : public Socket {
     if (!usable()) return fail(EOPNOTSUPP);
     // SMC carries no urgent data: TCP says EINVAL when none is pending.
     if (flags & MSG_OOB) return fail(EINVAL);
-    return connection_->recv(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
-                             rcv_timeout_ns_.load(std::memory_order_relaxed));
+    const ssize_t n =
+        connection_->recv(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
+                          rcv_timeout_ns_.load(std::memory_order_relaxed));
+    if (n > 0 && stats_ && !(flags & MSG_PEEK)) stats_->add_received(static_cast<uint64_t>(n));
+    return n;
   }
 
   ssize_t send(const iovec* iov, int iovcnt, int flags) override {
@@ -149,8 +162,20 @@ class SmcSocket final : public Socket {
     if (!usable()) return fail(EOPNOTSUPP);
     // Urgent data has no SMC equivalent; sending it inline would corrupt the stream.
     if (flags & MSG_OOB) return fail(EOPNOTSUPP);
-    return connection_->send(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
-                             snd_timeout_ns_.load(std::memory_order_relaxed));
+    const ssize_t n =
+        connection_->send(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
+                          snd_timeout_ns_.load(std::memory_order_relaxed));
+    if (n > 0 && stats_) stats_->add_sent(static_cast<uint64_t>(n));
+    return n;
+  }
+
+  void count_kernel_bytes(bool received, uint64_t bytes) override {
+    if (!stats_) return;
+    if (received) {
+      stats_->add_received(bytes);
+    } else {
+      stats_->add_sent(bytes);
+    }
   }
 
   int shutdown(int how) override {
@@ -246,8 +271,15 @@ class SmcSocket final : public Socket {
   bool usable() const { return connection_ && generation_ == EngineState::generation(); }
 
   void finish_tcp(uint32_t reason, bool swallow) {
-    reason_ = reason;
+    if (stats_) stats_->on_fallback(reason);
     state_.store(swallow ? State::kTcpSwallow : State::kTcp, std::memory_order_release);
+  }
+
+  void publish_smc() {
+    if (!stats_) return;
+    LinkGroup& group = connection_->group();
+    stats_->on_smc(group.device().name() != "shm", group.id(), connection_->local_token());
+    connection_->attach_stats(stats_);
   }
 
   // Slow path: the server's first data call, or swallowing after a fallback.
@@ -340,6 +372,7 @@ class SmcSocket final : public Socket {
   bool adopt(const HandshakeResult& r) {
     if (r.connection) {
       connection_ = r.connection;
+      publish_smc();
       state_.store(State::kSmc, std::memory_order_release);
       SMC_LOG_INFO("connection SMC established (token {:#x})", connection_->local_token());
     } else {
@@ -390,7 +423,7 @@ class SmcSocket final : public Socket {
   std::atomic<bool> abort_on_close_{false};  // SO_LINGER {1, 0}
   const uint64_t generation_;
   std::shared_ptr<Connection> connection_;
-  uint32_t reason_ = 0;
+  std::shared_ptr<ConnectionStats> stats_;
 };
 
 }  // namespace
@@ -411,6 +444,8 @@ std::shared_ptr<Listener> Engine::on_listen(int fd) {
   } else {
     SMC_LOG_DEBUG("listener on port {} published", port_of(local));
   }
+  // A process with a listener uses smcpre: it is listed from now on.
+  stats::segment();
   // Tracked either way: accepted connections still answer a client's Proposal.
   auto listener = std::make_shared<Listener>(std::move(registration));
   std::lock_guard lock(g_listeners_mutex);
@@ -419,8 +454,10 @@ std::shared_ptr<Listener> Engine::on_listen(int fd) {
   return listener;
 }
 
-bool Engine::eligible_destination(const sockaddr* addr, socklen_t len) {
+bool Engine::eligible_destination(const sockaddr* addr, socklen_t len, uint32_t* reason) {
+  *reason = static_cast<uint32_t>(DeclineCode::kPeerUnknown);
   EngineState* engine = EngineState::get();
+  if (!engine) *reason = static_cast<uint32_t>(DeclineCode::kDisabled);
   if (!engine || addr == nullptr) return false;
   const size_t need = addr->sa_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
   if ((addr->sa_family != AF_INET && addr->sa_family != AF_INET6) || len < need) return false;
@@ -429,13 +466,21 @@ bool Engine::eligible_destination(const sockaddr* addr, socklen_t len) {
   const sockaddr_storage dest = normalized(addr, len);
   const uint16_t port = port_of(dest);
   bool result = false;
-  if (port != 0 && !config::port_excluded(config.exclude_ports, port)) {
+  if (config::port_excluded(config.exclude_ports, port)) {
+    *reason = static_cast<uint32_t>(DeclineCode::kExcluded);
+  } else if (port != 0) {
     // The registry first (one open()); the interface list only for a published port.
     result = (registry::is_published(runtime_dir(config), port) && is_local_address(dest)) ||
              config::peer_rules_match(config.peers, reinterpret_cast<const sockaddr*>(&dest));
   }
   errno = saved_errno;
   return result;
+}
+
+void Engine::on_not_proposed(uint32_t reason) {
+  // Counted only where smcpre runs: a disabled process publishes nothing.
+  if (reason == static_cast<uint32_t>(DeclineCode::kDisabled) || !EngineState::get()) return;
+  stats::count_fallback(reason);
 }
 
 std::shared_ptr<Socket> Engine::on_connected(int fd) {
@@ -450,14 +495,14 @@ std::shared_ptr<Socket> Engine::on_connected(int fd) {
     if (r.connection) {
       socket = std::make_shared<SmcSocket>(SmcSocket::State::kSmc, nonblocking);
       socket->read_timeouts(fd);
-      socket->set_connection(r.connection);
       SMC_LOG_INFO("connection SMC established (token {:#x})", r.connection->local_token());
     } else {
       socket = std::make_shared<SmcSocket>(
           r.swallow ? SmcSocket::State::kTcpSwallow : SmcSocket::State::kTcp, nonblocking);
-      socket->set_reason(r.reason);
       SMC_LOG_INFO("connection falls back to TCP: {}", decline_name(r.reason));
     }
+    socket->set_stats(ConnectionStats::open(fd, ConnectionStats::Role::kClient));
+    socket->adopt_client(r);
   }
   errno = saved_errno;
   return socket;
@@ -468,6 +513,7 @@ std::shared_ptr<Socket> Engine::on_accepted(int fd, const std::shared_ptr<Listen
   const int saved_errno = errno;
   auto socket = std::make_shared<SmcSocket>(SmcSocket::State::kServerUndecided, fd_nonblocking(fd));
   socket->read_timeouts(fd);
+  socket->set_stats(ConnectionStats::open(fd, ConnectionStats::Role::kServer));
   errno = saved_errno;
   return socket;
 }
@@ -486,6 +532,7 @@ void Engine::at_exit() {
   // connections still open get their orderly close, applied by this thread from now on.
   Backlog::stop_at_exit();
   if (EngineState* engine = EngineState::get_if_created()) engine->close_all_at_exit();
+  print_exit_summary();
   stats::unpublish_at_exit();
 }
 

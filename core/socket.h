@@ -32,7 +32,11 @@ class Engine {
   // a same-host server whose port is published, or an SMCPRE_PEERS match, never an
   // excluded port)? Decided before the connect, because a server may accept, close its
   // listener and unpublish it before connect() returns on our side.
-  static bool eligible_destination(const sockaddr* addr, socklen_t len);
+  // If not, *reason says why (core/decline.h: PEER_UNKNOWN, EXCLUDED, POLICY, DISABLED).
+  static bool eligible_destination(const sockaddr* addr, socklen_t len, uint32_t* reason);
+  // A connect() to a destination that was not eligible succeeded (or is in progress): it
+  // counts as a fallback for that reason.
+  static void on_not_proposed(uint32_t reason);
 
   // A *blocking* connect() on `fd` to an eligible destination succeeded: runs the client
   // CLC handshake (blocking, bounded by the handshake timeout) and returns the socket, on
@@ -91,6 +95,10 @@ class Socket {
 
   // Current readiness of an SMC-path socket (for poll/select over SMC sockets).
   virtual Readiness poll_state() = 0;
+
+  // The kernel path moved `bytes` of the application's data (route_* said kKernel and the
+  // real call returned them): counted in the connection's published line.
+  virtual void count_kernel_bytes(bool received, uint64_t bytes) = 0;
 
   virtual bool is_smc() const = 0;
   // Not decided yet (a server socket before the CLC Proposal or the first write).

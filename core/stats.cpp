@@ -9,8 +9,10 @@
 //   before exec): it is unlocked, and removed like any stale file.
 #include "core/stats.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -57,9 +59,13 @@ struct PrivateSlot {
 };
 PrivateSlot<LinkSlot>* g_private_links = nullptr;  // guarded by g_slot_mutex
 PrivateSlot<WorkerSlot>* g_private_workers = nullptr;
+PrivateSlot<ConnectionSlot>* g_private_connections = nullptr;
+size_t g_connection_hint = 0;               // where the next free connection slot is looked for
+std::atomic<uint64_t> g_connection_seq{0};  // in_use values of connection slots
 // Handed out only if allocating a private slot fails: callers get a slot, never null.
 LinkSlot g_sink_link;
 WorkerSlot g_sink_worker;
+ConnectionSlot g_sink_connection;
 
 size_t mapping_length() {
   const long page = ::sysconf(_SC_PAGESIZE);
@@ -116,6 +122,7 @@ size_t read_proc_file(const char* path, char* buf, size_t size) {
 // Fills the header of a zeroed segment (magic excluded).
 void fill_header(Segment& s) {
   s.version = kStatsVersion;
+  set(s.process.rq_low_water, kNoLowWater);
   s.pid = static_cast<uint32_t>(::getpid());
   timespec now{};
   ::clock_gettime(CLOCK_REALTIME, &now);
@@ -184,8 +191,10 @@ Segment* publish(std::string* why) {
       sys::close(fd);
       return nullptr;
     }
-    // The file is zero-filled; the counters begin their lifetime there.
-    Segment* s = new (map) Segment();
+    // The file is zero-filled, and a Segment (an aggregate of atomics) is all zeros: its
+    // counters begin their lifetime in the mapping as it is. No constructor runs, so no
+    // page is touched before a counter on it is used (the file stays sparse).
+    Segment* s = static_cast<Segment*>(map);
     fill_header(*s);
     store_magic(*s);
     g_fd = fd;
@@ -200,13 +209,20 @@ Segment* publish(std::string* why) {
 
 Segment* create_segment() {
   std::string why;
-  if (Segment* s = publish(&why)) return s;
-  SMC_LOG_WARN("stats: cannot publish this process's counters ({}); keeping them private", why);
+  if (config::current().stats == "none") {
+    SMC_LOG_DEBUG("stats: SMCPRE_STATS=none: counters kept private");
+  } else if (Segment* s = publish(&why)) {
+    return s;
+  } else {
+    SMC_LOG_WARN("stats: cannot publish this process's counters ({}); keeping them private", why);
+  }
   // Out of memory too: the one static segment (shared by a fork child that ends up here as
   // well; its counters are then meaningless, but the data path keeps running).
   static Segment last_resort;
-  Segment* s = new (std::nothrow) Segment();
-  if (s == nullptr) s = &last_resort;
+  // Anonymous memory is zero pages until used, like the file.
+  void* map =
+      ::mmap(nullptr, mapping_length(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  Segment* s = map != MAP_FAILED ? static_cast<Segment*>(map) : &last_resort;
   fill_header(*s);
   store_magic(*s);
   return s;
@@ -247,17 +263,14 @@ Slot* acquire_slot(Slot (&slots)[N], bool published, PrivateSlot<Slot>*& private
   return &p->slot;
 }
 
-// In a fork child: the inherited shared mapping is replaced, at the same address, by a
-// private copy. Objects the child abandoned may still count into it (and release their
-// slots), and must not change the parent's published counters.
+// In a fork child: the inherited shared mapping is replaced, at the same address, by
+// private zero pages. Objects the child abandoned may still count into it (and release
+// their slots), and must not change the parent's published counters; what they count
+// there is never read.
 void privatize(Segment* mapped) {
-  const size_t len = mapping_length();
-  void* copy = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (copy == MAP_FAILED) return;  // keeps the shared mapping: the parent's counters may drift
-  std::memcpy(copy, static_cast<void*>(mapped), sizeof(Segment));
-  if (::mremap(copy, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, mapped) == MAP_FAILED) {
-    ::munmap(copy, len);
-  }
+  // On failure the shared mapping stays: the parent's counters may then drift.
+  ::mmap(mapped, mapping_length(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+         -1, 0);
 }
 
 }  // namespace
@@ -278,6 +291,10 @@ Segment& segment() {
   return *s;
 }
 
+bool published_any() {
+  return g_segment.load(std::memory_order_acquire) != nullptr;
+}
+
 LinkSlot* acquire_link_slot(uint64_t id) {
   Segment& s = segment();
   // in_use 0 marks a free slot: a link with id 0 (a caller's bug) could not hold a
@@ -290,7 +307,20 @@ LinkSlot* acquire_link_slot(uint64_t id) {
 }
 
 void release_link_slot(LinkSlot* slot) {
-  if (slot != nullptr) slot->in_use.store(0, std::memory_order_release);
+  if (slot == nullptr) return;
+  // What the link counted stays in the process's totals.
+  ProcessCounters& p = segment().process;
+  auto keep = [&](Counter& total, const Counter& c) {
+    add(total, c.load(std::memory_order_relaxed));
+  };
+  keep(p.closed_links_cdc_received, slot->cdc_received);
+  keep(p.closed_links_llc_received, slot->llc_received);
+  keep(p.closed_links_llc_sent, slot->llc_sent);
+  keep(p.closed_links_sends, slot->sends);
+  keep(p.closed_links_write_bytes, slot->write_bytes);
+  keep(p.closed_links_rnr_events, slot->rnr_events);
+  keep(p.closed_links_rnr_retries, slot->rnr_retries);
+  slot->in_use.store(0, std::memory_order_release);
 }
 
 WorkerSlot* acquire_worker_slot() {
@@ -301,6 +331,89 @@ WorkerSlot* acquire_worker_slot() {
 
 void release_worker_slot(WorkerSlot* slot) {
   if (slot != nullptr) slot->in_use.store(0, std::memory_order_release);
+}
+
+ConnectionSlot* acquire_connection_slot() {
+  Segment& s = segment();
+  const uint64_t number = g_connection_seq.fetch_add(1, std::memory_order_relaxed) + 1;
+  std::lock_guard lock(g_slot_mutex);
+  // From where the last one was found: with connections opened and closed in turn, the
+  // next free slot is usually the next one.
+  for (size_t n = 0; n < kMaxConnectionSlots; ++n) {
+    const size_t i = (g_connection_hint + n) % kMaxConnectionSlots;
+    if (s.connections[i].in_use.load(std::memory_order_relaxed) == 0) {
+      claim(s.connections[i], number, kConnectionFields);
+      g_connection_hint = (i + 1) % kMaxConnectionSlots;
+      return &s.connections[i];
+    }
+  }
+  add(s.process.connection_slots_overflowed);
+  for (PrivateSlot<ConnectionSlot>* p = g_private_connections; p != nullptr; p = p->next) {
+    if (p->slot.in_use.load(std::memory_order_relaxed) == 0) {
+      claim(p->slot, number, kConnectionFields);
+      return &p->slot;
+    }
+  }
+  auto* p = new (std::nothrow) PrivateSlot<ConnectionSlot>();
+  if (p == nullptr) return &g_sink_connection;
+  claim(p->slot, number, kConnectionFields);
+  p->next = g_private_connections;
+  g_private_connections = p;
+  return &p->slot;
+}
+
+void release_connection_slot(ConnectionSlot* slot) {
+  if (slot == nullptr) return;
+  // Its bytes stay in the process's totals.
+  ProcessCounters& p = segment().process;
+  const uint64_t path = slot->path.load(std::memory_order_relaxed);
+  const bool smc = path == kPathSmcShm || path == kPathSmcVerbs;
+  add(smc ? p.closed_smc_bytes_sent : p.closed_tcp_bytes_sent,
+      slot->bytes_sent.load(std::memory_order_relaxed));
+  add(smc ? p.closed_smc_bytes_received : p.closed_tcp_bytes_received,
+      slot->bytes_received.load(std::memory_order_relaxed));
+  slot->in_use.store(0, std::memory_order_release);
+}
+
+void count_fallback(uint32_t code) {
+  Segment& s = segment();
+  add(s.process.connections_fallback);
+  // Slots are claimed for good (code 0 -> code) and never freed: a reason seen once stays
+  // listed with its count.
+  for (FallbackSlot& f : s.fallbacks) {
+    uint64_t seen = f.code.load(std::memory_order_acquire);
+    if (seen == 0 && f.code.compare_exchange_strong(seen, code, std::memory_order_acq_rel)) {
+      seen = code;
+    }
+    if (seen == code) {
+      add(f.count);
+      return;
+    }
+  }
+  add(s.process.fallback_slots_overflowed);
+}
+
+void set_address(Counter& family_port, Counter& hi, Counter& lo, const sockaddr_storage& a) {
+  uint8_t bytes[16] = {};
+  uint64_t port = 0;
+  if (a.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(a);
+    std::memcpy(bytes, &in.sin_addr, 4);
+    port = ntohs(in.sin_port);
+  } else if (a.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(a);
+    std::memcpy(bytes, &in6.sin6_addr, 16);
+    port = ntohs(in6.sin6_port);
+  }
+  uint64_t h = 0;
+  uint64_t l = 0;
+  for (int i = 0; i < 8; ++i) {
+    h = h << 8 | bytes[i];
+    l = l << 8 | bytes[8 + i];
+  }
+  set(family_port, uint64_t{a.ss_family} << 16 | port);
+  set(hi, h);
+  set(lo, l);
 }
 
 void reset_after_fork() {

@@ -8,6 +8,8 @@
 // path never depends on the file.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <cstdint>
 #include <string>
 
@@ -15,8 +17,11 @@
 
 namespace smcpre::stats {
 
-// The process's segment, published on first call. Never fails.
+// The process's segment, published on first call (private, with no file, when
+// SMCPRE_STATS=none or the file cannot be made). Never fails.
 Segment& segment();
+// Whether segment() was called in this process (since the last fork).
+bool published_any();
 
 // A zeroed link slot with in_use = id (nonzero), or a private slot when every published one
 // is taken (counted in process.link_slots_overflowed). Never null.
@@ -25,6 +30,17 @@ void release_link_slot(LinkSlot* slot);
 // A zeroed worker slot with in_use = 1, or a private one when all are taken. Never null.
 WorkerSlot* acquire_worker_slot();
 void release_worker_slot(WorkerSlot* slot);
+
+// A zeroed connection slot with in_use = a number unique in the process, or a private one
+// when every published one is taken (counted in process.connection_slots_overflowed).
+// Never null. Releasing it adds its bytes to the process's closed_* totals.
+ConnectionSlot* acquire_connection_slot();
+void release_connection_slot(ConnectionSlot* slot);
+// One more connection stayed on TCP (or was never proposed) for reason `code`
+// (core/decline.h).
+void count_fallback(uint32_t code);
+// Stores an AF_INET/AF_INET6 address in a connection slot's three address counters.
+void set_address(Counter& family_port, Counter& hi, Counter& lo, const sockaddr_storage& a);
 
 // In a fork child: the inherited segment is the parent's. The child stops publishing into
 // it (the pointers it still holds belong to abandoned objects) and publishes its own on

@@ -15,9 +15,14 @@
 namespace smcpre::stats {
 
 inline constexpr uint64_t kStatsMagic = 0x31545354'45525043;  // "CPRESTT1", little-endian
-inline constexpr uint32_t kStatsVersion = 1;
+inline constexpr uint32_t kStatsVersion = 2;
 inline constexpr size_t kMaxLinkSlots = 256;
 inline constexpr size_t kMaxWorkerSlots = 64;
+// Connections shown one per line by smcpre-stat. The file is sparse: a slot costs memory
+// only once a connection has used it.
+inline constexpr size_t kMaxConnectionSlots = 8192;
+// Distinct fallback reason codes counted (codes are 32-bit; a peer may send any).
+inline constexpr size_t kMaxFallbackSlots = 48;
 
 using Counter = std::atomic<uint64_t>;
 static_assert(Counter::is_always_lock_free);
@@ -33,7 +38,30 @@ struct alignas(64) ProcessCounters {
   Counter cdc_backlogged;         // CDC messages handed to a backlog worker
   Counter links_total;            // links ever created
   Counter link_slots_overflowed;  // links beyond kMaxLinkSlots (counted, not published)
+  // Connections smcpre tracked, by outcome (totals since start; the open ones are in the
+  // connection slots). A client connection smcpre never proposed SMC on (destination not
+  // known to run smcpre, excluded, policy) counts as a fallback with its reason.
+  Counter connections_smc;              // moved onto SMC
+  Counter connections_fallback;         // stayed on TCP after the handshake or without one
+  Counter connection_slots_overflowed;  // connections beyond kMaxConnectionSlots
+  Counter fallback_slots_overflowed;    // fallbacks whose code found no fallback slot
+  // Bytes of connections whose slot was released (open ones count in their slot).
+  Counter closed_smc_bytes_sent;
+  Counter closed_smc_bytes_received;
+  Counter closed_tcp_bytes_sent;
+  Counter closed_tcp_bytes_received;
+  // Counters of links that are gone (the live ones count in their slots).
+  Counter closed_links_cdc_received;
+  Counter closed_links_llc_received;
+  Counter closed_links_llc_sent;
+  Counter closed_links_sends;
+  Counter closed_links_write_bytes;
+  Counter closed_links_rnr_events;
+  Counter closed_links_rnr_retries;
+  Counter rq_low_water;  // fewest posted receive buffers any link had (kNoLowWater: none yet)
 };
+
+inline constexpr uint64_t kNoLowWater = ~uint64_t{0};
 
 // One link (one link group: the RDMA relationship with one peer process).
 struct alignas(64) LinkSlot {
@@ -56,6 +84,58 @@ struct alignas(64) LinkSlot {
   Counter write_bytes;
   Counter recvs;
   Counter connections;  // live connections on the link now
+  Counter device;       // kDeviceShm or kDeviceVerbs
+  Counter local_qp_num;
+  Counter state;     // LinkState
+  Counter llc_sent;  // LLC messages we sent (the other SENDs are CDC messages)
+};
+
+enum LinkState : uint64_t { kLinkActivating = 0, kLinkActive = 1, kLinkDown = 2 };
+enum LinkDevice : uint64_t { kDeviceShm = 1, kDeviceVerbs = 2 };
+
+// One TCP connection smcpre tracks (every accepted one, and every client connection it
+// proposed SMC on), from its creation until both the application and the SMC close are
+// done with it. Addresses are kept as family and port plus 16 address bytes in two
+// big-endian words (IPv4: the first 4 bytes).
+struct alignas(64) ConnectionSlot {
+  Counter in_use;  // 0: free; else a number unique in this process (nonzero)
+  Counter role;    // 0 client, 1 server
+  Counter state;   // ConnectionState
+  Counter path;    // ConnectionPath
+  Counter reason;  // on TCP: the fallback reason code (core/decline.h)
+  Counter link_group;
+  Counter local_token;
+  Counter bytes_sent;
+  Counter bytes_received;
+  Counter rnr;  // our CDC messages that met an empty receive queue at the peer (shm device)
+  Counter opened_realtime_ns;
+  Counter local_family_port;  // family << 16 | port
+  Counter local_addr_hi;
+  Counter local_addr_lo;
+  Counter peer_family_port;
+  Counter peer_addr_hi;
+  Counter peer_addr_lo;
+};
+
+enum ConnectionState : uint64_t {
+  kConnHandshake = 0,   // client proposing, or server waiting for the first bytes
+  kConnActive = 1,      // open both ways
+  kConnPeerClosed = 2,  // the peer closed or shut its writing side; we have not closed
+  kConnClosing = 3,     // we closed or shut our writing side; the peer has not finished
+  kConnAborted = 4,     // reset (by either side, or the link went down)
+  kConnClosed = 5,      // both sides done; the slot goes when the last reference does
+};
+enum ConnectionPath : uint64_t {
+  kPathUndecided = 0,
+  kPathSmcShm = 1,
+  kPathSmcVerbs = 2,
+  kPathTcp = 3,
+};
+
+// One fallback reason code and how many connections fell back for it.
+struct FallbackSlot {
+  Counter code;  // 0: free (claimed once, never released)
+  Counter count;
 };
 
 // One backlog worker thread.
@@ -89,6 +169,22 @@ inline constexpr CounterField<ProcessCounters> kProcessFields[] = {
     {"cdc_backlogged", &ProcessCounters::cdc_backlogged},
     {"links_total", &ProcessCounters::links_total},
     {"link_slots_overflowed", &ProcessCounters::link_slots_overflowed},
+    {"connections_smc", &ProcessCounters::connections_smc},
+    {"connections_fallback", &ProcessCounters::connections_fallback},
+    {"connection_slots_overflowed", &ProcessCounters::connection_slots_overflowed},
+    {"fallback_slots_overflowed", &ProcessCounters::fallback_slots_overflowed},
+    {"closed_smc_bytes_sent", &ProcessCounters::closed_smc_bytes_sent},
+    {"closed_smc_bytes_received", &ProcessCounters::closed_smc_bytes_received},
+    {"closed_tcp_bytes_sent", &ProcessCounters::closed_tcp_bytes_sent},
+    {"closed_tcp_bytes_received", &ProcessCounters::closed_tcp_bytes_received},
+    {"closed_links_cdc_received", &ProcessCounters::closed_links_cdc_received},
+    {"closed_links_llc_received", &ProcessCounters::closed_links_llc_received},
+    {"closed_links_llc_sent", &ProcessCounters::closed_links_llc_sent},
+    {"closed_links_sends", &ProcessCounters::closed_links_sends},
+    {"closed_links_write_bytes", &ProcessCounters::closed_links_write_bytes},
+    {"closed_links_rnr_events", &ProcessCounters::closed_links_rnr_events},
+    {"closed_links_rnr_retries", &ProcessCounters::closed_links_rnr_retries},
+    {"rq_low_water", &ProcessCounters::rq_low_water},
 };
 
 inline constexpr CounterField<LinkSlot> kLinkFields[] = {
@@ -108,6 +204,30 @@ inline constexpr CounterField<LinkSlot> kLinkFields[] = {
     {"write_bytes", &LinkSlot::write_bytes},
     {"recvs", &LinkSlot::recvs},
     {"connections", &LinkSlot::connections},
+    {"device", &LinkSlot::device},
+    {"local_qp_num", &LinkSlot::local_qp_num},
+    {"state", &LinkSlot::state},
+    {"llc_sent", &LinkSlot::llc_sent},
+};
+
+inline constexpr CounterField<ConnectionSlot> kConnectionFields[] = {
+    {"in_use", &ConnectionSlot::in_use},
+    {"role", &ConnectionSlot::role},
+    {"state", &ConnectionSlot::state},
+    {"path", &ConnectionSlot::path},
+    {"reason", &ConnectionSlot::reason},
+    {"link_group", &ConnectionSlot::link_group},
+    {"local_token", &ConnectionSlot::local_token},
+    {"bytes_sent", &ConnectionSlot::bytes_sent},
+    {"bytes_received", &ConnectionSlot::bytes_received},
+    {"rnr", &ConnectionSlot::rnr},
+    {"opened_realtime_ns", &ConnectionSlot::opened_realtime_ns},
+    {"local_family_port", &ConnectionSlot::local_family_port},
+    {"local_addr_hi", &ConnectionSlot::local_addr_hi},
+    {"local_addr_lo", &ConnectionSlot::local_addr_lo},
+    {"peer_family_port", &ConnectionSlot::peer_family_port},
+    {"peer_addr_hi", &ConnectionSlot::peer_addr_hi},
+    {"peer_addr_lo", &ConnectionSlot::peer_addr_lo},
 };
 
 inline constexpr CounterField<WorkerSlot> kWorkerFields[] = {
@@ -147,6 +267,7 @@ constexpr bool names_each_member_once(const CounterField<T> (&fields)[N]) {
 static_assert(detail::names_each_member_once(kProcessFields));
 static_assert(detail::names_each_member_once(kLinkFields));
 static_assert(detail::names_each_member_once(kWorkerFields));
+static_assert(detail::names_each_member_once(kConnectionFields));
 
 struct Segment {
   uint64_t magic;    // kStatsMagic, written last when the segment is ready
@@ -158,6 +279,8 @@ struct Segment {
   ProcessCounters process;
   LinkSlot links[kMaxLinkSlots];
   WorkerSlot workers[kMaxWorkerSlots];
+  FallbackSlot fallbacks[kMaxFallbackSlots];
+  ConnectionSlot connections[kMaxConnectionSlots];
 };
 
 }  // namespace smcpre::stats

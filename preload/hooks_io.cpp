@@ -39,8 +39,13 @@ constexpr size_t kMaxRw = 0x7ffff000;
 // Runs `kernel` for untracked fds and the kernel path, `smc(socket)` for the SMC path.
 // errno: as the real call left it, or as the engine's failure set it; never engine
 // noise on success.
-template <typename Kernel, typename Smc>
-ssize_t routed(int fd, bool receive, int flags, Kernel&& kernel, Smc&& smc) {
+// The kernel path's result is counted as the connection's bytes (`bytes_of` turns the
+// result into bytes: recvmmsg/sendmmsg return messages). Peeked bytes are not moved.
+struct ResultIsBytes {
+  uint64_t operator()(ssize_t n) const { return static_cast<uint64_t>(n); }
+};
+template <typename Kernel, typename Smc, typename BytesOf = ResultIsBytes>
+ssize_t routed(int fd, bool receive, int flags, Kernel&& kernel, Smc&& smc, BytesOf bytes_of = {}) {
   std::shared_ptr<Tracked> t = tracked_socket(fd);
   if (t == nullptr) return kernel();
   SavedErrno saved;
@@ -49,7 +54,13 @@ ssize_t routed(int fd, bool receive, int flags, Kernel&& kernel, Smc&& smc) {
   settle_epoll_registrations(*t, fd);
   if (path == core::Path::kKernel) {
     saved.restore();
-    return kernel();
+    const ssize_t n = kernel();
+    if (n > 0 && !(receive && (flags & MSG_PEEK))) {
+      const int saved_errno = errno;
+      t->socket->count_kernel_bytes(receive, bytes_of(n));
+      errno = saved_errno;
+    }
+    return n;
   }
   const ssize_t n = smc(*t->socket);
   if (n >= 0) saved.restore();
@@ -165,7 +176,9 @@ ssize_t sendfile_common(Real real_fn, int out_fd, int in_fd, Off* offset, size_t
   SavedErrno saved;
   if (route_send(*t->socket, out_fd, 0) == core::Path::kKernel) {
     saved.restore();
-    return real_fn(out_fd, in_fd, offset, count);
+    const ssize_t n = real_fn(out_fd, in_fd, offset, count);
+    if (n > 0) t->socket->count_kernel_bytes(false, static_cast<uint64_t>(n));
+    return n;
   }
   const ssize_t n = sendfile_smc(*t->socket, in_fd, offset, count);
   if (n >= 0) saved.restore();
@@ -252,7 +265,17 @@ SMCPRE_HOOK ssize_t splice(int fd_in, loff_t* off_in, int fd_out, loff_t* off_ou
     }
   }
   saved.restore();
-  return unchanged();
+  const ssize_t n = unchanged();
+  if (n > 0) {
+    // A tracked socket on the kernel path at either end moved these bytes.
+    if (std::shared_ptr<Tracked> t = tracked_socket(fd_in); t != nullptr) {
+      t->socket->count_kernel_bytes(true, static_cast<uint64_t>(n));
+    }
+    if (std::shared_ptr<Tracked> t = tracked_socket(fd_out); t != nullptr) {
+      t->socket->count_kernel_bytes(false, static_cast<uint64_t>(n));
+    }
+  }
+  return n;
 }
 
 ssize_t read_impl(int fd, void* buf, size_t count) {
@@ -449,6 +472,16 @@ SMCPRE_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
 // count so far is returned (and a persistent error shows again on the next call).
 constexpr unsigned kMaxMmsg = 1024;  // UIO_MAXIOV
 
+// The bytes of the first n entries the kernel's recvmmsg/sendmmsg filled in.
+struct MessageBytes {
+  const mmsghdr* vec;
+  uint64_t operator()(ssize_t n) const {
+    uint64_t bytes = 0;
+    for (ssize_t i = 0; i < n; ++i) bytes += vec[i].msg_len;
+    return bytes;
+  }
+};
+
 SMCPRE_HOOK int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, timespec* timeout) {
   const auto& r = real();
   if (r.recvmmsg == nullptr) return enosys<int>();
@@ -493,7 +526,8 @@ SMCPRE_HOOK int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, tim
         }
         if (done == 0 && vlen > 0) return -1;  // errno from the failed entry
         return done;
-      }));
+      },
+      MessageBytes{vec}));
 }
 
 SMCPRE_HOOK int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
@@ -521,7 +555,8 @@ SMCPRE_HOOK int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
         }
         if (done == 0 && vlen > 0) return -1;
         return done;
-      }));
+      },
+      MessageBytes{vec}));
 }
 
 SMCPRE_HOOK ssize_t sendfile(int out_fd, int in_fd, off_t* offset, size_t count) noexcept {

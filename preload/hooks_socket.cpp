@@ -117,20 +117,36 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   // server may accept, close its listener and unpublish it before our connect() returns.
   bool eligible = false;
   bool nonblocking = false;
+  bool inet_tcp = false;
+  uint32_t not_proposed = 0;
   if (addr != nullptr && len >= sizeof(sa_family_t) &&
       (addr->sa_family == AF_INET || addr->sa_family == AF_INET6)) {
     SavedErrno saved;
     // A tracked socket reconnecting (after connect(AF_UNSPEC)) stays as the engine has it.
     const bool tracked = fds().any() && fds().lookup(fd) != nullptr;
     if (!tracked && is_inet_tcp(fd)) {
+      inet_tcp = true;
       nonblocking = !is_blocking(fd);
-      eligible = engine_call("eligible_destination", false,
-                             [&] { return smcpre::core::Engine::eligible_destination(addr, len); });
+      eligible = engine_call("eligible_destination", false, [&] {
+        return smcpre::core::Engine::eligible_destination(addr, len, &not_proposed);
+      });
     }
     saved.restore();
   }
   int rc = r.connect(fd, addr, len);
-  if (!eligible) return rc;
+  if (!eligible) {
+    if (inet_tcp && (rc == 0 || errno == EINPROGRESS)) {
+      SavedErrno saved;
+      engine_call("on_not_proposed", 0, [&] {
+        smcpre::core::Engine::on_not_proposed(not_proposed);
+        return 0;
+      });
+      // The process uses smcpre now: its exit runs the engine's exit (summary, counters).
+      ensure_process_handlers();
+      saved.restore();
+    }
+    return rc;
+  }
   if (rc != 0) {
     // A non-blocking connect to an smcpre server: the CLC handshake must come before any
     // application byte, so the connection is completed here (one round trip, bounded by

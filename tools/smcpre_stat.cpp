@@ -1,8 +1,8 @@
 // smcpre-stat: what smcpre sees and does on this host. One subcommand per concern: `devices`
 // (RDMA ports and GID tables like `ibv_devinfo -v`, condensed, and which port smcpre would
-// pick for a route), `processes` and `show` (the counters that processes running smcpre
-// publish in <runtime_dir>/stats). This is an ordinary program, not part of libsmcpre.so,
-// so plain libc calls are fine here.
+// pick for a route), `processes`, `connections` and `show` (the counters that processes
+// running smcpre publish in <runtime_dir>/stats), `reasons` (the fallback reason codes). This is an
+// ordinary program, not part of libsmcpre.so, so plain libc calls are fine here.
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <netdb.h>
@@ -21,8 +21,10 @@
 #include <vector>
 
 #include "config/config.h"
+#include "core/decline.h"
 #include "core/stats.h"
 #include "core/stats_layout.h"
+#include "core/stats_text.h"
 #include "rdma/port_select.h"
 #include "tools/stats_reader.h"
 
@@ -55,22 +57,42 @@ commands:
                            policy routing may depend on it.
       --json               one JSON object on stdout instead of text.
   processes [--json] [--runtime-dir DIR]
-      One line per live process using smcpre: pid, program, links, backlog workers
-      (0: inline mode), receive pool free/size and low water, RNR events (all links),
-      command line. Prints "no processes use smcpre" when there are none.
+      One line per live process using smcpre (a process appears with its first listener
+      or tracked connection): pid, program, connections moved onto SMC and kept on TCP
+      since it started, connections open now, links, backlog workers (0: inline mode),
+      receive pool free/size and low water, RNR events, command line. Prints "no
+      processes use smcpre" when there are none.
+  connections [PID...] [--json] [--runtime-dir DIR]     (also: conns)
+      One line per open connection smcpre tracks, like smcss: pid, program, role, local
+      and peer address, state (handshake, active, peer-closed, closing, aborted, closed),
+      path (SMC-R/shm, SMC-R/verbs, or TCP with the fallback reason's name; "-" while
+      undecided), bytes sent and received by the application, and RNR (CDC messages of
+      the connection that met an empty receive queue at the peer; shm device only).
+      Tracked: every accepted connection and every client connection smcpre proposed
+      SMC on; client connections it did not propose on are counted as fallbacks
+      (PEER_UNKNOWN, EXCLUDED, POLICY) but not listed.
   show [PID...] [--json] [--runtime-dir DIR]
-      For each PID (default: every live process using smcpre): its counters, a table of
-      its links (id, role, peer QP, receive queue posted/depth and low water, refills cut
-      short, CDC and LLC messages received, RNR events/retries, sends, RDMA writes and
-      bytes written, receives, connections) and a table of its backlog workers (index,
-      CPU, CDC and other messages applied, queue now/max, sleeps).
-  common options of processes and show:
+      For each PID (default: every live process using smcpre): the summary that
+      SMCPRE_STATS=exit prints (connections by outcome, fallbacks by reason with name and
+      explanation, bytes each way on SMC and TCP, CDC and LLC messages, RNR, receive
+      queue and pool low water, backlog), then its link groups (id, role, device, state,
+      local/peer QP, receive queue posted/depth and low water, refills cut short, CDC in,
+      LLC in/out, RNR events/retries, sends, RDMA writes and bytes, receives,
+      connections), its backlog workers (index, CPU, CDC and other messages applied,
+      queue now/max, sleeps) and its connections.
+  reasons [--json]
+      Every fallback reason code: code, name, one-line explanation.
+  common options of processes, connections and show:
       --runtime-dir DIR    where the processes publish (default: SMCPRE_RUNTIME_DIR, else
                            the library's default: /run/smcpre for root,
                            $XDG_RUNTIME_DIR/smcpre or /tmp/smcpre-UID for others).
       --json               {"processes": [{"pid", "comm", "cmdline", "process": {...},
-                           "links": [{"id", ...}], "workers": [{"index", ...}]}]} on
-                           stdout, counters under their names in core/stats_layout.h.
+                           "links": [{"id", ...}], "workers": [{"index", ...}],
+                           "fallbacks": [{"code", "name", "explanation", "count"}],
+                           "connections": [{"local", "peer", "role_name",
+                           "state_name", "path_name", "reason_name", ...}],
+                           "totals": {...}}]} on stdout, counters under their names in
+                           core/stats_layout.h.
   help
       This text.
 
@@ -82,8 +104,8 @@ environment:
 exit status:
   0  done (also when there are no RDMA devices or no port fits the route, or no process
      uses smcpre)
-  1  a device could not be queried, there is no route to ADDR, a PID given to show has
-     no live smcpre counters, or a process's counters could not be read
+  1  a device could not be queried, there is no route to ADDR, a PID given to show or
+     connections has no live smcpre counters, or a process's counters could not be read
   2  usage error
 )";
 
@@ -407,11 +429,19 @@ int cmd_devices(const DevicesOptions& options) {
 // ---------------------------------------------------------------------------------------------
 // processes, show
 
+using smcpre::stats::add_connections;
+using smcpre::stats::connections_table;
+using smcpre::stats::ConnectionSlot;
 using smcpre::stats::LinkSlot;
 using smcpre::stats::ProcessCounters;
 using smcpre::stats::ReadResult;
 using smcpre::stats::ReadStatus;
+using smcpre::stats::role_name;
 using smcpre::stats::Snapshot;
+using smcpre::stats::summary_text;
+using smcpre::stats::Table;
+using smcpre::stats::Totals;
+using smcpre::stats::totals;
 using smcpre::stats::WorkerSlot;
 
 struct StatsOptions {
@@ -483,12 +513,6 @@ std::vector<Snapshot> collect(const StatsOptions& options, bool* failed) {
   return out;
 }
 
-uint64_t rnr_events(const Snapshot& s) {
-  uint64_t sum = 0;
-  for (const auto& link : s.links) sum += link[&LinkSlot::rnr_events];
-  return sum;
-}
-
 // Counters of one struct as a JSON object, keyed by their names (stats_layout.h).
 template <typename T>
 std::string counters_json(const smcpre::stats::Values<T>& v) {
@@ -518,45 +542,50 @@ std::string snapshots_json(const std::vector<Snapshot>& snapshots) {
       out += "\"index\":" + std::to_string(s.workers[j].index) + "," +
              counters_json(s.workers[j].counters) + "}";
     }
-    out += "]}";
+    out += "],\"fallbacks\":[";
+    for (size_t j = 0; j < s.fallbacks.size(); ++j) {
+      const auto& f = s.fallbacks[j];
+      out += (j == 0 ? "{" : ",{");
+      out += "\"code\":" + std::to_string(f.code) +
+             ",\"name\":" + json_string(smcpre::core::decline_name(f.code)) +
+             ",\"explanation\":" + json_string(smcpre::core::decline_explanation(f.code)) +
+             ",\"count\":" + std::to_string(f.count) + "}";
+    }
+    out += "],\"connections\":[";
+    for (size_t j = 0; j < s.connections.size(); ++j) {
+      const auto& c = s.connections[j];
+      out += (j == 0 ? "{" : ",{");
+      out +=
+          "\"local\":" + json_string(smcpre::stats::local_address_text(c)) +
+          ",\"peer\":" + json_string(smcpre::stats::peer_address_text(c)) +
+          ",\"role_name\":" + json_string(role_name(c[&ConnectionSlot::role])) +
+          ",\"state_name\":" + json_string(smcpre::stats::state_name(c[&ConnectionSlot::state])) +
+          ",\"path_name\":" + json_string(smcpre::stats::path_text(c)) + ",\"reason_name\":" +
+          json_string(
+              c[&ConnectionSlot::path] == smcpre::stats::kPathTcp
+                  ? smcpre::core::decline_name(static_cast<uint32_t>(c[&ConnectionSlot::reason]))
+                  : "") +
+          "," + counters_json(c) + "}";
+    }
+    const Totals t = totals(s);
+    out += "],\"totals\":{\"connections_smc\":" + std::to_string(t.connections_smc) +
+           ",\"connections_fallback\":" + std::to_string(t.connections_fallback) +
+           ",\"open_smc\":" + std::to_string(t.open_smc) +
+           ",\"open_tcp\":" + std::to_string(t.open_tcp) +
+           ",\"open_undecided\":" + std::to_string(t.open_undecided) +
+           ",\"smc_bytes_sent\":" + std::to_string(t.smc_bytes_sent) +
+           ",\"smc_bytes_received\":" + std::to_string(t.smc_bytes_received) +
+           ",\"tcp_bytes_sent\":" + std::to_string(t.tcp_bytes_sent) +
+           ",\"tcp_bytes_received\":" + std::to_string(t.tcp_bytes_received) +
+           ",\"cdc_sent\":" + std::to_string(t.cdc_sent) +
+           ",\"cdc_received\":" + std::to_string(t.cdc_received) +
+           ",\"llc_sent\":" + std::to_string(t.llc_sent) +
+           ",\"llc_received\":" + std::to_string(t.llc_received) +
+           ",\"rnr_events\":" + std::to_string(t.rnr_events) +
+           ",\"rnr_retries\":" + std::to_string(t.rnr_retries) + "}}";
   }
   return out + "]}";
 }
-
-// A text table: columns as wide as their widest cell, numbers right-aligned, text columns
-// (listed in `left`) left-aligned; the last column is not padded.
-class Table {
- public:
-  Table(std::vector<std::string> header, std::vector<size_t> left) : left_(std::move(left)) {
-    rows_.push_back(std::move(header));
-  }
-  void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
-  void print(const char* indent) const {
-    std::vector<size_t> width(rows_.front().size(), 0);
-    for (const auto& row : rows_) {
-      for (size_t c = 0; c < row.size() && c < width.size(); ++c) {
-        width[c] = std::max(width[c], row[c].size());
-      }
-    }
-    for (const auto& row : rows_) {
-      std::string line = indent;
-      for (size_t c = 0; c < row.size() && c < width.size(); ++c) {
-        const std::string pad(width[c] - row[c].size(), ' ');
-        if (c != 0) line += "  ";
-        if (std::find(left_.begin(), left_.end(), c) == left_.end()) {
-          line += pad + row[c];
-        } else {
-          line += c + 1 == width.size() ? row[c] : row[c] + pad;
-        }
-      }
-      std::printf("%s\n", line.c_str());
-    }
-  }
-
- private:
-  std::vector<std::vector<std::string>> rows_;
-  std::vector<size_t> left_;
-};
 
 std::string num(uint64_t v) {
   return std::to_string(v);
@@ -566,49 +595,24 @@ std::string ratio(uint64_t a, uint64_t b) {
   return std::to_string(a) + "/" + std::to_string(b);
 }
 
-std::string uptime(uint64_t start_realtime_ns) {
-  timespec now{};
-  ::clock_gettime(CLOCK_REALTIME, &now);
-  const uint64_t now_ns =
-      static_cast<uint64_t>(now.tv_sec) * 1000000000u + static_cast<uint64_t>(now.tv_nsec);
-  uint64_t s = now_ns > start_realtime_ns ? (now_ns - start_realtime_ns) / 1000000000u : 0;
-  char text[64];
-  if (s >= 86400) {
-    std::snprintf(text, sizeof text, "%llud%02lluh%02llum",
-                  static_cast<unsigned long long>(s / 86400),
-                  static_cast<unsigned long long>(s / 3600 % 24),
-                  static_cast<unsigned long long>(s / 60 % 60));
-  } else if (s >= 3600) {
-    std::snprintf(
-        text, sizeof text, "%lluh%02llum%02llus", static_cast<unsigned long long>(s / 3600),
-        static_cast<unsigned long long>(s / 60 % 60), static_cast<unsigned long long>(s % 60));
-  } else {
-    std::snprintf(text, sizeof text, "%llum%02llus", static_cast<unsigned long long>(s / 60),
-                  static_cast<unsigned long long>(s % 60));
-  }
-  return text;
-}
-
 void print_processes_text(const std::vector<Snapshot>& snapshots) {
   if (snapshots.empty()) {
     std::printf("no processes use smcpre\n");
     return;
   }
-  Table table({"PID", "COMM", "LINKS", "WORKERS", "POOL FREE/SIZE", "POOL LOW", "RNR", "CMDLINE"},
-              {1, 7});
+  Table table({"PID", "COMM", "SMC", "TCP", "OPEN", "LINKS", "WORKERS", "POOL FREE/SIZE",
+               "POOL LOW", "RNR", "CMDLINE"},
+              {1, 10});
   for (const Snapshot& s : snapshots) {
+    const Totals t = totals(s);
     table.add(
-        {num(s.pid), s.comm, num(s.links.size()), num(s.process[&ProcessCounters::backlog_workers]),
+        {num(s.pid), s.comm, num(t.connections_smc), num(t.connections_fallback),
+         num(s.connections.size()), num(s.links.size()),
+         num(s.process[&ProcessCounters::backlog_workers]),
          ratio(s.process[&ProcessCounters::pool_free], s.process[&ProcessCounters::pool_size]),
-         num(s.process[&ProcessCounters::pool_low_water]), num(rnr_events(s)), s.cmdline});
+         num(s.process[&ProcessCounters::pool_low_water]), num(t.rnr_events), s.cmdline});
   }
-  table.print("");
-}
-
-std::string role_name(uint64_t role) {
-  if (role == 0) return "client";
-  if (role == 1) return "server";
-  return num(role);
+  std::fputs(table.render("").c_str(), stdout);
 }
 
 std::string qp_hex(uint64_t qp) {
@@ -617,43 +621,50 @@ std::string qp_hex(uint64_t qp) {
   return text;
 }
 
+std::string link_state_name(uint64_t state) {
+  switch (state) {
+    case smcpre::stats::kLinkActivating:
+      return "activating";
+    case smcpre::stats::kLinkActive:
+      return "active";
+    case smcpre::stats::kLinkDown:
+      return "down";
+    default:
+      return "state " + num(state);
+  }
+}
+
+std::string device_name(uint64_t device) {
+  if (device == smcpre::stats::kDeviceShm) return "shm";
+  if (device == smcpre::stats::kDeviceVerbs) return "verbs";
+  return "-";
+}
+
 void print_show_text(const Snapshot& s) {
-  std::printf("pid %u (%s), up %s: %s\n", s.pid, s.comm.c_str(),
-              uptime(s.start_realtime_ns).c_str(), s.cmdline.c_str());
-  // Every process counter under its own name, a few per line.
-  std::string line = " ";
-  for (size_t i = 0; i < s.process.values.size(); ++i) {
-    std::string item =
-        std::string(" ") + s.process.kFields[i].name + " " + num(s.process.values[i]);
-    if (line.size() + item.size() > 92) {
-      std::printf("%s\n", line.c_str());
-      line = " ";
-    }
-    line += item;
-  }
-  std::printf("%s\n", line.c_str());
+  std::fputs(summary_text(s, s.cmdline).c_str(), stdout);
   if (s.links.empty()) {
-    std::printf("  no links\n");
+    std::printf("  no link groups\n");
   } else {
-    Table links({"LINK", "ROLE", "PEER QP", "RQ POSTED/DEPTH", "RQ LOW", "REFILL SHORT", "CDC",
-                 "LLC", "RNR EVENTS/RETRIES", "SENDS", "WRITES", "BYTES", "RECVS", "CONNS"},
-                {1});
+    // One link per link group: the group's id names both.
+    Table links({"GROUP", "ROLE", "DEVICE", "STATE", "QP LOCAL/PEER", "RQ POSTED/DEPTH", "RQ LOW",
+                 "REFILL SHORT", "CDC IN", "LLC IN/OUT", "RNR EVENTS/RETRIES", "SENDS", "WRITES",
+                 "BYTES", "RECVS", "CONNS"},
+                {1, 2, 3, 4});
     for (const auto& l : s.links) {
-      links.add({num(l[&LinkSlot::in_use]), role_name(l[&LinkSlot::role]),
-                 qp_hex(l[&LinkSlot::peer_qp_num]),
-                 ratio(l[&LinkSlot::rq_posted], l[&LinkSlot::rq_depth]),
-                 num(l[&LinkSlot::rq_low_water]), num(l[&LinkSlot::rq_refill_short]),
-                 num(l[&LinkSlot::cdc_received]), num(l[&LinkSlot::llc_received]),
-                 ratio(l[&LinkSlot::rnr_events], l[&LinkSlot::rnr_retries]),
-                 num(l[&LinkSlot::sends]), num(l[&LinkSlot::writes]),
-                 num(l[&LinkSlot::write_bytes]), num(l[&LinkSlot::recvs]),
-                 num(l[&LinkSlot::connections])});
+      links.add(
+          {num(l[&LinkSlot::in_use]), role_name(l[&LinkSlot::role]),
+           device_name(l[&LinkSlot::device]), link_state_name(l[&LinkSlot::state]),
+           qp_hex(l[&LinkSlot::local_qp_num]) + "/" + qp_hex(l[&LinkSlot::peer_qp_num]),
+           ratio(l[&LinkSlot::rq_posted], l[&LinkSlot::rq_depth]), num(l[&LinkSlot::rq_low_water]),
+           num(l[&LinkSlot::rq_refill_short]), num(l[&LinkSlot::cdc_received]),
+           ratio(l[&LinkSlot::llc_received], l[&LinkSlot::llc_sent]),
+           ratio(l[&LinkSlot::rnr_events], l[&LinkSlot::rnr_retries]), num(l[&LinkSlot::sends]),
+           num(l[&LinkSlot::writes]), num(l[&LinkSlot::write_bytes]), num(l[&LinkSlot::recvs]),
+           num(l[&LinkSlot::connections])});
     }
-    links.print("  ");
+    std::fputs(links.render("  ").c_str(), stdout);
   }
-  if (s.workers.empty()) {
-    std::printf("  no backlog workers (CDC messages are applied inline)\n");
-  } else {
+  if (!s.workers.empty()) {
     Table workers({"WORKER", "CPU", "CDC", "OTHER", "QUEUE NOW/MAX", "SLEEPS"}, {});
     for (const auto& w : s.workers) {
       const auto& c = w.counters;
@@ -662,7 +673,14 @@ void print_show_text(const Snapshot& s) {
                    ratio(c[&WorkerSlot::queue_depth], c[&WorkerSlot::queue_max]),
                    num(c[&WorkerSlot::sleeps])});
     }
-    workers.print("  ");
+    std::fputs(workers.render("  ").c_str(), stdout);
+  }
+  if (s.connections.empty()) {
+    std::printf("  no open connections\n");
+  } else {
+    Table connections = connections_table(false);
+    add_connections(connections, s, false);
+    std::fputs(connections.render("  ").c_str(), stdout);
   }
 }
 
@@ -691,6 +709,47 @@ int cmd_show(const StatsOptions& options) {
     }
   }
   return failed ? kExitFailure : kExitOk;
+}
+
+int cmd_connections(const StatsOptions& options) {
+  bool failed = false;
+  const std::vector<Snapshot> snapshots = collect(options, &failed);
+  if (options.json) {
+    std::printf("%s\n", snapshots_json(snapshots).c_str());
+    return failed ? kExitFailure : kExitOk;
+  }
+  Table table = connections_table(true);
+  for (const Snapshot& s : snapshots) add_connections(table, s, true);
+  if (table.rows() == 0) {
+    std::printf("no open connections\n");
+  } else {
+    std::fputs(table.render("").c_str(), stdout);
+  }
+  return failed ? kExitFailure : kExitOk;
+}
+
+// Every reason code a connection may fall back (or be declined) for.
+int cmd_reasons(bool json) {
+  const auto& codes = smcpre::core::all_decline_codes();
+  if (json) {
+    std::string out = "{\"reasons\":[";
+    for (size_t i = 0; i < codes.size(); ++i) {
+      out += (i == 0 ? "{" : ",{");
+      out += "\"code\":" + std::to_string(codes[i]) +
+             ",\"name\":" + json_string(smcpre::core::decline_name(codes[i])) +
+             ",\"explanation\":" + json_string(smcpre::core::decline_explanation(codes[i])) + "}";
+    }
+    std::printf("%s]}\n", out.c_str());
+    return kExitOk;
+  }
+  Table table({"CODE", "NAME", "EXPLANATION"}, {0, 1, 2});
+  for (uint32_t code : codes) {
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "0x%08x", code);
+    table.add({hex, smcpre::core::decline_name(code), smcpre::core::decline_explanation(code)});
+  }
+  std::fputs(table.render("").c_str(), stdout);
+  return kExitOk;
 }
 
 int usage_error(const std::string& text) {
@@ -747,7 +806,7 @@ int run_stats(const std::string& command, const std::vector<std::string>& args) 
       continue;
     }
     uint32_t pid = 0;
-    if (command == "show" && parse_pid(arg, &pid)) {
+    if (command != "processes" && parse_pid(arg, &pid)) {
       options.pids.push_back(pid);
       continue;
     }
@@ -760,7 +819,9 @@ int run_stats(const std::string& command, const std::vector<std::string>& args) 
       return kExitUsage;
     }
   }
-  return command == "show" ? cmd_show(options) : cmd_processes(options);
+  if (command == "show") return cmd_show(options);
+  if (command == "connections") return cmd_connections(options);
+  return cmd_processes(options);
 }
 
 }  // namespace
@@ -780,5 +841,12 @@ int main(int argc, char** argv) {
   }
   if (command == "devices") return run_devices(args);
   if (command == "processes" || command == "show") return run_stats(command, args);
+  if (command == "connections" || command == "conns") return run_stats("connections", args);
+  if (command == "reasons") {
+    if (args.size() > 1 || (args.size() == 1 && args[0] != "--json")) {
+      return usage_error("reasons takes only --json");
+    }
+    return cmd_reasons(args.size() == 1);
+  }
   return usage_error("unknown command '" + command + "'");
 }

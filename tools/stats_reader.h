@@ -4,57 +4,13 @@
 // libsmcpre.so.
 #pragma once
 
-#include <array>
-#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "core/stats_layout.h"
+#include "core/stats_snapshot.h"
 
 namespace smcpre::stats {
-
-constexpr const auto& fields_of(const ProcessCounters*) {
-  return kProcessFields;
-}
-constexpr const auto& fields_of(const LinkSlot*) {
-  return kLinkFields;
-}
-constexpr const auto& fields_of(const WorkerSlot*) {
-  return kWorkerFields;
-}
-
-// The values of one struct's counters, in the order of its field list (stats_layout.h).
-template <typename T>
-struct Values {
-  static constexpr const auto& kFields = fields_of(static_cast<const T*>(nullptr));
-  std::array<uint64_t, std::size(kFields)> values{};
-
-  // The list names every member exactly once (checked in stats_layout.h).
-  static constexpr size_t index_of(Counter T::*member) {
-    size_t i = 0;
-    while (i + 1 < std::size(kFields) && kFields[i].member != member) ++i;
-    return i;
-  }
-  uint64_t operator[](Counter T::*member) const { return values[index_of(member)]; }
-  uint64_t& operator[](Counter T::*member) { return values[index_of(member)]; }
-};
-
-struct WorkerSnapshot {
-  size_t index = 0;  // the worker's slot
-  Values<WorkerSlot> counters;
-};
-
-// One process's counters, copied out of its segment.
-struct Snapshot {
-  uint32_t pid = 0;
-  uint64_t start_realtime_ns = 0;
-  std::string comm;     // bounded, control characters and invalid UTF-8 replaced by '?'
-  std::string cmdline;  // likewise
-  Values<ProcessCounters> process;
-  std::vector<Values<LinkSlot>> links;  // slots in use, in slot order
-  std::vector<WorkerSnapshot> workers;  // slots in use, in slot order
-};
 
 enum class ReadStatus {
   kOk,

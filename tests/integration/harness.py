@@ -138,6 +138,7 @@ class Proc:
             except ProcessLookupError:
                 pass
             self.popen.wait(10)
+        self.close_stdin()
         for t in self._readers:
             t.join(5)
 
