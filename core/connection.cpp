@@ -239,7 +239,11 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
       copy_ring(Copy::kFromRing, static_cast<uint8_t*>(rmb_->addr()), rmb_size_,
                 rx_cons_.load(std::memory_order_relaxed), n, iov, iovcnt, copied);
       if (peek) return static_cast<ssize_t>(n);
-      rx_cons_.fetch_add(n, std::memory_order_release);
+      const uint64_t consumed = rx_cons_.fetch_add(n, std::memory_order_release) + n;
+      // One reader at a time (rx_mutex_): a plain store keeps the published count exact.
+      if (ConnectionStats* stats = stats_.load(std::memory_order_acquire)) {
+        stats->set_received(consumed);
+      }
       copied += n;
       maybe_announce_consumed();
       if (!waitall || copied == want) return static_cast<ssize_t>(copied);
@@ -388,6 +392,7 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
     }
     // Release: the completion of the CDC below is matched against this cursor.
     tx_prod_.store(prod, std::memory_order_release);
+    if (ConnectionStats* stats = stats_.load(std::memory_order_acquire)) stats->set_sent(prod);
     sent += chunk;
     const int cdc_rc = post_cdc_locked(false);
     send_lock.unlock();

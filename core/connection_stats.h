@@ -33,8 +33,13 @@ class ConnectionStats {
   void on_fallback(uint32_t reason);
   void set_state(stats::ConnectionState state) { stats::set(slot_->state, state); }
 
+  // The kernel path: bytes as they move (any thread, hence atomic adds).
   void add_sent(uint64_t bytes) { stats::add(slot_->bytes_sent, bytes); }
   void add_received(uint64_t bytes) { stats::add(slot_->bytes_received, bytes); }
+  // The SMC path: the connection's own cursors, stored by their one writer (no locked
+  // instruction on the data path).
+  void set_sent(uint64_t total) { stats::set(slot_->bytes_sent, total); }
+  void set_received(uint64_t total) { stats::set(slot_->bytes_received, total); }
   void add_rnr(uint64_t events) { stats::add(slot_->rnr, events); }
 
  private:
