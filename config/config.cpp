@@ -1,10 +1,13 @@
-// Strict parsing of the SMCPRE_* environment (DESIGN.md section 7). Every parser accepts
-// exactly its documented syntax: no surrounding whitespace, no trailing garbage, no
-// overflow, no empty values. The first bad variable (in name order) is reported.
+// Strict parsing of the SMCPRE_* environment (DESIGN.md section 7) and of the policy
+// file's settings and rules (smcpre.conf(5)). Every parser accepts exactly its documented
+// syntax: no surrounding whitespace, no trailing garbage, no overflow, no empty values. The
+// first bad variable (in name order) or the first malformed file line is reported.
 #include "config/config.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdlib.h>
+#include <sys/auxv.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +17,7 @@
 #include <limits>
 
 #include "config/log.h"
+#include "config/policy.h"
 #include "config/sys.h"
 
 extern char** environ;
@@ -226,17 +230,24 @@ void mask_address(uint8_t* addr, size_t len, unsigned prefix) {
   }
 }
 
-// One SMCPRE_PEERS rule; "" on success, else what was expected in this rule.
+}  // namespace
+
 std::string parse_peer_rule(std::string_view rule, PeerRule* out) {
   PeerRule r;
   std::string_view rest;
+  // PORTS `*` is every port, as no port at all: "10.0.0.0/8:*" is "10.0.0.0/8".
+  if (rule.ends_with(":*")) {
+    rule.remove_suffix(2);
+    if (rule.empty()) return "expected an address or * before :*";
+  }
+  if (rule.empty()) return "expected an address rule";
   if (rule == "*") {
     *out = r;  // any address, any port
     return {};
   }
   if (rule.front() == '*') {
     rest = rule.substr(1);
-    if (rest.empty() || rest.front() != ':') return "expected *:PORT[-PORT]";
+    if (rest.empty() || rest.front() != ':') return "expected *, *:PORT[-PORT] or *:*";
   } else {
     std::string_view addr_text;
     if (rule.front() == '[') {
@@ -279,7 +290,8 @@ std::string parse_peer_rule(std::string_view rule, PeerRule* out) {
   if (!rest.empty()) {
     PortRange ports;
     if (rest.front() != ':' || !parse_port_range(rest.substr(1), &ports)) {
-      return "expected :PORT or :PORT-PORT after the address (ports 1 to 65535, ascending)";
+      return "expected :PORT, :PORT-PORT or :* after the address (ports 1 to 65535, "
+             "ascending)";
     }
     r.port_min = ports.min;
     r.port_max = ports.max;
@@ -288,10 +300,12 @@ std::string parse_peer_rule(std::string_view rule, PeerRule* out) {
   return {};
 }
 
+namespace {
+
 std::string parse_peers(std::string_view v, Config& c) {
   static constexpr const char* kSyntax =
-      "expected a comma-separated list of ADDR[/PREFIX][:PORT[-PORT]], "
-      "[IPV6][/PREFIX][:PORT[-PORT]] or *:PORT[-PORT]";
+      "expected a comma-separated list of ADDR[/PREFIX][:PORTS], [IPV6][/PREFIX][:PORTS] or "
+      "*[:PORTS] (PORTS: P, P-Q or *)";
   std::vector<std::string_view> items;
   if (!split_list(v, &items)) return kSyntax;
   std::vector<PeerRule> rules;
@@ -399,6 +413,17 @@ std::string parse_ranged(std::string_view v, Config& c) {
   return {};
 }
 
+// SMCPRE_CONFIG: checked here, read by load(). An absolute path: the file is read at the
+// process's first socket call, whatever its working directory is then.
+std::string check_config_path(std::string_view v) {
+  if (v == "none" || (plausible_path(v) && v.front() == '/')) return {};
+  return "expected an absolute file path, or none for no policy file";
+}
+
+std::string parse_config_path(std::string_view v, Config&) {
+  return check_config_path(v);
+}
+
 std::string parse_stats(std::string_view v, Config& c) {
   if (iequals(v, "exit") || iequals(v, "none")) {
     c.stats = iequals(v, "exit") ? "exit" : "none";
@@ -425,6 +450,7 @@ std::string parse_ib_mtu(std::string_view v, Config& c) {
 constexpr Variable kVariables[] = {
     {"SMCPRE_BACKLOG_CPUS", parse_backlog_cpus},
     {"SMCPRE_CLOSE_TIMEOUT_MS", parse_ranged<uint32_t, &Config::close_timeout_ms, 1, 3600000>},
+    {"SMCPRE_CONFIG", parse_config_path},
     {"SMCPRE_DEVICE", parse_device},
     {"SMCPRE_ENABLE", parse_enable},
     {"SMCPRE_EXCLUDE", parse_exclude},
@@ -470,6 +496,163 @@ std::string quote_value(std::string_view v) {
   return out;
 }
 
+// --- the policy file -----------------------------------------------------------------------
+
+// A value and where it was given.
+struct Given {
+  std::string value;
+  int line = 0;  // line in the policy file; 0: the environment
+};
+
+const Variable* find_variable(std::string_view name) {
+  const Variable* var = std::find_if(std::begin(kVariables), std::end(kVariables),
+                                     [&](const Variable& v) { return v.name == name; });
+  return var == std::end(kVariables) ? nullptr : var;
+}
+
+// Blanks around a line, a setting's name and its value. '\r' too: a file written on
+// Windows ends its lines with "\r\n".
+std::string_view trim(std::string_view s) {
+  constexpr std::string_view kBlank = " \t\r";
+  size_t start = s.find_first_not_of(kBlank);
+  if (start == std::string_view::npos) return {};
+  return s.substr(start, s.find_last_not_of(kBlank) - start + 1);
+}
+
+// A setting line "NAME = VALUE", checked against the settings before it; "" if good.
+std::string check_file_setting(std::string_view line, const std::map<std::string, Given>& seen,
+                               std::string* name_out, std::string_view* value_out) {
+  const size_t eq = line.find('=');
+  const std::string name(trim(line.substr(0, eq)));
+  const std::string_view value = trim(line.substr(eq + 1));
+  if (name.empty()) return "expected a setting name before =";
+  if (name == "SMCPRE_CONFIG") {
+    return "SMCPRE_CONFIG can only be set in the environment (it names this file)";
+  }
+  const Variable* var = find_variable(name);
+  if (var == nullptr) {
+    return "unknown setting " + quote_value(name) +
+           " (expected an SMCPRE_* variable name, as in the environment)";
+  }
+  if (auto it = seen.find(name); it != seen.end()) {
+    return name + " given twice (first on line " + std::to_string(it->second.line) + ")";
+  }
+  // Everything after '=' is the value: quotes would be taken literally, which a shell user
+  // would not expect (SMCPRE_LOG_FILE="/tmp/x" would name a relative file with quotes).
+  if (!value.empty() && (value.front() == '"' || value.front() == '\'')) {
+    return name + "=" + quote_value(value) + ": expected the value without quotes";
+  }
+  Config scratch;
+  if (std::string expected = var->parse(value, scratch); !expected.empty()) {
+    return name + "=" + quote_value(value) + ": " + expected;
+  }
+  *name_out = name;
+  *value_out = value;
+  return {};
+}
+
+// Parses the whole file: its settings (checked, not yet applied) into *settings, its rules
+// whose PROGRAM matches `program` into *rules. "" on success, else the first problem as
+// "<path>:<line>: ..." (or "<path>: ..." for the file as a whole).
+std::string parse_file(const FileSource& file, std::string_view program,
+                       std::map<std::string, Given>* settings, std::vector<PolicyRule>* rules) {
+  if (file.text.size() > kMaxPolicyFileBytes) {
+    return file.path + ": larger than 1 MiB (" + std::to_string(kMaxPolicyFileBytes) + " bytes)";
+  }
+  const std::string_view text = file.text;
+  int line_no = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    ++line_no;
+    const size_t nl = text.find('\n', pos);
+    const std::string_view raw =
+        text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
+    pos = nl == std::string_view::npos ? text.size() : nl + 1;
+    auto at = [&](const std::string& what) {
+      return file.path + ":" + std::to_string(line_no) + ": " + what;
+    };
+    if (raw.size() > kMaxPolicyLineBytes) {
+      return at("line longer than " + std::to_string(kMaxPolicyLineBytes) + " bytes");
+    }
+    if (raw.find('\0') != std::string_view::npos) return at("a NUL byte (not a text file?)");
+    const std::string_view line = trim(raw);
+    // Control characters have no place in any field; in a message they would break the
+    // line. Tabs separate fields.
+    for (char ch : line) {
+      const auto byte = static_cast<unsigned char>(ch);
+      if ((byte < 0x20 && ch != '\t') || byte == 0x7f) {
+        return at("a control character (" + quote_value(std::string_view(&ch, 1)) + ")");
+      }
+    }
+    if (line.empty() || line.front() == '#') continue;
+
+    const std::string_view first = line.substr(0, line.find_first_of(" \t"));
+    if (first != "smc" && first != "tcp" && line.find('=') != std::string_view::npos) {
+      std::string name;
+      std::string_view value;
+      std::string problem = check_file_setting(line, *settings, &name, &value);
+      if (!problem.empty()) return at(problem);
+      (*settings)[name] = Given{std::string(value), line_no};
+      continue;
+    }
+    PolicyRule rule;
+    if (std::string problem = parse_policy_rule(line, &rule); !problem.empty()) {
+      return at(problem);
+    }
+    rule.line = line_no;
+    // Every rule is checked, but only this program's are kept: the others can never match.
+    if (policy_program_matches(rule, program)) rules->push_back(std::move(rule));
+  }
+  return {};
+}
+
+// The configuration smcpre runs with after an error: disabled, with defaults, but keeping
+// what is needed to report the problem where the user looks for smcpre's messages.
+Config disabled_config(Config c) {
+  Config disabled;
+  disabled.enabled = false;
+  disabled.log_level = std::move(c.log_level);
+  disabled.log_file = std::move(c.log_file);
+  disabled.runtime_dir = std::move(c.runtime_dir);
+  disabled.unknown_variables = std::move(c.unknown_variables);
+  return disabled;
+}
+
+// Applies the settings in name order; the first bad one (the environment's: the file's
+// were checked line by line) goes to *first_error.
+Config apply(const std::map<std::string, Given>& given, const std::string& file_path,
+             std::string* first_error) {
+  Config defaults;
+  defaults.runtime_dir = runtime_dir_default();
+  Config c;
+  for (const auto& [name, g] : given) {
+    if (!std::string_view(name).starts_with(kPrefix)) continue;
+    const Variable* var = find_variable(name);
+    if (var == nullptr) {
+      c.unknown_variables.push_back(name);
+      continue;
+    }
+    // Parsers only assign on success, so a bad value leaves the default in place.
+    std::string expected = var->parse(g.value, c);
+    if (!expected.empty()) {
+      if (first_error->empty()) {
+        *first_error = (g.line > 0 ? file_path + ":" + std::to_string(g.line) + ": " : "") + name +
+                       "=" + quote_value(g.value) + ": " + expected;
+      }
+      continue;
+    }
+    // Whether this value changes anything, for the debug listing: the same value applied
+    // to the defaults alone. SMCPRE_CONFIG sets no field (the file it names is what
+    // changes), so it always counts.
+    Config probe = defaults;
+    var->parse(g.value, probe);
+    c.settings.push_back(
+        Setting{name, g.value, g.line, name != "SMCPRE_CONFIG" && probe == defaults});
+  }
+  if (c.runtime_dir.empty()) c.runtime_dir = defaults.runtime_dir;
+  return c;
+}
+
 // --- the process's configuration --------------------------------------------------------
 
 struct Loaded {
@@ -494,7 +677,11 @@ const Loaded& loaded() {
   // static destructors run at exit.
   static const Loaded* const instance = [] {
     auto* l = new Loaded;
-    l->config = parse(smcpre_environment(), &l->error);
+    Environment env;
+    env.variables = smcpre_environment();
+    env.program = program_invocation_short_name;
+    env.secure = ::getauxval(AT_SECURE) != 0;
+    l->config = load(env, &l->error);
     return l;
   }();
   return *instance;
@@ -510,20 +697,6 @@ void write_stderr(const std::string& line) {
   }
 }
 
-const char* device_name(DeviceChoice d) {
-  switch (d) {
-    case DeviceChoice::kAuto:
-      return "auto";
-    case DeviceChoice::kShm:
-      return "shm";
-    case DeviceChoice::kVerbs:
-      return "verbs";
-    case DeviceChoice::kNone:
-      return "none";
-  }
-  return "?";
-}
-
 void report(const Loaded& l) {
   if (!l.error.empty()) {
     // Always visible, whatever SMCPRE_LOG says: the user asked for smcpre and gets TCP.
@@ -534,47 +707,91 @@ void report(const Loaded& l) {
   for (const std::string& name : l.config.unknown_variables) {
     SMC_LOG_WARN("unknown variable {} ignored", name);
   }
-  const Config& c = l.config;
-  SMC_LOG_DEBUG(
-      "configuration: enabled={} device={}{} rmb_size={} handshake_timeout_ms={} "
-      "runtime_dir={} peers={} exclude={} pool_size={} rq_depth={} sq_depth={} spin_us={}",
-      c.enabled, device_name(c.device), c.verbs_device.empty() ? "" : ":" + c.verbs_device,
-      c.rmb_size, c.handshake_timeout_ms, c.runtime_dir, c.peers.size(), c.exclude_ports.size(),
-      c.pool_size, c.rq_depth, c.sq_depth, c.spin_us);
+  if (log::should_log(spdlog::level::debug)) {
+    for (const std::string& line : describe(l.config)) SMC_LOG_DEBUG("{}", line);
+  }
 }
 
 }  // namespace
 
 Config parse(const std::map<std::string, std::string>& env, std::string* error) {
-  Config c;
+  return parse(env, nullptr, {}, error);
+}
+
+Config parse(const std::map<std::string, std::string>& env, const FileSource* file,
+             std::string_view program, std::string* error) {
+  std::map<std::string, Given> given;
+  std::vector<PolicyRule> rules;
   std::string first_error;
-  for (const auto& [name, value] : env) {
-    if (!std::string_view(name).starts_with(kPrefix)) continue;
-    const Variable* var = std::find_if(std::begin(kVariables), std::end(kVariables),
-                                       [&](const Variable& v) { return v.name == name; });
-    if (var == std::end(kVariables)) {
-      c.unknown_variables.push_back(name);
-      continue;
-    }
-    // Parsers only assign on success, so a bad value leaves the default in place.
-    std::string expected = var->parse(value, c);
-    if (!expected.empty() && first_error.empty()) {
-      first_error = name + "=" + quote_value(value) + ": " + expected;
+  if (file != nullptr) {
+    first_error = parse_file(*file, program, &given, &rules);
+    // Never half-applied: a malformed file contributes nothing.
+    if (!first_error.empty()) {
+      given.clear();
+      rules.clear();
     }
   }
-  if (c.runtime_dir.empty()) c.runtime_dir = runtime_dir_default();
+  // The environment overrides the file, name by name.
+  for (const auto& [name, value] : env) given[name] = Given{value, 0};
+  Config c = apply(given, file != nullptr ? file->path : std::string(), &first_error);
   if (error != nullptr) *error = first_error;
-  if (first_error.empty()) return c;
+  if (!first_error.empty()) return disabled_config(std::move(c));
+  if (file != nullptr) c.config_file = file->path;
+  c.policy = std::move(rules);
+  return c;
+}
 
-  // Disabled, with defaults, but keeping what is needed to report the problem where the
-  // user looks for smcpre's messages.
-  Config disabled;
-  disabled.enabled = false;
-  disabled.log_level = c.log_level;
-  disabled.log_file = c.log_file;
-  disabled.runtime_dir = c.runtime_dir;
-  disabled.unknown_variables = std::move(c.unknown_variables);
-  return disabled;
+Config load(const Environment& env, std::string* error) {
+  std::map<std::string, std::string> vars = env.variables;
+  std::string path = env.default_file;
+  bool named = false;  // by SMCPRE_CONFIG: then it must exist
+  if (auto it = vars.find("SMCPRE_CONFIG"); it != vars.end()) {
+    if (env.secure) {
+      vars.erase(it);
+    } else if (!check_config_path(it->second).empty()) {
+      return parse(vars, nullptr, env.program, error);  // reports the bad value
+    } else {
+      named = it->second != "none";
+      path = named ? it->second : std::string();
+    }
+  }
+  if (path.empty()) return parse(vars, nullptr, env.program, error);
+  FileSource file;
+  std::string read_error;
+  switch (read_policy_file(path, &file, &read_error)) {
+    case FileStatus::kRead:
+      return parse(vars, &file, env.program, error);
+    case FileStatus::kMissing:
+      if (!named) return parse(vars, nullptr, env.program, error);  // defaults
+      read_error = path + ": no such file (named by SMCPRE_CONFIG)";
+      break;
+    case FileStatus::kError:
+      break;
+  }
+  if (error != nullptr) *error = read_error;
+  return disabled_config(parse(vars, nullptr, env.program, nullptr));
+}
+
+std::vector<std::string> describe(const Config& c) {
+  std::vector<std::string> lines;
+  auto where = [&](int line) {
+    return line > 0 ? c.config_file + ":" + std::to_string(line) : std::string("the environment");
+  };
+  if (c.config_file.empty()) {
+    lines.push_back("policy file: none");
+  } else {
+    lines.push_back("policy file: " + c.config_file + " (" + std::to_string(c.policy.size()) +
+                    (c.policy.size() == 1 ? " rule" : " rules") + " for this program)");
+  }
+  for (const Setting& s : c.settings) {
+    if (!s.is_default) {
+      lines.push_back("setting " + s.name + "=" + s.value + " (from " + where(s.line) + ")");
+    }
+  }
+  for (const PolicyRule& r : c.policy) {
+    lines.push_back("rule " + r.text + " (from " + where(r.line) + ")");
+  }
+  return lines;
 }
 
 namespace detail {
@@ -617,39 +834,71 @@ bool prefix_matches(const uint8_t* addr, const uint8_t* net, unsigned prefix_len
 
 }  // namespace
 
-bool peer_rules_match(const std::vector<PeerRule>& rules, const sockaddr* addr) {
-  if (addr == nullptr) return false;
-  const uint8_t* v4 = nullptr;
-  const uint8_t* v6 = nullptr;
+namespace {
+
+// A destination's address and port, as the rules compare them.
+struct Destination {
+  bool has_v4 = false;  // AF_INET, or AF_INET6 with an IPv4-mapped address
+  bool has_v6 = false;
+  uint8_t v4[4] = {};
+  uint8_t v6[16] = {};
   uint16_t port = 0;
+};
+
+bool destination_of(const sockaddr* addr, Destination* d) {
+  if (addr == nullptr) return false;
   // Copies, not casts of `addr` to the wider types: the caller's storage may be only as
   // large (and aligned) as its own family needs.
-  sockaddr_in sin;
-  sockaddr_in6 sin6;
   if (addr->sa_family == AF_INET) {
+    sockaddr_in sin;
     std::memcpy(&sin, addr, sizeof(sin));
-    v4 = reinterpret_cast<const uint8_t*>(&sin.sin_addr);
-    port = ntohs(sin.sin_port);
-  } else if (addr->sa_family == AF_INET6) {
-    std::memcpy(&sin6, addr, sizeof(sin6));
-    v6 = sin6.sin6_addr.s6_addr;
-    port = ntohs(sin6.sin6_port);
-    // An IPv4 peer reached through a dual-stack socket (::ffff:a.b.c.d) matches IPv4 rules.
-    if (IN6_IS_ADDR_V4MAPPED(&sin6.sin6_addr)) v4 = v6 + 12;
-  } else {
-    return false;
+    std::memcpy(d->v4, &sin.sin_addr, 4);
+    d->has_v4 = true;
+    d->port = ntohs(sin.sin_port);
+    return true;
   }
-  for (const PeerRule& r : rules) {
-    if (port < r.port_min || port > r.port_max) continue;
-    if (r.family == AF_UNSPEC) return true;
-    if (r.family == AF_INET && v4 != nullptr && prefix_matches(v4, r.addr, r.prefix_len)) {
-      return true;
+  if (addr->sa_family == AF_INET6) {
+    sockaddr_in6 sin6;
+    std::memcpy(&sin6, addr, sizeof(sin6));
+    std::memcpy(d->v6, sin6.sin6_addr.s6_addr, 16);
+    d->has_v6 = true;
+    d->port = ntohs(sin6.sin6_port);
+    // An IPv4 peer reached through a dual-stack socket (::ffff:a.b.c.d) matches IPv4 rules.
+    if (IN6_IS_ADDR_V4MAPPED(&sin6.sin6_addr)) {
+      std::memcpy(d->v4, d->v6 + 12, 4);
+      d->has_v4 = true;
     }
-    if (r.family == AF_INET6 && v6 != nullptr && prefix_matches(v6, r.addr, r.prefix_len)) {
-      return true;
-    }
+    return true;
   }
   return false;
+}
+
+bool rule_matches(const PeerRule& r, const Destination& d) {
+  if (d.port < r.port_min || d.port > r.port_max) return false;
+  switch (r.family) {
+    case AF_UNSPEC:
+      return true;
+    case AF_INET:
+      return d.has_v4 && prefix_matches(d.v4, r.addr, r.prefix_len);
+    case AF_INET6:
+      return d.has_v6 && prefix_matches(d.v6, r.addr, r.prefix_len);
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+bool peer_rule_matches(const PeerRule& rule, const sockaddr* addr) {
+  Destination d;
+  return destination_of(addr, &d) && rule_matches(rule, d);
+}
+
+bool peer_rules_match(const std::vector<PeerRule>& rules, const sockaddr* addr) {
+  Destination d;
+  if (!destination_of(addr, &d)) return false;
+  return std::any_of(rules.begin(), rules.end(),
+                     [&](const PeerRule& r) { return rule_matches(r, d); });
 }
 
 bool port_excluded(const std::vector<PortRange>& ranges, uint16_t port) {

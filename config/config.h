@@ -1,6 +1,8 @@
-// smcpre's configuration: environment variables (DESIGN.md section 7) parsed strictly into
-// one immutable Config. A bad value logs one line naming the variable and disables
-// smcpre for the process (the application runs as plain TCP).
+// smcpre's configuration: environment variables (DESIGN.md section 7) and the policy file
+// (/etc/smcpre.conf or SMCPRE_CONFIG, smcpre.conf(5)) parsed strictly into one immutable
+// Config. A bad value or a malformed file line is reported in one line naming the variable
+// or the file and line, and disables smcpre for the process (the application runs as plain
+// TCP). The policy rules are matched by config/policy.h.
 #pragma once
 
 #include <netinet/in.h>
@@ -17,18 +19,45 @@ namespace smcpre::config {
 
 enum class DeviceChoice { kAuto, kShm, kVerbs, kNone };
 
-// One SMCPRE_PEERS rule: an IPv4/IPv6 subnet and an inclusive port range.
+// One SMCPRE_PEERS rule, also the ADDRESS of a policy rule: an IPv4/IPv6 subnet and an
+// inclusive port range.
 struct PeerRule {
   int family = AF_UNSPEC;  // AF_UNSPEC: any address
   uint8_t addr[16] = {};   // network byte order; first 4 bytes for AF_INET
   uint8_t prefix_len = 0;
   uint16_t port_min = 1;
   uint16_t port_max = 65535;
+  bool operator==(const PeerRule&) const = default;
 };
 
 struct PortRange {
   uint16_t min = 0;
   uint16_t max = 0;
+  bool operator==(const PortRange&) const = default;
+};
+
+// A policy rule's verdict (config/policy.h): kNone when no rule matched.
+enum class PolicyAction { kNone, kSmc, kTcp };
+enum class PolicyRole { kClient, kServer };
+
+// One rule line of the policy file: ACTION PROGRAM ROLE ADDRESS[/PREFIX][:PORTS].
+struct PolicyRule {
+  PolicyAction action = PolicyAction::kNone;  // kSmc or kTcp once parsed
+  std::string program;                        // fnmatch(3) glob on the short program name
+  std::optional<PolicyRole> role;             // nullopt: `*`, both roles
+  PeerRule address;
+  std::string text;  // the rule's four fields, one space apart (for the log)
+  int line = 0;      // its line in the file
+  bool operator==(const PolicyRule&) const = default;
+};
+
+// A setting given in the environment or in the policy file, as given.
+struct Setting {
+  std::string name;         // SMCPRE_RMB_SIZE
+  std::string value;        // 1M
+  int line = 0;             // line in Config::config_file; 0: from the environment
+  bool is_default = false;  // the value leaves the configuration at its default
+  bool operator==(const Setting&) const = default;
 };
 
 struct Config {
@@ -69,22 +98,68 @@ struct Config {
   uint32_t keepalive_ms = 30000;  // SMCPRE_KEEPALIVE_MS 0..3600000
   uint32_t linger_ms = 600000;    // SMCPRE_LINGER_MS 0..86400000
   std::string stats;              // SMCPRE_STATS: "" (unset), "exit" or "none"
+  // The policy file in force ("" = none): SMCPRE_CONFIG, or /etc/smcpre.conf if it exists.
+  std::string config_file;
+  // Its rules whose PROGRAM matches this process, in file order (first match wins).
+  std::vector<PolicyRule> policy;
+  // Every setting given, in name order, with where it came from (an environment variable
+  // overrides the file's setting of the same name).
+  std::vector<Setting> settings;
   // SMCPRE_* names that parse() does not know: not an error (a newer or older smcpre may
   // know them), but current() logs a warning for each.
   std::vector<std::string> unknown_variables;
+
+  bool operator==(const Config&) const = default;
+};
+
+// A policy file's path and contents, as read (config/policy.h: read_policy_file).
+struct FileSource {
+  std::string path;
+  std::string text;
 };
 
 // Parses `env` (name -> value; names absent from the map are unset; names without the
 // SMCPRE_ prefix are ignored). Sets *error (if not null) to "" on success. On a bad value,
 // returns a default Config with enabled=false (keeping only log_level, log_file,
 // runtime_dir and unknown_variables) and sets *error to one line naming the first bad
-// variable (in name order), its value and what is expected.
+// variable (in name order), its value and what is expected. SMCPRE_CONFIG is checked, not
+// read: no file is involved.
 Config parse(const std::map<std::string, std::string>& env, std::string* error);
 
-// The process's configuration, parsed once from environ on first use (thread-safe). The
-// first call reports problems: a bad value goes to stderr as "smcpre: <error>" whatever
-// SMCPRE_LOG says (and to the log too when SMCPRE_LOG_FILE is set); unknown variables are
-// logged as warnings.
+// parse() with a policy file's text as well (`file` may be null: no file). The file's
+// settings apply unless `env` sets the same name; its rules are kept when their PROGRAM
+// matches `program`. Any malformed line (smcpre.conf(5)) disables smcpre as a bad value
+// does, the file ignored as a whole; *error is then "<path>:<line>: <what was expected>"
+// (or "<path>: ..." for the whole file).
+Config parse(const std::map<std::string, std::string>& env, const FileSource* file,
+             std::string_view program, std::string* error);
+
+// What load() reads the configuration from; current() fills it in from the process.
+struct Environment {
+  std::map<std::string, std::string> variables;  // the SMCPRE_* variables
+  std::string program;                           // program_invocation_short_name
+  std::string default_file = "/etc/smcpre.conf";
+  // A set-user-ID or otherwise secure-mode process (AT_SECURE) does not let its caller
+  // name the file it reads: SMCPRE_CONFIG is ignored and default_file is read.
+  bool secure = false;
+};
+
+// Reads the policy file (SMCPRE_CONFIG, `none` for no file, else default_file if it
+// exists) and parses it with the variables. A file that cannot be read, or one named by
+// SMCPRE_CONFIG that does not exist, disables smcpre as a malformed line does.
+Config load(const Environment& env, std::string* error);
+
+// What the configuration changes from the defaults, one line each, for the debug log: the
+// policy file, each setting that differs from its default with where it came from, and
+// the rules in force for this program. E.g. "setting SMCPRE_RMB_SIZE=1M (from
+// /etc/smcpre.conf:3)", "rule smc redis-server server *:6379 (from /etc/smcpre.conf:7)".
+std::vector<std::string> describe(const Config& c);
+
+// The process's configuration, loaded once from environ and the policy file on first use
+// (thread-safe). The first call reports problems: a bad value or file goes to stderr as
+// "smcpre: <error>; smcpre disabled" whatever SMCPRE_LOG says (and to the log too when
+// SMCPRE_LOG_FILE is set); unknown variables are logged as warnings; at debug level,
+// describe()'s lines are logged.
 const Config& current();
 
 namespace detail {
@@ -97,7 +172,13 @@ const Config& parsed_environment();
 // /tmp/smcpre-<uid>.
 std::string runtime_dir_default();
 
-// True if the destination matches an SMCPRE_PEERS rule.
+// Parses one SMCPRE_PEERS rule (ADDR[/PREFIX][:PORTS], [IPV6][/PREFIX][:PORTS] or
+// *[:PORTS]; PORTS is P, P-Q or *). Returns "" on success, else what was expected.
+std::string parse_peer_rule(std::string_view rule, PeerRule* out);
+
+// True if the destination (a sockaddr_in or sockaddr_in6; an IPv4-mapped IPv6 address
+// matches IPv4 rules) matches the rule, or any of the rules.
+bool peer_rule_matches(const PeerRule& rule, const sockaddr* addr);
 bool peer_rules_match(const std::vector<PeerRule>& rules, const sockaddr* addr);
 bool port_excluded(const std::vector<PortRange>& ranges, uint16_t port);
 

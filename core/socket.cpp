@@ -24,6 +24,7 @@
 
 #include "config/high_fd.h"
 #include "config/log.h"
+#include "config/policy.h"
 #include "config/registry.h"
 #include "config/sys.h"
 #include "core/backlog.h"
@@ -42,8 +43,12 @@ namespace smcpre::core {
 
 class Listener {
  public:
-  explicit Listener(std::optional<registry::ListenerRegistration> registration)
-      : registration_(std::move(registration)) {}
+  Listener(std::optional<registry::ListenerRegistration> registration, bool policy_tcp)
+      : registration_(std::move(registration)), policy_tcp_(policy_tcp) {}
+
+  // A policy rule says tcp for this listener: it is not published, and its accepted
+  // connections decline a Proposal with POLICY.
+  bool policy_tcp() const { return policy_tcp_; }
 
   // In a fork child: the listening socket is the child's too (pre-fork servers accept
   // there), so the child holds the registration's lock with a descriptor of its own.
@@ -59,6 +64,7 @@ class Listener {
 
  private:
   std::optional<registry::ListenerRegistration> registration_;
+  const bool policy_tcp_;
 };
 
 namespace {
@@ -119,6 +125,8 @@ class SmcSocket final : public Socket {
     snd_timeout_ns_.store(socket_timeout_ns(fd, SO_SNDTIMEO), std::memory_order_relaxed);
   }
 
+  // Accepted on a listener the policy keeps on TCP (before the socket is published).
+  void decline_with_policy() { policy_tcp_ = true; }
   // The connection's published line; may be null (then nothing is counted).
   void set_stats(std::shared_ptr<ConnectionStats> stats) { stats_ = std::move(stats); }
   // The client handshake's outcome.
@@ -150,11 +158,9 @@ class SmcSocket final : public Socket {
     if (!usable()) return fail(EOPNOTSUPP);
     // SMC carries no urgent data: TCP says EINVAL when none is pending.
     if (flags & MSG_OOB) return fail(EINVAL);
-    const ssize_t n =
-        connection_->recv(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
-                          rcv_timeout_ns_.load(std::memory_order_relaxed));
-    if (n > 0 && stats_ && !(flags & MSG_PEEK)) stats_->add_received(static_cast<uint64_t>(n));
-    return n;
+    // The connection publishes its own byte counts.
+    return connection_->recv(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
+                             rcv_timeout_ns_.load(std::memory_order_relaxed));
   }
 
   ssize_t send(const iovec* iov, int iovcnt, int flags) override {
@@ -162,11 +168,8 @@ class SmcSocket final : public Socket {
     if (!usable()) return fail(EOPNOTSUPP);
     // Urgent data has no SMC equivalent; sending it inline would corrupt the stream.
     if (flags & MSG_OOB) return fail(EOPNOTSUPP);
-    const ssize_t n =
-        connection_->send(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
-                          snd_timeout_ns_.load(std::memory_order_relaxed));
-    if (n > 0 && stats_) stats_->add_sent(static_cast<uint64_t>(n));
-    return n;
+    return connection_->send(iov, iovcnt, flags, nonblocking_.load(std::memory_order_relaxed),
+                             snd_timeout_ns_.load(std::memory_order_relaxed));
   }
 
   void count_kernel_bytes(bool received, uint64_t bytes) override {
@@ -363,6 +366,13 @@ class SmcSocket final : public Socket {
       finish_tcp(static_cast<uint32_t>(DeclineCode::kPeerDecl), true);
       return true;
     }
+    if (policy_tcp_) {
+      // A client that proposes anyway (its SMCPRE_PEERS or policy says smc) learns why.
+      SMC_LOG_INFO("server: Proposal declined: policy says tcp");
+      send_decline(fd, *engine, static_cast<uint32_t>(DeclineCode::kPolicy));
+      finish_tcp(static_cast<uint32_t>(DeclineCode::kPolicy), true);
+      return true;
+    }
     // A non-blocking socket waits here for the client's Confirm too: one round trip,
     // bounded by the handshake timeout, in the read that found the Proposal.
     HandshakeResult r = server_handshake(fd, *engine, message);
@@ -424,6 +434,7 @@ class SmcSocket final : public Socket {
   const uint64_t generation_;
   std::shared_ptr<Connection> connection_;
   std::shared_ptr<ConnectionStats> stats_;
+  bool policy_tcp_ = false;
 };
 
 }  // namespace
@@ -436,18 +447,26 @@ std::shared_ptr<Listener> Engine::on_listen(int fd) {
   if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) return nullptr;
   if (local.ss_family != AF_INET && local.ss_family != AF_INET6) return nullptr;
   std::string error;
-  auto registration = registry::ListenerRegistration::publish(runtime_dir(engine->config()),
-                                                              port_of(local), &error);
-  if (!registration) {
-    SMC_LOG_WARN("listener on port {} not published ({}): clients will use TCP", port_of(local),
-                 error);
+  const bool policy_tcp = config::policy_decide(engine->config(), config::PolicyRole::kServer,
+                                                reinterpret_cast<const sockaddr*>(&local)) ==
+                          config::PolicyAction::kTcp;
+  std::optional<registry::ListenerRegistration> registration;
+  if (policy_tcp) {
+    SMC_LOG_INFO("listener on port {}: policy says tcp: not published", port_of(local));
   } else {
-    SMC_LOG_DEBUG("listener on port {} published", port_of(local));
+    registration = registry::ListenerRegistration::publish(runtime_dir(engine->config()),
+                                                           port_of(local), &error);
+    if (!registration) {
+      SMC_LOG_WARN("listener on port {} not published ({}): clients will use TCP", port_of(local),
+                   error);
+    } else {
+      SMC_LOG_DEBUG("listener on port {} published", port_of(local));
+    }
   }
   // A process with a listener uses smcpre: it is listed from now on.
   stats::segment();
   // Tracked either way: accepted connections still answer a client's Proposal.
-  auto listener = std::make_shared<Listener>(std::move(registration));
+  auto listener = std::make_shared<Listener>(std::move(registration), policy_tcp);
   std::lock_guard lock(g_listeners_mutex);
   std::erase_if(g_listeners, [](const std::weak_ptr<Listener>& l) { return l.expired(); });
   g_listeners.push_back(listener);
@@ -466,12 +485,24 @@ bool Engine::eligible_destination(const sockaddr* addr, socklen_t len, uint32_t*
   const sockaddr_storage dest = normalized(addr, len);
   const uint16_t port = port_of(dest);
   bool result = false;
+  const auto* dest_addr = reinterpret_cast<const sockaddr*>(&dest);
   if (config::port_excluded(config.exclude_ports, port)) {
     *reason = static_cast<uint32_t>(DeclineCode::kExcluded);
   } else if (port != 0) {
-    // The registry first (one open()); the interface list only for a published port.
-    result = (registry::is_published(runtime_dir(config), port) && is_local_address(dest)) ||
-             config::peer_rules_match(config.peers, reinterpret_cast<const sockaddr*>(&dest));
+    // The policy's first matching rule decides; without one, positive knowledge: the
+    // registry first (one open()), the interface list only for a published port.
+    switch (config::policy_decide(config, config::PolicyRole::kClient, dest_addr)) {
+      case config::PolicyAction::kTcp:
+        *reason = static_cast<uint32_t>(DeclineCode::kPolicy);
+        break;
+      case config::PolicyAction::kSmc:
+        result = true;
+        break;
+      case config::PolicyAction::kNone:
+        result = (registry::is_published(runtime_dir(config), port) && is_local_address(dest)) ||
+                 config::peer_rules_match(config.peers, dest_addr);
+        break;
+    }
   }
   errno = saved_errno;
   return result;
@@ -513,6 +544,7 @@ std::shared_ptr<Socket> Engine::on_accepted(int fd, const std::shared_ptr<Listen
   const int saved_errno = errno;
   auto socket = std::make_shared<SmcSocket>(SmcSocket::State::kServerUndecided, fd_nonblocking(fd));
   socket->read_timeouts(fd);
+  if (listener->policy_tcp()) socket->decline_with_policy();
   socket->set_stats(ConnectionStats::open(fd, ConnectionStats::Role::kServer));
   errno = saved_errno;
   return socket;

@@ -204,6 +204,8 @@ class SmcTestCase(unittest.TestCase):
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("SMCPRE_") and k != "LD_PRELOAD"}
         env["SMCPRE_RUNTIME_DIR"] = self.runtime_dir
+        # A host's /etc/smcpre.conf must not change what a test means either.
+        env["SMCPRE_CONFIG"] = "none"
         if preload:
             env["LD_PRELOAD"] = LIB
             env["SMCPRE_LOG"] = self.log_level

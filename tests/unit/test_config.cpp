@@ -1,6 +1,9 @@
-// Tests for config/config.h (strict environment parsing, peer/port rules) and config/log.h.
+// Tests for config/config.h (strict environment parsing, peer/port rules, the policy file
+// as current() loads and reports it) and config/log.h. The policy file's syntax and rules
+// are tested in test_policy.cpp.
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -228,6 +231,10 @@ TEST_CASE("SMCPRE_PEERS parsing", "[config]") {
 
   CHECK(peers("[::ffff:10.0.0.0]/104:1-65535")[0].prefix_len == 104);
   CHECK(peers("0.0.0.0/0")[0].prefix_len == 0);
+  // PORTS `*`: every port, as no port at all.
+  CHECK(peers("10.0.0.0/8:*") == peers("10.0.0.0/8"));
+  CHECK(peers("[fd00::]/8:*") == peers("[fd00::]/8"));
+  CHECK(peers("*:*") == peers("*"));
 
   for (const char* v : {"",
                         ",",
@@ -263,7 +270,11 @@ TEST_CASE("SMCPRE_PEERS parsing", "[config]") {
                         "10.0.0.1:80:90",
                         "[fe80::1%eth0]",
                         "10.0.0.1/8x",
-                        "10.0.0.1:8x"}) {
+                        "10.0.0.1:8x",
+                        ":*",
+                        "10.0.0.1:*:*",
+                        "10.0.0.1:*-80",
+                        "**"}) {
     bad("SMCPRE_PEERS", v);
   }
   // The message points at the offending rule.
@@ -431,6 +442,21 @@ TEST_CASE("integer ranges", "[config]") {
   }
 }
 
+TEST_CASE("SMCPRE_CONFIG", "[config]") {
+  // parse() only checks the value; load() reads the file (test_policy.cpp).
+  for (const char* v : {"none", "/etc/smcpre.conf", "/tmp/my policy.conf", "/"}) {
+    Config c = good("SMCPRE_CONFIG", v);
+    CHECK(c.config_file.empty());
+    CHECK(c.unknown_variables.empty());
+  }
+  CHECK(bad("SMCPRE_CONFIG", "smcpre.conf") ==
+        "SMCPRE_CONFIG=\"smcpre.conf\": expected an absolute file path, or none for no policy "
+        "file");
+  for (const char* v : {"", "./x.conf", " /etc/x", "/etc/x ", "None", "/etc/a\nb"}) {
+    bad("SMCPRE_CONFIG", v);
+  }
+}
+
 TEST_CASE("SMCPRE_STATS", "[config]") {
   CHECK(good("SMCPRE_STATS", "exit").stats == "exit");
   CHECK(good("SMCPRE_STATS", "none").stats == "none");
@@ -501,6 +527,8 @@ int run_self(const std::string& tag, const std::vector<std::string>& env,
   pid_t pid = fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
+    // A policy file on this host must not change what a test means.
+    putenv(const_cast<char*>("SMCPRE_CONFIG=none"));
     for (const std::string& kv : env) putenv(const_cast<char*>(kv.c_str()));
     int fd = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0 || dup2(fd, STDERR_FILENO) < 0) _exit(100);
@@ -598,5 +626,89 @@ TEST_CASE("a bad value is reported on stderr even with logging off", "[log]") {
   INFO(text);
   CHECK(text.find("smcpre: SMCPRE_RMB_SIZE=\"300K\": expected a power of two from 16K to 8M") == 0);
   CHECK(text.find("an error line") == std::string::npos);  // the log itself stays off
+  unlink(err.c_str());
+}
+
+// --- the policy file, as current() loads and reports it ----------------------------------
+
+namespace {
+
+std::string write_policy(const std::string& name, const std::string& text) {
+  const std::string path = temp_path(name);
+  std::ofstream(path, std::ios::trunc) << text;
+  REQUIRE(chmod(path.c_str(), 0644) == 0);
+  return path;
+}
+
+}  // namespace
+
+// Run in a fresh process: SMCPRE_TEST_EXPECT_ENABLED says what current() must give.
+TEST_CASE("config child: enabled", "[.][config_child_enabled]") {
+  const char* expect = getenv("SMCPRE_TEST_EXPECT_ENABLED");
+  REQUIRE(expect != nullptr);
+  CHECK(smcpre::config::current().enabled == (std::string(expect) == "1"));
+  SMC_LOG_ERROR("an error line");
+}
+
+TEST_CASE("at debug level the settings and rules in force are logged once", "[log]") {
+  // The program is "test_config" (run_self's argv[0]): the first rule is for it.
+  const std::string conf = write_policy("debug.conf",
+                                        "# test\n"
+                                        "SMCPRE_SPIN_US = 200\n"
+                                        "SMCPRE_RMB_SIZE = 1M\n"
+                                        "smc test_conf* client *:5000\n"
+                                        "tcp other server *\n"
+                                        "SMCPRE_RQ_DEPTH=64\n");
+  const std::string log = temp_path("debug.log");
+  const std::string err = temp_path("debug.err");
+  unlink(log.c_str());
+  REQUIRE(run_self("[config_child_enabled]",
+                   {"SMCPRE_CONFIG=" + conf, "SMCPRE_LOG=debug", "SMCPRE_LOG_FILE=" + log,
+                    "SMCPRE_RQ_DEPTH=128", "SMCPRE_TEST_EXPECT_ENABLED=1"},
+                   err) == 0);
+  std::string text = read_file(log);
+  INFO(text);
+  auto count = [&](const std::string& needle) {
+    size_t n = 0;
+    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  CHECK(count("debug: policy file: " + conf + " (1 rule for this program)\n") == 1);
+  CHECK(count("debug: setting SMCPRE_RMB_SIZE=1M (from " + conf + ":3)\n") == 1);
+  CHECK(count("debug: setting SMCPRE_RQ_DEPTH=128 (from the environment)\n") == 1);
+  CHECK(count("debug: setting SMCPRE_LOG=debug (from the environment)\n") == 1);
+  CHECK(count("debug: setting SMCPRE_CONFIG=" + conf + " (from the environment)\n") == 1);
+  CHECK(count("debug: rule smc test_conf* client *:5000 (from " + conf + ":4)\n") == 1);
+  CHECK(count("SMCPRE_SPIN_US") == 0);  // set to its default
+  CHECK(count("other") == 0);           // another program's rule
+  CHECK(count("configuration:") == 0);  // the old one-line dump is gone
+  CHECK(count("error: an error line") == 1);
+  CHECK(read_file(err).empty());
+  unlink(log.c_str());
+  unlink(err.c_str());
+  unlink(conf.c_str());
+}
+
+TEST_CASE("a malformed policy file: one stderr line with its line, smcpre disabled", "[log]") {
+  const std::string conf = write_policy("bad.conf",
+                                        "SMCPRE_RMB_SIZE=1M\n"
+                                        "smc test_config client 10.0.0.0/33\n");
+  const std::string err = temp_path("badfile.err");
+  REQUIRE(run_self("[config_child_enabled]",
+                   {"SMCPRE_CONFIG=" + conf, "SMCPRE_LOG=off", "SMCPRE_TEST_EXPECT_ENABLED=0"},
+                   err) == 0);
+  CHECK(read_file(err) == "smcpre: " + conf +
+                              ":2: address \"10.0.0.0/33\": expected an IPv4 prefix length from 0 "
+                              "to 32; smcpre disabled\n");
+  // The same file named by nobody, and a missing one named by SMCPRE_CONFIG.
+  REQUIRE(run_self("[config_child_enabled]", {"SMCPRE_TEST_EXPECT_ENABLED=1"}, err) == 0);
+  CHECK(read_file(err).empty());
+  unlink(conf.c_str());
+  REQUIRE(run_self("[config_child_enabled]",
+                   {"SMCPRE_CONFIG=" + conf, "SMCPRE_TEST_EXPECT_ENABLED=0"}, err) == 0);
+  CHECK(read_file(err) ==
+        "smcpre: " + conf + ": no such file (named by SMCPRE_CONFIG); smcpre disabled\n");
   unlink(err.c_str());
 }
