@@ -205,6 +205,13 @@ std::string parse_log_file(std::string_view v, Config& c) {
   return {};
 }
 
+// smcpre-run's and smcpre-systemd's library location: known here so that a user who
+// exports it is not warned about an unknown variable; the library itself has no use for it.
+std::string parse_library(std::string_view v, Config&) {
+  if (!plausible_path(v)) return "expected a file path";
+  return {};
+}
+
 std::string parse_handshake_timeout(std::string_view v, Config& c) {
   uint64_t ms = 0;
   if (!parse_uint(v, 600000, &ms) || ms == 0) return "expected milliseconds from 1 to 600000";
@@ -459,6 +466,7 @@ constexpr Variable kVariables[] = {
     {"SMCPRE_IB_RETRY", parse_ranged<uint8_t, &Config::ib_retry, 0, 7>},
     {"SMCPRE_IB_TIMEOUT", parse_ranged<uint8_t, &Config::ib_timeout, 1, 31>},
     {"SMCPRE_KEEPALIVE_MS", parse_ranged<uint32_t, &Config::keepalive_ms, 0, 3600000>},
+    {"SMCPRE_LIBRARY", parse_library},
     {"SMCPRE_LINGER_MS", parse_ranged<uint32_t, &Config::linger_ms, 0, 86400000>},
     {"SMCPRE_LOG", parse_log},
     {"SMCPRE_LOG_FILE", parse_log_file},
