@@ -315,4 +315,15 @@ bool same_file(const std::string& a, const std::string& b) {
          sa.st_ino == sb.st_ino;
 }
 
+std::string shell_quote(std::string_view value) {
+  constexpr std::string_view kSafe =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@%+=:,./_-";
+  if (!value.empty() && value.find_first_not_of(kSafe) == std::string_view::npos) {
+    return std::string(value);
+  }
+  std::string out = "'";
+  for (char ch : value) out += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  return out + "'";
+}
+
 }  // namespace smcpre::tools

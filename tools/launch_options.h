@@ -59,6 +59,10 @@ std::string check_setting(std::string_view variable, std::string_view value);
 OptionMatch take_value_option(std::span<const std::string_view> args, size_t* i,
                               std::string_view name, std::string* value, std::string* error);
 
+// A value as sh reads it back: bare when it holds only harmless characters, else in
+// single quotes (for the command lines the tools print).
+std::string shell_quote(std::string_view value);
+
 // The library path as installed: <prefix>/<libdir>/libsmcpre.so from configure time.
 std::string installed_library_path();
 

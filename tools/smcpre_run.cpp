@@ -22,6 +22,7 @@ extern char** environ;
 namespace {
 
 using smcpre::tools::OptionMatch;
+using smcpre::tools::shell_quote;
 
 // env(1)'s convention, so that scripts can tell who failed.
 constexpr int kExitUsage = 125;      // smcpre-run itself: usage, a bad value, no library
@@ -77,25 +78,6 @@ void print_usage() {
 int usage_error(const std::string& message) {
   std::fprintf(stderr, "smcpre-run: %s\n", message.c_str());
   return kExitUsage;
-}
-
-// A value as sh reads it back: bare when it holds only harmless characters, else in
-// single quotes.
-std::string shell_quote(std::string_view value) {
-  constexpr std::string_view kSafe =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@%+=:,./_-";
-  if (!value.empty() && value.find_first_not_of(kSafe) == std::string_view::npos) {
-    return std::string(value);
-  }
-  std::string out = "'";
-  for (char ch : value) {
-    if (ch == '\'') {
-      out += "'\\''";
-    } else {
-      out += ch;
-    }
-  }
-  return out + "'";
 }
 
 // The SMCPRE_* variables PROGRAM would inherit (the first of duplicate names, as getenv()

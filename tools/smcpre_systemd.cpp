@@ -37,6 +37,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using smcpre::tools::OptionMatch;
+using smcpre::tools::shell_quote;
 
 constexpr int kExitOk = 0;
 constexpr int kExitFailure = 1;
@@ -140,17 +141,6 @@ std::string printable(std::string_view s) {
     }
   }
   return out;
-}
-
-std::string shell_quote(std::string_view value) {
-  constexpr std::string_view kSafe =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@%+=:,./_-";
-  if (!value.empty() && value.find_first_not_of(kSafe) == std::string_view::npos) {
-    return std::string(value);
-  }
-  std::string out = "'";
-  for (char ch : value) out += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
-  return out + "'";
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 
 #include "config/config.h"
 #include "config/log.h"
+#include "tests/unit/inet_addr.h"
 
 using smcpre::config::Config;
 using smcpre::config::DeviceChoice;
@@ -42,22 +43,6 @@ std::string bad(const std::string& name, const std::string& value) {
   CHECK(error.find('\n') == std::string::npos);
   CHECK(error.find(": expected") != std::string::npos);
   return error;
-}
-
-sockaddr_in v4(const char* addr, uint16_t port) {
-  sockaddr_in sin{};
-  sin.sin_family = AF_INET;
-  sin.sin_port = htons(port);
-  REQUIRE(inet_pton(AF_INET, addr, &sin.sin_addr) == 1);
-  return sin;
-}
-
-sockaddr_in6 v6(const char* addr, uint16_t port) {
-  sockaddr_in6 sin6{};
-  sin6.sin6_family = AF_INET6;
-  sin6.sin6_port = htons(port);
-  REQUIRE(inet_pton(AF_INET6, addr, &sin6.sin6_addr) == 1);
-  return sin6;
 }
 
 template <typename Addr>
