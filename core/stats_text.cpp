@@ -65,7 +65,10 @@ Totals totals(const Snapshot& s) {
   for (const auto& c : s.connections) {
     const bool smc = on_smc(c);
     const uint64_t path = c[&ConnectionSlot::path];
-    if (smc) {
+    // A closed connection's bytes count, but it is not open any more (its slot goes
+    // with the last reference to it).
+    if (c[&ConnectionSlot::state] == kConnClosed) {
+    } else if (smc) {
       ++t.open_smc;
     } else if (path == kPathTcp) {
       ++t.open_tcp;
@@ -240,12 +243,12 @@ std::string summary_text(const Snapshot& s, const std::string& title) {
   // The open ones by state, where any is not simply active.
   std::string states;
   for (uint64_t state :
-       {kConnHandshake, kConnActive, kConnPeerClosed, kConnClosing, kConnAborted, kConnClosed}) {
+       {kConnHandshake, kConnActive, kConnPeerClosed, kConnClosing, kConnAborted}) {
     const auto n = std::count_if(s.connections.begin(), s.connections.end(),
                                  [&](const auto& c) { return c[&ConnectionSlot::state] == state; });
     if (n != 0) states += (states.empty() ? " (" : ", ") + num(n) + " " + state_name(state);
   }
-  if (states == " (" + num(s.connections.size()) + " active") states.clear();
+  if (states == " (" + num(t.open_smc + t.open_tcp + t.open_undecided) + " active") states.clear();
   if (!states.empty()) states += ")";
   line("connections", num(t.connections_smc) + " SMC, " + num(t.connections_fallback) +
                           " TCP; open now " + num(t.open_smc) + " SMC, " + num(t.open_tcp) +

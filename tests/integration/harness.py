@@ -251,6 +251,14 @@ class SmcTestCase(unittest.TestCase):
                 proc.name, rc, expect_rc, self.describe_all(proc, others)))
         return rc
 
+    def release(self, *procs):
+        """Lets programs waiting with --hold exit (closes their stdin) and waits for each
+        to exit 0."""
+        for p in procs:
+            p.close_stdin()
+        for p in procs:
+            self.finish(p, 30, 0, procs)
+
     def describe_all(self, *procs_and_lists):
         seen, parts = set(), []
         for item in procs_and_lists:

@@ -23,9 +23,21 @@ STAT = os.environ.get("SMCPRE_STAT") or os.path.join(
     os.path.dirname(os.path.dirname(harness.LIB)), "tools", "smcpre-stat")
 README = os.path.join(harness.REPO, "README.md")
 
+# Both programs' end: commands on stdin, "close <i>" closes connection i (of `conns`),
+# "quit" (or the end of stdin) ends the program.
+COMMANDS = r"""
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd and cmd[0] == "close":
+        conns[int(cmd[1])].close()
+        print("closed %s" % cmd[1], file=sys.stderr, flush=True)
+    if cmd and cmd[0] == "quit":
+        break
+"""
+
 # Accepts N connections, reads a 4-byte length and that many bytes from each, sends them
-# back, and keeps the connections open. Reads commands on stdin: "close <i>" closes
-# connection i, "quit" ends. Prints "listening <port>", then "accepted <i>" per connection.
+# back, and keeps the connections open (COMMANDS). Prints "listening <port>", then
+# "accepted <i>" per connection.
 SERVER = r"""
 import socket, sys
 n = int(sys.argv[1])
@@ -44,17 +56,10 @@ for i in range(n):
     c.sendall(data)
     conns.append(c)
     print("accepted %d" % i, file=sys.stderr, flush=True)
-for line in sys.stdin:
-    cmd = line.split()
-    if cmd and cmd[0] == "close":
-        conns[int(cmd[1])].close()
-        print("closed %s" % cmd[1], file=sys.stderr, flush=True)
-    if cmd and cmd[0] == "quit":
-        break
 """
 
 # Opens one connection per size given, sends a 4-byte length and that many bytes, reads
-# them back, and keeps the connections open; stdin commands as for SERVER.
+# them back, and keeps the connections open (COMMANDS).
 CLIENT = r"""
 import socket, sys
 port = int(sys.argv[1])
@@ -70,13 +75,6 @@ for size in sizes:
     assert back == payload
     conns.append(c)
 print("ready", file=sys.stderr, flush=True)
-for line in sys.stdin:
-    cmd = line.split()
-    if cmd and cmd[0] == "close":
-        conns[int(cmd[1])].close()
-        print("closed %s" % cmd[1], file=sys.stderr, flush=True)
-    if cmd and cmd[0] == "quit":
-        break
 """
 
 
@@ -95,14 +93,14 @@ class ObserveTest(SmcTestCase):
         return {p["pid"]: p for p in doc["processes"]}
 
     def start_py_server(self, count, preload=True, env=None):
-        argv = [sys.executable, "-c", SERVER, str(count)]
+        argv = [sys.executable, "-c", SERVER + COMMANDS, str(count)]
         srv = self.start(argv, preload, env, "server", stdin_pipe=True)
         m = srv.wait_stderr(r"^listening (\d+)$", 15)
         self.assertIsNotNone(m, srv.describe())
         return srv, int(m.group(1))
 
     def start_client(self, port, sizes, env=None):
-        argv = [sys.executable, "-c", CLIENT, str(port)] + [str(s) for s in sizes]
+        argv = [sys.executable, "-c", CLIENT + COMMANDS, str(port)] + [str(s) for s in sizes]
         cli = self.start(argv, True, env, "client", stdin_pipe=True)
         self.assertIsNotNone(cli.wait_stderr(r"^ready$", 30), cli.describe())
         return cli

@@ -61,12 +61,6 @@ class ReceivePathTest(SmcTestCase):
         self.assert_smc(srv.records(), cli.records(), (srv, cli))
         return srv, cli
 
-    def release(self, *procs):
-        for p in procs:
-            p.close_stdin()
-        for p in procs:
-            self.finish(p, 30, 0, procs)
-
     def test_pool_exhaustion_degrades_to_rnr_and_recovers(self):
         # Four receive buffers in the whole receiving process, a queue of four: every CDC
         # handed to the worker leaves the queue one short until the worker gives it back.

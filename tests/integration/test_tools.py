@@ -133,12 +133,6 @@ class ToolTestCase(SmcTestCase):
                                  "no 'done'\n" + self.describe_all(srv, cli))
         return srv, cli
 
-    def release(self, *procs):
-        for p in procs:
-            p.close_stdin()
-        for p in procs:
-            self.finish(p, 30, 0, procs)
-
     def stat_show(self, pid):
         out = self.run_tool([STAT, "show", "--json", "--runtime-dir", self.runtime_dir,
                              str(pid)])
