@@ -85,6 +85,9 @@ Totals totals(const Snapshot& s) {
   t.rnr_events = p[&ProcessCounters::closed_links_rnr_events];
   t.rnr_retries = p[&ProcessCounters::closed_links_rnr_retries];
   for (const auto& l : s.links) {
+    // An RDMA adapter retries RNR in hardware and tells nobody which send met it: the
+    // verbs device's links count none (the adapter's own hw_counters in sysfs do).
+    if (l[&LinkSlot::device] == kDeviceVerbs) ++t.verbs_links;
     t.cdc_received += l[&LinkSlot::cdc_received];
     t.llc_received += l[&LinkSlot::llc_received];
     t.llc_sent += l[&LinkSlot::llc_sent];
@@ -217,14 +220,13 @@ Table connections_table(bool with_process) {
 
 void add_connections(Table& table, const Snapshot& s, bool with_process) {
   for (const auto& c : s.connections) {
-    std::vector<std::string> row = {role_name(c[&ConnectionSlot::role]),
-                                    local_address_text(c),
-                                    peer_address_text(c),
-                                    state_name(c[&ConnectionSlot::state]),
-                                    path_text(c),
-                                    num(c[&ConnectionSlot::bytes_sent]),
-                                    num(c[&ConnectionSlot::bytes_received]),
-                                    num(c[&ConnectionSlot::rnr])};
+    std::vector<std::string> row = {
+        role_name(c[&ConnectionSlot::role]), local_address_text(c), peer_address_text(c),
+        state_name(c[&ConnectionSlot::state]), path_text(c), num(c[&ConnectionSlot::bytes_sent]),
+        num(c[&ConnectionSlot::bytes_received]),
+        // The verbs device cannot tell (see summary_text).
+        c[&ConnectionSlot::path] == kPathSmcVerbs ? std::string("-")
+                                                  : num(c[&ConnectionSlot::rnr])};
     if (with_process) row.insert(row.begin(), {num(s.pid), s.comm});
     table.add(std::move(row));
   }
@@ -281,6 +283,7 @@ std::string summary_text(const Snapshot& s, const std::string& title) {
   const uint64_t rq_low = p[&ProcessCounters::rq_low_water];
   line("links", num(s.links.size()) + " open, " + num(p[&ProcessCounters::links_total]) +
                     " ever; RNR " + num(t.rnr_events) + " events, " + num(t.rnr_retries) +
+                    (t.verbs_links != 0 ? " (shm links only)" : "") +
                     " retries; receive queue low water " +
                     (rq_low == kNoLowWater ? std::string("-") : num(rq_low)));
   line("pool", num(p[&ProcessCounters::pool_size]) + " buffers, " +

@@ -67,7 +67,8 @@ commands:
       and peer address, state (handshake, active, peer-closed, closing, aborted, closed),
       path (SMC-R/shm, SMC-R/verbs, or TCP with the fallback reason's name; "-" while
       undecided), bytes sent and received by the application, and RNR (CDC messages of
-      the connection that met an empty receive queue at the peer; shm device only).
+      the connection that met an empty receive queue at the peer; shm device: "-" on
+      verbs, whose adapter retries RNR in hardware unseen).
       Tracked: every accepted connection and every client connection smcpre proposed
       SMC on; client connections it did not propose on are counted as fallbacks
       (PEER_UNKNOWN, EXCLUDED, POLICY) but not listed.
@@ -658,9 +659,11 @@ void print_show_text(const Snapshot& s) {
            ratio(l[&LinkSlot::rq_posted], l[&LinkSlot::rq_depth]), num(l[&LinkSlot::rq_low_water]),
            num(l[&LinkSlot::rq_refill_short]), num(l[&LinkSlot::cdc_received]),
            ratio(l[&LinkSlot::llc_received], l[&LinkSlot::llc_sent]),
-           ratio(l[&LinkSlot::rnr_events], l[&LinkSlot::rnr_retries]), num(l[&LinkSlot::sends]),
-           num(l[&LinkSlot::writes]), num(l[&LinkSlot::write_bytes]), num(l[&LinkSlot::recvs]),
-           num(l[&LinkSlot::connections])});
+           l[&LinkSlot::device] == smcpre::stats::kDeviceVerbs
+               ? std::string("-")  // the adapter retries RNR in hardware, uncounted
+               : ratio(l[&LinkSlot::rnr_events], l[&LinkSlot::rnr_retries]),
+           num(l[&LinkSlot::sends]), num(l[&LinkSlot::writes]), num(l[&LinkSlot::write_bytes]),
+           num(l[&LinkSlot::recvs]), num(l[&LinkSlot::connections])});
     }
     std::fputs(links.render("  ").c_str(), stdout);
   }

@@ -17,13 +17,15 @@ Tests: blocking transfers of many sizes each way and echo, ring-size boundaries;
 connections on one link group (sequential and concurrent); fallback to TCP when the server
 has no RDMA device, by configuration or because its address is on an interface without
 one; a peer killed mid-stream or while the survivor waits (error or EOF within a bound,
-never a hang or a crash); SMCPRE_DEVICE=auto between local peers still uses shm.
+never a hang or a crash); SMCPRE_DEVICE=auto between local peers still uses shm;
+smcpre-stat lists a held connection with its verbs path and link.
 
 Runs only in the guest: `scripts/rxe-vm -- python3 tests/integration/test_verbs.py` (meson
 test 'verbs' in suite 'rxe'). Elsewhere every test is skipped, except that under rxe-vm
 (RXE_VM_SCRATCH set) a guest without its rxe devices is an error.
 """
 
+import json
 import os
 import re
 import socket
@@ -458,6 +460,71 @@ class AutoDeviceTest(VerbsTestCase):
                 self.assert_smc(srec, crec, (srv, cli))
                 self.assert_devices(srv, cli, "shm", "shm")
                 self.assert_rxe_idle(before, MIB, (srv, cli))
+
+
+class StatsTest(VerbsTestCase):
+    """What smcpre-stat shows for a connection over the verbs device: its path, its link
+    group on an RDMA adapter, and no RNR figure (an adapter retries RNR in hardware and
+    tells nobody which send met it)."""
+
+    # Holds one connection open until stdin closes: the server reads the client's 5
+    # bytes and answers them; both print "ready" on stderr.
+    HOLD = r"""
+import socket, sys
+role, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if role == "server":
+    ls = socket.socket()
+    ls.bind((addr, 0))
+    ls.listen(1)
+    print("listening %d" % ls.getsockname()[1], file=sys.stderr, flush=True)
+    c = ls.accept()[0]
+    c.sendall(c.recv(5, socket.MSG_WAITALL))
+else:
+    c = socket.create_connection((addr, port), source_address=(sys.argv[4], 0))
+    c.sendall(b"hello")
+    assert c.recv(5, socket.MSG_WAITALL) == b"hello"
+print("ready", file=sys.stderr, flush=True)
+sys.stdin.read()
+"""
+
+    def test_connection_listed_with_its_path(self):
+        stat = os.environ.get("SMCPRE_STAT")
+        if not stat:
+            self.skipTest("SMCPRE_STAT not set (meson sets it)")
+        env = dict(VERBS, SMCPRE_HANDSHAKE_TIMEOUT_MS=HANDSHAKE_TIMEOUT_MS)
+        srv = self.start([sys.executable, "-c", self.HOLD, "server", SERVER_ADDR, "0"], True,
+                         env, "server", stdin_pipe=True)
+        m = srv.wait_stderr(r"^listening (\d+)$", START_TIMEOUT)
+        self.assertIsNotNone(m, srv.describe())
+        cli = self.start([sys.executable, "-c", self.HOLD, "client", SERVER_ADDR, m.group(1),
+                          CLIENT_ADDR], True, env, "client", stdin_pipe=True)
+        for p in (srv, cli):
+            self.assertIsNotNone(p.wait_stderr(r"^ready$", RUN_TIMEOUT),
+                                 self.describe_all(srv, cli))
+
+        def run_stat(*args):
+            out = subprocess.run([stat] + list(args) + ["--runtime-dir", self.runtime_dir],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 timeout=60)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            return out.stdout
+        procs = {p["pid"]: p for p in json.loads(run_stat("show", "--json"))["processes"]}
+        for p, role, local, peer in ((cli, "client", CLIENT_ADDR, SERVER_ADDR),
+                                     (srv, "server", SERVER_ADDR, CLIENT_ADDR)):
+            mine = procs[p.pid]
+            conns = mine["connections"]
+            self.assertEqual(len(conns), 1, mine)
+            self.assertEqual(conns[0]["path_name"], "SMC-R/verbs", mine)
+            self.assertEqual(conns[0]["role_name"], role)
+            self.assertTrue(conns[0]["local"].startswith(local + ":"), conns[0])
+            self.assertTrue(conns[0]["peer"].startswith(peer + ":"), conns[0])
+            self.assertEqual((conns[0]["bytes_sent"], conns[0]["bytes_received"]), (5, 5))
+            self.assertEqual([(l["device"], l["state"]) for l in mine["links"]], [(2, 1)], mine)
+        table = run_stat("connections", str(cli.pid))
+        self.assertRegex(table, r"client\s+%s:\d+\s+%s:%s\s+active\s+SMC-R/verbs\s+5\s+5\s+-"
+                         % (re.escape(CLIENT_ADDR), re.escape(SERVER_ADDR), m.group(1)))
+        self.assertIn("(shm links only)", run_stat("show", str(cli.pid)))
+        self.release(srv, cli)
 
 
 if __name__ == "__main__":
