@@ -64,19 +64,18 @@ Totals totals(const Snapshot& s) {
   t.tcp_bytes_received = p[&ProcessCounters::closed_tcp_bytes_received];
   for (const auto& c : s.connections) {
     const bool smc = on_smc(c);
-    const uint64_t path = c[&ConnectionSlot::path];
+    (smc ? t.smc_bytes_sent : t.tcp_bytes_sent) += c[&ConnectionSlot::bytes_sent];
+    (smc ? t.smc_bytes_received : t.tcp_bytes_received) += c[&ConnectionSlot::bytes_received];
     // A closed connection's bytes count, but it is not open any more (its slot goes
     // with the last reference to it).
-    if (c[&ConnectionSlot::state] == kConnClosed) {
-    } else if (smc) {
+    if (c[&ConnectionSlot::state] == kConnClosed) continue;
+    if (smc) {
       ++t.open_smc;
-    } else if (path == kPathTcp) {
+    } else if (c[&ConnectionSlot::path] == kPathTcp) {
       ++t.open_tcp;
     } else {
       ++t.open_undecided;
     }
-    (smc ? t.smc_bytes_sent : t.tcp_bytes_sent) += c[&ConnectionSlot::bytes_sent];
-    (smc ? t.smc_bytes_received : t.tcp_bytes_received) += c[&ConnectionSlot::bytes_received];
   }
   t.cdc_received = p[&ProcessCounters::closed_links_cdc_received];
   t.llc_received = p[&ProcessCounters::closed_links_llc_received];
