@@ -134,8 +134,8 @@ class SmcSocket final : public Socket {
     if (r.connection) {
       connection_ = r.connection;
       publish_smc();
-    } else {
-      if (stats_) stats_->on_fallback(r.reason);
+    } else if (stats_) {
+      stats_->on_fallback(r.reason);
     }
   }
 

@@ -786,7 +786,7 @@ int run_devices(const std::vector<std::string>& args) {
   return cmd_devices(options);
 }
 
-// The arguments of processes and show (only show takes PIDs).
+// The arguments of processes, connections and show (the last two take PIDs).
 int run_stats(const std::string& command, const std::vector<std::string>& args) {
   StatsOptions options;
   bool dir_given = false;

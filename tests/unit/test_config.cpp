@@ -483,6 +483,13 @@ TEST_CASE("combined environment", "[config]") {
   CHECK(c.log_file == "/tmp/x.log");
   CHECK(c.unknown_variables == std::vector<std::string>{"SMCPRE_FOO"});
 
+  // SMCPRE_LIBRARY belongs to smcpre-run and smcpre-systemd: known (no warning), a path.
+  c = parse({{"SMCPRE_LIBRARY", "/usr/lib/libsmcpre.so"}}, &error);
+  CHECK(error.empty());
+  CHECK(c.enabled);
+  CHECK(c.unknown_variables.empty());
+  bad("SMCPRE_LIBRARY", " /x");
+
   // Long values are shortened in the message.
   error = bad("SMCPRE_LOG", std::string(5000, 'x'));
   CHECK(error.size() < 400);
