@@ -18,6 +18,7 @@ namespace smcpre::core {
 namespace {
 std::atomic<EngineState*> g_state{nullptr};
 std::atomic<uint64_t> g_generation{1};
+std::atomic<uint64_t> g_forks{0};
 std::mutex g_create_mutex;
 }  // namespace
 
@@ -44,6 +45,7 @@ void EngineState::reset_after_fork() {
   g_state.store(nullptr, std::memory_order_release);
   new (&g_create_mutex) std::mutex();
   g_generation.fetch_add(1);
+  note_fork();
   reset_progress_thread_after_fork();
   forget_stale_mirrors_after_fork();
   Backlog::reset_after_fork();
@@ -57,6 +59,14 @@ EngineState* EngineState::get_if_created() {
 
 uint64_t EngineState::generation() {
   return g_generation.load(std::memory_order_acquire);
+}
+
+uint64_t EngineState::forks() {
+  return g_forks.load(std::memory_order_acquire);
+}
+
+void EngineState::note_fork() {
+  g_forks.fetch_add(1, std::memory_order_acq_rel);
 }
 
 namespace {

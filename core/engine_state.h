@@ -28,7 +28,12 @@ class EngineState {
   static EngineState* get();
   static EngineState* get_if_created();
   static void reset_after_fork();
+  // Changes in the child at every fork: objects of an older generation are the parent's.
   static uint64_t generation();
+  // Counts the fork() calls this process made or came from (parent and child both count),
+  // so that an object can tell whether another process may hold a copy of its socket.
+  static uint64_t forks();
+  static void note_fork();
 
   const config::Config& config() const { return config_; }
 

@@ -38,6 +38,7 @@
 #include "core/local_address.h"
 #include "core/progress.h"
 #include "core/stats.h"
+#include "core/stream_start.h"
 
 namespace smcpre::core {
 
@@ -115,8 +116,12 @@ class SmcSocket final : public Socket {
  public:
   enum class State { kServerUndecided, kSmc, kTcpSwallow, kTcp };
 
-  SmcSocket(State state, bool nonblocking)
-      : state_(state), nonblocking_(nonblocking), generation_(EngineState::generation()) {}
+  SmcSocket(State state, bool nonblocking, ConnectionStats::Role role)
+      : state_(state),
+        nonblocking_(nonblocking),
+        generation_(EngineState::generation()),
+        forks_at_creation_(EngineState::forks()),
+        role_(role) {}
 
   // The socket's timeouts as they are when smcpre takes it over (later changes arrive
   // through on_sockopt).
@@ -189,14 +194,33 @@ class SmcSocket final : public Socket {
   void release(int fd) override {
     // A fork child's copy of a parent's socket is the parent's to close: the child's
     // close only drops its fd (a lingering close would shut the shared socket down).
-    if (generation_ != EngineState::generation()) return;
+    if (!current()) return;
     const State state = state_.load();
     if (state == State::kServerUndecided || state == State::kTcpSwallow) {
-      linger(fd);
+      // Another process may hold this socket and serve it (the child of a
+      // fork-per-connection server, a worker it was passed to): only its last close,
+      // wherever that happens, may end the connection, so ours leaves it alone.
+      if (!shared()) linger(fd);
       return;
     }
     if (state != State::kSmc || !connection_) return;
     connection_->close(sys::dup_high(fd), abort_on_close_.load());
+  }
+
+  void mark_shared() override { shared_.store(true, std::memory_order_release); }
+
+  void after_fork_in_child() override {
+    if (current()) return;  // met already through another fd of the same socket
+    const State state = state_.load();
+    if (state != State::kServerUndecided && state != State::kTcpSwallow) return;
+    // The child is single-threaded here: a lock a parent thread held at fork() is
+    // nobody's now. The parent's published line stays the parent's; the child takes a
+    // line of its own when it first settles the socket.
+    new (&mutex_) std::mutex();
+    stats_.reset();
+    reopen_stats_ = true;
+    shared_.store(true, std::memory_order_release);
+    generation_.store(EngineState::generation(), std::memory_order_release);
   }
 
   bool take_so_error(int* error) override {
@@ -271,7 +295,15 @@ class SmcSocket final : public Socket {
         held, now_ns() + int64_t{engine->config().handshake_timeout_ms} * 1'000'000);
   }
 
-  bool usable() const { return connection_ && generation_ == EngineState::generation(); }
+  bool usable() const { return connection_ && current(); }
+  // Created (or taken over) in this process since its last fork.
+  bool current() const {
+    return generation_.load(std::memory_order_acquire) == EngineState::generation();
+  }
+  // Another process may hold the kernel socket too.
+  bool shared() const {
+    return shared_.load(std::memory_order_acquire) || forks_at_creation_ != EngineState::forks();
+  }
 
   void finish_tcp(uint32_t reason, bool swallow) {
     if (stats_) stats_->on_fallback(reason);
@@ -288,6 +320,10 @@ class SmcSocket final : public Socket {
   // Slow path: the server's first data call, or swallowing after a fallback.
   Path settle(int fd, bool sending, int flags) {
     std::lock_guard lock(mutex_);
+    if (reopen_stats_ && current()) {
+      reopen_stats_ = false;
+      set_stats(ConnectionStats::open(fd, role_));
+    }
     const bool wait = !sending && !(flags & MSG_DONTWAIT) && !nonblocking_.load();
     if (state_.load() == State::kServerUndecided) {
       if (!decide_server(fd, sending, wait)) return Path::kSmc;  // deferred error
@@ -431,7 +467,12 @@ class SmcSocket final : public Socket {
   std::atomic<int64_t> rcv_timeout_ns_{0};
   std::atomic<int64_t> snd_timeout_ns_{0};
   std::atomic<bool> abort_on_close_{false};  // SO_LINGER {1, 0}
-  const uint64_t generation_;
+  // The engine generation the socket belongs to: a fork child takes over undecided ones.
+  std::atomic<uint64_t> generation_;
+  const uint64_t forks_at_creation_;
+  std::atomic<bool> shared_{false};
+  const ConnectionStats::Role role_;
+  bool reopen_stats_ = false;  // under mutex_: a fork child's socket needs its own line
   std::shared_ptr<Connection> connection_;
   std::shared_ptr<ConnectionStats> stats_;
   bool policy_tcp_ = false;
@@ -524,12 +565,14 @@ std::shared_ptr<Socket> Engine::on_connected(int fd) {
     // A non-blocking connect hands over a non-blocking socket.
     const bool nonblocking = fd_nonblocking(fd);
     if (r.connection) {
-      socket = std::make_shared<SmcSocket>(SmcSocket::State::kSmc, nonblocking);
+      socket = std::make_shared<SmcSocket>(SmcSocket::State::kSmc, nonblocking,
+                                           ConnectionStats::Role::kClient);
       socket->read_timeouts(fd);
       SMC_LOG_INFO("connection SMC established (token {:#x})", r.connection->local_token());
     } else {
       socket = std::make_shared<SmcSocket>(
-          r.swallow ? SmcSocket::State::kTcpSwallow : SmcSocket::State::kTcp, nonblocking);
+          r.swallow ? SmcSocket::State::kTcpSwallow : SmcSocket::State::kTcp, nonblocking,
+          ConnectionStats::Role::kClient);
       SMC_LOG_INFO("connection falls back to TCP: {}", decline_name(r.reason));
     }
     socket->set_stats(ConnectionStats::open(fd, ConnectionStats::Role::kClient));
@@ -542,12 +585,42 @@ std::shared_ptr<Socket> Engine::on_connected(int fd) {
 std::shared_ptr<Socket> Engine::on_accepted(int fd, const std::shared_ptr<Listener>& listener) {
   if (!listener || !EngineState::get()) return nullptr;
   const int saved_errno = errno;
-  auto socket = std::make_shared<SmcSocket>(SmcSocket::State::kServerUndecided, fd_nonblocking(fd));
+  auto socket = std::make_shared<SmcSocket>(SmcSocket::State::kServerUndecided, fd_nonblocking(fd),
+                                            ConnectionStats::Role::kServer);
   socket->read_timeouts(fd);
   if (listener->policy_tcp()) socket->decline_with_policy();
   socket->set_stats(ConnectionStats::open(fd, ConnectionStats::Role::kServer));
   errno = saved_errno;
   return socket;
+}
+
+std::shared_ptr<Socket> Engine::on_inherited(int fd) {
+  const int saved_errno = errno;
+  std::shared_ptr<SmcSocket> socket;
+  if (at_stream_start(fd)) {
+    if (EngineState* engine = EngineState::get()) {
+      sockaddr_storage local{};
+      socklen_t len = sizeof local;
+      const bool policy_tcp =
+          getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+          config::policy_decide(engine->config(), config::PolicyRole::kServer,
+                                reinterpret_cast<const sockaddr*>(&local)) ==
+              config::PolicyAction::kTcp;
+      socket = std::make_shared<SmcSocket>(SmcSocket::State::kServerUndecided,
+                                           fd_nonblocking(fd), ConnectionStats::Role::kServer);
+      socket->read_timeouts(fd);
+      socket->mark_shared();
+      if (policy_tcp) socket->decline_with_policy();
+      socket->set_stats(ConnectionStats::open(fd, ConnectionStats::Role::kServer));
+      SMC_LOG_DEBUG("fd {}: an untouched TCP connection from another process: decided here", fd);
+    }
+  }
+  errno = saved_errno;
+  return socket;
+}
+
+void Engine::after_fork_in_parent() {
+  EngineState::note_fork();
 }
 
 void Engine::after_fork_in_child() {

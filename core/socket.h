@@ -47,8 +47,17 @@ class Engine {
   // lazily, on the first data call, whether the peer proposed SMC (DESIGN.md 3, rule 2).
   static std::shared_ptr<Socket> on_accepted(int fd, const std::shared_ptr<Listener>& listener);
 
+  // A connected TCP socket this process got from another one, with no smcpre state: an
+  // fd inherited across exec() or received by SCM_RIGHTS. If nobody has read from or
+  // written to it yet (core/stream_start.h), it is an undecided server socket, to be
+  // decided here on the first data call; else nullptr (it stays the kernel's).
+  static std::shared_ptr<Socket> on_inherited(int fd);
+
+  // fork() in the parent: sockets that existed before it are held by the child too.
+  static void after_fork_in_parent();
   // Called in the child after fork(): engine threads are gone there; inherited
-  // connections stay owned by the parent and become inert in the child.
+  // connections stay owned by the parent and become inert in the child, except undecided
+  // ones (Socket::after_fork_in_child).
   static void after_fork_in_child();
 
   // The process exits (library destructor): connections it left open get the orderly
@@ -86,8 +95,19 @@ class Socket {
 
   // The application closes its last fd referring to this socket. The engine keeps a
   // private duplicate of the TCP socket until SMC close has finished, so the caller may
-  // close `fd` right after this returns.
+  // close `fd` right after this returns. A socket that another process may hold too
+  // (fork, SCM_RIGHTS, exec) is left alone unless it is on SMC here: the kernel closes
+  // the connection only with its last descriptor, wherever that is.
   virtual void release(int fd) = 0;
+
+  // Another process holds this socket too (it was sent with SCM_RIGHTS, or came from
+  // another process): closing our descriptors must not touch the connection.
+  virtual void mark_shared() = 0;
+
+  // In a fork child, once per socket, before any other thread exists: an undecided
+  // socket (or one still swallowing late CLC bytes) becomes the child's to decide, as
+  // fork-per-connection servers hand connections over; a decided one stays the parent's.
+  virtual void after_fork_in_child() = 0;
 
   // getsockopt(SO_ERROR) when smcpre owns the answer (pending SMC error): returns true
   // and fills *error (clearing it like the kernel does).

@@ -123,6 +123,23 @@ class FdTable {
     return count_down(std::move(old));
   }
 
+  // In a fork child, before it starts a thread: calls fn(fd, Entry&) for every tracked
+  // fd. Slot locks held by parent threads at fork() are stale here (those threads do not
+  // exist in the child) and are dropped first.
+  template <typename Fn>
+  void for_each_in_fork_child(Fn&& fn) noexcept(noexcept(fn(0, std::declval<Entry&>()))) {
+    for (unsigned c = 0; c < static_cast<unsigned>(kChunks); ++c) {
+      Chunk* chunk = chunks_[c].load(std::memory_order_acquire);
+      if (chunk == nullptr) continue;
+      for (unsigned i = 0; i < static_cast<unsigned>(kChunkSlots); ++i) {
+        const uint8_t state = chunk->state[i].load(std::memory_order_relaxed);
+        if (state & kLocked) chunk->state[i].store(state & kPresent, std::memory_order_relaxed);
+        if ((state & kPresent) == 0 || chunk->entry[i] == nullptr) continue;
+        fn(static_cast<int>((c << kChunkBits) | i), *chunk->entry[i]);
+      }
+    }
+  }
+
   // Removes every tracked fd in [first, last] (inclusive, like close_range), calling
   // fn(fd, Removed&&) for each. Visits only chunks that exist.
   template <typename Fn>

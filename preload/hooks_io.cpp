@@ -420,15 +420,22 @@ SMCPRE_HOOK ssize_t writev(int fd, const iovec* iov, int iovcnt) {
       });
 }
 
-// The SMC path fills msghdr like kernel TCP: no address, no control data, no flags.
+// The SMC path fills msghdr like kernel TCP: no address, no control data, no flags. On
+// the kernel path, descriptors received with SCM_RIGHTS may be connections for this
+// process to decide (inherited.cpp).
 SMCPRE_HOOK ssize_t recvmsg(int fd, msghdr* msg, int flags) {
   const auto& r = real();
   if (r.recvmsg == nullptr) return enosys<ssize_t>();
+  auto kernel = [&] {
+    const ssize_t n = r.recvmsg(fd, msg, flags);
+    if (n >= 0 && msg != nullptr && msg->msg_controllen != 0) adopt_received_fds(msg);
+    return n;
+  };
   if (!fds().any()) [[likely]] {
-    return r.recvmsg(fd, msg, flags);
+    return kernel();
   }
   return routed(
-      fd, true, flags, [&] { return r.recvmsg(fd, msg, flags); },
+      fd, true, flags, kernel,
       [&](Socket& s) -> ssize_t {
         if (msg == nullptr) {
           errno = EFAULT;
@@ -446,7 +453,8 @@ SMCPRE_HOOK ssize_t recvmsg(int fd, msghdr* msg, int flags) {
 }
 
 // A destination address and control data are ignored on the SMC path, as TCP ignores
-// an address on a connected socket.
+// an address on a connected socket. Tracked sockets passed with SCM_RIGHTS are shared
+// from then on (inherited.cpp).
 SMCPRE_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
   const auto& r = real();
   if (r.sendmsg == nullptr) return enosys<ssize_t>();
@@ -454,7 +462,11 @@ SMCPRE_HOOK ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
     return r.sendmsg(fd, msg, flags);
   }
   return routed(
-      fd, false, flags, [&] { return r.sendmsg(fd, msg, flags); },
+      fd, false, flags,
+      [&] {
+        if (msg != nullptr && msg->msg_controllen != 0) note_sent_fds(msg);
+        return r.sendmsg(fd, msg, flags);
+      },
       [&](Socket& s) -> ssize_t {
         if (msg == nullptr) {
           errno = EFAULT;

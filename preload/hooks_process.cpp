@@ -1,8 +1,10 @@
 // Process life-cycle: fork(), vfork() and exit() with tracked objects.
 //
-// fork() needs no hook: a pthread_atfork child handler, registered when the first
-// object gets tracked (never at load time), resets the engine in the child, whose
-// inherited SMC connections stay owned by the parent (DESIGN.md 8).
+// fork() needs no hook: pthread_atfork handlers, registered when the first object gets
+// tracked (never at load time), reset the engine in the child, whose inherited SMC
+// connections stay owned by the parent, while undecided connections become the child's
+// to decide; the parent notes that its older sockets are now shared (its close of one
+// must not end a connection the child serves).
 //
 // vfork() children share our memory, fd table included, but run no atfork handler. The
 // owner pid recorded here lets close()/dup2() in such a child leave the parent's table
@@ -34,6 +36,17 @@ void on_fork_child() {
   owner_pid.store(getpid(), std::memory_order_relaxed);
   engine_call("after_fork_in_child", 0, [] {
     core::Engine::after_fork_in_child();
+    // Undecided connections become the child's to decide (fork-per-connection servers);
+    // locks parent threads held at fork() are nobody's here.
+    fds().for_each_in_fork_child([](int, Tracked& t) noexcept {
+      new (&t.epoll_mutex) std::mutex();
+      if (t.socket != nullptr) {
+        engine_call("after_fork_in_child", 0, [&] {
+          t.socket->after_fork_in_child();
+          return 0;
+        });
+      }
+    });
     return 0;
   });
   saved.restore();
@@ -41,6 +54,10 @@ void on_fork_child() {
 
 void on_fork_parent() {
   smcpre::core::ReadinessMirror::note_fork();
+  engine_call("after_fork_in_parent", 0, [] {
+    core::Engine::after_fork_in_parent();
+    return 0;
+  });
 }
 
 void on_exit() {

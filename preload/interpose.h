@@ -128,6 +128,14 @@ void log_safely(F&& f) {
   saved.restore();
 }
 
+// --- sockets passed between processes (inherited.cpp) ---------------------------------
+
+// recvmsg() returned descriptors (SCM_RIGHTS): untouched TCP connections among them are
+// tracked as undecided server sockets, this process's to decide.
+void adopt_received_fds(const msghdr* msg) noexcept;
+// sendmsg() passes descriptors: tracked sockets among them may be served elsewhere now.
+void note_sent_fds(const msghdr* msg) noexcept;
+
 // --- engine calls that never throw ---------------------------------------------------
 
 // Logs an exception that escaped the engine (always an engine bug) (interpose.cpp).
