@@ -601,13 +601,12 @@ std::shared_ptr<Socket> Engine::on_inherited(int fd) {
     if (EngineState* engine = EngineState::get()) {
       sockaddr_storage local{};
       socklen_t len = sizeof local;
-      const bool policy_tcp =
-          getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
-          config::policy_decide(engine->config(), config::PolicyRole::kServer,
-                                reinterpret_cast<const sockaddr*>(&local)) ==
-              config::PolicyAction::kTcp;
-      socket = std::make_shared<SmcSocket>(SmcSocket::State::kServerUndecided,
-                                           fd_nonblocking(fd), ConnectionStats::Role::kServer);
+      const bool policy_tcp = getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+                              config::policy_decide(engine->config(), config::PolicyRole::kServer,
+                                                    reinterpret_cast<const sockaddr*>(&local)) ==
+                                  config::PolicyAction::kTcp;
+      socket = std::make_shared<SmcSocket>(SmcSocket::State::kServerUndecided, fd_nonblocking(fd),
+                                           ConnectionStats::Role::kServer);
       socket->read_timeouts(fd);
       socket->mark_shared();
       if (policy_tcp) socket->decline_with_policy();

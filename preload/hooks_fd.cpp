@@ -61,7 +61,12 @@ int dup2_common(int oldfd, int newfd, int flags, bool is_dup3) {
   SavedErrno saved;
   std::shared_ptr<Tracked> source = fds().lookup(oldfd);
   std::shared_ptr<Tracked> victim = fds().lookup(newfd);
-  if ((source == nullptr && victim == nullptr) || !in_owner_process()) {
+  if (source == nullptr && victim == nullptr) {
+    saved.restore();
+    return real_call();
+  }
+  if (!in_owner_process()) {
+    note_other_process();  // a vfork child setting up its descriptors for exec
     saved.restore();
     return real_call();
   }
@@ -154,9 +159,13 @@ SMCPRE_HOOK int close(int fd) {
   if (r.close == nullptr) return enosys();
   epoll_sets().forget(fd);
   // The lookup first: in_owner_process() costs a syscall, paid only for tracked fds.
-  if (fds().any() && fds().lookup(fd) != nullptr && in_owner_process()) {
+  if (fds().any() && fds().lookup(fd) != nullptr) {
     SavedErrno saved;
-    untrack(fd);
+    if (in_owner_process()) {
+      untrack(fd);
+    } else {
+      note_other_process();  // a vfork child, which will keep the rest after exec
+    }
     saved.restore();
   }
   return r.close(fd);
@@ -168,11 +177,15 @@ SMCPRE_HOOK int close(int fd) {
 SMCPRE_HOOK int close_range(unsigned int first, unsigned int last, int flags) noexcept {
   const auto& r = real();
   if (r.close_range == nullptr) return enosys();
-  if (flags == 0 && first <= last && fds().any() && in_owner_process()) {
+  if (fds().any()) {
     SavedErrno saved;
-    fds().remove_range(first, last, [](int fd, TrackedTable::Removed removed) noexcept {
-      dispose(std::move(removed), fd);
-    });
+    if (!in_owner_process()) {
+      note_other_process();  // a vfork child closing what it will not keep across exec
+    } else if (flags == 0 && first <= last) {
+      fds().remove_range(first, last, [](int fd, TrackedTable::Removed removed) noexcept {
+        dispose(std::move(removed), fd);
+      });
+    }
     saved.restore();
   }
   return r.close_range(first, last, flags);

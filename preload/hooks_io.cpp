@@ -434,22 +434,20 @@ SMCPRE_HOOK ssize_t recvmsg(int fd, msghdr* msg, int flags) {
   if (!fds().any()) [[likely]] {
     return kernel();
   }
-  return routed(
-      fd, true, flags, kernel,
-      [&](Socket& s) -> ssize_t {
-        if (msg == nullptr) {
-          errno = EFAULT;
-          return -1;
-        }
-        if (!check_iov(msg->msg_iov, msg->msg_iovlen, EMSGSIZE)) return -1;
-        const ssize_t n = smc_recv(s, msg->msg_iov, static_cast<int>(msg->msg_iovlen), flags);
-        if (n >= 0) {
-          msg->msg_namelen = 0;
-          msg->msg_controllen = 0;
-          msg->msg_flags = 0;
-        }
-        return n;
-      });
+  return routed(fd, true, flags, kernel, [&](Socket& s) -> ssize_t {
+    if (msg == nullptr) {
+      errno = EFAULT;
+      return -1;
+    }
+    if (!check_iov(msg->msg_iov, msg->msg_iovlen, EMSGSIZE)) return -1;
+    const ssize_t n = smc_recv(s, msg->msg_iov, static_cast<int>(msg->msg_iovlen), flags);
+    if (n >= 0) {
+      msg->msg_namelen = 0;
+      msg->msg_controllen = 0;
+      msg->msg_flags = 0;
+    }
+    return n;
+  });
 }
 
 // A destination address and control data are ignored on the SMC path, as TCP ignores

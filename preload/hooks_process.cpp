@@ -8,7 +8,8 @@
 //
 // vfork() children share our memory, fd table included, but run no atfork handler. The
 // owner pid recorded here lets close()/dup2() in such a child leave the parent's table
-// alone.
+// alone; such a call is also how we learn that a vfork child exists (it will hold our
+// sockets after its exec), and so are posix_spawn() calls.
 //
 // exit(): Engine::at_exit() gives connections still open their orderly close. It is an
 // atexit handler registered at the same moment, not an ELF destructor: exit() runs
@@ -16,6 +17,7 @@
 // which time the engine's function-local statics (configuration, logger), all created
 // before the first tracking, would already be destroyed.
 #include <pthread.h>
+#include <spawn.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -96,4 +98,33 @@ bool in_owner_process() noexcept {
   return getpid() == owner_pid.load(std::memory_order_relaxed);
 }
 
+void note_other_process() noexcept {
+  engine_call("after_fork_in_parent", 0, [] {
+    core::Engine::after_fork_in_parent();
+    return 0;
+  });
+}
+
 }  // namespace smcpre::preload
+
+using namespace smcpre::preload;  // NOLINT: the hooks below are C symbols
+
+// posix_spawn starts a child without fork()'s handlers (glibc clones with CLONE_VFORK):
+// the child holds every socket that is not close-on-exec, like a fork child does.
+SMCPRE_HOOK int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* actions,
+                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
+  const auto& r = real();
+  if (r.posix_spawn == nullptr) return ENOSYS;
+  if (fds().any()) note_other_process();
+  return r.posix_spawn(pid, path, actions, attr, argv, envp);
+}
+
+SMCPRE_HOOK int posix_spawnp(pid_t* pid, const char* file,
+                             const posix_spawn_file_actions_t* actions,
+                             const posix_spawnattr_t* attr, char* const argv[],
+                             char* const envp[]) {
+  const auto& r = real();
+  if (r.posix_spawnp == nullptr) return ENOSYS;
+  if (fds().any()) note_other_process();
+  return r.posix_spawnp(pid, file, actions, attr, argv, envp);
+}

@@ -54,8 +54,9 @@ bool adopt(int fd, std::vector<SocketFile>& seen) {
   }
   std::shared_ptr<Tracked> entry = prepare_entry(fd);
   if (entry == nullptr) return false;
-  std::shared_ptr<core::Socket> socket = engine_call(
-      "on_inherited", std::shared_ptr<core::Socket>{}, [&] { return core::Engine::on_inherited(fd); });
+  std::shared_ptr<core::Socket> socket =
+      engine_call("on_inherited", std::shared_ptr<core::Socket>{},
+                  [&] { return core::Engine::on_inherited(fd); });
   if (socket == nullptr) return false;
   entry->socket = std::move(socket);
   track(fd, entry);
@@ -110,7 +111,8 @@ void for_each_passed_fd(const msghdr* msg, Fn&& fn) {
   if (msg == nullptr || msg->msg_control == nullptr || msg->msg_controllen < sizeof(cmsghdr)) {
     return;
   }
-  for (cmsghdr* c = CMSG_FIRSTHDR(msg); c != nullptr; c = CMSG_NXTHDR(const_cast<msghdr*>(msg), c)) {
+  for (cmsghdr* c = CMSG_FIRSTHDR(msg); c != nullptr;
+       c = CMSG_NXTHDR(const_cast<msghdr*>(msg), c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) {
       continue;
     }

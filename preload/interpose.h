@@ -109,6 +109,11 @@ void dispose(TrackedTable::Removed removed, int release_fd) noexcept;
 // must not touch the parent's table. Costs a getpid(); only on tracked fds.
 bool in_owner_process() noexcept;
 
+// Another process now holds (or will hold after its exec) this process's descriptors: a
+// vfork child seen running our hooks, a posix_spawn(). Sockets that exist now are shared
+// from here on (hooks_process.cpp).
+void note_other_process() noexcept;
+
 // Registers the fork-child and exit handlers once and records the owner process
 // (hooks_process.cpp). Called whenever an object gets tracked.
 void ensure_process_handlers() noexcept;

@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <spawn.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/select.h>
@@ -62,7 +63,9 @@ namespace smcpre::preload {
   X(pselect)                     \
   X(epoll_ctl)                   \
   X(epoll_pwait)                 \
-  X(epoll_pwait2)
+  X(epoll_pwait2)                \
+  X(posix_spawn)                 \
+  X(posix_spawnp)
 
 struct RealFunctions {
 #define SMCPRE_REAL_MEMBER(name) decltype(&::name) name = nullptr;
