@@ -28,6 +28,7 @@ namespace {
 
 constexpr uint32_t kLoopbackIfindex = 1;  // lo is always ifindex 1 (LOOPBACK_IFINDEX)
 constexpr int kTcpListen = 10;            // TCP_LISTEN in the kernel's tcp_states.h
+constexpr int kMaxDatagrams = 4;          // stale replies skipped before giving up
 
 int open_diag_socket() {
   return sys::move_fd_high(
@@ -52,10 +53,6 @@ uint64_t g_cookie = 0;
 std::atomic<uint32_t> g_seq{0};
 
 Lookup ask(int nl, const sockaddr_storage& dest, FoundListener* out) {
-  // Replies to an earlier request that gave up half-way must not answer this one.
-  char buf[1024];
-  while (sys::recv(nl, buf, sizeof buf, MSG_DONTWAIT) > 0) {
-  }
   struct {
     nlmsghdr header;
     inet_diag_req_v2 req;
@@ -94,30 +91,33 @@ Lookup ask(int nl, const sockaddr_storage& dest, FoundListener* out) {
   } while (sent < 0 && errno == EINTR);
   if (sent != static_cast<ssize_t>(sizeof msg)) return Lookup::kError;
 
-  // The kernel answers within sendmsg: the reply is queued before it returns.
+  // The kernel answers within sendmsg: the reply is queued before it returns. A reply to
+  // an earlier request that gave up half-way (another sequence number) is skipped.
   alignas(nlmsghdr) char reply[1024];
-  ssize_t n;
-  do {
-    n = sys::recv(nl, reply, sizeof reply, MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
-  if (n <= 0) return Lookup::kError;
-  int left = static_cast<int>(n);
-  for (auto* h = reinterpret_cast<nlmsghdr*>(reply); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
-    if (h->nlmsg_seq != seq) continue;
-    if (h->nlmsg_type == NLMSG_ERROR) {
-      if (h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) return Lookup::kError;
-      const auto* err = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
-      return err->error == -ENOENT ? Lookup::kNone : Lookup::kError;
+  for (int datagram = 0; datagram < kMaxDatagrams; ++datagram) {
+    ssize_t n;
+    do {
+      n = sys::recv(nl, reply, sizeof reply, MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) return Lookup::kError;
+    int left = static_cast<int>(n);
+    for (auto* h = reinterpret_cast<nlmsghdr*>(reply); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+      if (h->nlmsg_seq != seq) continue;
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        if (h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) return Lookup::kError;
+        const auto* err = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
+        return err->error == -ENOENT ? Lookup::kNone : Lookup::kError;
+      }
+      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY ||
+          h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) {
+        return Lookup::kError;
+      }
+      const auto* d = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
+      if (d->idiag_state != kTcpListen) return Lookup::kNone;
+      out->inode = d->idiag_inode;
+      out->uid = d->idiag_uid;
+      return Lookup::kFound;
     }
-    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY ||
-        h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) {
-      return Lookup::kError;
-    }
-    const auto* d = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
-    if (d->idiag_state != kTcpListen) return Lookup::kNone;
-    out->inode = d->idiag_inode;
-    out->uid = d->idiag_uid;
-    return Lookup::kFound;
   }
   return Lookup::kError;
 }
