@@ -10,8 +10,11 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <spdlog/details/fmt_helper.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks-inl.h>
 #include <spdlog/sinks/stdout_sinks.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -33,8 +36,23 @@ constinit std::atomic<int> g_threshold{-1};
 
 namespace {
 
-// Time, "smcpre", pid/thread id, level, message.
-constexpr const char* kPattern = "%Y-%m-%d %H:%M:%S.%f smcpre[%P/%t] %l: %v";
+// Time, "smcpre", pid/thread id, level, message. The thread id is %*, not spdlog's %t:
+// spdlog caches the id per thread, and a fork child's main thread would keep printing the
+// id of the parent thread that forked it.
+constexpr const char* kPattern = "%Y-%m-%d %H:%M:%S.%f smcpre[%P/%*] %l: %v";
+
+// The calling thread's id, asked of the kernel on every line (a syscall: only lines that
+// are logged pay it).
+class ThreadIdFlag final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg&, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
+    spdlog::details::fmt_helper::append_int(static_cast<long>(::syscall(SYS_gettid)), dest);
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<ThreadIdFlag>();
+  }
+};
 
 pthread_mutex_t g_sink_mutex = PTHREAD_MUTEX_INITIALIZER;
 
@@ -114,7 +132,9 @@ void create_logger() {
   }
 
   auto sink = std::make_shared<Sink>(out);
-  sink->set_pattern(kPattern);
+  auto formatter = std::make_unique<spdlog::pattern_formatter>();
+  formatter->add_flag<ThreadIdFlag>('*').set_pattern(kPattern);
+  sink->set_formatter(std::move(formatter));
   // Never destroyed (and never registered with spdlog's registry): threads may still log
   // while static destructors run at exit. The file is flushed after every line.
   auto* logger = new spdlog::logger("smcpre", std::move(sink));

@@ -1,48 +1,70 @@
-// The listener registry: files locked with flock(2). Races resolved here (see registry.h):
-// - A client removes a file only while holding LOCK_EX on it, so never while any listener
-//   holds LOCK_SH.
-// - A listener may lock a file that a client has just removed; it notices because the
+// The listener registry (see registry.h). Liveness and address come from the kernel
+// (listener_lookup); the files say only "this socket is smcpre's", and flock(2) decides
+// who removes one. Races resolved here:
+// - A process removes a file only while holding LOCK_EX on it, so never while any
+//   publisher holds LOCK_SH.
+// - A publisher may lock a file that a sweep has just removed; it notices because the
 //   path no longer names its inode, and starts over with a fresh file.
 // - Nobody removes the path unless it still names the inode they hold locked.
 #include "config/registry.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <ctime>
 
-#include "config/config.h"
 #include "config/high_fd.h"
+#include "config/listener_lookup.h"
 #include "config/runtime_dir.h"
 #include "config/sys.h"
 
 namespace smcpre::registry {
 namespace {
 
-// Publishing waits out clients that briefly hold LOCK_EX while removing a stale file;
-// bounded so that a broken or hostile lock holder can never hang the application's listen().
+// Publishing waits out a sweep that briefly holds LOCK_EX while removing a stale file;
+// bounded so that a broken lock holder can never hang the application's listen().
 constexpr int kPublishAttempts = 64;
 constexpr long kBusyWaitNs = 1000000;  // 1 ms between attempts
-constexpr int kQueryAttempts = 4;
+// A sweep looks at this many entries at most: listen() must stay cheap.
+constexpr int kSweepLimit = 4096;
+constexpr mode_t kSubtreeMode = 0711;  // others may look up a name, not list or add
+constexpr const char* kKind = "listeners";
 
 void set_error(std::string* error, std::string text) {
   if (error != nullptr) *error = std::move(text);
 }
 
-bool ensure_directories(const std::string& runtime_dir, std::string* error) {
-  return runtime_dir::ensure(runtime_dir, error) &&
-         runtime_dir::make_directory(runtime_dir + "/listeners", 0755, false, error);
+std::string entry_name(uint16_t port, uint64_t inode) {
+  return "tcp-" + std::to_string(port) + "-" + std::to_string(inode);
+}
+
+// Opens `path` without following a symlink or blocking on a FIFO; -1 unless it is a
+// regular file.
+int open_regular(const std::string& path, int flags, mode_t mode) {
+  int fd = sys::move_fd_high(
+      ::open(path.c_str(), flags | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, mode));
+  if (fd < 0) return -1;
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    sys::close(fd);
+    errno = EINVAL;
+    return -1;
+  }
+  return fd;
 }
 
 // Opens (creating) `path` and takes LOCK_SH on the file the path names. Returns the fd,
 // or -1 with *error set.
 int lock_shared(const std::string& path, std::string* error) {
   for (int attempt = 0; attempt < kPublishAttempts; ++attempt) {
-    int fd =
-        sys::move_fd_high(::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0644));
+    int fd = open_regular(path, O_CREAT | O_RDWR, 0600);
     if (fd < 0) {
       if (errno == EINTR) continue;
       set_error(error, "cannot open " + path + ": " + runtime_dir::errno_text(errno));
@@ -50,14 +72,13 @@ int lock_shared(const std::string& path, std::string* error) {
     }
     if (::flock(fd, LOCK_SH | LOCK_NB) == 0) {
       if (runtime_dir::fd_is_at_path(fd, path)) return fd;
-      // A client removed it as stale between our open and our lock: start over.
+      // A sweep removed it as stale between our open and our lock: start over.
       sys::close(fd);
       continue;
     }
     const int err = errno;
     sys::close(fd);
     if (err == EWOULDBLOCK) {
-      // A client holds LOCK_EX for as long as it takes to remove a stale file.
       timespec pause{0, kBusyWaitNs};
       ::nanosleep(&pause, nullptr);
     } else if (err != EINTR) {
@@ -69,31 +90,97 @@ int lock_shared(const std::string& path, std::string* error) {
   return -1;
 }
 
+// Removes the entries of our subtree that no process holds any more (their publishers were
+// killed): they are never trusted (no listening socket has their inode until the inode
+// numbers wrap), but they would pile up.
+void sweep(const std::string& subtree, const std::string& keep) {
+  DIR* d = ::opendir(subtree.c_str());
+  if (d == nullptr) return;
+  int seen = 0;
+  while (const dirent* e = ::readdir(d)) {
+    if (++seen > kSweepLimit) break;
+    if (std::strncmp(e->d_name, "tcp-", 4) != 0) continue;
+    const std::string path = subtree + "/" + e->d_name;
+    if (path == keep) continue;
+    const int fd = open_regular(path, O_RDONLY, 0);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0 && runtime_dir::fd_is_at_path(fd, path)) {
+      ::unlink(path.c_str());
+    }
+    sys::close(fd);
+  }
+  ::closedir(d);
+}
+
+// The trust rule of registry.h for one subtree.
+bool vouched_by(const std::string& runtime_dir, uid_t uid, const std::string& name) {
+  const std::string subtree = runtime_dir::subtree_path(runtime_dir, kKind, uid);
+  struct stat st;
+  return ::lstat((subtree + "/" + name).c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+         st.st_uid == uid && st.st_nlink == 1 && runtime_dir::trusted_subtree(subtree, uid);
+}
+
 }  // namespace
 
-std::string listener_path(const std::string& runtime_dir, uint16_t port) {
-  return runtime_dir + "/listeners/tcp-" + std::to_string(port);
+std::string listener_path(const std::string& runtime_dir, uid_t uid, uint16_t port,
+                          uint64_t inode) {
+  return runtime_dir::subtree_path(runtime_dir, kKind, uid) + "/" + entry_name(port, inode);
 }
 
 std::optional<ListenerRegistration> ListenerRegistration::publish(const std::string& runtime_dir,
-                                                                  uint16_t port,
+                                                                  int listen_fd,
                                                                   std::string* error) {
+  sockaddr_storage local{};
+  socklen_t len = sizeof local;
+  struct stat st;
+  if (::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&local), &len) != 0 ||
+      ::fstat(listen_fd, &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    set_error(error, "not a socket: " + runtime_dir::errno_text(errno));
+    return std::nullopt;
+  }
+  uint16_t port_be = 0;
+  if (local.ss_family == AF_INET) {
+    port_be = reinterpret_cast<const sockaddr_in&>(local).sin_port;
+  } else if (local.ss_family == AF_INET6) {
+    port_be = reinterpret_cast<const sockaddr_in6&>(local).sin6_port;
+  } else {
+    set_error(error, "not an IPv4 or IPv6 socket");
+    return std::nullopt;
+  }
+  const uint16_t port = ntohs(port_be);
   if (port == 0) {
     set_error(error, "cannot publish port 0");
     return std::nullopt;
   }
-  if (!ensure_directories(runtime_dir, error)) return std::nullopt;
-  std::string path = listener_path(runtime_dir, port);
+  // Clients trust an entry of the socket's own uid (or root's): a process that changed
+  // its uid after making the socket could only publish an entry nobody trusts.
+  const uid_t uid = ::geteuid();
+  if (uid != 0 && st.st_uid != uid) {
+    set_error(error, "the socket belongs to uid " + std::to_string(st.st_uid) +
+                         ", and this process runs as uid " + std::to_string(uid));
+    return std::nullopt;
+  }
+  std::string subtree;
+  if (!runtime_dir::ensure(runtime_dir, error) ||
+      !runtime_dir::user_subtree(runtime_dir, kKind, kSubtreeMode, &subtree, error)) {
+    return std::nullopt;
+  }
+  std::string path = subtree + "/" + entry_name(port, st.st_ino);
+  sweep(subtree, path);
   int fd = lock_shared(path, error);
   if (fd < 0) return std::nullopt;
-  return ListenerRegistration(fd, std::move(path), port);
+  return ListenerRegistration(fd, std::move(path), port, st.st_ino);
 }
 
-ListenerRegistration::ListenerRegistration(int fd, std::string path, uint16_t port)
-    : fd_(fd), owner_(::getpid()), port_(port), path_(std::move(path)) {}
+ListenerRegistration::ListenerRegistration(int fd, std::string path, uint16_t port, uint64_t inode)
+    : fd_(fd), owner_(::getpid()), port_(port), inode_(inode), path_(std::move(path)) {}
 
 ListenerRegistration::ListenerRegistration(ListenerRegistration&& other) noexcept
-    : fd_(other.fd_), owner_(other.owner_), port_(other.port_), path_(std::move(other.path_)) {
+    : fd_(other.fd_),
+      owner_(other.owner_),
+      port_(other.port_),
+      inode_(other.inode_),
+      path_(std::move(other.path_)) {
   other.fd_ = -1;
 }
 
@@ -103,6 +190,7 @@ ListenerRegistration& ListenerRegistration::operator=(ListenerRegistration&& oth
     fd_ = other.fd_;
     owner_ = other.owner_;
     port_ = other.port_;
+    inode_ = other.inode_;
     path_ = std::move(other.path_);
     other.fd_ = -1;
   }
@@ -118,7 +206,7 @@ void ListenerRegistration::release() {
   // An inherited fd shares the publisher's lock: converting it would take the lock away
   // from the parent, and removing the file would unpublish the parent's listener.
   if (owner_ == ::getpid()) {
-    // Converting our LOCK_SH to LOCK_EX succeeds only if no other listener holds the file.
+    // Converting our LOCK_SH to LOCK_EX succeeds only if no other process holds the file.
     // (On failure Linux has already dropped our shared lock; we are closing anyway.)
     if (::flock(fd_, LOCK_EX | LOCK_NB) == 0 && runtime_dir::fd_is_at_path(fd_, path_)) {
       ::unlink(path_.c_str());
@@ -143,30 +231,20 @@ bool ListenerRegistration::renew_after_fork(std::string* error) {
   return fd >= 0;
 }
 
-bool is_published(const std::string& runtime_dir, uint16_t port) {
+bool is_published(const std::string& runtime_dir, uint16_t port, uint64_t inode, uid_t socket_uid) {
   if (port == 0) return false;
-  const std::string path = listener_path(runtime_dir, port);
-  for (int attempt = 0; attempt < kQueryAttempts; ++attempt) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) {
-      if (errno == EINTR) continue;
-      return false;  // absent, or unreadable: no proof of an smcpre listener
-    }
-    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-      const int err = errno;
-      sys::close(fd);
-      if (err == EWOULDBLOCK) return true;  // a live listener holds LOCK_SH
-      if (err == EINTR) continue;
-      return false;
-    }
-    // Nobody holds it: a listener died without cleaning up. Remove it while we hold the
-    // lock -- unless the path names a newer file by now, which deserves a fresh look.
-    const bool stale = runtime_dir::fd_is_at_path(fd, path);
-    if (stale) ::unlink(path.c_str());  // may fail in a dir we cannot write: harmless
-    sys::close(fd);
-    if (stale) return false;
-  }
-  return false;
+  const std::string name = entry_name(port, inode);
+  return vouched_by(runtime_dir, socket_uid, name) ||
+         (socket_uid != 0 && vouched_by(runtime_dir, 0, name));
+}
+
+bool destination_published(const std::string& runtime_dir, int fd, const sockaddr_storage& dest) {
+  FoundListener found;
+  if (find_listener(fd, dest, &found) != Lookup::kFound) return false;
+  const uint16_t port =
+      ntohs(dest.ss_family == AF_INET ? reinterpret_cast<const sockaddr_in&>(dest).sin_port
+                                      : reinterpret_cast<const sockaddr_in6&>(dest).sin6_port);
+  return is_published(runtime_dir, port, found.inode, found.uid);
 }
 
 }  // namespace smcpre::registry

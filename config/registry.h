@@ -1,11 +1,26 @@
-// Host-wide registry of smcpre listeners (DESIGN.md section 6). A client proposes SMC to a
-// same-host server only if the server's TCP port is published here.
+// Host-wide registry of smcpre listeners (DESIGN.md section 6). A client proposes SMC to
+// a same-host server only if the listening socket its connection would reach is one that
+// smcpre published here.
 //
-// <runtime_dir>/listeners/tcp-<port> exists while some process holds flock(LOCK_SH) on it.
-// The kernel drops a dead process's locks, so a crashed listener needs no cleanup daemon:
-// the next client to look finds the file unlocked, removes it and reads "not published".
+// An entry is the file <runtime_dir>/listeners/<uid>/tcp-<port>-<inode>, named by the
+// listening socket's inode, in the subtree of the uid that published it (the subtree is
+// that uid's, mode 0711, the file 0600: nobody else can add, rename, open or lock
+// entries; listeners/ itself is sticky and world-writable, like /tmp, so that every user
+// of a shared runtime dir can make a subtree of its own). What a client trusts:
+// - which listener: the kernel's own answer (listener_lookup.h) for the destination, in
+//   the connecting socket's network namespace: it is listening now, on that address (or a
+//   wildcard that covers it) and that port. A file cannot fake or prolong that.
+// - that it is smcpre's: a regular file with that name, one link, in the subtree of the
+//   socket's own uid or of root, owned by that uid, in a directory owned by it that only
+//   it can write. Another user can neither vouch for a socket it does not own nor keep a
+//   dead listener's entry meaningful (a new socket has a new inode).
+// Publishers hold flock(LOCK_SH) on their entry only to know who removes it: the last
+// process that holds the listening socket (fork children renew the lock). A crashed
+// publisher's file stays until its uid (or root) next publishes; it is never trusted,
+// since no listening socket has its inode.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -17,9 +32,10 @@ namespace smcpre::registry {
 // One published listener: the locked file. Movable, not copyable.
 class ListenerRegistration {
  public:
-  // Publishes `port` (1..65535), creating the directories on demand. On failure returns
-  // nullopt and sets *error (if not null) to one line.
-  static std::optional<ListenerRegistration> publish(const std::string& runtime_dir, uint16_t port,
+  // Publishes the listening TCP socket `listen_fd`, creating the directories on demand. A
+  // process may publish only a socket of its own uid (root: any socket).
+  // On failure returns nullopt and sets *error (if not null) to one line.
+  static std::optional<ListenerRegistration> publish(const std::string& runtime_dir, int listen_fd,
                                                      std::string* error);
 
   ListenerRegistration(ListenerRegistration&& other) noexcept;
@@ -27,12 +43,14 @@ class ListenerRegistration {
   ListenerRegistration(const ListenerRegistration&) = delete;
   ListenerRegistration& operator=(const ListenerRegistration&) = delete;
 
-  // Releases the lock; removes the file if no other listener holds it. In a fork child
+  // Releases the lock; removes the file if no other process holds it. In a fork child
   // that inherited the registration (and did not renew it) it only closes the fd, which
   // leaves the parent's lock and entry untouched.
   ~ListenerRegistration();
 
   uint16_t port() const { return port_; }
+  uint64_t inode() const { return inode_; }
+  const std::string& path() const { return path_; }
 
   // For a fork child that keeps listening: the inherited fd shares the parent's lock
   // (flock locks belong to the open file description), so the entry would vanish when
@@ -42,19 +60,27 @@ class ListenerRegistration {
   bool renew_after_fork(std::string* error);
 
  private:
-  ListenerRegistration(int fd, std::string path, uint16_t port);
+  ListenerRegistration(int fd, std::string path, uint16_t port, uint64_t inode);
   void release();
 
   int fd_ = -1;
   pid_t owner_ = 0;  // the process that took the lock on fd_
   uint16_t port_ = 0;
+  uint64_t inode_ = 0;
   std::string path_;
 };
 
-// True if a live listener has published `port`. Removes a stale entry it finds.
-bool is_published(const std::string& runtime_dir, uint16_t port);
+// True if `runtime_dir` holds a trusted entry for the listening socket `inode` on `port`
+// owned by `socket_uid` (see above). Two lstat()s, four if the socket is not root's and
+// its own subtree has no entry (root may publish any socket).
+bool is_published(const std::string& runtime_dir, uint16_t port, uint64_t inode, uid_t socket_uid);
 
-// <runtime_dir>/listeners/tcp-<port>
-std::string listener_path(const std::string& runtime_dir, uint16_t port);
+// True if a connection from socket `fd` (-1: the calling thread's namespace) to `dest`
+// (normalized: AF_INET, or AF_INET6 not v4-mapped) would reach a listener published here.
+// One sock_diag request and reply, and is_published() if a listener answers.
+bool destination_published(const std::string& runtime_dir, int fd, const sockaddr_storage& dest);
+
+// <runtime_dir>/listeners/<uid>/tcp-<port>-<inode>
+std::string listener_path(const std::string& runtime_dir, uid_t uid, uint16_t port, uint64_t inode);
 
 }  // namespace smcpre::registry

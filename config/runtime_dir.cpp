@@ -44,6 +44,32 @@ bool make_directory(const std::string& path, mode_t mode, bool no_symlink, std::
   return true;
 }
 
+namespace {
+
+// <runtime_dir>/listeners or /stats: sticky and world-writable. A directory made by an
+// older smcpre (0755, 0700) is repaired by its owner or root; else whoever made it first
+// would keep every other user out.
+bool make_shared(const std::string& path, std::string* error) {
+  constexpr mode_t kShared = 01777;
+  if (!make_directory(path, kShared, true, error)) return false;
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    set_error(error, "cannot stat " + path + ": " + errno_text(errno));
+    return false;
+  }
+  if ((st.st_mode & 07777) == kShared) return true;
+  if (::chmod(path.c_str(), kShared) == 0) return true;
+  set_error(error, path + " (owner uid " + std::to_string(st.st_uid) + ", mode 0" +
+                       std::to_string((st.st_mode >> 9) & 7) +
+                       std::to_string((st.st_mode >> 6) & 7) +
+                       std::to_string((st.st_mode >> 3) & 7) + std::to_string(st.st_mode & 7) +
+                       ") is not shared (mode 1777): its owner or root must run smcpre once, or "
+                       "chmod 1777 it");
+  return false;
+}
+
+}  // namespace
+
 bool owned_privately(const std::string& path, uid_t uid, std::string* error) {
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == uid &&
@@ -71,7 +97,46 @@ bool ensure(const std::string& runtime_dir, std::string* error) {
   const uid_t uid = ::geteuid();
   const bool per_user = uid != 0 && runtime_dir == config::runtime_dir_default();
   if (!make_directory(runtime_dir, per_user ? 0700 : 0755, false, error)) return false;
-  return !per_user || owned_privately(runtime_dir, uid, error);
+  if (per_user && !owned_privately(runtime_dir, uid, error)) return false;
+  // Best effort: whoever comes first makes both shared dirs, so that a later user who
+  // cannot write the runtime dir itself still finds them. user_subtree() says what fails.
+  make_shared(runtime_dir + "/listeners", nullptr);
+  make_shared(runtime_dir + "/stats", nullptr);
+  return true;
+}
+
+std::string subtree_path(const std::string& runtime_dir, const char* kind, uid_t uid) {
+  return runtime_dir + "/" + kind + "/" + std::to_string(uid);
+}
+
+bool trusted_subtree(const std::string& path, uid_t uid) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == uid &&
+         (st.st_mode & 022) == 0;
+}
+
+bool user_subtree(const std::string& runtime_dir, const char* kind, mode_t mode, std::string* path,
+                  std::string* error) {
+  if (!make_shared(runtime_dir + "/" + kind, error)) return false;
+  const uid_t uid = ::geteuid();
+  *path = subtree_path(runtime_dir, kind, uid);
+  if (!make_directory(*path, mode, true, error)) return false;
+  struct stat st;
+  if (::lstat(path->c_str(), &st) != 0) {
+    set_error(error, "cannot stat " + *path + ": " + errno_text(errno));
+    return false;
+  }
+  // Only we (and root) can change a directory we own: then a wrong mode is ours to fix.
+  // Root takes back one another user made under its uid, so that a user of a shared
+  // runtime dir cannot keep root from publishing; the files it left there are not
+  // root's, and readers trust only files of the subtree's own uid.
+  if ((st.st_uid != uid && uid == 0 && ::lchown(path->c_str(), 0, 0) != 0) ||
+      ((st.st_mode & 07777) != mode && (st.st_uid == uid || uid == 0) &&
+       ::chmod(path->c_str(), mode) != 0)) {
+    set_error(error, "cannot take over " + *path + ": " + errno_text(errno));
+    return false;
+  }
+  return owned_privately(*path, uid, error);
 }
 
 }  // namespace smcpre::runtime_dir

@@ -495,8 +495,8 @@ std::shared_ptr<Listener> Engine::on_listen(int fd) {
   if (policy_tcp) {
     SMC_LOG_INFO("listener on port {}: policy says tcp: not published", port_of(local));
   } else {
-    registration = registry::ListenerRegistration::publish(runtime_dir(engine->config()),
-                                                           port_of(local), &error);
+    registration =
+        registry::ListenerRegistration::publish(runtime_dir(engine->config()), fd, &error);
     if (!registration) {
       SMC_LOG_WARN("listener on port {} not published ({}): clients will use TCP", port_of(local),
                    error);
@@ -514,7 +514,7 @@ std::shared_ptr<Listener> Engine::on_listen(int fd) {
   return listener;
 }
 
-bool Engine::eligible_destination(const sockaddr* addr, socklen_t len, uint32_t* reason) {
+bool Engine::eligible_destination(int fd, const sockaddr* addr, socklen_t len, uint32_t* reason) {
   *reason = static_cast<uint32_t>(DeclineCode::kPeerUnknown);
   EngineState* engine = EngineState::get();
   if (!engine) *reason = static_cast<uint32_t>(DeclineCode::kDisabled);
@@ -531,7 +531,8 @@ bool Engine::eligible_destination(const sockaddr* addr, socklen_t len, uint32_t*
     *reason = static_cast<uint32_t>(DeclineCode::kExcluded);
   } else if (port != 0) {
     // The policy's first matching rule decides; without one, positive knowledge: the
-    // registry first (one open()), the interface list only for a published port.
+    // registry first (the kernel's listener for this address in fd's network namespace,
+    // then one or two lstat()s), the interface list only for a published listener.
     switch (config::policy_decide(config, config::PolicyRole::kClient, dest_addr)) {
       case config::PolicyAction::kTcp:
         *reason = static_cast<uint32_t>(DeclineCode::kPolicy);
@@ -540,7 +541,8 @@ bool Engine::eligible_destination(const sockaddr* addr, socklen_t len, uint32_t*
         result = true;
         break;
       case config::PolicyAction::kNone:
-        result = (registry::is_published(runtime_dir(config), port) && is_local_address(dest)) ||
+        result = (registry::destination_published(runtime_dir(config), fd, dest) &&
+                  is_local_address(dest)) ||
                  config::peer_rules_match(config.peers, dest_addr);
         break;
     }

@@ -28,12 +28,13 @@ class Engine {
   // The object unpublishes itself when destroyed (the listener's last fd was closed).
   static std::shared_ptr<Listener> on_listen(int fd);
 
-  // Before a blocking connect() to `addr`: may this connection propose SMC (DESIGN.md 6:
-  // a same-host server whose port is published, or an SMCPRE_PEERS match, never an
-  // excluded port)? Decided before the connect, because a server may accept, close its
-  // listener and unpublish it before connect() returns on our side.
+  // Before a blocking connect() of socket `fd` to `addr`: may this connection propose SMC
+  // (DESIGN.md 6: a same-host server whose listening socket -- the one the kernel would
+  // connect fd to, in fd's network namespace -- is published, or an SMCPRE_PEERS match,
+  // never an excluded port)? Decided before the connect, because a server may accept,
+  // close its listener and unpublish it before connect() returns on our side.
   // If not, *reason says why (core/decline.h: PEER_UNKNOWN, EXCLUDED, POLICY, DISABLED).
-  static bool eligible_destination(const sockaddr* addr, socklen_t len, uint32_t* reason);
+  static bool eligible_destination(int fd, const sockaddr* addr, socklen_t len, uint32_t* reason);
   // A connect() to a destination that was not eligible succeeded (or is in progress): it
   // counts as a fallback for that reason.
   static void on_not_proposed(uint32_t reason);

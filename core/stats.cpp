@@ -79,19 +79,18 @@ void pause_briefly() {
 }
 
 // The runtime dir as the listener registry makes it (private when it is the per-user
-// default), and the stats dir in it, private to the user: its files name the user's
-// programs and their command lines.
-bool ensure_directories(const std::string& runtime_dir, std::string* why) {
-  if (!runtime_dir::ensure(runtime_dir, why)) return false;
-  const std::string dir = stats_dir(runtime_dir);
-  return runtime_dir::make_directory(dir, 0700, true, why) &&
-         runtime_dir::owned_privately(dir, ::geteuid(), why);
+// default), and our uid's subtree of the shared stats dir, private to the user: its files
+// name the user's programs and their command lines. *dir gets the subtree.
+bool ensure_directories(const std::string& runtime_dir, std::string* dir, std::string* why) {
+  return runtime_dir::ensure(runtime_dir, why) &&
+         runtime_dir::user_subtree(runtime_dir, "stats", 0700, dir, why);
 }
 
 // Removes the file at `path` if no process holds it. False if a live process does (or it
 // cannot be examined); true if it is gone now.
 bool remove_if_stale(const char* path) {
-  const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  // O_NONBLOCK: whatever sits at the path, opening it must not wait (a FIFO would).
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) return errno == ENOENT;
   bool gone = false;
   if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
@@ -146,8 +145,9 @@ void store_magic(Segment& s) {
 // under g_segment_mutex.
 Segment* publish(std::string* why) {
   const std::string& runtime_dir = config::current().runtime_dir;
-  if (!ensure_directories(runtime_dir, why)) return nullptr;
-  const std::string path = stats_dir(runtime_dir) + "/" + std::to_string(::getpid());
+  std::string dir;
+  if (!ensure_directories(runtime_dir, &dir, why)) return nullptr;
+  const std::string path = dir + "/" + std::to_string(::getpid());
   if (path.size() >= sizeof g_path) {
     *why = "path " + path + " is too long";
     return nullptr;
@@ -277,6 +277,10 @@ void privatize(Segment* mapped) {
 
 std::string stats_dir(const std::string& runtime_dir) {
   return runtime_dir + "/stats";
+}
+
+std::string user_stats_dir(const std::string& runtime_dir, uid_t uid) {
+  return runtime_dir::subtree_path(runtime_dir, "stats", uid);
 }
 
 Segment& segment() {

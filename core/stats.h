@@ -1,5 +1,5 @@
 // Publishing this process's counters (layout: core/stats_layout.h) in
-// <runtime_dir>/stats/<pid>, a file the process maps shared and updates in place.
+// <runtime_dir>/stats/<uid>/<pid>, a file the process maps shared and updates in place.
 //
 // The process holds flock(LOCK_SH) on the file while it lives; the kernel drops the lock
 // when the process dies, so a reader that can take LOCK_EX knows the file is stale and
@@ -9,6 +9,7 @@
 #pragma once
 
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include <cstdint>
 #include <string>
@@ -49,8 +50,10 @@ void reset_after_fork();
 // At exit: the file goes (a reader would otherwise only remove it once the lock is gone).
 void unpublish_at_exit();
 
-// <runtime_dir>/stats
+// <runtime_dir>/stats: shared by every user of the runtime dir (config/runtime_dir.h).
 std::string stats_dir(const std::string& runtime_dir);
+// <runtime_dir>/stats/<uid>: the files of that uid's processes, <pid> each.
+std::string user_stats_dir(const std::string& runtime_dir, uid_t uid);
 
 // Relaxed updates: the counters are statistics, ordered with nothing.
 inline void add(Counter& c, uint64_t n = 1) {

@@ -128,7 +128,7 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
       inet_tcp = true;
       nonblocking = !is_blocking(fd);
       eligible = engine_call("eligible_destination", false, [&] {
-        return smcpre::core::Engine::eligible_destination(addr, len, &not_proposed);
+        return smcpre::core::Engine::eligible_destination(fd, addr, len, &not_proposed);
       });
     }
     saved.restore();

@@ -47,15 +47,41 @@ ReadResult failure(ReadStatus status, std::string error) {
   return r;
 }
 
-}  // namespace
+// A canonical decimal number (no sign, no leading zero), as pids and uids are named.
+bool parse_number(const char* name, uint32_t* value) {
+  const char* end = name + std::strlen(name);
+  const auto [ptr, ec] = std::from_chars(name, end, *value);
+  return ec == std::errc() && ptr == end && name[0] >= '0' && name[0] <= '9' &&
+         (name[0] != '0' || name[1] == '\0');
+}
 
-ReadResult read_segment(const std::string& dir, uint32_t pid) {
-  const std::string path = dir + "/" + std::to_string(pid);
-  const Fd fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)};
+// The users' subtrees of `dir` that speak for their uid (runtime_dir::trusted_subtree).
+std::vector<std::string> user_dirs(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return out;
+  while (const dirent* e = ::readdir(d)) {
+    uint32_t uid = 0;
+    if (!parse_number(e->d_name, &uid)) continue;
+    std::string path = dir + "/" + e->d_name;
+    if (runtime_dir::trusted_subtree(path, uid)) out.push_back(std::move(path));
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+ReadResult read_file(const std::string& path, uint32_t pid) {
+  // O_NONBLOCK: opening whatever sits at the path must not wait (a FIFO would).
+  const Fd fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)};
   if (fd.fd < 0) {
     if (errno == ENOENT) return failure(ReadStatus::kAbsent, "");
     return failure(ReadStatus::kError,
                    "cannot open " + path + ": " + runtime_dir::errno_text(errno));
+  }
+  struct stat kind;
+  if (::fstat(fd.fd, &kind) != 0 || !S_ISREG(kind.st_mode)) {
+    return failure(ReadStatus::kInvalid, path + " is not an smcpre stats file (not a file)");
   }
   // The owner holds LOCK_SH for life: if LOCK_EX is free, the owner is dead. Remove the
   // file while holding the lock, unless the path names a newer file by now (a restarted
@@ -116,24 +142,36 @@ ReadResult read_segment(const std::string& dir, uint32_t pid) {
   return r;
 }
 
+}  // namespace
+
+ReadResult read_segment(const std::string& dir, uint32_t pid) {
+  const std::string name = "/" + std::to_string(pid);
+  for (const std::string& sub : user_dirs(dir)) {
+    struct stat st;
+    if (::lstat((sub + name).c_str(), &st) == 0) return read_file(sub + name, pid);
+  }
+  return failure(ReadStatus::kAbsent, "");
+}
+
 bool list_pids(const std::string& dir, std::vector<uint32_t>* pids, std::string* error) {
   pids->clear();
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) {
+  if (::access(dir.c_str(), R_OK | X_OK) != 0) {
     if (errno == ENOENT) return true;  // no process has published yet
     *error = "cannot read " + dir + ": " + runtime_dir::errno_text(errno);
     return false;
   }
-  while (const dirent* e = ::readdir(d)) {
-    // Only canonical decimal pids: anything else in the directory is not a segment.
-    const char* name = e->d_name;
-    const char* end = name + std::strlen(name);
-    uint32_t pid = 0;
-    const auto [ptr, ec] = std::from_chars(name, end, pid);
-    if (ec == std::errc() && ptr == end && name[0] >= '1' && name[0] <= '9') pids->push_back(pid);
+  for (const std::string& sub : user_dirs(dir)) {
+    // Another user's subtree we may not read: its processes are not ours to see.
+    DIR* d = ::opendir(sub.c_str());
+    if (d == nullptr) continue;
+    while (const dirent* e = ::readdir(d)) {
+      uint32_t pid = 0;
+      if (parse_number(e->d_name, &pid) && pid != 0) pids->push_back(pid);
+    }
+    ::closedir(d);
   }
-  ::closedir(d);
   std::sort(pids->begin(), pids->end());
+  pids->erase(std::unique(pids->begin(), pids->end()), pids->end());
   return true;
 }
 

@@ -27,11 +27,16 @@ struct ReadResult {
   Snapshot snapshot;  // for kOk
 };
 
-// Reads <dir>/<pid>.
+// `dir` is the shared <runtime_dir>/stats; each user's processes publish in its subtree
+// <dir>/<uid>/<pid>. Only subtrees that are their uid's alone count (anyone may add a
+// directory to <dir>), and only those the caller may read: root sees every user's
+// processes, another user its own (0700 subtrees).
+
+// Reads the file of `pid` in whichever subtree holds it.
 ReadResult read_segment(const std::string& dir, uint32_t pid);
 
-// Every pid with a file in `dir`, ascending. A missing directory has none; false with
-// *error set if the directory cannot be read.
+// Every pid with a file in a subtree we may read, ascending. A missing directory has none;
+// false with *error set if `dir` itself cannot be read.
 bool list_pids(const std::string& dir, std::vector<uint32_t>* pids, std::string* error);
 
 }  // namespace smcpre::stats

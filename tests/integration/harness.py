@@ -47,6 +47,40 @@ def app(name):
     return os.path.join(APPS, name)
 
 
+def registry_entries(runtime_dir):
+    """The listener registry's entries (config/registry.h), every user's subtree:
+    [(uid, "tcp-<port>-<inode>")], sorted."""
+    top = os.path.join(runtime_dir, "listeners")
+    out = []
+    if os.path.isdir(top):
+        for uid in os.listdir(top):
+            sub = os.path.join(top, uid)
+            if uid.isdigit() and os.path.isdir(sub):
+                out += [(int(uid), name) for name in os.listdir(sub)]
+    return sorted(out)
+
+
+def registry_ports(runtime_dir):
+    """The ports with an entry in the listener registry, sorted."""
+    return sorted({int(name.split("-")[1]) for _, name in registry_entries(runtime_dir)})
+
+
+def publish_as_listener(runtime_dir, lsock):
+    """Makes a listening socket of ours look like an smcpre listener: its registry entry,
+    as the library writes it (<runtime_dir>/listeners/<uid>/tcp-<port>-<inode>). Returns
+    the entry's open file (the library holds LOCK_SH on it while it listens)."""
+    top = os.path.join(runtime_dir, "listeners")
+    os.makedirs(top, exist_ok=True)
+    os.chmod(top, 0o1777)
+    sub = os.path.join(top, str(os.geteuid()))
+    os.makedirs(sub, exist_ok=True)
+    os.chmod(sub, 0o711)
+    name = "tcp-%d-%d" % (lsock.getsockname()[1], os.fstat(lsock.fileno()).st_ino)
+    entry = open(os.path.join(sub, name), "w")
+    os.chmod(entry.name, 0o600)
+    return entry
+
+
 class Proc:
     """A child process in its own process group; stdout and stderr are collected by
     threads so that neither pipe can fill up and block the child."""

@@ -12,7 +12,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import MIB, SmcTestCase, app, main  # noqa: E402
+from harness import MIB, SmcTestCase, app, main, publish_as_listener  # noqa: E402
 
 EYECATCHER = bytes([0xE2, 0xD4, 0xC3, 0xD9])  # "SMCR" in EBCDIC
 
@@ -83,8 +83,7 @@ class FallbackTest(SmcTestCase):
         lsock.listen(1)
         lsock.settimeout(30)
         port = lsock.getsockname()[1]
-        os.makedirs(os.path.join(self.runtime_dir, "listeners"), exist_ok=True)
-        entry = open(os.path.join(self.runtime_dir, "listeners", "tcp-%d" % port), "w")
+        entry = publish_as_listener(self.runtime_dir, lsock)
         fcntl.flock(entry, fcntl.LOCK_SH)  # a live listener holds LOCK_SH
         result = {"first": b"", "error": None}
 

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from harness import LIB, SmcTestCase, app, main
+from harness import LIB, SmcTestCase, app, main, registry_ports
 
 # Reports threads and open fds of the interpreter after running `body`.
 PROBE = r"""
@@ -42,8 +42,7 @@ class LoadTest(SmcTestCase):
         return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
 
     def registry(self):
-        d = os.path.join(self.runtime_dir, "listeners")
-        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+        return ["tcp-%d" % p for p in registry_ports(self.runtime_dir)]
 
     def test_loading_costs_nothing(self):
         plain, _ = self.probe("pass", False)

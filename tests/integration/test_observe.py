@@ -268,7 +268,7 @@ class ObserveTest(SmcTestCase):
         srv, port = self.start_py_server(1)
         cli = self.start_client(port, [10])
         self.assertIn(srv.pid, self.stat_json("processes"))
-        stats_dir = os.path.join(self.runtime_dir, "stats")
+        stats_dir = os.path.join(self.runtime_dir, "stats", str(os.geteuid()))
         self.assertTrue(os.path.exists(os.path.join(stats_dir, str(cli.pid))))
         # Killed: no exit handler runs. The next listing leaves it out and removes its file.
         os.killpg(cli.popen.pid, signal.SIGKILL)

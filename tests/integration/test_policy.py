@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import MIB, SmcTestCase, app, main  # noqa: E402
+from harness import MIB, SmcTestCase, app, main, registry_ports  # noqa: E402
 
 # The client's log line for the server's Decline with reason POLICY (0x0e070000).
 POLICY_DECLINE = r"\bPOLICY\b"
@@ -35,22 +35,9 @@ class PolicyTest(SmcTestCase):
         return path
 
     def published(self, port, runtime_dir=None):
-        """True if a live listener holds the registry entry of `port`."""
-        path = os.path.join(runtime_dir or self.runtime_dir, "listeners", "tcp-%d" % port)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        except OSError as e:
-            if e.errno != errno.EWOULDBLOCK:
-                raise
-            return True
-        finally:
-            os.close(fd)
+        """True if a listener on `port` has a registry entry (a listener removes its own
+        when it stops listening)."""
+        return port in registry_ports(runtime_dir or self.runtime_dir)
 
     def run_pair(self, server_env, client_env, server_args=(), host="127.0.0.1",
                  check_published=None):

@@ -168,7 +168,7 @@ class ReceivePathTest(SmcTestCase):
         self.assertEqual(log.count("worker(s) stopped"), 2, log)
         self.assertEqual(log.count("connection SMC established"), 2, log)
         # Neither left a stats file behind.
-        stats_dir = os.path.join(self.runtime_dir, "stats")
+        stats_dir = os.path.join(self.runtime_dir, "stats", str(os.geteuid()))
         left = os.listdir(stats_dir) if os.path.isdir(stats_dir) else []
         self.assertEqual(left, [], "stats files left: %s" % left)
 

@@ -40,7 +40,8 @@ struct TestEnv {
     runtime_dir = tmpl;
     if (setenv("SMCPRE_RUNTIME_DIR", runtime_dir.c_str(), 1) != 0) fail("setenv");
     if (smcpre::config::current().runtime_dir != runtime_dir) fail("SMCPRE_RUNTIME_DIR ignored");
-    dir = stats_dir(runtime_dir);
+    shared = stats_dir(runtime_dir);
+    dir = user_stats_dir(runtime_dir, geteuid());
   }
   ~TestEnv() {
     const std::string cmd = "rm -rf '" + runtime_dir + "'";
@@ -51,7 +52,8 @@ struct TestEnv {
     std::abort();
   }
   std::string runtime_dir;
-  std::string dir;
+  std::string shared;  // <runtime_dir>/stats, what readers are given
+  std::string dir;     // our uid's subtree in it, where our files are
 };
 const TestEnv g_env;
 const TestEnv& env() {
@@ -84,7 +86,7 @@ bool wait_pipe(int fd) {
 }
 
 ReadResult read_self() {
-  return read_segment(env().dir, static_cast<uint32_t>(getpid()));
+  return read_segment(env().shared, static_cast<uint32_t>(getpid()));
 }
 
 bool in_published_links(const LinkSlot* slot) {
@@ -108,6 +110,7 @@ int fake_segment(uint32_t pid, const Segment* header, size_t len) {
 TEST_CASE("segment() publishes <runtime_dir>/stats/<pid>, locked, at the top of the fd space",
           "[stats]") {
   CHECK(stats_dir("/run/smcpre") == "/run/smcpre/stats");
+  CHECK(user_stats_dir("/run/smcpre", 0) == "/run/smcpre/stats/0");
   Segment& s = segment();
   CHECK(&segment() == &s);
   const std::string path = path_of(getpid());
@@ -117,6 +120,8 @@ TEST_CASE("segment() publishes <runtime_dir>/stats/<pid>, locked, at the top of 
   CHECK((st.st_mode & 07777) == 0600);
   REQUIRE(stat(env().dir.c_str(), &st) == 0);
   CHECK((st.st_mode & 07777) == 0700);
+  REQUIRE(stat(env().shared.c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 01777);
 
   // The header as another process sees it in the file.
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -284,7 +289,7 @@ TEST_CASE("a reader sees counters updated after it looked first", "[stats]") {
 
   std::vector<uint32_t> pids;
   std::string error;
-  REQUIRE(list_pids(env().dir, &pids, &error));
+  REQUIRE(list_pids(env().shared, &pids, &error));
   CHECK(std::find(pids.begin(), pids.end(), static_cast<uint32_t>(getpid())) != pids.end());
 
   for (LinkSlot& slot : s.links) release_link_slot(&slot);
@@ -328,7 +333,7 @@ TEST_CASE("a fork child publishes its own file, which turns stale when it dies",
   REQUIRE(wait_pipe(ready[0]));
   CHECK(inherited->sends == 5);
   CHECK(inherited->in_use == 77);
-  ReadResult r = read_segment(env().dir, static_cast<uint32_t>(child));
+  ReadResult r = read_segment(env().shared, static_cast<uint32_t>(child));
   REQUIRE(r.status == ReadStatus::kOk);
   CHECK(r.snapshot.pid == static_cast<uint32_t>(child));
   CHECK(r.snapshot.process[&ProcessCounters::cdc_inline] == 9);
@@ -337,9 +342,9 @@ TEST_CASE("a fork child publishes its own file, which turns stale when it dies",
   signal_pipe(go[1]);
   CHECK(wait_exit(child) == 0);
   CHECK(exists(path_of(child)));
-  CHECK(read_segment(env().dir, static_cast<uint32_t>(child)).status == ReadStatus::kStale);
+  CHECK(read_segment(env().shared, static_cast<uint32_t>(child)).status == ReadStatus::kStale);
   CHECK_FALSE(exists(path_of(child)));
-  CHECK(read_segment(env().dir, static_cast<uint32_t>(child)).status == ReadStatus::kAbsent);
+  CHECK(read_segment(env().shared, static_cast<uint32_t>(child)).status == ReadStatus::kAbsent);
   CHECK(read_self().status == ReadStatus::kOk);  // ours is still locked
   close(ready[0]);
   close(go[1]);
@@ -378,7 +383,7 @@ TEST_CASE("unpublish_at_exit removes only the caller's own file", "[stats]") {
   close(ready[1]);
   close(go[0]);
   REQUIRE(wait_pipe(ready[0]));
-  CHECK(read_segment(env().dir, static_cast<uint32_t>(child)).status == ReadStatus::kAbsent);
+  CHECK(read_segment(env().shared, static_cast<uint32_t>(child)).status == ReadStatus::kAbsent);
   signal_pipe(go[1]);
   CHECK(wait_exit(child) == 0);
   CHECK(exists(path_of(getpid())));
@@ -464,15 +469,15 @@ TEST_CASE("the reader refuses files it does not understand", "[stats]") {
   header->version = kStatsVersion;
 
   int fd = fake_segment(kPid, header.get(), 0);
-  CHECK(read_segment(env().dir, kPid).status == ReadStatus::kStarting);  // empty: not sized yet
+  CHECK(read_segment(env().shared, kPid).status == ReadStatus::kStarting);  // empty: not sized yet
   close(fd);
   fd = fake_segment(kPid, header.get(), sizeof(Segment));
-  CHECK(read_segment(env().dir, kPid).status == ReadStatus::kStarting);  // no magic yet
+  CHECK(read_segment(env().shared, kPid).status == ReadStatus::kStarting);  // no magic yet
   close(fd);
 
   header->magic = 0x1234;
   fd = fake_segment(kPid, header.get(), sizeof(Segment));
-  ReadResult r = read_segment(env().dir, kPid);
+  ReadResult r = read_segment(env().shared, kPid);
   CHECK(r.status == ReadStatus::kInvalid);
   CHECK(r.error.find("not an smcpre stats file") != std::string::npos);
   close(fd);
@@ -480,20 +485,20 @@ TEST_CASE("the reader refuses files it does not understand", "[stats]") {
   header->magic = kStatsMagic;
   header->version = kStatsVersion + 1;
   fd = fake_segment(kPid, header.get(), sizeof(Segment));
-  r = read_segment(env().dir, kPid);
+  r = read_segment(env().shared, kPid);
   CHECK(r.status == ReadStatus::kInvalid);
   CHECK(r.error.find("version " + std::to_string(kStatsVersion + 1)) != std::string::npos);
   close(fd);
 
   header->version = kStatsVersion;
   fd = fake_segment(kPid, header.get(), 100);
-  r = read_segment(env().dir, kPid);
+  r = read_segment(env().shared, kPid);
   CHECK(r.status == ReadStatus::kInvalid);
   CHECK(r.error.find("truncated") != std::string::npos);
   close(fd);
 
   fd = fake_segment(kPid + 1, header.get(), sizeof(Segment));  // names another pid
-  CHECK(read_segment(env().dir, kPid + 1).status == ReadStatus::kInvalid);
+  CHECK(read_segment(env().shared, kPid + 1).status == ReadStatus::kInvalid);
   close(fd);
   unlink((env().dir + "/" + std::to_string(kPid + 1)).c_str());
 
@@ -503,12 +508,12 @@ TEST_CASE("the reader refuses files it does not understand", "[stats]") {
   header->comm[1] = '\x1b';
   std::snprintf(header->cmdline, sizeof header->cmdline, "prog \xc3\xa9t\xc3");
   fd = fake_segment(kPid, header.get(), sizeof(Segment));
-  r = read_segment(env().dir, kPid);
+  r = read_segment(env().shared, kPid);
   REQUIRE(r.status == ReadStatus::kOk);
   CHECK(r.snapshot.comm == "a?" + std::string(sizeof header->comm - 2, 'a'));
   CHECK(r.snapshot.cmdline == "prog \xc3\xa9t?");
   close(fd);  // and now nobody holds it: stale
-  CHECK(read_segment(env().dir, kPid).status == ReadStatus::kStale);
+  CHECK(read_segment(env().shared, kPid).status == ReadStatus::kStale);
 
   // Names that are not pids are not listed.
   for (const char* name : {"abc", "0", "012", "99999999999", "12x"}) {
@@ -518,7 +523,7 @@ TEST_CASE("the reader refuses files it does not understand", "[stats]") {
   }
   std::vector<uint32_t> pids;
   std::string error;
-  REQUIRE(list_pids(env().dir, &pids, &error));
+  REQUIRE(list_pids(env().shared, &pids, &error));
   CHECK(pids == std::vector<uint32_t>{static_cast<uint32_t>(getpid())});
   for (const char* name : {"abc", "0", "012", "99999999999", "12x"}) {
     unlink((env().dir + "/" + name).c_str());
