@@ -127,10 +127,17 @@ TEST_CASE("fd budget: smcpre keeps within 1/16 of the limit and leaves the appli
   CHECK_FALSE(reserve_fds(2, 1024 - 64 - 8));
   CHECK(reserve_fds(2, 500));
   // A raised limit is seen (the preload's setrlimit hook refreshes the cached value).
-  {
+  rlimit hard{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &hard) == 0);
+  if (hard.rlim_max >= 4096) {
     SoftLimit raised(4096);
     CHECK(smcpre::config::nofile_limit() == 4096);
     CHECK(reserve_fds(2, 1024 - 64 - 8));
+  }
+  {
+    SoftLimit lowered(512);
+    CHECK(smcpre::config::nofile_limit() == 512);
+    CHECK_FALSE(reserve_fds(2, 500));
   }
   CHECK(smcpre::config::nofile_limit() == 1024);
   // Charges count without a reservation and are never refused.
