@@ -1,12 +1,12 @@
 #include "config/high_fd.h"
 
 #include <fcntl.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 
+#include "config/fd_budget.h"
 #include "config/sys.h"
 
 namespace smcpre::sys {
@@ -24,11 +24,9 @@ constexpr long kMinLimit = 256;
 std::atomic<long> search_start{0};
 std::atomic<long> search_ceiling{0};
 
+// The limit is cached (config/fd_budget.h): placing an fd costs no getrlimit().
 long current_ceiling() {
-  rlimit limit{};
-  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
-  if (limit.rlim_cur == RLIM_INFINITY) return kCeilingCap;
-  return std::min(static_cast<long>(limit.rlim_cur), kCeilingCap);
+  return std::min(config::nofile_limit(), kCeilingCap);
 }
 
 // The upper half of the allowed space is ours to try, and only that: an application

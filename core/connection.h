@@ -18,6 +18,7 @@
 #include <mutex>
 #include <string>
 
+#include "config/fd_budget.h"
 #include "core/cdc.h"
 #include "core/connection_stats.h"
 #include "core/cursor.h"
@@ -84,6 +85,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Watch the TCP connection (fd: the application's socket; a duplicate is taken) so that
   // a peer process that dies is noticed at once, not at the next keepalive.
   void watch_tcp(int fd);
+  // The descriptors this connection may take (readiness mirror, TCP watch, the socket
+  // kept after close), reserved before it went SMC: config/fd_budget.h.
+  void hold_fds(config::FdReservation fds) { fds_ = std::move(fds); }
   // The TCP connection ended (FIN or reset) a grace period ago: unless the peer's SMC
   // close has come meanwhile, the peer is gone and the connection is reset.
   void on_tcp_ended();
@@ -204,6 +208,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::atomic<int> pending_error_{0};
   std::atomic<int> held_fd_{-1};
   std::atomic<uint64_t> tcp_watch_{0};
+  config::FdReservation fds_;  // set once, before the connection is handed out
 
   std::mutex mirror_mutex_;
   std::unique_ptr<ReadinessMirror> mirror_owner_;  // under mirror_mutex_

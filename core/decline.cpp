@@ -55,6 +55,9 @@ constexpr std::array kTable{
           "on this host, no SMCPRE_PEERS or policy match)"},
     Entry{DeclineCode::kExcluded, "EXCLUDED",
           "client: not proposed, the destination port is in SMCPRE_EXCLUDE"},
+    Entry{DeclineCode::kNoFds, "NO_FDS",
+          "file descriptors short: smcpre's share of RLIMIT_NOFILE (1/16) is in use, or the "
+          "application is within that share of its limit"},
 };
 
 const Entry* find(uint32_t code) {

@@ -4,9 +4,11 @@
 #include <poll.h>
 #include <time.h>
 
+#include <atomic>
 #include <cerrno>
 #include <string>
 
+#include "config/fd_budget.h"
 #include "config/log.h"
 #include "config/sys.h"
 #include "core/connection.h"
@@ -189,6 +191,33 @@ uint32_t connect_error_code(const std::string& error) {
   return code(DeclineCode::kErrRdyLnk);
 }
 
+// Descriptors an SMC connection may take: its readiness mirror's two ends (made when the
+// application first polls it; after its close, the one that keeps the TCP socket until
+// the peer closes) and, where the link would not notice the peer's exit, a watch on its
+// TCP socket. A link group: its queue pair's (at most 5 on shm) and a memory area's.
+int connection_fds(const rdma::Device& device) {
+  return device.caps().link_notices_peer_exit ? 2 : 3;
+}
+constexpr int kLinkGroupFds = 6;
+
+// Reserves `count` descriptors for a connection on `fd`: empty (and said once per
+// process) when smcpre's share of the limit is used up.
+config::FdReservation reserve_fds(int count, int fd) {
+  config::FdReservation fds = config::reserve_fds(count, fd);
+  if (!fds) {
+    static std::atomic<bool> said{false};
+    if (!said.exchange(true)) {
+      SMC_LOG_WARN(
+          "file descriptors short (RLIMIT_NOFILE {}, smcpre holds {}, socket fd {}): "
+          "new connections stay TCP (NO_FDS)",
+          config::nofile_limit(), config::fds_held(), fd);
+    } else {
+      SMC_LOG_DEBUG("file descriptors short: TCP (NO_FDS)");
+    }
+  }
+  return fds;
+}
+
 HandshakeResult fallback(uint32_t reason, bool swallow = false) {
   HandshakeResult r;
   r.reason = reason;
@@ -266,6 +295,8 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
   uint32_t reason = 0;
   rdma::Device* device = engine.device_for(fd, &reason);
   if (!device) return fallback(reason);  // nothing proposed: plain TCP
+  config::FdReservation fds = reserve_fds(connection_fds(*device), fd);
+  if (!fds) return fallback(code(DeclineCode::kNoFds));  // nothing proposed either
 
   LocalSubnets subnets;
   local_subnets(fd, &subnets);
@@ -319,12 +350,18 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
   const PeerIdentity server = identity_of(accept.local);
   PendingConnection pending;
   if (accept.first_contact) {
+    config::FdReservation group_fds = reserve_fds(kLinkGroupFds, fd);
+    if (!group_fds) {
+      send_decline(fd, engine, code(DeclineCode::kNoFds));
+      return fallback(code(DeclineCode::kNoFds));
+    }
     pending.group = LinkGroup::create(*device, rdma::Role::kClient, server, config, &error);
     if (!pending.group) {
       SMC_LOG_WARN("client: cannot create a link group: {}", error);
       send_decline(fd, engine, code(DeclineCode::kMem));
       return fallback(code(DeclineCode::kMem));
     }
+    pending.group->hold_fds(std::move(group_fds));
   } else {
     // The server reuses a link group as soon as its side is confirmed; ours may still be
     // finishing its first contact in another thread: wait for it.
@@ -345,6 +382,7 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
     send_decline(fd, engine, r);
     return fallback(r);
   }
+  pending.connection->hold_fds(std::move(fds));
   if (accept.first_contact) {
     if (!pending.group->connect(endpoint_of(accept), remaining_ms(deadline), &error)) {
       SMC_LOG_WARN("client: cannot connect the link: {}", error);
@@ -402,7 +440,7 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
   }
   HandshakeResult result;
   result.connection = pending.release();
-  result.connection->watch_tcp(fd);
+  if (!device->caps().link_notices_peer_exit) result.connection->watch_tcp(fd);
   return result;
 }
 
@@ -428,6 +466,8 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
     SMC_LOG_INFO("server: client subnet does not match ours: declining");
     return decline(code(DeclineCode::kDiffPrefix));
   }
+  config::FdReservation fds = reserve_fds(connection_fds(*device), fd);
+  if (!fds) return decline(code(DeclineCode::kNoFds));
 
   const PeerIdentity client = identity_of(proposal.local);
   PendingConnection pending;
@@ -441,13 +481,17 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
   }
   const bool first_contact = !pending.group;
   if (first_contact) {
+    config::FdReservation group_fds = reserve_fds(kLinkGroupFds, fd);
+    if (!group_fds) return decline(code(DeclineCode::kNoFds));
     pending.group = LinkGroup::create(*device, rdma::Role::kServer, client, config, &error);
     if (!pending.group) {
       SMC_LOG_WARN("server: cannot create a link group: {}", error);
       return decline(code(DeclineCode::kMem));
     }
+    pending.group->hold_fds(std::move(group_fds));
   }
   if (uint32_t r = create_connection(engine, fd, &pending); r != 0) return decline(r);
+  pending.connection->hold_fds(std::move(fds));
   clc::AcceptConfirm accept =
       describe(engine, *device, *pending.group, *pending.connection, first_contact);
   if (!send_all(fd, clc::encode_accept(accept))) return fallback(code(DeclineCode::kIntErr));
@@ -512,7 +556,7 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
   }
   HandshakeResult result;
   result.connection = pending.release();
-  result.connection->watch_tcp(fd);
+  if (!device->caps().link_notices_peer_exit) result.connection->watch_tcp(fd);
   return result;
 }
 

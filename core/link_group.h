@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "config/fd_budget.h"
 #include "core/cdc.h"
 #include "core/link.h"
 #include "core/llc.h"
@@ -86,6 +87,9 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   llc::ConfirmLink make_confirm_link(bool response) const;
 
   uint32_t id() const { return id_; }
+  // The descriptors of the link (its queue pair's) and of its first memory area,
+  // reserved before the group was created: config/fd_budget.h.
+  void hold_fds(config::FdReservation fds) { fds_ = std::move(fds); }
 
  private:
   LinkGroup(rdma::Role role, const PeerIdentity& peer);
@@ -98,6 +102,7 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   std::unique_ptr<Link> link_;
   uint32_t peer_qp_num_ = 0;
   std::atomic<bool> active_{false};
+  config::FdReservation fds_;
   std::atomic<bool> retired_{false};  // under table_mutex_ when set: no connection joins
   // maintain()'s bookkeeping (progress thread only).
   uint64_t seen_recvs_ = 0;

@@ -178,6 +178,9 @@ struct DeviceCaps {
   // (shm): the engine may then write straight from the application's buffer.
   bool write_from_any_memory = false;
   uint32_t max_inline = 0;
+  // The peer process's exit takes the link down at once (shm: the rendezvous socket
+  // hangs up), so a connection needs no watch on its TCP socket to learn of it.
+  bool link_notices_peer_exit = false;
 };
 
 class Device {

@@ -16,6 +16,7 @@
 #include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
+#include "rdma/shm_arena.h"
 #include "rdma/shm_qp.h"
 
 namespace smcpre::rdma {
@@ -338,10 +339,10 @@ namespace {
 
 class ShmMemoryRegion final : public MemoryRegion {
  public:
-  ShmMemoryRegion(std::shared_ptr<PdState> pd, SharedMemory memory, size_t length, uint32_t lkey,
-                  uint32_t rkey)
+  ShmMemoryRegion(std::shared_ptr<PdState> pd, std::unique_ptr<MemoryArena::Slice> memory,
+                  size_t length, uint32_t lkey, uint32_t rkey)
       : pd_(std::move(pd)), memory_(std::move(memory)) {
-    addr_ = memory_.addr();
+    addr_ = memory_->addr();
     length_ = length;
     lkey_ = lkey;
     rkey_ = rkey;
@@ -354,11 +355,12 @@ class ShmMemoryRegion final : public MemoryRegion {
     release_key(rkey_);
   }
 
-  int fd() const { return memory_.fd(); }
+  int fd() const { return memory_->fd(); }
+  uint64_t offset() const { return memory_->offset(); }
 
  private:
   std::shared_ptr<PdState> pd_;
-  SharedMemory memory_;
+  std::unique_ptr<MemoryArena::Slice> memory_;
 };
 
 // Local-only memory (receive buffers): the receiving QP copies messages into it in this
@@ -376,15 +378,15 @@ class ShmLocalRegion final : public MemoryRegion {
 class ShmProtectionDomain final : public ProtectionDomain {
  public:
   explicit ShmProtectionDomain(std::shared_ptr<DeviceState> device)
-      : state_(std::make_shared<PdState>(std::move(device))) {}
+      : state_(std::make_shared<PdState>(std::move(device))), arena_(MemoryArena::create()) {}
 
   std::unique_ptr<MemoryRegion> register_memory(size_t length, std::string* error) override {
     if (length == 0 || length > kMaxRegionBytes) {
       *error = "memory region size out of range: " + std::to_string(length);
       return nullptr;
     }
-    SharedMemory memory;
-    if (!memory.create("smcpre-mr", length, error)) return nullptr;
+    auto memory = arena_->allocate(length, error);
+    if (!memory) return nullptr;
     const uint32_t lkey = allocate_key();
     const uint32_t rkey = lkey == 0 ? 0 : allocate_key();
     if (rkey == 0) {
@@ -393,7 +395,7 @@ class ShmProtectionDomain final : public ProtectionDomain {
       return nullptr;
     }
     auto mr = std::make_unique<ShmMemoryRegion>(state_, std::move(memory), length, lkey, rkey);
-    state_->add_region(AnnouncedRegion{rkey, mr->remote_addr(), length, mr->fd()});
+    state_->add_region(AnnouncedRegion{rkey, mr->remote_addr(), length, mr->fd(), mr->offset()});
     return mr;
   }
 
@@ -417,6 +419,8 @@ class ShmProtectionDomain final : public ProtectionDomain {
 
  private:
   std::shared_ptr<PdState> state_;
+  // RMBs and send buffers are slices of a few memfds, not a memfd each.
+  std::shared_ptr<MemoryArena> arena_;
 };
 
 class ShmDevice final : public Device {
@@ -425,7 +429,9 @@ class ShmDevice final : public Device {
 
   std::string name() const override { return "shm"; }
   DeviceCaps caps() const override {
-    return DeviceCaps{.write_from_any_memory = !state_->staged_writes(), .max_inline = 64};
+    return DeviceCaps{.write_from_any_memory = !state_->staged_writes(),
+                      .max_inline = 64,
+                      .link_notices_peer_exit = true};
   }
   Gid gid() const override { return state_->gid(); }
   Mac mac() const override { return state_->mac(); }

@@ -93,7 +93,8 @@ struct AnnouncedRegion {
   uint32_t rkey = 0;
   uint64_t addr = 0;
   uint64_t length = 0;
-  int fd = -1;  // owned by the memory region
+  int fd = -1;          // the memfd holding it (owned by the region's arena chunk)
+  uint64_t offset = 0;  // where it starts in that memfd (page-aligned)
 };
 
 // A protection domain's regions and connected QPs. Regions are exposed to QPs of their

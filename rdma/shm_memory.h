@@ -122,13 +122,16 @@ class SharedMemory {
     return true;
   }
 
-  // Maps `length` bytes of a memfd received from a peer and closes the fd. Refuses
-  // anything but a memfd sealed against shrinking and large enough: the peer must not
-  // be able to truncate pages from under our stores.
-  bool map_peer(UniqueFd fd, uint64_t length, std::string* error) {
+  // Maps `length` bytes at `offset` (page-aligned) of a memfd received from a peer and
+  // closes the fd. Refuses anything but a memfd sealed against shrinking and large
+  // enough: the peer must not be able to truncate pages from under our stores.
+  bool map_peer(UniqueFd fd, uint64_t length, std::string* error, uint64_t offset = 0) {
     reset();
     if (length == 0 || length > kMaxRegionBytes) {
       return fail(error, "peer memory size out of range (" + std::to_string(length) + ")");
+    }
+    if (offset > kMaxRegionBytes || offset % page_size() != 0) {
+      return fail(error, "peer memory offset out of range (" + std::to_string(offset) + ")");
     }
     const int seals = sys::fcntl(fd.get(), F_GET_SEALS);
     if (seals < 0) return fail(error, "peer passed an fd that is not a memfd");
@@ -137,11 +140,12 @@ class SharedMemory {
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) return fail(error, errno_text("fstat", errno));
     const size_t bytes = round_up(length, page_size());
-    if (!S_ISREG(st.st_mode) || st.st_size < 0 || static_cast<uint64_t>(st.st_size) < bytes) {
+    if (!S_ISREG(st.st_mode) || st.st_size < 0 ||
+        static_cast<uint64_t>(st.st_size) < offset + bytes) {
       return fail(error, "peer memfd smaller than announced (" + std::to_string(st.st_size) +
-                             " < " + std::to_string(bytes) + ")");
+                             " < " + std::to_string(offset + bytes) + ")");
     }
-    return map(fd.get(), bytes, error);
+    return map(fd.get(), bytes, error, offset);
   }
 
   void* addr() const { return addr_; }
@@ -149,8 +153,9 @@ class SharedMemory {
   int fd() const { return fd_.get(); }
 
  private:
-  bool map(int fd, size_t bytes, std::string* error) {
-    void* addr = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  bool map(int fd, size_t bytes, std::string* error, uint64_t offset = 0) {
+    void* addr =
+        ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
     if (addr == MAP_FAILED) return fail(error, errno_text("mmap", errno));
     if (::madvise(addr, bytes, MADV_DONTFORK) != 0) {
       int err = errno;

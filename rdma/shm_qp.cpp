@@ -469,7 +469,9 @@ bool ShmQp::map_region_locked(const RegionMsg& msg, UniqueFd fd, std::string* wh
     return false;
   }
   SharedMemory memory;
-  if (!memory.map_peer(std::move(fd), msg.length, why)) return false;
+  if (!memory.map_peer(std::move(fd), msg.length, why, uint64_t{msg.offset_pages} * page_size())) {
+    return false;
+  }
   regions_.insert(msg.rkey, static_cast<uint8_t*>(memory.addr()), msg.addr, msg.length);
   region_maps_.push_back(std::move(memory));
   SMC_LOG_DEBUG("shm: QP {:#x} mapped peer region rkey {:#x} ({} bytes)", qp_num_, msg.rkey,
@@ -523,6 +525,7 @@ bool ShmQp::announce_region(const AnnouncedRegion& region, int timeout_ms) {
   m.rkey = region.rkey;
   m.addr = region.addr;
   m.length = region.length;
+  m.offset_pages = static_cast<uint32_t>(region.offset / page_size());
   const int fd = region.fd;
   std::string why;
   if (!send_message(sock_.get(), &m, sizeof m, std::span<const int>(&fd, 1),

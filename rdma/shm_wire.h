@@ -6,7 +6,8 @@
 //                             + [ring memfd, eventfd]
 //   server -> client  reply  {server qp/psn, client qp/psn, ring geometry}
 //                             + [ring memfd, eventfd]
-//   either direction  region {rkey, addr, length} + [memfd], once per region of the PD
+//   either direction  region {rkey, addr, length, offset} + [memfd], once per region of
+//                             the PD (regions are slices of a few memfds: shm_arena.h)
 //
 // Both ends are the same host and build: host byte order, no padding surprises (checked
 // below). Every field is validated by the receiver.
@@ -32,7 +33,8 @@
 namespace smcpre::rdma::shm {
 
 inline constexpr uint32_t kWireMagic = 0x53484d52;  // "SHMR"
-inline constexpr uint16_t kWireVersion = 1;
+// 2: regions carry their offset in the memfd (version 1 peers would map offset 0).
+inline constexpr uint16_t kWireVersion = 2;
 
 enum class MsgType : uint16_t { kHello = 1, kReply = 2, kRegion = 3 };
 
@@ -60,8 +62,8 @@ static_assert(sizeof(EndpointMsg) == 40);
 struct RegionMsg {
   MsgHeader header;
   uint32_t rkey;
-  uint32_t reserved;
-  uint64_t addr;  // the owner's virtual address, as named in RDMA WRITEs
+  uint32_t offset_pages;  // where the region starts in the memfd, in pages
+  uint64_t addr;          // the owner's virtual address, as named in RDMA WRITEs
   uint64_t length;
 };
 static_assert(sizeof(RegionMsg) == 32);

@@ -3,7 +3,12 @@
 and accept, flow control by pausing reads), printing tcpapp-style JSON records.
 
   asyncio_echo.py server --port 0 [--conns K]       prints 'listening <port>' on stderr
-  asyncio_echo.py client --port P --bytes N [--conns K]
+  asyncio_echo.py client --port P --bytes N [--conns K] [--hold]
+
+--hold (client): every connection echoes its bytes, then 'holding' goes to stderr and all
+stay open until stdin ends; then each half-closes and reads the server's EOF.
+--nofile N: the soft RLIMIT_NOFILE (at most the hard one) set first thing.
+Both print 'fds <n>' on stderr at start: the descriptors the process holds then.
 
 Every connection echoes N random bytes; the client checks them byte for byte. Each record
 carries the kernel's TCP_INFO byte counters of the socket (tcpi_bytes_acked and
@@ -13,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import socket
 import struct
 import sys
@@ -62,7 +68,11 @@ async def server(args):
         await asyncio.sleep(0.1)  # let the last handler finish closing
 
 
-async def client_conn(args, conn):
+def open_fds():
+    return len(os.listdir("/proc/self/fd")) - 1  # listdir's own
+
+
+async def client_conn(args, conn, hold):
     reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
     payload = os.urandom(args.bytes)
 
@@ -70,6 +80,8 @@ async def client_conn(args, conn):
         for i in range(0, len(payload), 100000):
             writer.write(payload[i:i + 100000])
             await writer.drain()
+        if hold is not None:
+            await hold.wait()
         writer.write_eof()
 
     sender = asyncio.create_task(send())
@@ -79,6 +91,12 @@ async def client_conn(args, conn):
         if not data:
             break
         got.extend(data)
+    if hold is not None:
+        hold.echoed += 1
+        if hold.echoed == args.conns:
+            print("holding", file=sys.stderr, flush=True)
+        if not await reader.read(1):  # the server's EOF, after ours
+            pass
     await sender
     ok = bytes(got) == payload
     record("client", conn, len(payload), len(got), writer.get_extra_info("socket"), ok,
@@ -89,8 +107,15 @@ async def client_conn(args, conn):
 
 
 async def client(args):
+    hold = None
+    if args.hold:
+        hold = asyncio.Event()
+        hold.echoed = 0
+        loop = asyncio.get_running_loop()
+        stdin_end = loop.run_in_executor(None, sys.stdin.buffer.read)
+        stdin_end.add_done_callback(lambda _: hold.set())
     results = await asyncio.wait_for(
-        asyncio.gather(*(client_conn(args, i) for i in range(args.conns))), args.timeout)
+        asyncio.gather(*(client_conn(args, i, hold) for i in range(args.conns))), args.timeout)
     return all(results)
 
 
@@ -101,7 +126,15 @@ def main():
     p.add_argument("--bytes", type=int, default=1 << 20)
     p.add_argument("--conns", type=int, default=1)
     p.add_argument("--timeout", type=float, default=30)
+    p.add_argument("--hold", action="store_true")
+    p.add_argument("--nofile", type=int, default=0)
     args = p.parse_args()
+    if args.nofile:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard != resource.RLIM_INFINITY:
+            args.nofile = min(args.nofile, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, hard))
+    print("fds %d" % open_fds(), file=sys.stderr, flush=True)
     if args.role == "server":
         asyncio.run(server(args))
         return 0

@@ -6,8 +6,10 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <utility>
 #include <vector>
 
+#include "config/fd_budget.h"
 #include "config/high_fd.h"
 
 namespace {
@@ -20,8 +22,12 @@ class SoftLimit {
     rlimit changed = saved_;
     changed.rlim_cur = soft;
     REQUIRE(::setrlimit(RLIMIT_NOFILE, &changed) == 0);
+    smcpre::config::nofile_limit_changed();  // what the preload's setrlimit hook does
   }
-  ~SoftLimit() { ::setrlimit(RLIMIT_NOFILE, &saved_); }
+  ~SoftLimit() {
+    ::setrlimit(RLIMIT_NOFILE, &saved_);
+    smcpre::config::nofile_limit_changed();
+  }
 
  private:
   rlimit saved_{};
@@ -88,4 +94,55 @@ TEST_CASE("a small limit keeps internal fds low", "[high_fd]") {
   REQUIRE(fd >= 0);
   CHECK(smcpre::sys::move_fd_high(fd) == fd);
   ::close(fd);
+}
+
+TEST_CASE("fd budget: smcpre keeps within 1/16 of the limit and leaves the application room",
+          "[fd_budget]") {
+  using smcpre::config::FdReservation;
+  using smcpre::config::fds_held;
+  using smcpre::config::reserve_fds;
+  SoftLimit limit(1024);
+  CHECK(smcpre::config::nofile_limit() == 1024);
+  CHECK(smcpre::config::fd_share(1024) == 64);
+  CHECK(smcpre::config::fd_share(64) == 0);  // too small to share
+  const long held = fds_held();
+  // A small application: reservations go on until the share (less the process's own
+  // few) is used up.
+  std::vector<FdReservation> taken;
+  while (true) {
+    FdReservation r = reserve_fds(2, 10);
+    if (!r) break;
+    taken.push_back(std::move(r));
+    REQUIRE(taken.size() < 100);
+  }
+  CHECK(fds_held() - held == 2 * static_cast<long>(taken.size()));
+  CHECK(fds_held() <= 64);
+  CHECK(fds_held() > 64 - 2 - 8);
+  // Given back, they can be reserved again.
+  taken.pop_back();
+  CHECK(reserve_fds(2, 10));
+  taken.clear();
+  CHECK(fds_held() == held);
+  // An application whose newest fd is within the share of its limit gets no SMC fds.
+  CHECK_FALSE(reserve_fds(2, 1024 - 64 - 8));
+  CHECK(reserve_fds(2, 500));
+  // A raised limit is seen (the preload's setrlimit hook refreshes the cached value).
+  rlimit hard{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &hard) == 0);
+  if (hard.rlim_max >= 4096) {
+    SoftLimit raised(4096);
+    CHECK(smcpre::config::nofile_limit() == 4096);
+    CHECK(reserve_fds(2, 1024 - 64 - 8));
+  }
+  {
+    SoftLimit lowered(512);
+    CHECK(smcpre::config::nofile_limit() == 512);
+    CHECK_FALSE(reserve_fds(2, 500));
+  }
+  CHECK(smcpre::config::nofile_limit() == 1024);
+  // Charges count without a reservation and are never refused.
+  smcpre::config::charge_fds(3);
+  CHECK(fds_held() == held + 3);
+  smcpre::config::uncharge_fds(3);
+  CHECK(fds_held() == held);
 }

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "rdma/device.h"
+#include "rdma/shm_arena.h"
 #include "rdma/shm_device.h"
 #include "rdma/shm_qp.h"
 #include "rdma/shm_ring.h"
@@ -854,4 +856,110 @@ TEST_CASE("verbs: probing rdma-core reports why there is no device", "[verbs]") 
   CHECK((error == "no RDMA device found" || error == "verbs device not implemented yet"));
   CHECK(open_verbs_device("no-such-ibdev", 0, -1, &error) == nullptr);
   CHECK((error == "no RDMA device found" || error == "RDMA device no-such-ibdev not found"));
+}
+
+namespace {
+
+// The memfds of shm memory regions this process holds (/proc/self/fd).
+int region_memfds() {
+  int count = 0;
+  for (int fd = 0; fd < 65536; ++fd) {
+    char link[64], target[256];
+    std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    const ssize_t n = ::readlink(link, target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = 0;
+    if (std::strstr(target, "memfd:smcpre-mr") != nullptr) ++count;
+  }
+  return count;
+}
+
+}  // namespace
+
+TEST_CASE("shm arena: a PD's regions are slices of a few memfds", "[shm]") {
+  std::string error;
+  auto device = open_shm_device({}, &error);
+  REQUIRE(device);
+  auto pd = device->alloc_pd(&error);
+  REQUIRE(pd);
+  const int before = region_memfds();
+  constexpr size_t kRmb = 512 * 1024;
+  std::vector<std::unique_ptr<MemoryRegion>> regions;
+  for (int i = 0; i < 100; ++i) {
+    regions.push_back(pd->register_memory(kRmb, &error));
+    REQUIRE(regions.back());
+  }
+  // 50 MiB in chunks of 4, 8, 16, 32 MiB: 4 descriptors, not 100.
+  const int memfds = region_memfds() - before;
+  CHECK(memfds == 4);
+  // Disjoint, page-aligned, zeroed, each its own key.
+  std::vector<std::pair<uintptr_t, size_t>> spans;
+  for (auto& r : regions) {
+    CHECK(reinterpret_cast<uintptr_t>(r->addr()) % 4096 == 0);
+    CHECK(r->length() == kRmb);
+    const auto* b = static_cast<const uint8_t*>(r->addr());
+    CHECK((b[0] == 0 && b[kRmb - 1] == 0));
+    spans.emplace_back(reinterpret_cast<uintptr_t>(r->addr()), r->length());
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 1; i < spans.size(); ++i) {
+    CHECK(spans[i - 1].first + spans[i - 1].second <= spans[i].first);
+  }
+  // A region given back is reused for the next of its size, zeroed again, and the
+  // others keep their bytes.
+  std::memset(regions[5]->addr(), 0x77, kRmb);
+  std::memset(regions[6]->addr(), 0x66, kRmb);
+  void* const reused = regions[5]->addr();
+  regions[5].reset();
+  auto again = pd->register_memory(kRmb, &error);
+  REQUIRE(again);
+  CHECK(again->addr() == reused);
+  const auto* b = static_cast<const uint8_t*>(again->addr());
+  CHECK(std::all_of(b, b + kRmb, [](uint8_t v) { return v == 0; }));
+  const auto* other = static_cast<const uint8_t*>(regions[6]->addr());
+  CHECK(std::all_of(other, other + kRmb, [](uint8_t v) { return v == 0x66; }));
+  CHECK(region_memfds() - before == memfds);
+  // Everything goes with the PD and its regions.
+  regions.clear();
+  again.reset();
+  pd.reset();
+  CHECK(region_memfds() == before);
+}
+
+TEST_CASE("shm arena: a peer maps a slice at its offset, and only inside the memfd", "[shm]") {
+  auto arena = shm::MemoryArena::create();
+  std::string error;
+  auto first = arena->allocate(3 * 4096, &error);
+  auto second = arena->allocate(5000, &error);
+  REQUIRE(first);
+  REQUIRE(second);
+  CHECK(second->length() == 2 * 4096);
+  CHECK(first->fd() == second->fd());
+  CHECK(second->offset() == 3 * 4096);
+  CHECK(arena->chunk_count() == 1);
+  static_cast<uint8_t*>(second->addr())[4100] = 0x42;
+
+  // What a peer does with an announcement: map `length` at `offset` of the passed fd.
+  shm::SharedMemory peer;
+  REQUIRE(peer.map_peer(shm::UniqueFd(::fcntl(second->fd(), F_DUPFD_CLOEXEC, 0)), second->length(),
+                        &error, second->offset()));
+  CHECK(static_cast<uint8_t*>(peer.addr())[4100] == 0x42);
+  static_cast<uint8_t*>(peer.addr())[0] = 0x24;
+  CHECK(static_cast<uint8_t*>(second->addr())[0] == 0x24);
+  CHECK(static_cast<uint8_t*>(first->addr())[3 * 4096 - 1] == 0);
+
+  // Unaligned, or past the end of the memfd: refused.
+  shm::SharedMemory bad;
+  CHECK_FALSE(
+      bad.map_peer(shm::UniqueFd(::fcntl(second->fd(), F_DUPFD_CLOEXEC, 0)), 4096, &error, 100));
+  CHECK_FALSE(bad.map_peer(shm::UniqueFd(::fcntl(second->fd(), F_DUPFD_CLOEXEC, 0)), 4096, &error,
+                           shm::MemoryArena::kFirstChunkBytes));
+  CHECK(error.find("smaller than announced") != std::string::npos);
+
+  // A region bigger than a chunk gets a chunk of its own.
+  auto big = arena->allocate(shm::MemoryArena::kFirstChunkBytes * 3, &error);
+  REQUIRE(big);
+  CHECK(big->fd() != first->fd());
+  CHECK(big->offset() == 0);
+  CHECK(arena->chunk_count() == 2);
 }
