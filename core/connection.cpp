@@ -658,7 +658,7 @@ void Connection::attach_stats(std::shared_ptr<ConnectionStats> stats) {
 void Connection::publish_state() {
   ConnectionStats* stats = stats_.load(std::memory_order_acquire);
   if (stats == nullptr) return;
-  const bool reset = aborted_.load() || peer_aborted_.load() || link_down_.load();
+  const bool reset = aborted_.load() || peer_aborted_.load() || reset_by_link_down();
   const bool we_done = closed_.load() || shut_wr_.load();
   const bool peer_done = peer_closed_.load() || peer_done_writing_.load();
   stats::ConnectionState state = stats::kConnActive;
@@ -703,7 +703,7 @@ int Connection::readiness_fd() {
 
 MirrorState Connection::mirror_state() const {
   MirrorState m;
-  const bool reset = link_down_.load() || peer_aborted_.load();
+  const bool reset = reset_by_link_down() || peer_aborted_.load();
   const bool peer_done = peer_done_writing_.load() || peer_closed_.load();
   m.readable = rx_available() > 0;
   m.writable = (peer_ready_.load() && tx_space() > 0) || shut_wr_.load() || peer_closed_.load();

@@ -87,6 +87,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The TCP connection ended (FIN or reset) a grace period ago: unless the peer's SMC
   // close has come meanwhile, the peer is gone and the connection is reset.
   void on_tcp_ended();
+  // The link went down while the connection was still open both ways as far as the peer
+  // knew (neither end had closed it): its calls fail with ECONNRESET. A link that goes
+  // after the peer's orderly close (a peer process that closed and exited) resets nothing.
+  bool reset_by_link_down() const {
+    return link_down_.load() && !peer_closed_.load() && !closed_.load();
+  }
+  bool open_both_ways() const {
+    return !peer_closed_.load() && !closed_.load() && !peer_aborted_.load() && !aborted_.load() &&
+           !finished();
+  }
   bool peer_gone_or_closed() const {
     return peer_closed_.load() || peer_aborted_.load() || link_down_.load() || finished();
   }
