@@ -166,6 +166,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
   };
   ssize_t end_with_reset(size_t copied);
+  // A recv() or send() that has waited, until it returns: a close() meanwhile is deferred
+  // to its end (see close()).
+  struct CallInFlight {
+    Connection* c;
+    explicit CallInFlight(Connection* connection) : c(connection) { c->calls_in_flight_++; }
+    ~CallInFlight() { c->leave_call(); }
+    CallInFlight(const CallInFlight&) = delete;
+    CallInFlight& operator=(const CallInFlight&) = delete;
+  };
+  void leave_call();
+  void close_now();
   // Reports the state the close protocol has reached (after any change of the flags).
   void publish_state();
 
@@ -212,6 +223,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::atomic<bool> cdc_pending_{false};
   std::atomic<bool> finished_{false};
   std::atomic<int> pending_error_{0};
+  std::atomic<int> calls_in_flight_{0};
+  std::atomic<bool> close_deferred_{false};
+  int deferred_close_fd_ = -1;  // written before close_deferred_ is set
+  bool deferred_close_abort_ = false;
   std::atomic<int> held_fd_{-1};
   std::atomic<uint64_t> tcp_watch_{0};
 
