@@ -50,6 +50,9 @@ class Engine {
   // Called in the child after fork(): engine threads are gone there; inherited
   // connections stay owned by the parent and become inert in the child.
   static void after_fork_in_child();
+  // Called in the parent after fork(), before fork() returns there: listeners take a
+  // registry lock of their own, the one they shared with the child staying the child's.
+  static void after_fork_in_parent();
 
   // The process exits (library destructor): connections it left open get the orderly
   // close the kernel would give their TCP sockets.

@@ -41,6 +41,12 @@ void on_fork_child() {
 
 void on_fork_parent() {
   smcpre::core::ReadinessMirror::note_fork();
+  SavedErrno saved;
+  engine_call("after_fork_in_parent", 0, [] {
+    core::Engine::after_fork_in_parent();
+    return 0;
+  });
+  saved.restore();
 }
 
 void on_exit() {
