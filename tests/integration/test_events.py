@@ -218,6 +218,29 @@ class EventsTest(SmcTestCase):
         parent's connection, as with TCP."""
         self.prefork(["--inherit"], 3)
 
+    def test_listener_closed_by_parent_right_after_fork(self):
+        """The parent forks a worker and closes its listener at once, then connects to the
+        worker: the port stays published for the worker throughout (the cause of the
+        flaky prefork case: Linux runs the parent first, whose close removed the entry
+        until the child renewed it, and a client in between went TCP)."""
+        code = (
+            "import os,socket,sys\n"
+            "for i in range(3):\n"
+            " ls=socket.socket(); ls.bind(('127.0.0.1',0)); ls.listen(8)\n"
+            " port=ls.getsockname()[1]\n"
+            " pid=os.fork()\n"
+            " if pid==0:\n"
+            "  c,_=ls.accept(); d=c.recv(5); c.sendall(d); c.close(); os._exit(0)\n"
+            " ls.close()\n"
+            " s=socket.create_connection(('127.0.0.1',port)); s.sendall(b'hello')\n"
+            " assert s.recv(5)==b'hello'; s.close(); os.waitpid(pid,0)\n"
+            "print('done',flush=True)\n")
+        p = self.start([sys.executable, "-c", code], True, name="forker")
+        self.finish(p, 60, 0)
+        self.assertIsNotNone(p.wait_stdout(r"^done$", 1), p.describe())
+        # Both ends of each of the 3 connections, parent and worker.
+        self.assertEqual(p.stderr_text().count(SMC_ESTABLISHED), 6, p.describe())
+
     def test_idle_connection_costs_no_cpu(self):
         """An SMC connection with nothing to do costs no CPU: the asyncio server sleeps in
         epoll_wait on the readiness mirror, the client in a blocking recv(), and the
