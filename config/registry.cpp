@@ -231,6 +231,16 @@ bool ListenerRegistration::renew_after_fork(std::string* error) {
   return fd >= 0;
 }
 
+bool ListenerRegistration::renew_in_parent_after_fork(std::string* error) {
+  if (fd_ < 0 || owner_ != ::getpid()) return true;
+  const int fd = lock_shared(path_, error);
+  if (fd < 0) return false;
+  // The child keeps the old open file description, and its lock, through its own fd.
+  sys::close(fd_);
+  fd_ = fd;
+  return true;
+}
+
 bool is_published(const std::string& runtime_dir, uint16_t port, uint64_t inode, uid_t socket_uid) {
   if (port == 0) return false;
   const std::string name = entry_name(port, inode);

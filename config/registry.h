@@ -58,6 +58,13 @@ class ListenerRegistration {
   // process. On failure the registration is dropped (the parent's entry untouched) and
   // false returned with *error set.
   bool renew_after_fork(std::string* error);
+  // For the publishing process right after fork() (before fork() returns in it): the
+  // child shares fd_'s open file description, and so the lock, until it renews its own,
+  // which it does whenever it gets to run. A parent that closed its listener meanwhile
+  // found no other lock and removed the entry under the child's feet (clients connecting
+  // until the child re-created it went TCP). The parent takes a lock of its own now and
+  // leaves the shared one to the child. On failure the old lock is kept (false, *error).
+  bool renew_in_parent_after_fork(std::string* error);
 
  private:
   ListenerRegistration(int fd, std::string path, uint16_t port, uint64_t inode);

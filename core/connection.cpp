@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "config/config.h"
 #include "config/high_fd.h"
@@ -229,6 +230,8 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
   const bool waitall = (flags & MSG_WAITALL) && !peek;
   size_t copied = 0;
   int64_t deadline = -1;
+  // Once this call waits, a close() by another thread waits for it (see close()).
+  std::optional<CallInFlight> in_flight;
   // What arrived since the last look is taken in by this thread (see send()): a reader
   // that is never short of data would leave every producer update to a worker.
   if (rx_available() < want) reap_here(group_->link());
@@ -269,6 +272,7 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
       return -1;
     }
     if (timeout_ns > 0 && deadline < 0) deadline = now_ns() + timeout_ns;
+    if (!in_flight) in_flight.emplace(this);
     WaitResult r = wait_adaptive(group_->link(), queue_, rx_budget_, deadline, [this] {
       return rx_available() > 0 || peer_done_writing_.load(std::memory_order_acquire) ||
              peer_closed_.load(std::memory_order_acquire) ||
@@ -325,6 +329,8 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
   bool announced_blocked = false;
   bool timed_out = false;
   int64_t deadline = -1;
+  // Once this call waits, a close() by another thread waits for it (see close()).
+  std::optional<CallInFlight> in_flight;
   // Whatever the link has brought meanwhile (the peer's consumer cursor, above all) is
   // taken in by this thread, with no hop to another one: a writer that never has to wait
   // would otherwise leave every cursor update to the background poller and a worker.
@@ -339,6 +345,7 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
         announced_blocked = true;
       }
       if (timeout_ns > 0 && deadline < 0) deadline = now_ns() + timeout_ns;
+      if (!in_flight) in_flight.emplace(this);
       WaitResult r = wait_adaptive(link, queue_, tx_budget_, deadline, [this] {
         return tx_space() > 0 || !writes_possible() || shut_wr_.load(std::memory_order_acquire);
       });
@@ -352,6 +359,13 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
         if (sent > 0) break;
         int error = pending_error_.exchange(0);
         return fail_send(error != 0 ? error : EPIPE, flags);
+      }
+      // shutdown(SHUT_WR) by another thread: as TCP, the blocked writer fails with EPIPE
+      // (or returns what it wrote before). Without this check it would wait again at once,
+      // its predicate true for good: a spin until the peer reads.
+      if (shut_wr_.load(std::memory_order_acquire)) {
+        if (sent > 0) break;
+        return fail_send(EPIPE, flags);
       }
       continue;
     }
@@ -476,6 +490,25 @@ void Connection::close(int held_fd, bool abort) {
   // The application's last fd is gone, and with it (as with any closed fd) every epoll
   // registration and poll interest in it.
   drop_mirror();
+  // A thread still blocked in recv() or send() on the socket holds it, as a system call
+  // holds the file in the kernel: TCP's close() by another thread neither wakes it nor
+  // ends the connection, which is released when that call returns. So does this one.
+  deferred_close_fd_ = held_fd;
+  deferred_close_abort_ = abort;
+  close_deferred_.store(true);  // after the two above; seq_cst with calls_in_flight_
+  if (calls_in_flight_.load() == 0 && close_deferred_.exchange(false)) close_now();
+}
+
+void Connection::leave_call() {
+  if (calls_in_flight_.fetch_sub(1) == 1 && close_deferred_.load() &&
+      close_deferred_.exchange(false)) {
+    close_now();
+  }
+}
+
+void Connection::close_now() {
+  const int held_fd = deferred_close_fd_;
+  const bool abort = deferred_close_abort_;
   held_fd_.store(held_fd);
   // Unread data makes the close abortive, as TCP answers it with a RST.
   const bool unread = rx_available() > 0;
@@ -658,7 +691,7 @@ void Connection::attach_stats(std::shared_ptr<ConnectionStats> stats) {
 void Connection::publish_state() {
   ConnectionStats* stats = stats_.load(std::memory_order_acquire);
   if (stats == nullptr) return;
-  const bool reset = aborted_.load() || peer_aborted_.load() || link_down_.load();
+  const bool reset = aborted_.load() || peer_aborted_.load() || reset_by_link_down();
   const bool we_done = closed_.load() || shut_wr_.load();
   const bool peer_done = peer_closed_.load() || peer_done_writing_.load();
   stats::ConnectionState state = stats::kConnActive;
@@ -703,7 +736,7 @@ int Connection::readiness_fd() {
 
 MirrorState Connection::mirror_state() const {
   MirrorState m;
-  const bool reset = link_down_.load() || peer_aborted_.load();
+  const bool reset = reset_by_link_down() || peer_aborted_.load();
   const bool peer_done = peer_done_writing_.load() || peer_closed_.load();
   m.readable = rx_available() > 0;
   m.writable = (peer_ready_.load() && tx_space() > 0) || shut_wr_.load() || peer_closed_.load();

@@ -91,6 +91,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The TCP connection ended (FIN or reset) a grace period ago: unless the peer's SMC
   // close has come meanwhile, the peer is gone and the connection is reset.
   void on_tcp_ended();
+  // The link went down while the connection was still open both ways as far as the peer
+  // knew (neither end had closed it): its calls fail with ECONNRESET. A link that goes
+  // after the peer's orderly close (a peer process that closed and exited) resets nothing.
+  bool reset_by_link_down() const {
+    return link_down_.load() && !peer_closed_.load() && !closed_.load();
+  }
+  bool open_both_ways() const {
+    return !peer_closed_.load() && !closed_.load() && !peer_aborted_.load() && !aborted_.load() &&
+           !finished();
+  }
   bool peer_gone_or_closed() const {
     return peer_closed_.load() || peer_aborted_.load() || link_down_.load() || finished();
   }
@@ -160,6 +170,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
   };
   ssize_t end_with_reset(size_t copied);
+  // A recv() or send() that has waited, until it returns: a close() meanwhile is deferred
+  // to its end (see close()).
+  struct CallInFlight {
+    Connection* c;
+    explicit CallInFlight(Connection* connection) : c(connection) { c->calls_in_flight_++; }
+    ~CallInFlight() { c->leave_call(); }
+    CallInFlight(const CallInFlight&) = delete;
+    CallInFlight& operator=(const CallInFlight&) = delete;
+  };
+  void leave_call();
+  void close_now();
   // Reports the state the close protocol has reached (after any change of the flags).
   void publish_state();
 
@@ -206,6 +227,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::atomic<bool> cdc_pending_{false};
   std::atomic<bool> finished_{false};
   std::atomic<int> pending_error_{0};
+  std::atomic<int> calls_in_flight_{0};
+  std::atomic<bool> close_deferred_{false};
+  int deferred_close_fd_ = -1;  // written before close_deferred_ is set
+  bool deferred_close_abort_ = false;
   std::atomic<int> held_fd_{-1};
   std::atomic<uint64_t> tcp_watch_{0};
   config::FdReservation fds_;  // set once, before the connection is handed out

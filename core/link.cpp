@@ -193,13 +193,21 @@ bool Link::progress(Reaper reaper) {
   }
   if (draining && !failed_.exchange(true, std::memory_order_acq_rel)) {
     stats::set(slot_->state, stats::kLinkDown);
-    if (group_->connection_count() == 0) {
-      // An idle link whose peer process ended: nothing is lost.
-      SMC_LOG_INFO("link: down ({}), no connection on it",
-                   flushed ? "peer gone" : "queue pair error");
+    // What the peer sent before it went (its orderly closes above all) is applied first:
+    // a peer process that closed its connections and exited loses nothing, and that is
+    // no warning (flushed receives are how every peer's exit looks).
+    if (backlog_ != nullptr) backlog_->wait_all_applied();
+    const size_t connections = group_->connection_count();
+    const size_t open = group_->open_connection_count();
+    const char* why = flushed ? "peer gone" : "queue pair error";
+    if (connections == 0) {
+      SMC_LOG_INFO("link: down ({}), no connection on it", why);
+    } else if (open == 0) {
+      SMC_LOG_INFO("link: down ({}); its {} connection(s) had been closed in order", why,
+                   connections);
     } else {
-      SMC_LOG_WARN("link: down ({}); its connections are reset; work completion errors: {}",
-                   flushed ? "peer gone" : "queue pair error", error_summary());
+      SMC_LOG_WARN("link: down ({}); {} open connection(s) reset; work completion errors: {}", why,
+                   open, error_summary());
     }
     events_.wake();
     polling_.clear(std::memory_order_release);

@@ -114,6 +114,15 @@ size_t LinkGroup::connection_count() {
   return live_connections_;
 }
 
+size_t LinkGroup::open_connection_count() {
+  std::lock_guard lock(table_mutex_);
+  size_t open = 0;
+  for (auto& c : connections_) {
+    if (c && c->open_both_ways()) ++open;
+  }
+  return open;
+}
+
 std::unique_ptr<rdma::MemoryRegion> LinkGroup::take_buffer(uint32_t size, std::string* error) {
   {
     const int64_t now = now_ns();

@@ -68,6 +68,9 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   void remove_connection(uint32_t token);
   std::shared_ptr<Connection> find_connection(uint32_t token);
   size_t connection_count();
+  // Connections still open both ways (neither end has closed or aborted them): those a
+  // link failure resets.
+  size_t open_connection_count();
 
   // Registered buffers (RMBs and send buffers): registered once, reused by later
   // connections of this group, deregistered only with the group. A buffer the peer might

@@ -295,7 +295,13 @@ void ProgressThread::run() {
       if (!app_polling && !busy) {
         // Arm, then look once more: a completion that arrived before arming would
         // otherwise wait for the next one.
-        for (auto& group : groups_) group->link().qp().arm_recv_notify();
+        // Not a failed link: its queue pair signals at once when armed in error (there
+        // are flush completions to take), and nothing more will come on it; arming it
+        // would wake this thread again at once, for good (a spin while the application
+        // keeps connections of a peer that has gone).
+        for (auto& group : groups_) {
+          if (!group->link().failed()) group->link().qp().arm_recv_notify();
+        }
         armed_.store(true, std::memory_order_release);
         for (auto& group : groups_) group->link().progress();
       }

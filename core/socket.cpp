@@ -55,6 +55,15 @@ class Listener {
   // there), so the child holds the registration's lock with a descriptor of its own.
   // The port then stays published until the last process holding the socket closes it,
   // even if the parent closes its copy first.
+  // In the parent after fork(): see ListenerRegistration::renew_in_parent_after_fork.
+  void after_fork_in_parent() {
+    if (!registration_) return;
+    std::string error;
+    if (!registration_->renew_in_parent_after_fork(&error)) {
+      SMC_LOG_WARN("listener registration not renewed in the parent after fork: {}", error);
+    }
+  }
+
   void after_fork_in_child() {
     if (!registration_) return;
     std::string error;
@@ -620,7 +629,7 @@ std::shared_ptr<Socket> Engine::on_inherited(int fd) {
   return socket;
 }
 
-void Engine::after_fork_in_parent() {
+void Engine::note_other_process() {
   EngineState::note_fork();
 }
 
@@ -630,6 +639,14 @@ void Engine::after_fork_in_child() {
   new (&g_listeners_mutex) std::mutex();
   for (auto& weak : g_listeners) {
     if (auto listener = weak.lock()) listener->after_fork_in_child();
+  }
+}
+
+void Engine::after_fork_in_parent() {
+  note_other_process();
+  std::lock_guard lock(g_listeners_mutex);
+  for (auto& weak : g_listeners) {
+    if (auto listener = weak.lock()) listener->after_fork_in_parent();
   }
 }
 

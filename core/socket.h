@@ -54,12 +54,17 @@ class Engine {
   // decided here on the first data call; else nullptr (it stays the kernel's).
   static std::shared_ptr<Socket> on_inherited(int fd);
 
-  // fork() in the parent: sockets that existed before it are held by the child too.
-  static void after_fork_in_parent();
+  // Another process holds (or will hold after its exec) this process's descriptors: a
+  // posix_spawn() or a vfork child. Sockets that existed before are shared from now on.
+  static void note_other_process();
   // Called in the child after fork(): engine threads are gone there; inherited
   // connections stay owned by the parent and become inert in the child, except undecided
   // ones (Socket::after_fork_in_child).
   static void after_fork_in_child();
+  // Called in the parent after fork(), before fork() returns there: sockets that existed
+  // before are held by the child too (note_other_process), and listeners take a registry
+  // lock of their own, the one they shared with the child staying the child's.
+  static void after_fork_in_parent();
 
   // The process exits (library destructor): connections it left open get the orderly
   // close the kernel would give their TCP sockets.

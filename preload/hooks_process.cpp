@@ -56,10 +56,12 @@ void on_fork_child() {
 
 void on_fork_parent() {
   smcpre::core::ReadinessMirror::note_fork();
+  SavedErrno saved;
   engine_call("after_fork_in_parent", 0, [] {
     core::Engine::after_fork_in_parent();
     return 0;
   });
+  saved.restore();
 }
 
 void on_exit() {
@@ -99,8 +101,8 @@ bool in_owner_process() noexcept {
 }
 
 void note_other_process() noexcept {
-  engine_call("after_fork_in_parent", 0, [] {
-    core::Engine::after_fork_in_parent();
+  engine_call("note_other_process", 0, [] {
+    core::Engine::note_other_process();
     return 0;
   });
 }

@@ -38,6 +38,15 @@ bool is_inet_tcp(int fd) {
   return sys::getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &value, &len) == 0 && value == IPPROTO_TCP;
 }
 
+// The socket's identity (0 if the kernel cannot tell): a descriptor closed by another
+// thread while connect() blocked may name another socket by the time connect() returns.
+uint64_t socket_cookie(int fd) {
+  uint64_t cookie = 0;
+  socklen_t len = sizeof cookie;
+  if (sys::getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) != 0) return 0;
+  return cookie;
+}
+
 bool is_blocking(int fd) {
   const int flags = sys::fcntl(fd, F_GETFL);
   return flags >= 0 && (flags & O_NONBLOCK) == 0;
@@ -133,6 +142,7 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
     }
     saved.restore();
   }
+  const uint64_t cookie = eligible ? socket_cookie(fd) : 0;
   int rc = r.connect(fd, addr, len);
   if (!eligible) {
     if (inet_tcp && (rc == 0 || errno == EINPROGRESS)) {
@@ -164,6 +174,12 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
     if (n != 1 || p.revents != POLLOUT) return rc;
   }
   SavedErrno saved;
+  // Closed by another thread meanwhile (as with TCP, the connect went on): the number may
+  // be another socket's now, whose stream the handshake must not touch.
+  if (socket_cookie(fd) != cookie) {
+    saved.restore();
+    return rc;
+  }
   if (std::shared_ptr<Tracked> entry = prepare_entry(fd); entry != nullptr) {
     entry->socket = engine_call("on_connected", std::shared_ptr<smcpre::core::Socket>{},
                                 [&] { return smcpre::core::Engine::on_connected(fd); });

@@ -8,6 +8,8 @@
 //   evloop client --host H --port P --mode sink|echo|source --bytes N [--conns K]
 //                 [--api ...] [--oneshot] [--threads T]
 //   common: [--chunk N|random] [--seed S] [--timeout SECONDS] (default 120; exit 3 on expiry)
+//   client, echo mode: [--requests R] [--end shutdown|close|open]
+//   common: [--idle SECONDS]
 //
 // Modes and wire format are tcpapp's, so either program can talk to the other:
 //   sink    the client sends N bytes, then shutdown(SHUT_WR); the server verifies them,
@@ -34,6 +36,14 @@
 //   poll      poll() over a set rebuilt every round, POLLRDHUP requested with POLLIN.
 //   select    select() with fd_sets (FD_SETSIZE bounds the fds).
 // --oneshot: EPOLLONESHOT on connections, re-armed after every event (epoll APIs only).
+// --requests R (client, echo mode): a keep-alive client: the N bytes go as R requests of
+//   N/R bytes (rounded up), each sent only once the echo of the previous one is complete.
+// --end (client, echo mode): how the client ends a connection once its echo is complete:
+//   shutdown (default) SHUT_WR, then the server's EOF, then close(); close: close() at
+//   once; open: never, the process exits with the connection open (exit(), not a crash).
+// --idle S: once every connection is done, print "idle" on stderr and sleep S seconds
+//   before exiting (a test measures what the idle server costs meanwhile; a client with
+//   --end open keeps its connections open that long, so its peer is asleep when it exits).
 // --threads T (epoll APIs only): T threads wait on one epoll set; the listener carries
 //   EPOLLEXCLUSIVE and connections EPOLLONESHOT (implied), so a connection is handled by
 //   one thread at a time.
@@ -98,7 +108,11 @@ struct options {
   size_t chunk;  // 0: random
   uint64_t seed;
   unsigned timeout;
+  long long requests;  // 0: one stream
+  enum end { END_SHUTDOWN, END_CLOSE, END_OPEN } end;
+  unsigned idle;
 };
+static const char* const end_names[] = {"shutdown", "close", "open"};
 static struct options opt = {
     .bytes = -1, .conns = 1, .api = API_EPOLL, .threads = 1, .seed = 1, .timeout = 120};
 
@@ -239,11 +253,22 @@ static bool wants_read(const struct conn* c) {
   }
 }
 
+// How far the client's stream may be sent now: with --requests, up to the end of the
+// request after the last one whose echo is complete.
+static uint64_t tx_allowed(const struct conn* c) {
+  if (opt.requests == 0) return c->tx_total;
+  uint64_t req = ((uint64_t)opt.bytes + (uint64_t)opt.requests - 1) / (uint64_t)opt.requests;
+  if (req == 0) return c->tx_total;
+  uint64_t next = (c->rx_off / req + 1) * req;
+  return next < c->tx_total ? next : c->tx_total;
+}
+
 static bool wants_write(const struct conn* c) {
   switch (c->tx) {
     case TX_MSG:
-    case TX_DATA:
       return true;
+    case TX_DATA:
+      return c->pend_pos < c->pend_len || c->tx_filled < tx_allowed(c);
     case TX_ECHO:
       return c->ring_len > 0;
     default:
@@ -373,7 +398,7 @@ static void rx_complete(struct conn* c, bool eof) {
       c->rx = RX_DONE;
       return;
     case MODE_ECHO:  // the whole echo; the server's close follows our half-close
-      c->rx = eof ? RX_DONE : RX_EOF;
+      c->rx = eof || opt.end != END_SHUTDOWN ? RX_DONE : RX_EOF;
       return;
   }
 }
@@ -385,7 +410,7 @@ static void tx_complete(struct conn* c) {
     if (opt.mode == MODE_SINK) c->rx = RX_EOF;  // reply sent; the client's EOF comes next
     return;
   }
-  if (opt.mode == MODE_SOURCE) return;
+  if (opt.mode == MODE_SOURCE || opt.end != END_SHUTDOWN) return;
   waiting_in = "shutdown(SHUT_WR)";
   if (shutdown(c->fd, SHUT_WR) != 0) fail(c, "shutdown(SHUT_WR): %s", strerror(errno));
   waiting_in = "event handling";
@@ -576,8 +601,8 @@ static enum io do_write(struct conn* c) {
       break;
     case TX_DATA:
       if (c->pend_pos == c->pend_len) {  // the next chunk of the stream
-        size_t n =
-            (size_t)min_size(pick_chunk(&c->rng, opt.chunk, MAX_CHUNK), c->tx_total - c->tx_filled);
+        size_t n = (size_t)min_size(pick_chunk(&c->rng, opt.chunk, MAX_CHUNK),
+                                    tx_allowed(c) - c->tx_filled);
         pattern_fill(c->seed_tx, c->tx_filled, c->sbuf, n);
         if (!opt.server && opt.mode == MODE_SINK) fletcher_update(&c->sum, c->sbuf, n);
         c->tx_filled += n;
@@ -720,7 +745,8 @@ static void conn_finish(struct conn* c) {
       epoll_ctl(L.epfd, EPOLL_CTL_DEL, c->fd, NULL) != 0)
     fail(c, "epoll_ctl(DEL): %s", strerror(errno));
   waiting_in = "close()";
-  if (close(c->fd) != 0) fail(c, "close: %s", strerror(errno));
+  // --end open: the connection stays open until the process exits.
+  if (opt.end != END_OPEN && close(c->fd) != 0) fail(c, "close: %s", strerror(errno));
   waiting_in = "event handling";
   free(c->sbuf);
   free(c->rbuf);
@@ -1055,6 +1081,12 @@ static int run(void) {
   if (L.overlaps > 0)
     fprintf(stderr, "evloop: %d events for connections another thread was handling\n", L.overlaps);
   bool all_in = !opt.server || L.accepted == opt.conns;
+  if (opt.idle > 0) {
+    fprintf(stderr, "idle\n");
+    fflush(stderr);
+    waiting_in = "idle";
+    sleep(opt.idle);
+  }
   return L.failures == 0 && L.stray == 0 && L.overlaps == 0 && !L.fatal && all_in ? 0 : 1;
 }
 
@@ -1067,7 +1099,9 @@ static void usage(void) {
           "                     [--threads T] [--chunk N|random] [--seed S] [--timeout S]\n"
           "       evloop client --host H --port P --mode sink|echo|source --bytes N\n"
           "                     [--conns K] [--api ...] [--oneshot] [--threads T]\n"
-          "                     [--chunk N|random] [--seed S] [--timeout S]\n");
+          "                     [--chunk N|random] [--seed S] [--timeout S]\n"
+          "                     [--requests R] [--end shutdown|close|open] (echo client)\n"
+          "       common: [--idle S]\n");
   exit(2);
 }
 
@@ -1116,6 +1150,12 @@ static void parse_args(int argc, char** argv) {
       opt.seed = (uint64_t)num_arg("evloop", a, v, 0, 1LL << 50);
     } else if (strcmp(a, "--timeout") == 0) {
       opt.timeout = (unsigned)num_arg("evloop", a, v, 1, 86400);
+    } else if (strcmp(a, "--requests") == 0) {
+      opt.requests = num_arg("evloop", a, v, 1, 1LL << 40);
+    } else if (strcmp(a, "--end") == 0) {
+      opt.end = (enum end)name_index(v, end_names, 3);
+    } else if (strcmp(a, "--idle") == 0) {
+      opt.idle = (unsigned)num_arg("evloop", a, v, 0, 3600);
     } else {
       usage();
     }
@@ -1125,6 +1165,10 @@ static void parse_args(int argc, char** argv) {
   if (!opt.server && (opt.host == NULL || opt.port == 0)) usage();
   if ((opt.oneshot || opt.threads > 1) && !epoll_api()) {
     fprintf(stderr, "evloop: --oneshot and --threads need --api epoll or epoll-et\n");
+    exit(2);
+  }
+  if ((opt.requests > 0 || opt.end != END_SHUTDOWN) && (opt.server || opt.mode != MODE_ECHO)) {
+    fprintf(stderr, "evloop: --requests and --end are for an echo client\n");
     exit(2);
   }
   // Several threads on one set: a connection must be handled by one thread at a time.

@@ -290,6 +290,71 @@ class ProcessesTest(SmcTestCase):
         its writes fail with EPIPE; the shut end reads ECONNRESET once, then EOF)."""
         self.check_shutdown("rdwr")
 
+    # ---- shutdown() or close() from another thread -------------------------------------
+
+    def xthread(self, op, act, preload):
+        p = self.start_procs(["xthread", "--op", op, "--act", act, "--timeout", "40"], preload)
+        self.finish(p, 50, 0)
+        recs = [r for r in p.records() if r["role"] == "xthread"]
+        self.assertEqual(len(recs), 1, p.describe())
+        r = recs[0]
+        self.assertTrue(r["ok"], "%s\n%s" % (r, p.describe()))
+        if op in ("send", "recv"):
+            # The blocked end is the client end of an SMC connection (TCP_INFO: the
+            # handshake only; both ends logged it).
+            if preload:
+                self.assertEqual(p.stderr_text().count(SMC_ESTABLISHED), 2, p.describe())
+                self.assertLessEqual(r["tcp_bytes_received"], 4096, r)
+            else:
+                self.assertNotIn(SMC_ESTABLISHED, p.stderr_text())
+        if preload:
+            # Nothing went wrong on the way (a handshake run on whatever socket a closed
+            # fd number names by the time connect() returns would show here).
+            self.assertNotIn(" warning: ", p.stderr_text(), p.describe())
+        outcome = {k: r.get(k) for k in ("blocked", "act_result", "woke", "result", "late")}
+        return outcome, p
+
+    def check_xthread(self, op):
+        for act in ("shut_rd", "shut_wr", "shut_rdwr", "close"):
+            with self.subTest(op=op, act=act):
+                tcp, _ = self.xthread(op, act, False)
+                smc, p = self.xthread(op, act, True)
+                self.assertTrue(tcp["blocked"], "the call did not block over TCP: %s" % tcp)
+                if op == "send" and act == "shut_rd":
+                    # TCP returns the part of the send it had copied into a socket buffer
+                    # that grew meanwhile (timing); an SMC ring does not grow, so the send
+                    # goes on waiting. Both end with bytes written once the peer reads.
+                    self.assertEqual(tcp.get("result") or tcp.get("late"), "bytes", tcp)
+                    self.assertEqual(smc.get("result") or smc.get("late"), "bytes",
+                                     "%s\n%s" % (smc, p.describe()))
+                    continue
+                self.assertEqual(smc, tcp, "%s blocked, %s from another thread: TCP %s, "
+                                 "SMC %s\n%s" % (op, act, tcp, smc, p.describe()))
+
+    def test_cross_thread_send(self):
+        """A send() blocked because the peer does not read: shutdown(SHUT_WR/SHUT_RDWR)
+        from another thread fails it with EPIPE at once; close() from another thread does
+        not wake it (Linux keeps the socket until the call returns): it completes once
+        the peer reads, and only then is the connection closed."""
+        self.check_xthread("send")
+
+    def test_cross_thread_recv(self):
+        """A recv() blocked with nothing to read: shutdown(SHUT_RD/SHUT_RDWR) from another
+        thread makes it return 0; SHUT_WR and close() do not wake it (it returns 0 once
+        the peer shuts down)."""
+        self.check_xthread("recv")
+
+    def test_cross_thread_accept(self):
+        """A blocked accept(): shutdown(SHUT_RD/SHUT_RDWR) of the listener fails it with
+        EINVAL; SHUT_WR and close() leave it waiting for the next client."""
+        self.check_xthread("accept")
+
+    def test_cross_thread_connect(self):
+        """A connect() blocked on a full accept queue (to an SMC listener): shutdown fails
+        it with ECONNRESET; after close() it completes once the queue drains, and the
+        handshake never runs on whatever socket the fd number names by then."""
+        self.check_xthread("connect")
+
     # ---- addresses --------------------------------------------------------------------
 
     def addrs(self, listen, connect, preload):
