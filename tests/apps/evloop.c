@@ -740,8 +740,10 @@ static void conn_finish(struct conn* c) {
   pthread_mutex_unlock(&L.lock);
   struct tcpstats st = tcp_stats(c->fd);
   // Level-triggered epoll removes the fd first; edge-triggered relies on close() to drop
-  // the registration (both are common, and both must leave no trace in the set).
-  if (opt.api == API_EPOLL && c->registered != 0 &&
+  // the registration (both are common, and both must leave no trace in the set). A
+  // connection left open (--end open) leaves the set: an edge may still come for it (the
+  // peer's window opening), which is no stray event.
+  if ((opt.api == API_EPOLL || (opt.end == END_OPEN && epoll_api())) && c->registered != 0 &&
       epoll_ctl(L.epfd, EPOLL_CTL_DEL, c->fd, NULL) != 0)
     fail(c, "epoll_ctl(DEL): %s", strerror(errno));
   waiting_in = "close()";
