@@ -246,6 +246,10 @@ DiagHandler probe_diag_handler(uint8_t family, uint8_t protocol) {
   return result;
 }
 
+bool lookups_read_proc() {
+  return sock_diag_missing();
+}
+
 void use_proc_fallback_for_tests(bool on) {
   g_force_proc.store(on, std::memory_order_relaxed);
 }
