@@ -2,6 +2,9 @@
 // without NLM_F_DUMP runs the same lookup as an incoming SYN would (inet_lookup with the
 // request's source as the destination and interface idiag_if), established sockets
 // first: a peer 0.0.0.0:0 matches none of those, so it answers with the listener.
+// Without a TCP handler (inet_diag or tcp_diag not loaded, and module autoload impossible)
+// the kernel answers every request -ENOENT, exactly as when no socket matches: a probe
+// tells the two apart once per process, and such a host is asked through /proc instead.
 #include "config/listener_lookup.h"
 
 #include <linux/inet_diag.h>
@@ -17,6 +20,8 @@
 #include <mutex>
 
 #include "config/high_fd.h"
+#include "config/log.h"
+#include "config/proc_listeners.h"
 #include "config/sys.h"
 
 #ifndef SO_NETNS_COOKIE
@@ -52,18 +57,57 @@ pid_t g_owner = 0;  // the process that opened g_fd (a fork child opens its own)
 uint64_t g_cookie = 0;
 std::atomic<uint32_t> g_seq{0};
 
-Lookup ask(int nl, const sockaddr_storage& dest, FoundListener* out) {
-  struct {
-    nlmsghdr header;
-    inet_diag_req_v2 req;
-  } msg{};
-  const uint32_t seq = g_seq.fetch_add(1, std::memory_order_relaxed) + 1;
+// What the probe found, for the rest of the process (a fork child keeps it: the kernel's
+// handlers are host-wide). Benign race: two threads may both probe, and agree.
+constexpr int kHandlerUnknown = 0;
+constexpr int kHandlerPresent = 1;
+constexpr int kHandlerMissing = 2;
+std::atomic<int> g_handler{kHandlerUnknown};
+std::atomic<bool> g_force_proc{false};
+
+struct Request {
+  nlmsghdr header;
+  inet_diag_req_v2 req;
+};
+
+Request make_request(uint8_t family, uint8_t protocol, uint16_t flags) {
+  Request msg{};
   msg.header.nlmsg_len = sizeof msg;
   msg.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  msg.header.nlmsg_flags = NLM_F_REQUEST;
-  msg.header.nlmsg_seq = seq;
-  msg.req.sdiag_family = static_cast<uint8_t>(dest.ss_family);
-  msg.req.sdiag_protocol = IPPROTO_TCP;
+  msg.header.nlmsg_flags = flags;
+  msg.header.nlmsg_seq = g_seq.fetch_add(1, std::memory_order_relaxed) + 1;
+  msg.req.sdiag_family = family;
+  msg.req.sdiag_protocol = protocol;
+  return msg;
+}
+
+bool send_request(int nl, Request& msg) {
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  iovec iov{&msg, sizeof msg};
+  msghdr mh{};
+  mh.msg_name = &kernel;
+  mh.msg_namelen = sizeof kernel;
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  ssize_t sent;
+  do {
+    sent = sys::sendmsg(nl, &mh, 0);
+  } while (sent < 0 && errno == EINTR);
+  return sent == static_cast<ssize_t>(sizeof msg);
+}
+
+ssize_t receive(int nl, char* buf, size_t len) {
+  ssize_t n;
+  do {
+    n = sys::recv(nl, buf, len, MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  return n;
+}
+
+Lookup ask(int nl, const sockaddr_storage& dest, FoundListener* out) {
+  Request msg = make_request(static_cast<uint8_t>(dest.ss_family), IPPROTO_TCP, NLM_F_REQUEST);
+  const uint32_t seq = msg.header.nlmsg_seq;
   msg.req.idiag_states = 1u << kTcpListen;
   msg.req.id.idiag_if = kLoopbackIfindex;
   msg.req.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
@@ -77,28 +121,13 @@ Lookup ask(int nl, const sockaddr_storage& dest, FoundListener* out) {
     msg.req.id.idiag_sport = v6.sin6_port;
     std::memcpy(msg.req.id.idiag_src, &v6.sin6_addr, 16);
   }
-  sockaddr_nl kernel{};
-  kernel.nl_family = AF_NETLINK;
-  iovec iov{&msg, sizeof msg};
-  msghdr mh{};
-  mh.msg_name = &kernel;
-  mh.msg_namelen = sizeof kernel;
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  ssize_t sent;
-  do {
-    sent = sys::sendmsg(nl, &mh, 0);
-  } while (sent < 0 && errno == EINTR);
-  if (sent != static_cast<ssize_t>(sizeof msg)) return Lookup::kError;
+  if (!send_request(nl, msg)) return Lookup::kError;
 
   // The kernel answers within sendmsg: the reply is queued before it returns. A reply to
   // an earlier request that gave up half-way (another sequence number) is skipped.
   alignas(nlmsghdr) char reply[1024];
   for (int datagram = 0; datagram < kMaxDatagrams; ++datagram) {
-    ssize_t n;
-    do {
-      n = sys::recv(nl, reply, sizeof reply, MSG_DONTWAIT);
-    } while (n < 0 && errno == EINTR);
+    const ssize_t n = receive(nl, reply, sizeof reply);
     if (n <= 0) return Lookup::kError;
     int left = static_cast<int>(n);
     for (auto* h = reinterpret_cast<nlmsghdr*>(reply); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
@@ -106,6 +135,7 @@ Lookup ask(int nl, const sockaddr_storage& dest, FoundListener* out) {
       if (h->nlmsg_type == NLMSG_ERROR) {
         if (h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) return Lookup::kError;
         const auto* err = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
+        // Only trusted to mean "no such socket" once the probe has found a handler.
         return err->error == -ENOENT ? Lookup::kNone : Lookup::kError;
       }
       if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY ||
@@ -132,13 +162,104 @@ Lookup ask_fresh(uint64_t want_cookie, const sockaddr_storage& dest, FoundListen
   return result;
 }
 
+// True if sock_diag cannot answer for TCP here (probed once, then cached).
+bool sock_diag_missing() {
+  if (g_force_proc.load(std::memory_order_relaxed)) return true;
+  int state = g_handler.load(std::memory_order_relaxed);
+  if (state == kHandlerUnknown) {
+    const DiagHandler found = probe_diag_handler(AF_INET, IPPROTO_TCP);
+    if (found == DiagHandler::kUnknown) return false;  // not cached: asked again next time
+    state = found == DiagHandler::kMissing ? kHandlerMissing : kHandlerPresent;
+    int expected = kHandlerUnknown;
+    if (g_handler.compare_exchange_strong(expected, state) && state == kHandlerMissing) {
+      SMC_LOG_INFO(
+          "sock_diag has no TCP handler here (inet_diag/tcp_diag not loaded): same-host "
+          "listeners are looked up in /proc/thread-self/net/tcp and tcp6 instead");
+    }
+  }
+  return state == kHandlerMissing;
+}
+
+// The fallback: the calling thread's /proc view, which is that of its network namespace.
+Lookup find_in_proc(uint64_t want_cookie, const sockaddr_storage& dest, FoundListener* out) {
+  if (want_cookie != 0) {
+    // A socket made now is in the thread's namespace: it must be the connecting socket's.
+    const int probe = sys::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (probe < 0) return Lookup::kError;
+    const uint64_t mine = netns_cookie(probe);
+    sys::close(probe);
+    if (mine != want_cookie) return Lookup::kError;
+  }
+  return proc_net::find_in_files("/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6", dest,
+                                 out);
+}
+
 }  // namespace
+
+DiagHandler probe_diag_handler(uint8_t family, uint8_t protocol) {
+  const int nl =
+      sys::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_SOCK_DIAG);
+  if (nl < 0) {
+    // No NETLINK_SOCK_DIAG for this process at all (a sandbox): as good as no handler.
+    const bool refused =
+        errno == EAFNOSUPPORT || errno == EPROTONOSUPPORT || errno == EPERM || errno == EACCES;
+    return refused ? DiagHandler::kMissing : DiagHandler::kUnknown;
+  }
+  // A dump of the sockets in no state: it selects nothing, and the kernel skips its tables.
+  Request msg = make_request(family, protocol, NLM_F_REQUEST | NLM_F_DUMP);
+  msg.req.idiag_states = 0;
+  const uint32_t seq = msg.header.nlmsg_seq;
+  DiagHandler result = DiagHandler::kUnknown;
+  if (send_request(nl, msg)) {
+    // The first part of a dump is made within sendmsg: here, all of it.
+    alignas(nlmsghdr) char reply[1024];
+    bool done = false;
+    for (int datagram = 0; datagram < kMaxDatagrams && !done; ++datagram) {
+      const ssize_t n = receive(nl, reply, sizeof reply);
+      if (n <= 0) break;
+      int left = static_cast<int>(n);
+      for (auto* h = reinterpret_cast<nlmsghdr*>(reply); NLMSG_OK(h, left) && !done;
+           h = NLMSG_NEXT(h, left)) {
+        if (h->nlmsg_seq != seq) continue;
+        int code = 0;
+        if (h->nlmsg_type == NLMSG_ERROR) {
+          // No handler for the family (inet_diag missing): sock_diag refuses the request.
+          done = true;
+          if (h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) break;
+          code = static_cast<const nlmsgerr*>(NLMSG_DATA(h))->error;
+        } else if (h->nlmsg_type == NLMSG_DONE) {
+          // The dump's end carries its error: -ENOENT when inet_diag has no handler for the
+          // protocol (tcp_diag missing), 0 when the handler ran.
+          done = true;
+          if (h->nlmsg_len >= NLMSG_LENGTH(sizeof(int)))
+            std::memcpy(&code, NLMSG_DATA(h), sizeof code);
+        } else {
+          continue;  // a socket after all: the handler answered
+        }
+        result = code == 0         ? DiagHandler::kPresent
+                 : code == -ENOENT ? DiagHandler::kMissing
+                                   : DiagHandler::kUnknown;
+      }
+    }
+  }
+  sys::close(nl);
+  return result;
+}
+
+bool lookups_read_proc() {
+  return sock_diag_missing();
+}
+
+void use_proc_fallback_for_tests(bool on) {
+  g_force_proc.store(on, std::memory_order_relaxed);
+}
 
 Lookup find_listener(int fd, const sockaddr_storage& dest, FoundListener* out) {
   if (dest.ss_family != AF_INET && dest.ss_family != AF_INET6) return Lookup::kError;
   // The connecting socket's namespace is where its connect() goes; a thread may have
   // moved to another since (setns), or since the cached socket was made.
   const uint64_t want = netns_cookie(fd);
+  if (sock_diag_missing()) return find_in_proc(want, dest, out);
   // Without namespace cookies (an old kernel) only a fresh socket, made in the calling
   // thread's namespace, is known to look in the right place.
   if (want == 0) return ask_fresh(0, dest, out);

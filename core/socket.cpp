@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "config/high_fd.h"
+#include "config/listener_lookup.h"
 #include "config/log.h"
 #include "config/policy.h"
 #include "config/registry.h"
@@ -550,9 +551,16 @@ bool Engine::eligible_destination(int fd, const sockaddr* addr, socklen_t len, u
         result = true;
         break;
       case config::PolicyAction::kNone:
-        result = (registry::destination_published(runtime_dir(config), fd, dest) &&
-                  is_local_address(dest)) ||
-                 config::peer_rules_match(config.peers, dest_addr);
+        // Without sock_diag the registry reads /proc (up to milliseconds): the interface
+        // list goes first then, so that a remote destination never pays for it.
+        if (registry::lookups_read_proc()) {
+          result = is_local_address(dest) &&
+                   registry::destination_published(runtime_dir(config), fd, dest);
+        } else {
+          result = registry::destination_published(runtime_dir(config), fd, dest) &&
+                   is_local_address(dest);
+        }
+        result = result || config::peer_rules_match(config.peers, dest_addr);
         break;
     }
   }
