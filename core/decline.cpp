@@ -58,6 +58,9 @@ constexpr std::array kTable{
     Entry{DeclineCode::kNoFds, "NO_FDS",
           "file descriptors short: smcpre's share of RLIMIT_NOFILE (1/16) is in use, or the "
           "application is within that share of its limit"},
+    Entry{DeclineCode::kRendezvousFull, "RENDEZVOUS_FULL",
+          "shm: the client's rendezvous hello was dropped, its uid holding too many pending "
+          "ones (16 per uid, 256 in all)"},
 };
 
 const Entry* find(uint32_t code) {

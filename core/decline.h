@@ -43,6 +43,7 @@ enum class DeclineCode : uint32_t {
   kPeerUnknown = 0x0e080000,       // client: destination not known to run smcpre
   kExcluded = 0x0e090000,          // client: destination port in SMCPRE_EXCLUDE
   kNoFds = 0x0e0a0000,             // smcpre's share of RLIMIT_NOFILE is used up
+  kRendezvousFull = 0x0e0b0000,    // shm: hello dropped, too many pending from its uid
 };
 
 // Short upper-case name ("MEM", "TIMEOUT_CL", "PEER_CRED", ...) for logs and statistics;

@@ -116,6 +116,7 @@ rdma::Device* EngineState::shm_device_locked(uint32_t* decline) {
     rdma::ShmOptions options;
     options.allowed_uids = config_.shm_allowed_uids;
     options.any_uid = config_.shm_any_uid;
+    options.handshake_timeout_ms = static_cast<int>(config_.handshake_timeout_ms);
     options.staged_writes = g_stage_shm_writes.load();
     std::string error;
     shm_ = rdma::open_shm_device(options, &error);

@@ -187,6 +187,9 @@ ConfirmWait client_wait_link_confirmed(int fd, LinkGroup& group, int64_t deadlin
 }
 
 uint32_t connect_error_code(const std::string& error) {
+  if (error.find("rendezvous full") != std::string::npos) {
+    return code(DeclineCode::kRendezvousFull);
+  }
   if (error.find("credential") != std::string::npos) return code(DeclineCode::kPeerCred);
   return code(DeclineCode::kErrRdyLnk);
 }

@@ -204,6 +204,9 @@ struct ShmOptions {
   // any uid at all.
   std::span<const uint32_t> allowed_uids;
   bool any_uid = false;
+  // How long a client's rendezvous hello waits for a server QP to claim it: the CLC
+  // handshake timeout, after which no server can claim it any more. 0: 30 s.
+  int handshake_timeout_ms = 0;
   // Report write_from_any_memory = false, as a verbs device does, so that the engine's
   // registered-send-buffer path can be tested without RDMA hardware.
   bool staged_writes = false;

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 #include "config/high_fd.h"
@@ -23,11 +25,9 @@ namespace smcpre::rdma {
 namespace shm {
 namespace {
 
-// A pending client connection is dropped if no server QP claims it within this time
-// (its CLC handshake failed or timed out long ago).
-constexpr int64_t kPendingTtlNs = 30'000'000'000;
-// Bound on pending connections, so that a local process cannot make us hoard fds.
-constexpr size_t kMaxPending = 256;
+// A pending client connection is dropped if no server QP claims it within the CLC
+// handshake timeout (the server's connect call ends by then); this when none is given.
+constexpr int64_t kDefaultPendingTtlNs = 30'000'000'000;
 // A server waiting for its hello re-checks the pending table at least this often, in
 // case another thread of the process accepted the connection meanwhile.
 constexpr int kRendezvousSliceMs = 2;
@@ -142,6 +142,9 @@ std::shared_ptr<DeviceState> DeviceState::create(const ShmOptions& options, std:
   state->allowed_uids_.assign(options.allowed_uids.begin(), options.allowed_uids.end());
   state->any_uid_ = options.any_uid;
   state->staged_writes_ = options.staged_writes;
+  state->pending_ttl_ns_ = options.handshake_timeout_ms > 0
+                               ? int64_t{options.handshake_timeout_ms} * 1'000'000
+                               : kDefaultPendingTtlNs;
   return state;
 }
 
@@ -215,10 +218,23 @@ void DeviceState::accept_locked(int64_t now) {
       SMC_LOG_WARN("shm: rendezvous SO_PEERCRED failed: {}", std::strerror(errno));
       continue;
     }
-    if (pending_.size() >= kMaxPending) {
-      SMC_LOG_WARN("shm: {} rendezvous connections pending; dropping the oldest", kMaxPending);
-      pending_.erase(pending_.begin());
+    if (!uid_allowed(cred.uid)) {
+      // Closed before anything is read: the fds its hello may carry die with the socket.
+      const uint64_t n = ++counts_.refused_uid;
+      last_refused_uid_ = cred.uid;
+      last_refused_ns_ = now;
+      if ((n & (n - 1)) == 0) {  // 1, 2, 4, 8...: a flood does not flood the log
+        SMC_LOG_WARN(
+            "shm: rendezvous from pid {} uid {} refused: uid not allowed (SMCPRE_SHM_UIDS); "
+            "{} refused so far",
+            cred.pid, cred.uid, n);
+      }
+      continue;
     }
+    const size_t held = static_cast<size_t>(
+        std::count_if(pending_.begin(), pending_.end(),
+                      [&](const PendingRendezvous& p) { return p.uid == cred.uid; }));
+    if (held >= kMaxPendingPerUid || pending_.size() >= kMaxPending) evict_locked(cred.uid, held);
     PendingRendezvous p;
     p.sock = std::move(sock);
     p.uid = cred.uid;
@@ -226,6 +242,65 @@ void DeviceState::accept_locked(int64_t now) {
     p.accepted_ns = now;
     pending_.push_back(std::move(p));
   }
+}
+
+// Makes room for one more connection from `uid`, which holds `held`: its own oldest goes
+// if it is at its cap, else the oldest of whichever uid holds the most.
+void DeviceState::evict_locked(uint32_t uid, size_t held) {
+  uint32_t victim_uid = uid;
+  if (held < kMaxPendingPerUid) {
+    std::unordered_map<uint32_t, size_t> per_uid;
+    size_t most = 0;
+    for (const PendingRendezvous& p : pending_) {
+      const size_t count = ++per_uid[p.uid];
+      if (count > most) {
+        most = count;
+        victim_uid = p.uid;
+      }
+    }
+  }
+  const auto it = std::find_if(pending_.begin(), pending_.end(),
+                               [&](const PendingRendezvous& p) { return p.uid == victim_uid; });
+  if (it == pending_.end()) return;
+  const uint64_t n = ++counts_.evicted;
+  if ((n & (n - 1)) == 0) {
+    SMC_LOG_WARN(
+        "shm: too many rendezvous connections pending (uid {} holds the most; at most {} per "
+        "uid, {} in all): dropping its oldest; {} dropped so far",
+        victim_uid, kMaxPendingPerUid, kMaxPending, n);
+  }
+  if (it->have_hello) {
+    recent_evictions_.push_back(Evicted{it->uid, it->hello.to_qp_num, it->hello.to_psn});
+    if (recent_evictions_.size() > kMaxPending) recent_evictions_.pop_front();
+  }
+  pending_.erase(it);
+}
+
+// Why no hello for (qp_num, psn) arrived, where the listener knows more than "none came".
+std::string DeviceState::refusal_locked(uint32_t qp_num, uint32_t psn, int64_t since_ns) const {
+  for (const Evicted& e : recent_evictions_) {
+    if (e.to_qp_num == qp_num && e.to_psn == psn) {
+      return fmt::format(
+          "rendezvous hello from uid {} dropped: too many pending rendezvous connections "
+          "(rendezvous full)",
+          e.uid);
+    }
+  }
+  if (last_refused_ns_ >= since_ns && counts_.refused_uid > 0) {
+    // The hello we waited for may have been one of them (it cannot be told before reading).
+    return fmt::format(
+        "no rendezvous hello from an allowed uid named this QP; peer credentials rejected "
+        "(uid {}) at the rendezvous socket",
+        last_refused_uid_);
+  }
+  return "no rendezvous hello naming this QP and PSN arrived (wrong nonce, or peer gone)";
+}
+
+RendezvousCounts DeviceState::rendezvous_counts() {
+  std::lock_guard lock(mutex_);
+  RendezvousCounts c = counts_;
+  c.pending = pending_.size();
+  return c;
 }
 
 void DeviceState::read_hellos_locked() {
@@ -258,7 +333,8 @@ void DeviceState::read_hellos_locked() {
 
 void DeviceState::expire_locked(int64_t now) {
   std::erase_if(pending_, [&](const PendingRendezvous& p) {
-    if (now - p.accepted_ns < kPendingTtlNs) return false;
+    if (now - p.accepted_ns < pending_ttl_ns_) return false;
+    ++counts_.expired;
     SMC_LOG_INFO("shm: rendezvous from pid {} for QP {:#x} never claimed; dropped", p.pid,
                  p.have_hello ? p.hello.to_qp_num : 0);
     return true;
@@ -268,6 +344,7 @@ void DeviceState::expire_locked(int64_t now) {
 bool DeviceState::take_rendezvous(uint32_t qp_num, uint32_t psn, int64_t deadline_ns,
                                   PendingRendezvous* out, std::string* error) {
   std::vector<pollfd> watch;
+  const int64_t started_ns = now_ns();
   for (;;) {
     watch.clear();
     {
@@ -294,7 +371,8 @@ bool DeviceState::take_rendezvous(uint32_t qp_num, uint32_t psn, int64_t deadlin
     }
     const int left = ms_until(deadline_ns);
     if (left <= 0) {
-      *error = "no rendezvous hello naming this QP and PSN arrived (wrong nonce, or peer gone)";
+      std::lock_guard lock(mutex_);
+      *error = refusal_locked(qp_num, psn, started_ns);
       return false;
     }
     // Waits without the lock so that other QPs' connect calls proceed; fds that another

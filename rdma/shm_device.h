@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -29,6 +30,23 @@ bool peer_uid_allowed(uint32_t uid, uint32_t own_uid, std::span<const uint32_t> 
 Gid gid_for_instance(uint64_t instance_id);
 // False if `gid` is not an shm device GID.
 bool instance_from_gid(const Gid& gid, uint64_t* instance_id);
+
+// Bounds on what strangers can make a server hold at its rendezvous socket (an abstract
+// UNIX socket any local user can connect to). A connection from a uid that may not
+// attach is closed at once, before its hello (and the fds in it) is read. Each allowed
+// uid may hold kMaxPendingPerUid connections, all together kMaxPending: beyond that the
+// oldest of the uid that holds the most goes, so that a flooding uid evicts its own
+// connections, not other users' genuine ones.
+constexpr size_t kMaxPendingPerUid = 16;
+constexpr size_t kMaxPending = 256;
+
+// What the rendezvous listener refused so far (for tests and logs).
+struct RendezvousCounts {
+  size_t pending = 0;        // connections held now
+  uint64_t refused_uid = 0;  // closed at accept: uid not allowed
+  uint64_t evicted = 0;      // dropped for a newer one: a cap was reached
+  uint64_t expired = 0;      // never claimed within the handshake timeout
+};
 
 // A client connection the listener accepted, with its hello once it has arrived.
 struct PendingRendezvous {
@@ -66,12 +84,24 @@ class DeviceState {
   bool take_rendezvous(uint32_t qp_num, uint32_t psn, int64_t deadline_ns, PendingRendezvous* out,
                        std::string* error);
 
+  RendezvousCounts rendezvous_counts();
+
  private:
+  // A hello dropped for a newer one, remembered so that the server QP it named can say
+  // why it failed.
+  struct Evicted {
+    uint32_t uid = 0;
+    uint32_t to_qp_num = 0;
+    uint32_t to_psn = 0;
+  };
+
   DeviceState() = default;
   bool start_listener_locked(std::string* error);
   void accept_locked(int64_t now);
   void read_hellos_locked();
   void expire_locked(int64_t now);
+  void evict_locked(uint32_t uid, size_t held);
+  std::string refusal_locked(uint32_t qp_num, uint32_t psn, int64_t since_ns) const;
 
   uint64_t instance_id_ = 0;
   Gid gid_{};
@@ -81,11 +111,16 @@ class DeviceState {
   std::vector<uint32_t> allowed_uids_;
   bool any_uid_ = false;
   bool staged_writes_ = false;
+  int64_t pending_ttl_ns_ = 0;
 
   std::mutex mutex_;
   UniqueFd listener_;
   std::vector<PendingRendezvous> pending_;
   std::unordered_set<uint32_t> qp_nums_;
+  RendezvousCounts counts_;
+  uint32_t last_refused_uid_ = 0;
+  int64_t last_refused_ns_ = 0;
+  std::deque<Evicted> recent_evictions_;  // the last kMaxPending
 };
 
 // A region as announced to the QPs of its PD.

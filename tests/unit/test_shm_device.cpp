@@ -1,5 +1,6 @@
 // The shm device: ring and table units in one process, then RC semantics between two
 // real processes (fork). A socketpair stands in for the CLC exchange on TCP.
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -365,6 +366,79 @@ TEST_CASE("shm: malformed rendezvous attempts are refused", "[shm]") {
     REQUIRE(got.size() == 1);
     CHECK(std::string(got[0].begin(), got[0].end()) == "ping");
   }
+}
+
+namespace {
+
+size_t open_fds() {
+  size_t n = 0;
+  if (DIR* dir = ::opendir("/proc/self/fd")) {
+    while (::readdir(dir) != nullptr) ++n;
+    ::closedir(dir);
+  }
+  return n;
+}
+
+// Connects `count` times to the rendezvous socket of `ep` and sends on each a hello for
+// a QP nobody has, carrying two fds, as a flooding process would. Keeps the sockets.
+std::vector<shm::UniqueFd> flood_rendezvous(const QpEndpoint& ep, int count) {
+  uint64_t instance = 0;
+  std::vector<shm::UniqueFd> socks;
+  if (!shm::instance_from_gid(ep.gid, &instance)) return socks;
+  sockaddr_un addr;
+  const socklen_t len = shm::rendezvous_address(instance, &addr);
+  shm::UniqueFd memfd(::memfd_create("flood", MFD_CLOEXEC));
+  for (int i = 0; i < count; ++i) {
+    shm::UniqueFd sock(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    if (!sock.valid() || ::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+      break;
+    }
+    shm::EndpointMsg hello{};
+    hello.header = {shm::kWireMagic, shm::kWireVersion, uint16_t(shm::MsgType::kHello)};
+    hello.from_qp_num = 0x100 + i;
+    hello.to_qp_num = 0x200 + i;
+    const int fds[2] = {memfd.get(), memfd.get()};
+    std::string error;
+    if (!shm::send_message(sock.get(), &hello, sizeof hello, fds, shm::deadline_after_ms(1000),
+                           &error)) {
+      break;
+    }
+    socks.push_back(std::move(sock));
+  }
+  return socks;
+}
+
+// A genuine client of this process connects to `server` after the flood; true if the
+// pair connects and a message crosses.
+bool genuine_pair_connects(Side& server) {
+  Side client;
+  if (!client.open(small_config())) return false;
+  const QpEndpoint ep = server.qp->local_endpoint();
+  if (!client.qp->connect(ep, Role::kClient, 2000, &client.error)) return false;
+  const bool ok =
+      server.qp->connect(client.qp->local_endpoint(), Role::kServer, 2000, &server.error);
+  INFO(server.error);
+  if (!ok || !client.post_all_recvs()) return false;
+  if (server.qp->post_send_inline("ping", 4, 1, true) != 0) return false;
+  return receive(client, 1).size() == 1;
+}
+
+}  // namespace
+
+TEST_CASE("shm: a same-uid rendezvous flood holds a bounded number of fds", "[shm]") {
+  Side server;
+  REQUIRE(server.open(small_config()));
+  const size_t fds_before = open_fds();
+  constexpr int kFlood = 200;
+  std::vector<shm::UniqueFd> flood = flood_rendezvous(server.qp->local_endpoint(), kFlood);
+  REQUIRE(flood.size() == kFlood);
+  const size_t ours = open_fds() - fds_before;  // the flood's own sockets and memfd
+  REQUIRE(genuine_pair_connects(server));
+  // The genuine pair's QPs hold a few fds; the server may hold at most its per-uid cap
+  // of the flood's connections, each with a socket and the two fds of its hello.
+  const size_t held = open_fds() - fds_before - ours;
+  CAPTURE(held);
+  CHECK(held <= 3 * shm::kMaxPendingPerUid + 16);
 }
 
 // ---- two processes ----
@@ -752,8 +826,9 @@ TEST_CASE("shm: peer credentials are checked against the allowed uids", "[shm][f
     Side s;
     REQUIRE(s.open(small_config()));
     PeerInfo peer;
-    CHECK_FALSE(rendezvous(s, ch, Role::kServer, &peer));
-    CHECK(s.error == "peer credentials rejected (uid 65534)");
+    // Refused at accept, unread: the server's wait ends on its deadline, naming the uid.
+    CHECK_FALSE(rendezvous(s, ch, Role::kServer, &peer, 500));
+    CHECK(s.error.find("peer credentials rejected (uid 65534)") != std::string::npos);
   }
   for (bool any_uid : {false, true}) {
     CAPTURE(any_uid);
@@ -773,6 +848,35 @@ TEST_CASE("shm: peer credentials are checked against the allowed uids", "[shm][f
     CHECK(std::string(got[0].begin(), got[0].end()) == "hi");
     REQUIRE(ch.put(info_of(s)));
   }
+  CHECK(child.wait() == 0);
+}
+
+TEST_CASE("shm: a rendezvous flood from a uid not allowed holds nothing", "[shm][fork]") {
+  if (::geteuid() != 0) {
+    WARN("not root: cannot run a flood under another uid");
+    return;
+  }
+  constexpr uint32_t kOtherUid = 65534;
+  constexpr int kFlood = 200;
+  Side server;
+  REQUIRE(server.open(small_config()));
+  const QpEndpoint ep = server.qp->local_endpoint();
+  const size_t fds_before = open_fds();
+  Child child([ep](Channel& ch) {
+    CHILD_CHECK(::setgid(kOtherUid) == 0 && ::setuid(kOtherUid) == 0);
+    std::vector<shm::UniqueFd> flood = flood_rendezvous(ep, kFlood);
+    CHILD_CHECK(flood.size() == kFlood);
+    CHILD_CHECK(ch.put('f'));
+    CHILD_CHECK(ch.expect('d'));  // hold the flood until the server is done
+    return 0;
+  });
+  REQUIRE(child.channel().expect('f'));
+  REQUIRE(genuine_pair_connects(server));
+  // Nothing of the flood is held: only the genuine pair's QPs' fds are new.
+  const size_t held = open_fds() - fds_before;
+  CAPTURE(held);
+  CHECK(held <= 16);
+  REQUIRE(child.channel().put('d'));
   CHECK(child.wait() == 0);
 }
 
