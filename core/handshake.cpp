@@ -173,7 +173,7 @@ ConfirmWait client_wait_link_confirmed(int fd, LinkGroup& group, int64_t deadlin
     if (wait_link_confirmed(group, slice_end)) return ConfirmWait::kConfirmed;
     std::vector<uint8_t> bytes;
     clc::Header header;
-    if (read_clc(fd, -1, false, &bytes, &header) == ClcRead::kMessage) {
+    if (read_clc(fd, -1, false, &bytes, &header, 0) == ClcRead::kMessage) {
       clc::Decline decline;
       std::string error;
       *reason = code(DeclineCode::kPeerDecl);
@@ -249,8 +249,9 @@ rdma::QpEndpoint endpoint_of(const clc::AcceptConfirm& msg) {
 }
 
 ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
-                 clc::Header* header) {
+                 clc::Header* header, int64_t partial_ns) {
   uint8_t buf[clc::kMaxMessageSize];
+  int64_t partial_deadline = -1;  // set when the first part of a message is seen
   while (true) {
     ssize_t n = sys::recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
     if (n == 0) return ClcRead::kEof;
@@ -263,14 +264,32 @@ ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* m
         clc::parse_header(std::span<const uint8_t>(buf, static_cast<size_t>(n)), header);
     if (result == clc::HeaderResult::kNotClc) return ClcRead::kNotClc;
     if (result == clc::HeaderResult::kOk && static_cast<size_t>(n) >= header->length) {
+      // A header whose length does not end on a trailer eyecatcher frames no message:
+      // a truncated one followed by other bytes, say. Those are the application's.
+      if (!std::equal(clc::kEyecatcher.begin(), clc::kEyecatcher.end(),
+                      buf + header->length - clc::kTrailerSize)) {
+        return ClcRead::kNotClc;
+      }
       message->assign(buf, buf + header->length);
       // Consume exactly the message; it is all there already.
       ssize_t got = sys::recv(fd, buf, header->length, MSG_DONTWAIT);
       if (got != header->length) return ClcRead::kError;
       return ClcRead::kMessage;
     }
+    if (n > 0) {
+      // Part of a message: if the peer has shut down (or the socket failed), the rest
+      // never comes, and what is there is application data, to be delivered at once.
+      pollfd p{fd, POLLRDHUP, 0};
+      if (sys::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+        return ClcRead::kNotClc;
+      }
+      if (partial_deadline < 0) partial_deadline = now_ns() + partial_ns;
+    }
     if (!wait) return ClcRead::kNeedMore;
-    const int left = remaining_ms(deadline_ns);
+    const int64_t deadline = n > 0 && (deadline_ns < 0 || partial_deadline < deadline_ns)
+                                 ? partial_deadline
+                                 : deadline_ns;
+    const int left = remaining_ms(deadline);
     if (left == 0) return ClcRead::kNeedMore;
     if (n == 0) {
       pollfd p{fd, POLLIN, 0};
@@ -283,6 +302,11 @@ ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* m
       nanosleep(&ts, nullptr);
     }
   }
+}
+
+bool bytes_waiting(int fd) {
+  uint8_t b;
+  return sys::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
 }
 
 void send_decline(int fd, EngineState& engine, uint32_t reason) {
@@ -311,10 +335,12 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
   if (!send_all(fd, clc::encode(proposal))) return fallback(code(DeclineCode::kIntErr));
 
   const int64_t deadline = deadline_after_ms(config.handshake_timeout_ms);
+  const int64_t partial_ns = int64_t{config.handshake_timeout_ms} * 1'000'000;
   std::vector<uint8_t> bytes;
   clc::Header header;
   ClcRead read;
-  while ((read = read_clc(fd, deadline, true, &bytes, &header)) == ClcRead::kInterrupted) {
+  while ((read = read_clc(fd, deadline, true, &bytes, &header, partial_ns)) ==
+         ClcRead::kInterrupted) {
   }
   switch (read) {
     case ClcRead::kMessage:
@@ -327,7 +353,9 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
     case ClcRead::kNeedMore:
       SMC_LOG_INFO("client: no CLC answer within {} ms: TCP", config.handshake_timeout_ms);
       send_decline(fd, engine, code(DeclineCode::kHandshakeTimeout));
-      return fallback(code(DeclineCode::kHandshakeTimeout), true);
+      // Part of a message that never completed is the start of the application's
+      // stream: swallowing would take it, and whatever follows it, for a late message.
+      return fallback(code(DeclineCode::kHandshakeTimeout), !bytes_waiting(fd));
     default:
       return fallback(code(DeclineCode::kPeerNoSmc));
   }
@@ -506,15 +534,18 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
   };
 
   const int64_t deadline = deadline_after_ms(config.handshake_timeout_ms);
+  const int64_t partial_ns = int64_t{config.handshake_timeout_ms} * 1'000'000;
   std::vector<uint8_t> bytes;
   clc::Header header;
   ClcRead read;
-  while ((read = read_clc(fd, deadline, true, &bytes, &header)) == ClcRead::kInterrupted) {
+  while ((read = read_clc(fd, deadline, true, &bytes, &header, partial_ns)) ==
+         ClcRead::kInterrupted) {
   }
   if (read == ClcRead::kNeedMore) {
     SMC_LOG_INFO("server: no CLC Confirm within {} ms: TCP", config.handshake_timeout_ms);
     send_decline(fd, engine, code(DeclineCode::kHandshakeTimeout));
-    return fallback(code(DeclineCode::kHandshakeTimeout), true);
+    // As on the client: an incomplete message is application data, not one to swallow.
+    return fallback(code(DeclineCode::kHandshakeTimeout), !bytes_waiting(fd));
   }
   if (read != ClcRead::kMessage) return fallback(code(DeclineCode::kPeerNoSmc));
   if (header.type == clc::Type::kDecline) {

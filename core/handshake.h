@@ -27,11 +27,19 @@ struct HandshakeResult {
 // that is not one.
 enum class ClcRead { kMessage, kNotClc, kNeedMore, kEof, kError, kInterrupted };
 
-// Peeks at the stream; if it starts with a complete CLC message, consumes exactly that
-// message into *message. With `wait`, waits until a decision or `deadline_ns` (-1: no
-// deadline); without, answers from what is there now.
+// Peeks at the stream; if it starts with a complete CLC message (its trailer eyecatcher
+// included), consumes exactly that message into *message. Nothing else is ever consumed:
+// bytes that do not make a complete, well-framed message stay in the socket for the
+// application. With `wait`, waits until a decision or `deadline_ns` (-1: no deadline);
+// without, answers from what is there now. Once part of a message is there, the rest
+// gets at most `partial_ns` more (whatever `deadline_ns` says): a stalled partial message
+// never holds the caller without end. A partial message followed by the peer's EOF (or an
+// error) is kNotClc at once: those bytes are the application's.
 ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
-                 clc::Header* header);
+                 clc::Header* header, int64_t partial_ns);
+
+// Whether any byte waits in the socket (a partial message, say) right now.
+bool bytes_waiting(int fd);
 
 // Client: after a successful connect() to an eligible server.
 HandshakeResult client_handshake(int fd, EngineState& engine);

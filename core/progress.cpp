@@ -213,7 +213,7 @@ void ProgressThread::reap_lingering() {
     std::vector<uint8_t> message;
     clc::Header header;
     ClcRead read;
-    while ((read = read_clc(it->fd, -1, false, &message, &header)) == ClcRead::kMessage) {
+    while ((read = read_clc(it->fd, -1, false, &message, &header, 0)) == ClcRead::kMessage) {
       SMC_LOG_DEBUG("closed socket: swallowed a late CLC message (type {})",
                     static_cast<int>(header.type));
     }

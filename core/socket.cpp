@@ -362,28 +362,30 @@ class SmcSocket final : public Socket {
     std::vector<uint8_t> message;
     clc::Header header;
     // A part of a message already there is completed (bounded); with nothing there a
-    // blocking receive waits as long as the application's own call would.
-    const int64_t bounded = now_ns() + int64_t{engine->config().handshake_timeout_ms} * 1'000'000;
-    ClcRead read = read_clc(fd, -1, false, &message, &header);
+    // blocking receive waits as long as the application's own call would. Part of a
+    // message gets the handshake timeout, wherever it starts arriving; what never
+    // completes (the peer stalls or closes) is application data.
+    const int64_t partial_ns = int64_t{engine->config().handshake_timeout_ms} * 1'000'000;
+    const int64_t bounded = now_ns() + partial_ns;
+    ClcRead read = read_clc(fd, -1, false, &message, &header, partial_ns);
     if (read == ClcRead::kNeedMore) {
-      std::vector<uint8_t> peek(clc::kHeaderSize);
-      ssize_t n = sys::recv(fd, peek.data(), peek.size(), MSG_PEEK | MSG_DONTWAIT);
-      if (n > 0) {
-        read = read_clc(fd, bounded, true, &message, &header);
-        if (read == ClcRead::kNeedMore) {
-          // The start of a header that never completes: application data after all.
-          SMC_LOG_INFO("server: incomplete CLC header within {} ms: TCP",
-                       engine->config().handshake_timeout_ms);
-          finish_tcp(static_cast<uint32_t>(DeclineCode::kProtocol), false);
-          return true;
-        }
+      if (bytes_waiting(fd)) {
+        read = read_clc(fd, bounded, true, &message, &header, partial_ns);
       } else if (wait) {
         const int64_t timeout = rcv_timeout_ns_.load(std::memory_order_relaxed);
-        read = read_clc(fd, timeout > 0 ? now_ns() + timeout : -1, true, &message, &header);
-        if (read == ClcRead::kNeedMore) {
+        read = read_clc(fd, timeout > 0 ? now_ns() + timeout : -1, true, &message, &header,
+                        partial_ns);
+        if (read == ClcRead::kNeedMore && !bytes_waiting(fd)) {
           t_deferred_errno = EAGAIN;  // SO_RCVTIMEO expired with nothing received
           return false;
         }
+      }
+      if (read == ClcRead::kNeedMore && bytes_waiting(fd)) {
+        // The start of a message that never completes: application data after all.
+        SMC_LOG_INFO("server: incomplete CLC message within {} ms: TCP",
+                     engine->config().handshake_timeout_ms);
+        finish_tcp(static_cast<uint32_t>(DeclineCode::kProtocol), false);
+        return true;
       }
     }
     switch (read) {
@@ -437,27 +439,34 @@ class SmcSocket final : public Socket {
     return true;
   }
 
-  // Consumes CLC messages at the start of the stream. Returns false on a deferred error.
+  // Consumes CLC messages at the start of the stream, complete ones only: bytes that do
+  // not make one within the handshake timeout (or before the peer's EOF) end the
+  // swallowing and stay for the application. Returns false on a deferred error.
   bool swallow(int fd, bool wait) {
     EngineState* engine = EngineState::get();
     const uint32_t timeout_ms = engine ? engine->config().handshake_timeout_ms : 2000;
+    const int64_t partial_ns = int64_t{timeout_ms} * 1'000'000;
     while (true) {
       std::vector<uint8_t> message;
       clc::Header header;
-      const int64_t bounded = now_ns() + int64_t{timeout_ms} * 1'000'000;
-      ClcRead read = read_clc(fd, bounded, false, &message, &header);
+      const int64_t bounded = now_ns() + partial_ns;
+      ClcRead read = read_clc(fd, bounded, false, &message, &header, partial_ns);
       if (read == ClcRead::kNeedMore) {
-        uint8_t b;
-        ssize_t n = sys::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (n > 0) {
-          read = read_clc(fd, bounded, true, &message, &header);
-          // Bytes that never complete a message are application data after all.
-          if (read == ClcRead::kNeedMore) read = ClcRead::kNotClc;
+        if (bytes_waiting(fd)) {
+          read = read_clc(fd, bounded, true, &message, &header, partial_ns);
         } else if (wait) {
-          read = read_clc(fd, -1, true, &message, &header);
+          const int64_t timeout = rcv_timeout_ns_.load(std::memory_order_relaxed);
+          read = read_clc(fd, timeout > 0 ? now_ns() + timeout : -1, true, &message, &header,
+                          partial_ns);
+          if (read == ClcRead::kNeedMore && !bytes_waiting(fd)) {
+            t_deferred_errno = EAGAIN;  // SO_RCVTIMEO expired with nothing received
+            return false;
+          }
         } else {
           return true;  // nothing yet; the kernel answers EAGAIN
         }
+        // Bytes that never complete a message are application data after all.
+        if (read == ClcRead::kNeedMore) read = ClcRead::kNotClc;
       }
       if (read == ClcRead::kInterrupted) {
         t_deferred_errno = EINTR;
