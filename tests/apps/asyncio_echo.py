@@ -61,7 +61,11 @@ async def server(args):
         if served == args.conns:
             done.set()
 
-    srv = await asyncio.start_server(handle, "127.0.0.1", args.port)
+    # A backlog for every expected connection: with asyncio's default of 100, 900 clients
+    # connecting at once overflow the accept queue, and the dropped handshakes' SYN-ACK
+    # retries (1, 2, 4, ... s) made a run stall past its bound now and then.
+    srv = await asyncio.start_server(handle, "127.0.0.1", args.port,
+                                     backlog=max(100, args.conns))
     print("listening %d" % srv.sockets[0].getsockname()[1], file=sys.stderr, flush=True)
     async with srv:
         await asyncio.wait_for(done.wait(), args.timeout)
