@@ -366,21 +366,10 @@ class SmcSocket final : public Socket {
     // message gets the handshake timeout, wherever it starts arriving; what never
     // completes (the peer stalls or closes) is application data.
     const int64_t partial_ns = int64_t{engine->config().handshake_timeout_ms} * 1'000'000;
-    const int64_t bounded = now_ns() + partial_ns;
-    ClcRead read = read_clc(fd, -1, false, &message, &header, partial_ns);
+    ClcRead read = ClcRead::kNeedMore;
+    if (!read_first_clc(fd, wait, partial_ns, &message, &header, &read)) return false;
     if (read == ClcRead::kNeedMore) {
       if (bytes_waiting(fd)) {
-        read = read_clc(fd, bounded, true, &message, &header, partial_ns);
-      } else if (wait) {
-        const int64_t timeout = rcv_timeout_ns_.load(std::memory_order_relaxed);
-        read = read_clc(fd, timeout > 0 ? now_ns() + timeout : -1, true, &message, &header,
-                        partial_ns);
-        if (read == ClcRead::kNeedMore && !bytes_waiting(fd)) {
-          t_deferred_errno = EAGAIN;  // SO_RCVTIMEO expired with nothing received
-          return false;
-        }
-      }
-      if (read == ClcRead::kNeedMore && bytes_waiting(fd)) {
         // The start of a message that never completes: application data after all.
         SMC_LOG_INFO("server: incomplete CLC message within {} ms: TCP",
                      engine->config().handshake_timeout_ms);
@@ -439,6 +428,30 @@ class SmcSocket final : public Socket {
     return true;
   }
 
+  // The CLC message at the start of the stream, read as the application's call would
+  // wait: part of a message already there is completed within partial_ns; with nothing
+  // there, a blocking call waits as long as its own receive would (SO_RCVTIMEO).
+  // *read is kNeedMore when nothing came (not waiting) or part of a message never
+  // completed (bytes_waiting then). False, with EAGAIN deferred, when SO_RCVTIMEO expired
+  // with nothing received.
+  bool read_first_clc(int fd, bool wait, int64_t partial_ns, std::vector<uint8_t>* message,
+                      clc::Header* header, ClcRead* read) {
+    *read = read_clc(fd, -1, false, message, header, partial_ns);
+    if (*read != ClcRead::kNeedMore) return true;
+    if (bytes_waiting(fd)) {
+      *read = read_clc(fd, now_ns() + partial_ns, true, message, header, partial_ns);
+    } else if (wait) {
+      const int64_t timeout = rcv_timeout_ns_.load(std::memory_order_relaxed);
+      *read =
+          read_clc(fd, timeout > 0 ? now_ns() + timeout : -1, true, message, header, partial_ns);
+      if (*read == ClcRead::kNeedMore && !bytes_waiting(fd)) {
+        t_deferred_errno = EAGAIN;  // SO_RCVTIMEO expired with nothing received
+        return false;
+      }
+    }
+    return true;
+  }
+
   // Consumes CLC messages at the start of the stream, complete ones only: bytes that do
   // not make one within the handshake timeout (or before the peer's EOF) end the
   // swallowing and stay for the application. Returns false on a deferred error.
@@ -449,24 +462,12 @@ class SmcSocket final : public Socket {
     while (true) {
       std::vector<uint8_t> message;
       clc::Header header;
-      const int64_t bounded = now_ns() + partial_ns;
-      ClcRead read = read_clc(fd, bounded, false, &message, &header, partial_ns);
+      ClcRead read = ClcRead::kNeedMore;
+      if (!read_first_clc(fd, wait, partial_ns, &message, &header, &read)) return false;
       if (read == ClcRead::kNeedMore) {
-        if (bytes_waiting(fd)) {
-          read = read_clc(fd, bounded, true, &message, &header, partial_ns);
-        } else if (wait) {
-          const int64_t timeout = rcv_timeout_ns_.load(std::memory_order_relaxed);
-          read = read_clc(fd, timeout > 0 ? now_ns() + timeout : -1, true, &message, &header,
-                          partial_ns);
-          if (read == ClcRead::kNeedMore && !bytes_waiting(fd)) {
-            t_deferred_errno = EAGAIN;  // SO_RCVTIMEO expired with nothing received
-            return false;
-          }
-        } else {
-          return true;  // nothing yet; the kernel answers EAGAIN
-        }
+        if (!bytes_waiting(fd)) return true;  // nothing yet; the kernel answers EAGAIN
         // Bytes that never complete a message are application data after all.
-        if (read == ClcRead::kNeedMore) read = ClcRead::kNotClc;
+        read = ClcRead::kNotClc;
       }
       if (read == ClcRead::kInterrupted) {
         t_deferred_errno = EINTR;
