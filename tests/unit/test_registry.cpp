@@ -633,7 +633,7 @@ TEST_CASE("a publisher gives up on a file held exclusively for good", "[registry
   close(fd);
 }
 
-TEST_CASE("the eligibility check's cost (printed, not asserted)", "[registry][bench]") {
+TEST_CASE("the eligibility check's cost (printed, not asserted)", "[.][registry][bench]") {
   TempDir tmp;
   Listening l("127.0.0.1", 0);
   ListenerRegistration reg = publish(tmp.path, l);
@@ -1010,7 +1010,7 @@ TEST_CASE("the sock_diag probe tells a missing handler from no socket", "[regist
 }
 
 TEST_CASE("the probe's and the /proc fallback's cost (printed, not asserted)",
-          "[registry][bench]") {
+          "[.][registry][bench]") {
   using smcpre::registry::probe_diag_handler;
   if (kProcFallback) return;  // the same calls as in test_registry
   auto time_us = [](int calls, auto&& body) {
