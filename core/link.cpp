@@ -115,7 +115,15 @@ int Link::post_message(std::span<const uint8_t, kWrMessageSize> message, uint64_
   // Never waits: callers hold the send lock, and whoever would reap completions to free
   // the send queue may be waiting for that lock. EAGAIN goes back to the caller.
   int rc = qp_->post_send_inline(message.data(), kWrMessageSize, wr_id, signaled);
-  if (rc != 0 && rc != EAGAIN) fail("post_send failed");
+  if (rc != 0 && rc != EAGAIN) {
+    // Not fail(): it drains the link at once, and draining may answer a TEST LINK or
+    // apply a CDC, which take the send lock this caller holds. Whoever polls next (a
+    // woken waiter, the progress thread within its idle period) drains and declares it.
+    if (!error_pending_.exchange(true, std::memory_order_acq_rel)) {
+      SMC_LOG_DEBUG("link: failing (post_send failed: {})", rc);
+    }
+    events_.wake();
+  }
   return rc;
 }
 
@@ -335,7 +343,8 @@ void Link::handle_llc(const uint8_t* data, uint32_t length) {
     case llc::Type::kTestLink: {
       llc::TestLink msg;
       if (!llc::decode(bytes, &msg, &error)) break;
-      if (!msg.response) {
+      // A link that is going down answers nothing (the answer could not arrive).
+      if (!msg.response && !error_pending_.load(std::memory_order_acquire)) {
         msg.response = true;
         uint8_t out[kWrMessageSize];
         llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
