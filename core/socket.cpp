@@ -245,7 +245,8 @@ class SmcSocket final : public Socket {
 
   bool is_smc() const override { return state_.load(std::memory_order_acquire) == State::kSmc; }
   bool undecided() const override {
-    return state_.load(std::memory_order_acquire) == State::kServerUndecided;
+    // Sequentially consistent, as the decision's store: see preload's epoll_ctl.
+    return state_.load(std::memory_order_seq_cst) == State::kServerUndecided;
   }
 
   int readiness_fd() override {
@@ -317,7 +318,7 @@ class SmcSocket final : public Socket {
 
   void finish_tcp(uint32_t reason, bool swallow) {
     if (stats_) stats_->on_fallback(reason);
-    state_.store(swallow ? State::kTcpSwallow : State::kTcp, std::memory_order_release);
+    state_.store(swallow ? State::kTcpSwallow : State::kTcp, std::memory_order_seq_cst);
   }
 
   void publish_smc() {
@@ -420,7 +421,7 @@ class SmcSocket final : public Socket {
     if (r.connection) {
       connection_ = r.connection;
       publish_smc();
-      state_.store(State::kSmc, std::memory_order_release);
+      state_.store(State::kSmc, std::memory_order_seq_cst);
       SMC_LOG_INFO("connection SMC established (token {:#x})", connection_->local_token());
     } else {
       finish_tcp(r.reason, r.swallow);

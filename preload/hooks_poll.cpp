@@ -593,7 +593,9 @@ SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept
   }
   saved.restore();
   const int rc = r.epoll_ctl(epfd, op, fd, event);
-  if (rc != 0 || !t->socket->undecided()) return rc;
+  if (rc != 0) return rc;
+  // Recorded even when another thread decided the socket during the call above (its
+  // Proposal may be what this registration reported to it at once): settled below.
   auto& regs = t->epoll_registrations;
   auto it = std::find_if(regs.begin(), regs.end(),
                          [&](const Tracked::EpollRegistration& reg) { return reg.epfd == epfd; });
@@ -612,6 +614,13 @@ SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept
       return -1;
     }
   }
-  t->epoll_pending.store(!regs.empty(), std::memory_order_release);
+  t->epoll_pending.store(!regs.empty(), std::memory_order_seq_cst);
+  // Either the deciding thread's settle (after its decision) sees the record above, or
+  // this look sees the decision (both sequentially consistent): a registration made on
+  // the kernel socket never stays there once the socket is SMC.
+  if (!t->socket->undecided()) {
+    lock.unlock();
+    settle_epoll_registrations(*t, fd);
+  }
   return rc;
 }

@@ -77,7 +77,7 @@ bool oneshot_armed(int epfd, int fd) {
 }  // namespace
 
 void settle_epoll_registrations(Tracked& t, int fd) noexcept {
-  if (!t.epoll_pending.load(std::memory_order_acquire)) return;
+  if (!t.epoll_pending.load(std::memory_order_seq_cst)) return;
   if (t.socket->undecided()) return;
   SavedErrno saved;
   std::lock_guard lock(t.epoll_mutex);
