@@ -61,6 +61,9 @@ constexpr std::array kTable{
     Entry{DeclineCode::kRendezvousFull, "RENDEZVOUS_FULL",
           "shm: the client's rendezvous hello was dropped, its uid holding too many pending "
           "ones (16 per uid, 256 in all)"},
+    Entry{DeclineCode::kPendingFull, "PENDING_FULL",
+          "server: the client's address has too many handshakes waiting for their Confirm "
+          "(256 per address, 1024 in all)"},
 };
 
 const Entry* find(uint32_t code) {

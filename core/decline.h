@@ -44,6 +44,7 @@ enum class DeclineCode : uint32_t {
   kExcluded = 0x0e090000,          // client: destination port in SMCPRE_EXCLUDE
   kNoFds = 0x0e0a0000,             // smcpre's share of RLIMIT_NOFILE is used up
   kRendezvousFull = 0x0e0b0000,    // shm: hello dropped, too many pending from its uid
+  kPendingFull = 0x0e0c0000,       // server: too many handshakes pending from the client
 };
 
 // Short upper-case name ("MEM", "TIMEOUT_CL", "PEER_CRED", ...) for logs and statistics;

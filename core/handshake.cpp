@@ -1,12 +1,15 @@
 #include "core/handshake.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <atomic>
 #include <cerrno>
 #include <string>
+#include <unordered_map>
 
 #include "config/fd_budget.h"
 #include "config/log.h"
@@ -16,6 +19,7 @@
 #include "core/engine_state.h"
 #include "core/link_group.h"
 #include "core/local_address.h"
+#include "core/low_water.h"
 #include "core/progress.h"
 #include "core/wait.h"
 
@@ -249,9 +253,12 @@ rdma::QpEndpoint endpoint_of(const clc::AcceptConfirm& msg) {
 }
 
 ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
-                 clc::Header* header, int64_t partial_ns) {
+                 clc::Header* header, int64_t partial_ns, size_t* needed) {
   uint8_t buf[clc::kMaxMessageSize];
   int64_t partial_deadline = -1;  // set when the first part of a message is seen
+  // While waiting for the rest of a message, the socket is not readable until it is all
+  // there (or the peer closes): one poll, no sleep loop.
+  ReceiveLowWater low_water;
   while (true) {
     ssize_t n = sys::recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
     if (n == 0) return ClcRead::kEof;
@@ -276,6 +283,8 @@ ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* m
       if (got != header->length) return ClcRead::kError;
       return ClcRead::kMessage;
     }
+    const size_t need = result == clc::HeaderResult::kOk ? header->length : clc::kHeaderSize;
+    if (needed != nullptr) *needed = n > 0 ? need : 0;
     if (n > 0) {
       // Part of a message: if the peer has shut down (or the socket failed), the rest
       // never comes, and what is there is application data, to be delivered at once.
@@ -291,16 +300,10 @@ ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* m
                                  : deadline_ns;
     const int left = remaining_ms(deadline);
     if (left == 0) return ClcRead::kNeedMore;
-    if (n == 0) {
-      pollfd p{fd, POLLIN, 0};
-      int r = sys::poll(&p, 1, left);
-      if (r < 0 && errno == EINTR) return ClcRead::kInterrupted;
-    } else {
-      // Part of a message is there and poll() would not wait for the rest: the rest of a
-      // message sent in one piece is at most a round trip away.
-      timespec ts{0, 200'000};
-      nanosleep(&ts, nullptr);
-    }
+    if (n > 0) low_water.hold(fd, static_cast<int>(need));
+    pollfd p{fd, POLLIN | POLLRDHUP, 0};
+    int r = sys::poll(&p, 1, left);
+    if (r < 0 && errno == EINTR) return ClcRead::kInterrupted;
   }
 }
 
@@ -475,19 +478,103 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
   return result;
 }
 
-HandshakeResult server_handshake(int fd, EngineState& engine,
-                                 const std::vector<uint8_t>& proposal_bytes) {
+namespace {
+
+// Handshakes between our Accept and the client's Confirm hold an RMB element, a link
+// group in the making and a descriptor: a stranger may keep only so many of them.
+constexpr int kPendingPerPeer = 256;
+constexpr int kPendingTotal = 1024;
+
+class PendingSlot {
+ public:
+  // Takes a slot for the client at the other end of fd; empty if it has too many.
+  bool take(int fd) {
+    sockaddr_storage peer{};
+    socklen_t length = sizeof peer;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) != 0) return false;
+    key_ = peer.ss_family == AF_INET
+               ? std::string(reinterpret_cast<const char*>(
+                                 &reinterpret_cast<const sockaddr_in&>(peer).sin_addr),
+                             4)
+               : std::string(reinterpret_cast<const char*>(
+                                 &reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr),
+                             16);
+    std::lock_guard lock(mutex());
+    int& mine = counts()[key_];
+    if (mine >= kPendingPerPeer || total() >= kPendingTotal) {
+      if (mine == 0) counts().erase(key_);
+      return false;
+    }
+    ++mine;
+    ++total();
+    taken_ = true;
+    return true;
+  }
+  ~PendingSlot() {
+    if (!taken_) return;
+    std::lock_guard lock(mutex());
+    auto it = counts().find(key_);
+    if (it != counts().end() && --it->second == 0) counts().erase(it);
+    --total();
+  }
+
+ private:
+  // Heap-allocated and never freed, like every object engine threads may touch at exit.
+  static std::mutex& mutex() {
+    static std::mutex& m = *new std::mutex;
+    return m;
+  }
+  static std::unordered_map<std::string, int>& counts() {
+    static auto& m = *new std::unordered_map<std::string, int>;
+    return m;
+  }
+  static int& total() {
+    static int n = 0;
+    return n;
+  }
+  std::string key_;
+  bool taken_ = false;
+};
+
+}  // namespace
+
+// Everything a server handshake holds between its Accept and the client's Confirm.
+struct ServerPending {
+  ServerPending(EngineState& engine, const PeerIdentity& client, rdma::Device* device)
+      : device(device), turn(engine, client, device) {}
+  rdma::Device* device;
+  PendingSlot slot;
+  config::FdReservation fds;
+  PendingConnection pending;  // after turn: released before the turn is given back
+  FirstContactTurn turn;
+  bool first_contact = false;
+  int64_t deadline_ns = 0;
+};
+
+void ServerPendingDeleter::operator()(ServerPending* p) const {
+  delete p;
+}
+
+int64_t pending_deadline_ns(const ServerPending& pending) {
+  return pending.deadline_ns;
+}
+
+PendingServerHandshake server_accept(int fd, EngineState& engine,
+                                     const std::vector<uint8_t>& proposal_bytes,
+                                     bool may_wait_for_turn, HandshakeResult* result) {
   const config::Config& config = engine.config();
   std::string error;
   clc::Proposal proposal;
   if (!clc::parse_proposal(proposal_bytes, &proposal, &error)) {
     SMC_LOG_WARN("server: malformed CLC Proposal ({}): declining", error);
     send_decline(fd, engine, code(DeclineCode::kProtocol));
-    return fallback(code(DeclineCode::kProtocol));
+    *result = fallback(code(DeclineCode::kProtocol));
+    return nullptr;
   }
   auto decline = [&](uint32_t reason) {
     send_decline(fd, engine, reason);
-    return fallback(reason);
+    *result = fallback(reason);
+    return nullptr;
   };
   uint32_t reason = 0;
   rdma::Device* device = engine.device_for(fd, &reason);
@@ -497,57 +584,64 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
     SMC_LOG_INFO("server: client subnet does not match ours: declining");
     return decline(code(DeclineCode::kDiffPrefix));
   }
-  config::FdReservation fds = reserve_fds(connection_fds(*device), fd);
-  if (!fds) return decline(code(DeclineCode::kNoFds));
-
   const PeerIdentity client = identity_of(proposal.local);
-  PendingConnection pending;
-  pending.group = engine.find_group(client, rdma::Role::kServer, device, std::nullopt);
-  FirstContactTurn turn(engine, client, device);
-  if (!pending.group) {
-    // Another handshake may be creating the group this client needs: wait for it to
-    // finish (it takes at most its own handshake timeout), then look again.
-    turn.take(deadline_after_ms(config.handshake_timeout_ms));
-    pending.group = engine.find_group(client, rdma::Role::kServer, device, std::nullopt);
+  PendingServerHandshake p(new ServerPending(engine, client, device));
+  if (!p->slot.take(fd)) {
+    SMC_LOG_INFO("server: too many handshakes pending from this client: declining");
+    return decline(code(DeclineCode::kPendingFull));
   }
-  const bool first_contact = !pending.group;
-  if (first_contact) {
+  p->fds = reserve_fds(connection_fds(*device), fd);
+  if (!p->fds) return decline(code(DeclineCode::kNoFds));
+
+  p->pending.group = engine.find_group(client, rdma::Role::kServer, device, std::nullopt);
+  if (!p->pending.group) {
+    // Another handshake may be creating the group this client needs. A blocking call
+    // waits for it (at most its handshake timeout), then looks again; a non-blocking one
+    // never waits: it makes a group of its own at once.
+    p->turn.take(may_wait_for_turn ? deadline_after_ms(config.handshake_timeout_ms) : now_ns());
+    p->pending.group = engine.find_group(client, rdma::Role::kServer, device, std::nullopt);
+  }
+  p->first_contact = !p->pending.group;
+  if (p->first_contact) {
     config::FdReservation group_fds = reserve_fds(kLinkGroupFds, fd);
     if (!group_fds) return decline(code(DeclineCode::kNoFds));
-    pending.group = LinkGroup::create(*device, rdma::Role::kServer, client, config, &error);
-    if (!pending.group) {
+    p->pending.group = LinkGroup::create(*device, rdma::Role::kServer, client, config, &error);
+    if (!p->pending.group) {
       SMC_LOG_WARN("server: cannot create a link group: {}", error);
       return decline(code(DeclineCode::kMem));
     }
-    pending.group->hold_fds(std::move(group_fds));
+    p->pending.group->hold_fds(std::move(group_fds));
   }
-  if (uint32_t r = create_connection(engine, fd, &pending); r != 0) return decline(r);
-  pending.connection->hold_fds(std::move(fds));
+  if (uint32_t r = create_connection(engine, fd, &p->pending); r != 0) return decline(r);
+  p->pending.connection->hold_fds(std::move(p->fds));
   clc::AcceptConfirm accept =
-      describe(engine, *device, *pending.group, *pending.connection, first_contact);
-  if (!send_all(fd, clc::encode_accept(accept))) return fallback(code(DeclineCode::kIntErr));
+      describe(engine, *device, *p->pending.group, *p->pending.connection, p->first_contact);
+  if (!send_all(fd, clc::encode_accept(accept))) {
+    *result = fallback(code(DeclineCode::kIntErr));
+    return nullptr;
+  }
+  p->deadline_ns = deadline_after_ms(config.handshake_timeout_ms);
+  return p;
+}
+
+HandshakeResult server_confirm_missing(int fd, EngineState& engine, ServerPending& pending) {
+  (void)pending;
+  SMC_LOG_INFO("server: no CLC Confirm within {} ms: TCP", engine.config().handshake_timeout_ms);
+  send_decline(fd, engine, code(DeclineCode::kHandshakeTimeout));
+  // From here on the client may still send a Confirm or a Decline: swallowed. An
+  // incomplete message, though, is application data, not one to swallow.
+  return fallback(code(DeclineCode::kHandshakeTimeout), !bytes_waiting(fd));
+}
+
+HandshakeResult server_confirm(int fd, EngineState& engine, ServerPending& p,
+                               const std::vector<uint8_t>& bytes, const clc::Header& header) {
+  std::string error;
   // From here on the client may send a Decline of its own at any time (it gave up
   // waiting for CONFIRM LINK, say): whatever we decide, a late CLC message is swallowed.
   auto decline_late = [&](uint32_t reason) {
     send_decline(fd, engine, reason);
     return fallback(reason, true);
   };
-
-  const int64_t deadline = deadline_after_ms(config.handshake_timeout_ms);
-  const int64_t partial_ns = int64_t{config.handshake_timeout_ms} * 1'000'000;
-  std::vector<uint8_t> bytes;
-  clc::Header header;
-  ClcRead read;
-  while ((read = read_clc(fd, deadline, true, &bytes, &header, partial_ns)) ==
-         ClcRead::kInterrupted) {
-  }
-  if (read == ClcRead::kNeedMore) {
-    SMC_LOG_INFO("server: no CLC Confirm within {} ms: TCP", config.handshake_timeout_ms);
-    send_decline(fd, engine, code(DeclineCode::kHandshakeTimeout));
-    // As on the client: an incomplete message is application data, not one to swallow.
-    return fallback(code(DeclineCode::kHandshakeTimeout), !bytes_waiting(fd));
-  }
-  if (read != ClcRead::kMessage) return fallback(code(DeclineCode::kPeerNoSmc));
   if (header.type == clc::Type::kDecline) {
     clc::Decline d;
     HandshakeResult r = fallback(code(DeclineCode::kPeerDecl));
@@ -561,7 +655,11 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
     SMC_LOG_WARN("server: bad CLC Confirm ({}): declining", error);
     return decline_late(code(DeclineCode::kProtocol));
   }
-  if (first_contact) {
+  PendingConnection& pending = p.pending;
+  // The link's own steps (connecting a new link, CONFIRM LINK) are bounded by the
+  // handshake's deadline; a legitimate client answers them within a round trip.
+  const int64_t deadline = p.deadline_ns;
+  if (p.first_contact) {
     if (!pending.group->connect(endpoint_of(confirm), remaining_ms(deadline), &error)) {
       SMC_LOG_WARN("server: cannot connect the link: {}", error);
       return decline_late(connect_error_code(error));
@@ -576,7 +674,7 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
       r != 0) {
     return decline_late(r);
   }
-  if (first_contact) {
+  if (p.first_contact) {
     if (!pending.group->link().send_confirm_link_request() ||
         !wait_link_confirmed(*pending.group, deadline)) {
       SMC_LOG_WARN("server: CONFIRM LINK not answered: TCP");
@@ -590,7 +688,7 @@ HandshakeResult server_handshake(int fd, EngineState& engine,
   }
   HandshakeResult result;
   result.connection = pending.release();
-  if (!device->caps().link_notices_peer_exit) result.connection->watch_tcp(fd);
+  if (!p.device->caps().link_notices_peer_exit) result.connection->watch_tcp(fd);
   return result;
 }
 

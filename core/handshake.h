@@ -35,8 +35,10 @@ enum class ClcRead { kMessage, kNotClc, kNeedMore, kEof, kError, kInterrupted };
 // gets at most `partial_ns` more (whatever `deadline_ns` says): a stalled partial message
 // never holds the caller without end. A partial message followed by the peer's EOF (or an
 // error) is kNotClc at once: those bytes are the application's.
+// *needed (if given) says, on kNeedMore, how many bytes the message needs in all (as far
+// as its header tells yet; 0 when nothing is there).
 ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
-                 clc::Header* header, int64_t partial_ns);
+                 clc::Header* header, int64_t partial_ns, size_t* needed = nullptr);
 
 // Whether any byte waits in the socket (a partial message, say) right now.
 bool bytes_waiting(int fd);
@@ -49,9 +51,29 @@ HandshakeResult client_handshake(int fd, EngineState& engine);
 void set_endpoint(const rdma::QpEndpoint& endpoint, clc::AcceptConfirm* msg);
 rdma::QpEndpoint endpoint_of(const clc::AcceptConfirm& msg);
 
-// Server: `proposal_bytes` is the Proposal just consumed from the stream.
-HandshakeResult server_handshake(int fd, EngineState& engine,
-                                 const std::vector<uint8_t>& proposal_bytes);
+// Server, in steps that never wait for the client (each runs in whichever call finds
+// the client's message there): the Proposal is answered with an Accept, then the
+// handshake is pending until the client's Confirm (or Decline) arrives or its deadline
+// passes.
+struct ServerPending;
+struct ServerPendingDeleter {
+  void operator()(ServerPending* pending) const;
+};
+using PendingServerHandshake = std::unique_ptr<ServerPending, ServerPendingDeleter>;
+
+// `proposal_bytes` is the Proposal just consumed from the stream. Returns the pending
+// handshake once the Accept is out; null with *result set when it ended (a Decline).
+// Only with `may_wait_for_turn` does it wait for another handshake that is making this
+// client's first link group (bounded by the handshake timeout).
+PendingServerHandshake server_accept(int fd, EngineState& engine,
+                                     const std::vector<uint8_t>& proposal_bytes,
+                                     bool may_wait_for_turn, HandshakeResult* result);
+// The client's answer (a Confirm or a Decline, just consumed) ends the handshake.
+HandshakeResult server_confirm(int fd, EngineState& engine, ServerPending& pending,
+                               const std::vector<uint8_t>& bytes, const clc::Header& header);
+// No answer by the deadline: a Decline, then TCP.
+HandshakeResult server_confirm_missing(int fd, EngineState& engine, ServerPending& pending);
+int64_t pending_deadline_ns(const ServerPending& pending);
 
 // Sends a Decline (best effort).
 void send_decline(int fd, EngineState& engine, uint32_t code);

@@ -126,6 +126,48 @@ void ProgressThread::linger_close(int fd, int64_t deadline_ns) {
   sys::write(kick_fd_, &one, sizeof one);
 }
 
+void ProgressThread::watch_deadline(std::weak_ptr<DeadlineOwner> owner, int64_t deadline_ns) {
+  std::lock_guard lock(mutex_);
+  if (!ensure_started()) return;
+  deadlines_.push_back({std::move(owner), deadline_ns});
+  uint64_t one = 1;
+  sys::write(kick_fd_, &one, sizeof one);
+}
+
+int64_t ProgressThread::run_deadlines() {
+  std::vector<Timed> due;
+  int64_t next = -1;
+  const int64_t now = now_ns();
+  {
+    std::lock_guard lock(mutex_);
+    for (auto it = deadlines_.begin(); it != deadlines_.end();) {
+      if (it->owner.expired()) {
+        it = deadlines_.erase(it);
+      } else if (it->deadline_ns <= now) {
+        due.push_back(std::move(*it));
+        it = deadlines_.erase(it);
+      } else {
+        if (next < 0 || it->deadline_ns < next) next = it->deadline_ns;
+        ++it;
+      }
+    }
+  }
+  std::vector<Timed> again;
+  for (Timed& t : due) {
+    auto owner = t.owner.lock();
+    if (!owner) continue;
+    const int64_t deadline = owner->on_deadline(now);
+    if (deadline < 0) continue;
+    if (next < 0 || deadline < next) next = deadline;
+    again.push_back({t.owner, deadline});
+  }
+  if (!again.empty()) {
+    std::lock_guard lock(mutex_);
+    for (Timed& t : again) deadlines_.push_back(std::move(t));
+  }
+  return next;
+}
+
 void ProgressThread::watch_close(std::weak_ptr<Connection> connection, int64_t deadline_ns) {
   std::lock_guard lock(mutex_);
   if (!ensure_started()) return;
@@ -322,6 +364,9 @@ void ProgressThread::run() {
         timeout_ms = std::min(timeout_ms, kLingerPollMs);
       }
       if (!closing_.empty()) timeout_ms = std::min(timeout_ms, kClosePollMs);
+    }
+    if (const int64_t next = run_deadlines(); next >= 0 && (deadline < 0 || next < deadline)) {
+      deadline = next;
     }
     if (deadline >= 0) {
       int64_t left_ms = (deadline - now_ns() + 999'999) / 1'000'000;

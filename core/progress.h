@@ -28,6 +28,16 @@ class LinkGroup;
 
 namespace smcpre::core {
 
+// Something the progress thread calls back at a deadline even if no application call
+// comes (a server handshake's: its Confirm missing, a partial CLC message stalled).
+class DeadlineOwner {
+ public:
+  virtual ~DeadlineOwner() = default;
+  // Called on the progress thread at or after the deadline, with no lock of its own
+  // held. Returns the deadline to be called at next (ns), or -1 when done.
+  virtual int64_t on_deadline(int64_t now_ns) = 0;
+};
+
 class ProgressThread {
  public:
   ProgressThread();
@@ -56,6 +66,8 @@ class ProgressThread {
   uint64_t watch_tcp(std::weak_ptr<Connection> connection, int fd);
   // Ends a watch and closes its fd. Safe from any thread, including inside a callback.
   void unwatch_tcp(uint64_t id);
+  // Calls owner->on_deadline() at the deadline (unless the owner is gone by then).
+  void watch_deadline(std::weak_ptr<DeadlineOwner> owner, int64_t deadline_ns);
   void stop();
 
   // The links an application thread polls while it waits for readiness
@@ -104,9 +116,17 @@ class ProgressThread {
     int64_t deadline_ns;
   };
   std::vector<TcpEnded> tcp_ended_;  // under mutex_
-  void reap_tcp_ended();             // under mutex_
-  void reap_closing();               // under mutex_
-  void reap_lingering();             // under mutex_
+  struct Timed {
+    std::weak_ptr<DeadlineOwner> owner;
+    int64_t deadline_ns;
+  };
+  std::vector<Timed> deadlines_;  // under mutex_
+  // Calls the owners whose deadline has passed (takes mutex_ itself; not held while
+  // they run). Returns the earliest deadline left, -1 if none.
+  int64_t run_deadlines();
+  void reap_tcp_ended();  // under mutex_
+  void reap_closing();    // under mutex_
+  void reap_lingering();  // under mutex_
   std::thread thread_;
   int epoll_fd_ = -1;
   int kick_fd_ = -1;

@@ -37,6 +37,7 @@
 #include "core/handshake.h"
 #include "core/link_group.h"
 #include "core/local_address.h"
+#include "core/low_water.h"
 #include "core/progress.h"
 #include "core/stats.h"
 #include "core/stream_start.h"
@@ -122,9 +123,16 @@ bool fd_nonblocking(int fd) {
   return flags >= 0 && (flags & O_NONBLOCK);
 }
 
-class SmcSocket final : public Socket {
+class SmcSocket final : public Socket,
+                        public DeadlineOwner,
+                        public std::enable_shared_from_this<SmcSocket> {
  public:
   enum class State { kServerUndecided, kSmc, kTcpSwallow, kTcp };
+
+  ~SmcSocket() override {
+    parked_.release();
+    if (held_fd_ >= 0) sys::close(held_fd_);
+  }
 
   SmcSocket(State state, bool nonblocking, ConnectionStats::Role role)
       : state_(state),
@@ -205,6 +213,14 @@ class SmcSocket final : public Socket {
     // A fork child's copy of a parent's socket is the parent's to close: the child's
     // close only drops its fd (a lingering close would shut the shared socket down).
     if (!current()) return;
+    {
+      // A handshake in progress ends with the application's interest: what it holds
+      // (an RMB element, a half-made link) goes now, not at its deadline.
+      std::lock_guard lock(mutex_);
+      pending_.reset();
+      partial_since_ns_ = -1;
+      drop_held_fd();
+    }
     const State state = state_.load();
     if (state == State::kServerUndecided || state == State::kTcpSwallow) {
       // Another process may hold this socket and serve it (the child of a
@@ -227,6 +243,18 @@ class SmcSocket final : public Socket {
     // nobody's now. The parent's published line stays the parent's; the child takes a
     // line of its own when it first settles the socket.
     new (&mutex_) std::mutex();
+    // A handshake the parent had under way is the parent's (its link group, its
+    // progress thread): the child's copy is left as it is, never freed here, and the
+    // child treats the connection as TCP, swallowing the client's late CLC messages.
+    if (pending_) {
+      (void)pending_.release();  // NOLINT: deliberately leaked, see above
+      state_.store(State::kTcpSwallow, std::memory_order_seq_cst);
+    }
+    parked_.release();
+    if (held_fd_ >= 0) sys::close(held_fd_);
+    held_fd_ = -1;
+    partial_since_ns_ = -1;
+    watched_deadline_ns_ = -1;
     stats_.reset();
     reopen_stats_ = true;
     shared_.store(true, std::memory_order_release);
@@ -328,33 +356,165 @@ class SmcSocket final : public Socket {
     connection_->attach_stats(stats_);
   }
 
-  // Slow path: the server's first data call, or swallowing after a fallback.
+  // Slow path: the server's handshake, or swallowing after a fallback. Never waits in a
+  // non-blocking call; a blocking one waits as long as its own call would under TCP
+  // (SO_RCVTIMEO / SO_SNDTIMEO), and a handshake step no longer than its deadline.
   Path settle(int fd, bool sending, int flags) {
     std::lock_guard lock(mutex_);
     if (reopen_stats_ && current()) {
       reopen_stats_ = false;
       set_stats(ConnectionStats::open(fd, role_));
     }
-    const bool wait = !sending && !(flags & MSG_DONTWAIT) && !nonblocking_.load();
+    const bool wait = !(flags & MSG_DONTWAIT) && !nonblocking_.load();
+    const int64_t timeout = sending ? snd_timeout_ns_.load() : rcv_timeout_ns_.load();
+    const int64_t wait_until = !wait ? 0 : timeout > 0 ? now_ns() + timeout : -1;
     if (state_.load() == State::kServerUndecided) {
-      if (!decide_server(fd, sending, wait)) return Path::kSmc;  // deferred error
+      if (!decide_server(fd, sending, wait_until)) return Path::kSmc;  // deferred error
     }
     if (state_.load() == State::kTcpSwallow && !sending) {
-      if (!swallow(fd, wait)) return Path::kSmc;  // deferred error
+      if (!swallow(fd, wait_until)) return Path::kSmc;  // deferred error
     }
     switch (state_.load()) {
       case State::kSmc:
         return Path::kSmc;
+      case State::kTcpSwallow:
+        if (sending) return Path::kKernel;  // only what arrives is swallowed
+        [[fallthrough]];
       case State::kServerUndecided:
-        return Path::kKernel;  // nothing there yet and not waiting: the kernel says EAGAIN
+        // Nothing for the application yet. With nothing at all in the socket and no
+        // wait made, the kernel's own answer (EAGAIN, an error) is the one TCP gives.
+        if (wait || pending_ || partial_since_ns_ >= 0) {
+          t_deferred_errno = EAGAIN;
+          return Path::kSmc;
+        }
+        return Path::kKernel;
       default:
         return Path::kKernel;
     }
   }
 
-  // Looks for a Proposal at the start of the stream. Returns false if the caller's call
-  // must fail with t_deferred_errno.
-  bool decide_server(int fd, bool sending, bool wait) {
+  int64_t handshake_timeout_ns() const {
+    EngineState* engine = EngineState::get();
+    return int64_t{engine ? engine->config().handshake_timeout_ms : 2000} * 1'000'000;
+  }
+
+  // The next CLC message at the start of the stream, complete ones only. With part of
+  // one there, the socket is parked (not readable, see ReceiveLowWater) until the rest
+  // comes, for at most the handshake timeout from its first byte; then, or on the
+  // peer's EOF, those bytes are the application's (kNotClc). Waits until `wait_until`
+  // (0: not at all, -1: no end) or `phase_deadline` (-1: none), whichever is first.
+  ClcRead next_clc(int fd, int64_t wait_until, int64_t phase_deadline,
+                   std::vector<uint8_t>* message, clc::Header* header) {
+    while (true) {
+      size_t needed = 0;
+      const ClcRead read = read_clc(fd, -1, false, message, header, 0, &needed);
+      const int64_t now = now_ns();
+      if (read == ClcRead::kNeedMore && needed > 0) {
+        if (partial_since_ns_ < 0) partial_since_ns_ = now;
+        if (now - partial_since_ns_ >= handshake_timeout_ns()) {
+          SMC_LOG_INFO("incomplete CLC message within {} ms: application data",
+                       handshake_timeout_ns() / 1'000'000);
+          unpark();
+          return ClcRead::kNotClc;
+        }
+        park(fd, needed);
+      } else if (read != ClcRead::kNeedMore) {
+        unpark();
+        if (read == ClcRead::kNotClc && partial_since_ns_ >= 0) {
+          SMC_LOG_INFO("incomplete CLC message, then the peer's EOF: application data");
+        }
+        partial_since_ns_ = -1;
+        return read;
+      }
+      // The wait ends at the caller's time, the phase's deadline or the partial
+      // message's, whichever comes first (-1: none of them).
+      int64_t until = wait_until;
+      if (until == 0 || (until > 0 && now >= until)) return ClcRead::kNeedMore;
+      for (const int64_t d : {phase_deadline, own_deadline()}) {
+        if (d < 0) continue;
+        if (now >= d) return ClcRead::kNeedMore;
+        if (until < 0 || d < until) until = d;
+      }
+      const int64_t left = until < 0 ? -1 : (until - now + 999'999) / 1'000'000;
+      pollfd p{fd, POLLIN | POLLRDHUP, 0};
+      if (sys::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, INT32_MAX))) < 0 &&
+          errno == EINTR) {
+        return ClcRead::kInterrupted;
+      }
+    }
+  }
+
+  // The deadline of the partial message in the stream, if any.
+  int64_t own_deadline() const {
+    return partial_since_ns_ < 0 ? -1 : partial_since_ns_ + handshake_timeout_ns();
+  }
+
+  // Holds back the `needed` - (what is there) bytes of a partial message: see next_clc.
+  // The progress thread keeps the deadline (through a descriptor of its own: the
+  // application's fd number may be closed and reused meanwhile).
+  void park(int fd, size_t needed) {
+    if (!hold_fd(fd)) return;
+    if (!parked_.hold(held_fd_, static_cast<int>(needed))) return;
+    watch_deadline(own_deadline());
+  }
+  void unpark() { parked_.release(); }
+
+  bool hold_fd(int fd) {
+    if (held_fd_ < 0) held_fd_ = sys::dup_high(fd);
+    return held_fd_ >= 0;
+  }
+  // Nothing pending any more: the descriptor the progress thread would use goes.
+  void drop_held_fd() {
+    if (pending_ || partial_since_ns_ >= 0) return;
+    unpark();
+    if (held_fd_ >= 0) sys::close(held_fd_);
+    held_fd_ = -1;
+  }
+
+  void watch_deadline(int64_t deadline) {
+    if (deadline < 0 || watched_deadline_ns_ == deadline) return;
+    watched_deadline_ns_ = deadline;
+    progress_thread().watch_deadline(weak_from_this(), deadline);
+  }
+
+  // The progress thread: a handshake step's deadline passed with no application call
+  // to notice. Decided here (TCP), so that what it held is freed, the client hears our
+  // Decline in time, and a partial message reaches the application (un-parking it is
+  // the application's wake-up).
+  int64_t on_deadline(int64_t now) override {
+    std::unique_lock lock(mutex_, std::try_to_lock);
+    if (!lock) return now + 1'000'000;  // in a call right now: look again soon
+    watched_deadline_ns_ = -1;
+    if (held_fd_ < 0 || !current()) return -1;
+    EngineState* engine = EngineState::get();
+    if (pending_ && engine && now >= pending_deadline_ns(*pending_)) {
+      adopt(server_confirm_missing(held_fd_, *engine, *pending_));
+    }
+    if (partial_since_ns_ >= 0 && now >= own_deadline()) {
+      SMC_LOG_INFO("incomplete CLC message within {} ms: application data",
+                   handshake_timeout_ns() / 1'000'000);
+      partial_since_ns_ = -1;
+      unpark();
+      if (state_.load() == State::kServerUndecided && !pending_) {
+        finish_tcp(static_cast<uint32_t>(DeclineCode::kProtocol), false);
+      } else if (state_.load() == State::kTcpSwallow) {
+        state_.store(State::kTcp, std::memory_order_seq_cst);
+      }
+    }
+    int64_t next = own_deadline();
+    if (pending_) {
+      const int64_t d = pending_deadline_ns(*pending_);
+      if (next < 0 || d < next) next = d;
+    }
+    drop_held_fd();
+    if (next >= 0) watched_deadline_ns_ = next;
+    return next;
+  }
+
+  // The server's side of the handshake: the Proposal, then (Accept sent) the client's
+  // Confirm. Returns false if the caller's call must fail with t_deferred_errno; true
+  // with the state still kServerUndecided while the handshake waits for the client.
+  bool decide_server(int fd, bool sending, int64_t wait_until) {
     EngineState* engine = EngineState::get();
     if (!engine) {
       finish_tcp(static_cast<uint32_t>(DeclineCode::kDisabled), false);
@@ -362,62 +522,69 @@ class SmcSocket final : public Socket {
     }
     std::vector<uint8_t> message;
     clc::Header header;
-    // A part of a message already there is completed (bounded); with nothing there a
-    // blocking receive waits as long as the application's own call would. Part of a
-    // message gets the handshake timeout, wherever it starts arriving; what never
-    // completes (the peer stalls or closes) is application data.
-    const int64_t partial_ns = int64_t{engine->config().handshake_timeout_ms} * 1'000'000;
-    ClcRead read = ClcRead::kNeedMore;
-    if (!read_first_clc(fd, wait, partial_ns, &message, &header, &read)) return false;
-    if (read == ClcRead::kNeedMore) {
-      if (bytes_waiting(fd)) {
-        // The start of a message that never completes: application data after all.
-        SMC_LOG_INFO("server: incomplete CLC message within {} ms: TCP",
-                     engine->config().handshake_timeout_ms);
-        finish_tcp(static_cast<uint32_t>(DeclineCode::kProtocol), false);
+    if (!pending_) {
+      // A Proposal is not waited for by a send (rule 2: the server that speaks first
+      // stays on TCP), only by a receive.
+      const ClcRead read = next_clc(fd, sending ? 0 : wait_until, -1, &message, &header);
+      switch (read) {
+        case ClcRead::kInterrupted:
+          t_deferred_errno = EINTR;
+          return false;
+        case ClcRead::kNeedMore:
+          if (sending) {
+            SMC_LOG_DEBUG("server: application spoke first: TCP");
+            finish_tcp(static_cast<uint32_t>(DeclineCode::kLateProposal), true);
+          }
+          return true;
+        case ClcRead::kMessage:
+          break;
+        default:  // not CLC (a plain client, or a message that never completed), EOF, error
+          finish_tcp(static_cast<uint32_t>(partial_since_ns_ >= 0 ? DeclineCode::kProtocol
+                                                                  : DeclineCode::kPeerNoSmc),
+                     false);
+          return true;
+      }
+      if (header.type != clc::Type::kProposal) {
+        // A Decline (the client gave up waiting) or garbage in CLC clothing.
+        if (header.type != clc::Type::kDecline) {
+          send_decline(fd, *engine, static_cast<uint32_t>(DeclineCode::kProtocol));
+        }
+        finish_tcp(static_cast<uint32_t>(DeclineCode::kPeerDecl), true);
         return true;
       }
+      if (policy_tcp_) {
+        // A client that proposes anyway (its SMCPRE_PEERS or policy says smc) learns why.
+        SMC_LOG_INFO("server: Proposal declined: policy says tcp");
+        send_decline(fd, *engine, static_cast<uint32_t>(DeclineCode::kPolicy));
+        finish_tcp(static_cast<uint32_t>(DeclineCode::kPolicy), true);
+        return true;
+      }
+      HandshakeResult r;
+      pending_ = server_accept(fd, *engine, message, wait_until != 0, &r);
+      if (!pending_) return adopt(r);
+      if (hold_fd(fd)) watch_deadline(pending_deadline_ns(*pending_));
     }
+    // Accept sent: the client's Confirm (or Decline), usually a round trip away.
+    const ClcRead read =
+        next_clc(fd, wait_until, pending_deadline_ns(*pending_), &message, &header);
     switch (read) {
       case ClcRead::kInterrupted:
         t_deferred_errno = EINTR;
         return false;
       case ClcRead::kNeedMore:
-        if (sending) {
-          // The server application writes before any Proposal arrived (rule 2): TCP for
-          // good; a Proposal arriving later is swallowed.
-          SMC_LOG_DEBUG("server: application spoke first: TCP");
-          finish_tcp(static_cast<uint32_t>(DeclineCode::kLateProposal), true);
+        if (now_ns() >= pending_deadline_ns(*pending_)) {
+          return adopt(server_confirm_missing(fd, *engine, *pending_));
         }
-        return true;  // a non-blocking receive or a poll: still undecided
-      case ClcRead::kMessage:
-        break;
-      default:  // not CLC (a plain client), EOF, error
-        finish_tcp(static_cast<uint32_t>(DeclineCode::kPeerNoSmc), false);
         return true;
+      case ClcRead::kMessage:
+        return adopt(server_confirm(fd, *engine, *pending_, message, header));
+      default:
+        return adopt(HandshakeResult{nullptr, static_cast<uint32_t>(DeclineCode::kPeerNoSmc)});
     }
-    if (header.type != clc::Type::kProposal) {
-      // A Decline (the client gave up waiting) or garbage in CLC clothing.
-      if (header.type != clc::Type::kDecline) {
-        send_decline(fd, *engine, static_cast<uint32_t>(DeclineCode::kProtocol));
-      }
-      finish_tcp(static_cast<uint32_t>(DeclineCode::kPeerDecl), true);
-      return true;
-    }
-    if (policy_tcp_) {
-      // A client that proposes anyway (its SMCPRE_PEERS or policy says smc) learns why.
-      SMC_LOG_INFO("server: Proposal declined: policy says tcp");
-      send_decline(fd, *engine, static_cast<uint32_t>(DeclineCode::kPolicy));
-      finish_tcp(static_cast<uint32_t>(DeclineCode::kPolicy), true);
-      return true;
-    }
-    // A non-blocking socket waits here for the client's Confirm too: one round trip,
-    // bounded by the handshake timeout, in the read that found the Proposal.
-    HandshakeResult r = server_handshake(fd, *engine, message);
-    return adopt(r);
   }
 
   bool adopt(const HandshakeResult& r) {
+    pending_.reset();
     if (r.connection) {
       connection_ = r.connection;
       publish_smc();
@@ -426,56 +593,29 @@ class SmcSocket final : public Socket {
     } else {
       finish_tcp(r.reason, r.swallow);
     }
-    return true;
-  }
-
-  // The CLC message at the start of the stream, read as the application's call would
-  // wait: part of a message already there is completed within partial_ns; with nothing
-  // there, a blocking call waits as long as its own receive would (SO_RCVTIMEO).
-  // *read is kNeedMore when nothing came (not waiting) or part of a message never
-  // completed (bytes_waiting then). False, with EAGAIN deferred, when SO_RCVTIMEO expired
-  // with nothing received.
-  bool read_first_clc(int fd, bool wait, int64_t partial_ns, std::vector<uint8_t>* message,
-                      clc::Header* header, ClcRead* read) {
-    *read = read_clc(fd, -1, false, message, header, partial_ns);
-    if (*read != ClcRead::kNeedMore) return true;
-    if (bytes_waiting(fd)) {
-      *read = read_clc(fd, now_ns() + partial_ns, true, message, header, partial_ns);
-    } else if (wait) {
-      const int64_t timeout = rcv_timeout_ns_.load(std::memory_order_relaxed);
-      *read =
-          read_clc(fd, timeout > 0 ? now_ns() + timeout : -1, true, message, header, partial_ns);
-      if (*read == ClcRead::kNeedMore && !bytes_waiting(fd)) {
-        t_deferred_errno = EAGAIN;  // SO_RCVTIMEO expired with nothing received
-        return false;
-      }
-    }
+    drop_held_fd();
     return true;
   }
 
   // Consumes CLC messages at the start of the stream, complete ones only: bytes that do
   // not make one within the handshake timeout (or before the peer's EOF) end the
   // swallowing and stay for the application. Returns false on a deferred error.
-  bool swallow(int fd, bool wait) {
-    EngineState* engine = EngineState::get();
-    const uint32_t timeout_ms = engine ? engine->config().handshake_timeout_ms : 2000;
-    const int64_t partial_ns = int64_t{timeout_ms} * 1'000'000;
+  bool swallow(int fd, int64_t wait_until) {
     while (true) {
       std::vector<uint8_t> message;
       clc::Header header;
-      ClcRead read = ClcRead::kNeedMore;
-      if (!read_first_clc(fd, wait, partial_ns, &message, &header, &read)) return false;
-      if (read == ClcRead::kNeedMore) {
-        if (!bytes_waiting(fd)) return true;  // nothing yet; the kernel answers EAGAIN
-        // Bytes that never complete a message are application data after all.
-        read = ClcRead::kNotClc;
-      }
+      const ClcRead read = next_clc(fd, wait_until, -1, &message, &header);
       if (read == ClcRead::kInterrupted) {
         t_deferred_errno = EINTR;
         return false;
       }
+      if (read == ClcRead::kNeedMore) {
+        drop_held_fd();
+        return true;  // nothing (more) yet
+      }
       if (read != ClcRead::kMessage) {
         state_.store(State::kTcp, std::memory_order_release);
+        drop_held_fd();
         return true;
       }
       SMC_LOG_DEBUG("swallowed a late CLC message (type {})", static_cast<int>(header.type));
@@ -497,6 +637,14 @@ class SmcSocket final : public Socket {
   std::shared_ptr<Connection> connection_;
   std::shared_ptr<ConnectionStats> stats_;
   bool policy_tcp_ = false;
+  // The handshake in progress (under mutex_): our Accept is out, the client's Confirm
+  // awaited; the first byte of a partial CLC message (-1: none); the socket parked on
+  // it; a descriptor of the socket for the progress thread, held while either lasts.
+  PendingServerHandshake pending_;
+  int64_t partial_since_ns_ = -1;
+  ReceiveLowWater parked_;
+  int held_fd_ = -1;
+  int64_t watched_deadline_ns_ = -1;
 };
 
 }  // namespace

@@ -573,12 +573,13 @@ TEST_CASE("Decline codes have names and explanations") {
   CHECK(std::string(decline_explanation(0x01010000)) == "insufficient memory");
   CHECK(std::string(decline_explanation(0x12345678)) == "unknown reason code");
   const auto& codes = all_decline_codes();
-  CHECK(codes.size() == 32);
+  CHECK(codes.size() == 33);
   CHECK(std::string(decline_name(DeclineCode::kPolicy)) == "POLICY");
   CHECK(std::string(decline_name(DeclineCode::kPeerUnknown)) == "PEER_UNKNOWN");
   CHECK(std::string(decline_name(DeclineCode::kExcluded)) == "EXCLUDED");
   CHECK(std::string(decline_name(DeclineCode::kNoFds)) == "NO_FDS");
   CHECK(std::string(decline_name(DeclineCode::kRendezvousFull)) == "RENDEZVOUS_FULL");
+  CHECK(std::string(decline_name(DeclineCode::kPendingFull)) == "PENDING_FULL");
   CHECK(std::is_sorted(codes.begin(), codes.end()));
   CHECK(std::adjacent_find(codes.begin(), codes.end()) == codes.end());
   for (uint32_t code : codes) {
