@@ -570,26 +570,22 @@ SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept
   if (t == nullptr) return r.epoll_ctl(epfd, op, fd, event);
   if (op != EPOLL_CTL_DEL) epoll_sets().mark(epfd);
   SavedErrno saved;
-  std::unique_lock lock(t->epoll_mutex, std::defer_lock);
-  while (true) {
-    settle_epoll_registrations(*t, fd);
-    if (t->socket->is_smc()) {
-      if (event != nullptr && (event->events & EPOLLET)) t->socket->want_readiness_edges();
-      const int mirror = t->socket->readiness_fd();
-      if (mirror < 0) {
-        errno = ENOMEM;  // as the kernel says when it cannot watch one more fd
-        return -1;
-      }
-      // ADD and MOD look at the mirror's state at once: it must not be stale.
-      if (op != EPOLL_CTL_DEL) smcpre::core::flush_stale_mirrors();
-      saved.restore();
-      return r.epoll_ctl(epfd, op, mirror, event);
+  // Held throughout: a call on the same socket from another thread (a re-arm right after
+  // the handshake another thread's read completed) waits until this registration is
+  // recorded, so it finds it either on the kernel socket or moved to the mirror.
+  std::unique_lock lock(t->epoll_mutex);
+  settle_epoll_registrations_locked(*t, fd);
+  if (t->socket->is_smc()) {
+    if (event != nullptr && (event->events & EPOLLET)) t->socket->want_readiness_edges();
+    const int mirror = t->socket->readiness_fd();
+    if (mirror < 0) {
+      errno = ENOMEM;  // as the kernel says when it cannot watch one more fd
+      return -1;
     }
-    lock.lock();
-    // Another thread's read may have turned the socket SMC (and moved its registrations
-    // to the mirror) since the look above: then this call is the mirror's too.
-    if (!t->socket->is_smc()) break;
-    lock.unlock();
+    // ADD and MOD look at the mirror's state at once: it must not be stale.
+    if (op != EPOLL_CTL_DEL) smcpre::core::flush_stale_mirrors();
+    saved.restore();
+    return r.epoll_ctl(epfd, op, mirror, event);
   }
   saved.restore();
   const int rc = r.epoll_ctl(epfd, op, fd, event);
@@ -618,9 +614,6 @@ SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept
   // Either the deciding thread's settle (after its decision) sees the record above, or
   // this look sees the decision (both sequentially consistent): a registration made on
   // the kernel socket never stays there once the socket is SMC.
-  if (!t->socket->undecided()) {
-    lock.unlock();
-    settle_epoll_registrations(*t, fd);
-  }
+  settle_epoll_registrations_locked(*t, fd);
   return rc;
 }

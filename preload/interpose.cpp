@@ -79,8 +79,14 @@ bool oneshot_armed(int epfd, int fd) {
 void settle_epoll_registrations(Tracked& t, int fd) noexcept {
   if (!t.epoll_pending.load(std::memory_order_seq_cst)) return;
   if (t.socket->undecided()) return;
-  SavedErrno saved;
   std::lock_guard lock(t.epoll_mutex);
+  settle_epoll_registrations_locked(t, fd);
+}
+
+void settle_epoll_registrations_locked(Tracked& t, int fd) noexcept {
+  if (!t.epoll_pending.load(std::memory_order_seq_cst)) return;
+  if (t.socket->undecided()) return;
+  SavedErrno saved;
   if (t.socket->is_smc()) {
     const bool edges = std::any_of(
         t.epoll_registrations.begin(), t.epoll_registrations.end(),

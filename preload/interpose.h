@@ -48,6 +48,8 @@ struct Tracked {
 // Moves `t`'s recorded epoll registrations (see Tracked) to its readiness mirror once the
 // socket is on SMC, or forgets them once it is TCP for good. Cheap when there are none.
 void settle_epoll_registrations(Tracked& t, int fd) noexcept;
+// The same, with t.epoll_mutex held by the caller.
+void settle_epoll_registrations_locked(Tracked& t, int fd) noexcept;
 
 using TrackedTable = FdTable<Tracked>;
 
