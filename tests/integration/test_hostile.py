@@ -21,6 +21,25 @@ ACCEPT = EYECATCHER + b"\x02\x00\x44\x18" + bytes(range(1, 57)) + EYECATCHER
 DATA = b"application data after a truncated Accept\n" * 50
 
 
+def recv_clc(sock):
+    """One CLC message's bytes (as far as its header's length says, and no byte past
+    it), or what came before EOF."""
+    data = recv_exactly(sock, 8)
+    if len(data) < 8:
+        return data
+    return data + recv_exactly(sock, int.from_bytes(data[5:7], "big") - 8)
+
+
+def recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def cpu_seconds(pid):
     """User plus system CPU time of a process (all its threads)."""
     with open("/proc/%d/stat" % pid) as f:
@@ -93,6 +112,110 @@ class HostileTest(SmcTestCase):
         # reading), as it would under plain TCP: the exit status is not the point here.
         self.finish(srv, 20, None)
 
+    # ---- an event loop with strangers' half-made handshakes ---------------------------
+
+    def capture_proposal(self):
+        """The Proposal a preloaded client really sends, read by a raw listener that is
+        published as if it ran smcpre (and then closes without answering)."""
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        lsock.settimeout(20)
+        entry = publish_as_listener(self.runtime_dir, lsock)
+        fcntl.flock(entry, fcntl.LOCK_SH)
+        cli = self.start([app("tcpapp"), "client", "--host", "127.0.0.1", "--port",
+                          str(lsock.getsockname()[1]), "--mode", "sink", "--bytes", "1",
+                          "--timeout", "20"], True, name="proposer")
+        try:
+            conn, _ = lsock.accept()
+            conn.settimeout(10)
+            data = recv_clc(conn)
+            conn.close()
+        finally:
+            lsock.close()
+            entry.close()
+        self.finish(cli, 30, None)
+        self.assertTrue(data.startswith(EYECATCHER + b"\x01"), "no Proposal: %r" % data[:16])
+        return data[:int.from_bytes(data[5:7], "big")]
+
+    def test_event_loop_never_stalls(self):
+        """A single-threaded asyncio echo server under the preload, probed by a plain
+        client's round trips while 5 connections send only the eyecatcher and 5 send a
+        valid Proposal and never confirm (handshake timeout 3 s). No call of the server
+        waits for them: the probe's slowest round trip stays far below the timeout (it was
+        2-8 s). At the deadline, with no call of the application on those connections, the
+        Proposals get a Decline (HANDSHAKE_TIMEOUT) and the 4 bytes reach the application
+        as data (it echoes them); afterwards the server is idle."""
+        proposal = self.capture_proposal()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps",
+                              "asyncio_echo.py")
+        srv = self.start([sys.executable, script, "server", "--port", "0", "--conns", "1000"],
+                         True, name="server", env={"SMCPRE_HANDSHAKE_TIMEOUT_MS": "3000"})
+        m = srv.wait_stderr(r"^listening (\d+)$", 20)
+        self.assertIsNotNone(m, srv.describe())
+        port = int(m.group(1))
+        latencies, stop = [], threading.Event()
+
+        def probe():
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                while not stop.is_set():
+                    start = time.monotonic()
+                    s.sendall(b"p" * 64)
+                    if len(recv_exactly(s, 64)) != 64:
+                        raise AssertionError("probe: EOF")
+                    latencies.append(time.monotonic() - start)
+                    time.sleep(0.002)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        time.sleep(0.3)
+        partial = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(5)]
+        proposers = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(5)]
+        try:
+            for s in partial:
+                s.sendall(EYECATCHER)
+            for s in proposers:
+                s.sendall(proposal)
+            started = time.monotonic()
+            # The eyecatchers come back as data once the deadline passed (3 s).
+            for s in partial:
+                s.settimeout(10)
+                self.assertEqual(recv_exactly(s, 4), EYECATCHER, srv.describe())
+            self.assertGreater(time.monotonic() - started, 2.5, srv.describe())
+            # Each Proposal: the Accept, then the Decline at the deadline.
+            for s in proposers:
+                s.settimeout(10)
+                got = recv_clc(s)
+                got += recv_clc(s)
+                self.assertEqual(got[4], 2, "no Accept: %r\n%s" % (got[:16], srv.describe()))
+                decline = got[68:]
+                self.assertEqual(decline[:5], EYECATCHER + b"\x04",
+                                 "no Decline after the Accept: %r\n%s" % (decline[:16],
+                                                                          srv.describe()))
+                self.assertEqual(decline[16:20], b"\x0e\x02\x00\x00", srv.describe())
+        finally:
+            stop.set()
+            prober.join(20)
+            for s in partial + proposers:
+                s.close()
+        self.assertGreater(len(latencies), 100, srv.describe())
+        latencies.sort()
+        p99 = latencies[len(latencies) * 99 // 100]
+        self.assertLess(latencies[-1], 0.5,
+                        "the event loop stalled: slowest probe %.3f s, p99 %.4f s, median "
+                        "%.5f s over %d\n%s" % (latencies[-1], p99, latencies[len(latencies) // 2],
+                                                len(latencies), srv.describe()))
+        before = cpu_seconds(srv.pid)
+        time.sleep(1.0)
+        used = cpu_seconds(srv.pid) - before
+        self.assertLess(used, 0.3, "the server used %.2f s of CPU in 1 s while idle\n%s"
+                        % (used, srv.describe()))
+        print("probe: %d round trips, median %.5f s, p99 %.4f s, max %.4f s"
+              % (len(latencies), latencies[len(latencies) // 2], p99, latencies[-1]),
+              file=sys.stderr)
+
+
     # ---- a truncated Accept from a server -------------------------------------------
 
     def truncated_accept_server(self, delay):
@@ -112,13 +235,7 @@ class HostileTest(SmcTestCase):
                 conn, _ = lsock.accept()
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.settimeout(5)
-                data = b""
-                while len(data) < 8 or len(data) < int.from_bytes(data[5:7], "big"):
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                result["first"] = data
+                result["first"] = recv_clc(conn)
                 conn.sendall(ACCEPT[:66])
                 time.sleep(delay)
                 conn.sendall(DATA)
