@@ -4,8 +4,10 @@ messages to a preloaded application. Bytes that do not make a complete CLC messa
 the application's, delivered in order, exactly as plain TCP would deliver them; a peer
 that stalls or closes mid-message never holds an application thread without end."""
 
+import concurrent.futures
 import fcntl
 import os
+import random
 import socket
 import sys
 import threading
@@ -155,19 +157,7 @@ class HostileTest(SmcTestCase):
         self.assertIsNotNone(m, srv.describe())
         port = int(m.group(1))
         latencies, stop = [], threading.Event()
-
-        def probe():
-            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                while not stop.is_set():
-                    start = time.monotonic()
-                    s.sendall(b"p" * 64)
-                    if len(recv_exactly(s, 64)) != 64:
-                        raise AssertionError("probe: EOF")
-                    latencies.append(time.monotonic() - start)
-                    time.sleep(0.002)
-
-        prober = threading.Thread(target=probe, daemon=True)
+        prober = threading.Thread(target=self.probe, args=(port, latencies, stop), daemon=True)
         prober.start()
         time.sleep(0.3)
         partial = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(5)]
@@ -199,21 +189,216 @@ class HostileTest(SmcTestCase):
             prober.join(20)
             for s in partial + proposers:
                 s.close()
+        self.check_probe(latencies, srv)
+        self.assert_idle(srv)
+
+    # ---- thousands of mutated CLC messages --------------------------------------------
+
+    @staticmethod
+    def mutate(rng, message):
+        """One random corruption of a CLC message: bits, bytes, its length field, its
+        type, a truncation, a tail of garbage, or a few fixed absurd shapes."""
+        m = bytearray(message)
+        kind = rng.randrange(9)
+        if kind == 0:
+            for _ in range(rng.randint(1, 4)):
+                i = rng.randrange(len(m))
+                m[i] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            for _ in range(rng.randint(1, 8)):
+                m[rng.randrange(len(m))] = rng.randrange(256)
+        elif kind == 2:
+            m[5:7] = rng.choice([0, 1, 7, 8, 12, len(m) - 1, len(m) + 1, 0x7fff, 0xffff,
+                                 rng.randrange(65536)]).to_bytes(2, "big")
+        elif kind == 3:
+            m[4] = rng.randrange(256)
+        elif kind == 4:
+            m = m[:rng.randrange(1, len(m))]
+        elif kind == 5:
+            m += bytes(rng.randrange(256) for _ in range(rng.randint(1, 300)))
+        elif kind == 6:
+            m[7] = rng.randrange(256)  # version and flags
+        elif kind == 7:
+            m = bytearray(EYECATCHER[:rng.randint(1, 4)])
+        else:
+            # The offsets and counts in the body (IP prefix offset, prefix count, ...).
+            for i in range(8, len(m) - 4, rng.randint(2, 9)):
+                if rng.random() < 0.3:
+                    m[i] = rng.choice([0, 0xff, 0x7f, 0x80, rng.randrange(256)])
+        return bytes(m)
+
+    @staticmethod
+    def strip_clc(data, types):
+        """Removes whole CLC messages of the given types from the start of data."""
+        while (len(data) >= 8 and data[:4] == EYECATCHER and data[4] in types):
+            length = int.from_bytes(data[5:7], "big")
+            if length < 12 or len(data) < length or data[length - 4:length] != EYECATCHER:
+                break
+            data = data[length:]
+        return data
+
+    @staticmethod
+    def process_vitals(pid):
+        with open("/proc/%d/status" % pid) as f:
+            threads = int(next(l for l in f if l.startswith("Threads:")).split()[1])
+        return threads, len(os.listdir("/proc/%d/fd" % pid))
+
+    def test_mutated_proposals(self):
+        """10,000 connections to a preloaded asyncio echo server, each sending one
+        mutated Proposal (16 at a time) and ending its side. Every connection gets back
+        only CLC messages (Accept, Decline) and then exactly the bytes of what it sent
+        that were not taken as one CLC message, in order; meanwhile a plain client's
+        round trips never stall; afterwards the server has its threads and descriptors
+        of before and is idle."""
+        proposal = self.capture_proposal()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps",
+                              "asyncio_echo.py")
+        srv = self.start([sys.executable, script, "server", "--port", "0", "--conns",
+                          "100000"], True, name="server",
+                         env={"SMCPRE_HANDSHAKE_TIMEOUT_MS": "500", "SMCPRE_LOG": "error"})
+        m = srv.wait_stderr(r"^listening (\d+)$", 20)
+        self.assertIsNotNone(m, srv.describe())
+        port = int(m.group(1))
+        rng = random.Random(15)
+        cases = [self.mutate(rng, proposal) for _ in range(10000)]
+        # A first Proposal makes the server's device, pool and threads (its vitals).
+        self.assertEqual(self.talk(port, proposal)[:5], EYECATCHER + b"\x02", srv.describe())
+        time.sleep(0.5)
+        vitals = self.process_vitals(srv.pid)
+        latencies, stop = [], threading.Event()
+        prober = threading.Thread(target=self.probe, args=(port, latencies, stop), daemon=True)
+        prober.start()
+        bad = []
+        started = time.monotonic()
+        try:
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                for sent, got in zip(cases, pool.map(lambda c: self.talk(port, c), cases)):
+                    rest = self.strip_clc(got, (2, 4))
+                    taken = len(sent) - len(rest)
+                    ok = sent.endswith(rest) and (taken == 0 or (
+                        sent[:4] == EYECATCHER and sent[taken - 4:taken] == EYECATCHER))
+                    if not ok:
+                        bad.append((sent.hex(), got.hex()))
+        finally:
+            stop.set()
+            prober.join(20)
+        elapsed = time.monotonic() - started
+        self.assertEqual(bad[:3], [], "%d of %d connections got wrong bytes\n%s"
+                         % (len(bad), len(cases), srv.describe()))
+        self.assertTrue(srv.alive(), srv.describe())
+        self.check_probe(latencies, srv)
+        time.sleep(1.0)  # the last handshakes' deadlines (0.5 s) pass
+        threads, fds = self.process_vitals(srv.pid)
+        self.assertEqual(threads, vitals[0], "threads left behind\n" + srv.describe())
+        self.assertLessEqual(fds, vitals[1] + 2, "descriptors left behind (%d, were %d)\n%s"
+                             % (fds, vitals[1], srv.describe()))
+        self.assert_idle(srv)
+        print("mutated Proposals: %d connections in %.1f s" % (len(cases), elapsed),
+              file=sys.stderr)
+
+    @staticmethod
+    def talk(port, data):
+        """Sends data on a new connection, ends the sending side, returns all that comes
+        back until EOF."""
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return got
+                got += chunk
+
+    @staticmethod
+    def probe(port, latencies, stop):
+        """A plain client's 64-byte round trips until stop, their times into latencies."""
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while not stop.is_set():
+                start = time.monotonic()
+                s.sendall(b"p" * 64)
+                if len(recv_exactly(s, 64)) != 64:
+                    raise AssertionError("probe: EOF")
+                latencies.append(time.monotonic() - start)
+                time.sleep(0.002)
+
+    def check_probe(self, latencies, srv):
         self.assertGreater(len(latencies), 100, srv.describe())
         latencies.sort()
         p99 = latencies[len(latencies) * 99 // 100]
-        self.assertLess(latencies[-1], 0.5,
-                        "the event loop stalled: slowest probe %.3f s, p99 %.4f s, median "
-                        "%.5f s over %d\n%s" % (latencies[-1], p99, latencies[len(latencies) // 2],
-                                                len(latencies), srv.describe()))
+        summary = "probe: %d round trips, median %.5f s, p99 %.4f s, max %.4f s" % (
+            len(latencies), latencies[len(latencies) // 2], p99, latencies[-1])
+        self.assertLess(latencies[-1], 0.5, "the event loop stalled: %s\n%s"
+                        % (summary, srv.describe()))
+        print(summary, file=sys.stderr)
+
+    def assert_idle(self, srv):
         before = cpu_seconds(srv.pid)
         time.sleep(1.0)
         used = cpu_seconds(srv.pid) - before
         self.assertLess(used, 0.3, "the server used %.2f s of CPU in 1 s while idle\n%s"
                         % (used, srv.describe()))
-        print("probe: %d round trips, median %.5f s, p99 %.4f s, max %.4f s"
-              % (len(latencies), latencies[len(latencies) // 2], p99, latencies[-1]),
-              file=sys.stderr)
+
+    def test_mutated_accepts(self):
+        """A raw server, published as if it ran smcpre, answers 1,000 Proposals of a
+        preloaded client with mutated Accepts, each followed by data and its close. The
+        client application gets, on every connection, exactly the bytes that were not
+        taken as one CLC message, the data included, in order, and never hangs."""
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(64)
+        lsock.settimeout(60)
+        entry = publish_as_listener(self.runtime_dir, lsock)
+        fcntl.flock(entry, fcntl.LOCK_SH)
+        count, rng, sent = 1000, random.Random(16), []
+
+        def serve():
+            try:
+                for i in range(count):
+                    conn, _ = lsock.accept()
+                    with conn:
+                        conn.settimeout(10)
+                        proposal = recv_clc(conn)
+                        reply = (self.mutate(rng, ACCEPT) if proposal[:4] == EYECATCHER
+                                 else b"") + b"data %d\n" % i
+                        sent.append(reply)
+                        conn.sendall(reply)
+                        conn.shutdown(socket.SHUT_WR)
+                        while conn.recv(4096):  # until the client closes
+                            pass
+            except OSError as e:
+                sent.append(repr(e).encode())
+            finally:
+                lsock.close()
+                entry.close()
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        client = ("import socket, sys\n"
+                  "for i in range(%d):\n"
+                  "    s = socket.create_connection(('127.0.0.1', %d), timeout=20)\n"
+                  "    got = b''\n"
+                  "    while True:\n"
+                  "        c = s.recv(65536)\n"
+                  "        if not c: break\n"
+                  "        got += c\n"
+                  "    s.close()\n"
+                  "    print(got.hex(), flush=True)\n") % (count, lsock.getsockname()[1])
+        cli = self.start([sys.executable, "-c", client], True, name="client",
+                         env={"SMCPRE_HANDSHAKE_TIMEOUT_MS": "300", "SMCPRE_LOG": "error"})
+        self.finish(cli, 240)
+        t.join(30)
+        got = [bytes.fromhex(line) for line in cli.stdout_lines]
+        self.assertEqual(len(got), count, cli.describe())
+        bad = []
+        for reply, received in zip(sent, got):
+            taken = len(reply) - len(received)
+            if not reply.endswith(received) or not received.endswith(b"\n") or (
+                    taken > 0 and reply[taken - 4:taken] != EYECATCHER):
+                bad.append((reply.hex(), received.hex()))
+        self.assertEqual(bad[:3], [], "%d of %d connections got wrong bytes\n%s"
+                         % (len(bad), count, cli.describe()))
 
 
     # ---- a truncated Accept from a server -------------------------------------------
