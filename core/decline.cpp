@@ -63,7 +63,7 @@ constexpr std::array kTable{
           "ones (16 per uid, 256 in all)"},
     Entry{DeclineCode::kPendingFull, "PENDING_FULL",
           "server: the client's address has too many handshakes waiting for their Confirm "
-          "(256 per address, 1024 in all)"},
+          "(128 per address, 512 in all; of them new link groups: 4 per address, 8 in all)"},
 };
 
 const Entry* find(uint32_t code) {

@@ -235,13 +235,35 @@ bool EngineState::begin_first_contact(const PeerIdentity& peer, rdma::Device* de
 }
 
 void EngineState::end_first_contact(const PeerIdentity& peer, rdma::Device* device) {
+  std::vector<std::function<void()>> woken;
   {
     std::lock_guard lock(mutex_);
-    auto it =
-        std::find(first_contacts_.begin(), first_contacts_.end(), std::make_pair(peer, device));
+    const auto key = std::make_pair(peer, device);
+    auto it = std::find(first_contacts_.begin(), first_contacts_.end(), key);
     if (it != first_contacts_.end()) first_contacts_.erase(it);
+    for (auto w = turn_waiters_.begin(); w != turn_waiters_.end();) {
+      if (w->key == key) {
+        woken.push_back(std::move(w->on_free));
+        w = turn_waiters_.erase(w);
+      } else {
+        ++w;
+      }
+    }
   }
   first_contact_done_.notify_all();
+  for (auto& on_free : woken) on_free();
+}
+
+bool EngineState::try_first_contact(const PeerIdentity& peer, rdma::Device* device,
+                                    std::function<void()> on_free) {
+  std::lock_guard lock(mutex_);
+  const auto key = std::make_pair(peer, device);
+  if (std::find(first_contacts_.begin(), first_contacts_.end(), key) == first_contacts_.end()) {
+    first_contacts_.push_back(key);
+    return true;
+  }
+  turn_waiters_.push_back({key, std::move(on_free)});
+  return false;
 }
 
 size_t EngineState::live_group_count() {

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -60,6 +61,10 @@ class EngineState {
   // then makes a group of its own). end_first_contact() must follow a true return.
   bool begin_first_contact(const PeerIdentity& peer, rdma::Device* device, int64_t deadline_ns);
   void end_first_contact(const PeerIdentity& peer, rdma::Device* device);
+  // The form that never waits: takes the turn if it is free (true), else keeps `on_free`
+  // and calls it, on the thread that ends the turn and with no lock held, when it ends.
+  bool try_first_contact(const PeerIdentity& peer, rdma::Device* device,
+                         std::function<void()> on_free);
   void add_group(std::shared_ptr<LinkGroup> group);
   // Link groups whose link is up.
   size_t live_group_count();
@@ -90,6 +95,11 @@ class EngineState {
   std::vector<std::weak_ptr<LinkGroup>> groups_;
   std::condition_variable first_contact_done_;
   std::vector<std::pair<PeerIdentity, rdma::Device*>> first_contacts_;
+  struct TurnWaiter {
+    std::pair<PeerIdentity, rdma::Device*> key;
+    std::function<void()> on_free;
+  };
+  std::vector<TurnWaiter> turn_waiters_;  // under mutex_
 };
 
 }  // namespace smcpre::core

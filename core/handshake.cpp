@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <functional>
 #include <string>
 #include <unordered_map>
 
@@ -99,6 +100,11 @@ class FirstContactTurn {
     taken_ = engine_.begin_first_contact(peer_, device_, deadline_ns);
     if (!taken_)
       SMC_LOG_INFO("server: another first contact with this client is slow: a new link group");
+  }
+  // Never waits: false (and on_free called when the turn ends) if another has it.
+  bool try_take(std::function<void()> on_free) {
+    taken_ = engine_.try_first_contact(peer_, device_, std::move(on_free));
+    return taken_;
   }
 
  private:
@@ -253,7 +259,7 @@ rdma::QpEndpoint endpoint_of(const clc::AcceptConfirm& msg) {
 }
 
 ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
-                 clc::Header* header, int64_t partial_ns, size_t* needed) {
+                 clc::Header* header, int64_t partial_ns, size_t* needed, bool consume) {
   uint8_t buf[clc::kMaxMessageSize];
   int64_t partial_deadline = -1;  // set when the first part of a message is seen
   // While waiting for the rest of a message, the socket is not readable until it is all
@@ -278,6 +284,7 @@ ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* m
         return ClcRead::kNotClc;
       }
       message->assign(buf, buf + header->length);
+      if (!consume) return ClcRead::kMessage;
       // Consume exactly the message; it is all there already.
       ssize_t got = sys::recv(fd, buf, header->length, MSG_DONTWAIT);
       if (got != header->length) return ClcRead::kError;
@@ -480,59 +487,86 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
 
 namespace {
 
-// Handshakes between our Accept and the client's Confirm hold an RMB element, a link
-// group in the making and a descriptor: a stranger may keep only so many of them.
-constexpr int kPendingPerPeer = 256;
-constexpr int kPendingTotal = 1024;
+// Handshakes between our Accept and the client's Confirm hold an RMB element and a
+// descriptor; those of a first contact hold a link group in the making too, and its
+// receive queue's share of the receive pool. A stranger (a client address) may keep only
+// so many of either: the cost of every Proposal it sends and never confirms is bounded.
+struct SlotLimits {
+  int per_peer;
+  int total;
+};
+constexpr SlotLimits kPendingLimits{128, 512};
+constexpr SlotLimits kFirstContactLimits{4, 8};
 
-class PendingSlot {
+class SlotCounts {
  public:
-  // Takes a slot for the client at the other end of fd; empty if it has too many.
-  bool take(int fd) {
-    sockaddr_storage peer{};
-    socklen_t length = sizeof peer;
-    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) != 0) return false;
-    key_ = peer.ss_family == AF_INET
-               ? std::string(reinterpret_cast<const char*>(
-                                 &reinterpret_cast<const sockaddr_in&>(peer).sin_addr),
-                             4)
-               : std::string(reinterpret_cast<const char*>(
-                                 &reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr),
-                             16);
-    std::lock_guard lock(mutex());
-    int& mine = counts()[key_];
-    if (mine >= kPendingPerPeer || total() >= kPendingTotal) {
-      if (mine == 0) counts().erase(key_);
+  explicit SlotCounts(SlotLimits limits) : limits_(limits) {}
+  bool take(const std::string& peer) {
+    std::lock_guard lock(mutex_);
+    int& mine = counts_[peer];
+    if (mine >= limits_.per_peer || total_ >= limits_.total) {
+      if (mine == 0) counts_.erase(peer);
       return false;
     }
     ++mine;
-    ++total();
-    taken_ = true;
+    ++total_;
     return true;
   }
-  ~PendingSlot() {
-    if (!taken_) return;
-    std::lock_guard lock(mutex());
-    auto it = counts().find(key_);
-    if (it != counts().end() && --it->second == 0) counts().erase(it);
-    --total();
+  void give(const std::string& peer) {
+    std::lock_guard lock(mutex_);
+    auto it = counts_.find(peer);
+    if (it != counts_.end() && --it->second == 0) counts_.erase(it);
+    --total_;
   }
 
  private:
-  // Heap-allocated and never freed, like every object engine threads may touch at exit.
-  static std::mutex& mutex() {
-    static std::mutex& m = *new std::mutex;
-    return m;
+  const SlotLimits limits_;
+  std::mutex mutex_;
+  std::unordered_map<std::string, int> counts_;
+  int total_ = 0;
+};
+
+// Heap-allocated and never freed, like every object engine threads may touch at exit.
+SlotCounts& pending_counts() {
+  static SlotCounts& counts = *new SlotCounts(kPendingLimits);
+  return counts;
+}
+SlotCounts& first_contact_counts() {
+  static SlotCounts& counts = *new SlotCounts(kFirstContactLimits);
+  return counts;
+}
+
+// The client's address, as the key its slots are counted by.
+std::string peer_key(int fd) {
+  sockaddr_storage peer{};
+  socklen_t length = sizeof peer;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) != 0) return {};
+  if (peer.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(peer).sin_addr;
+    return std::string(reinterpret_cast<const char*>(&a), sizeof a);
   }
-  static std::unordered_map<std::string, int>& counts() {
-    static auto& m = *new std::unordered_map<std::string, int>;
-    return m;
+  const auto& a = reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr;
+  return std::string(reinterpret_cast<const char*>(&a), sizeof a);
+}
+
+// One slot in `counts`, given back when the handshake ends either way.
+class Slot {
+ public:
+  explicit Slot(SlotCounts& counts) : counts_(counts) {}
+  ~Slot() {
+    if (taken_) counts_.give(peer_);
   }
-  static int& total() {
-    static int n = 0;
-    return n;
+  Slot(const Slot&) = delete;
+  Slot& operator=(const Slot&) = delete;
+  bool take(const std::string& peer) {
+    peer_ = peer;
+    taken_ = counts_.take(peer);
+    return taken_;
   }
-  std::string key_;
+
+ private:
+  SlotCounts& counts_;
+  std::string peer_;
   bool taken_ = false;
 };
 
@@ -543,7 +577,8 @@ struct ServerPending {
   ServerPending(EngineState& engine, const PeerIdentity& client, rdma::Device* device)
       : device(device), turn(engine, client, device) {}
   rdma::Device* device;
-  PendingSlot slot;
+  Slot slot{pending_counts()};
+  Slot first_contact_slot{first_contact_counts()};
   config::FdReservation fds;
   PendingConnection pending;  // after turn: released before the turn is given back
   FirstContactTurn turn;
@@ -561,7 +596,9 @@ int64_t pending_deadline_ns(const ServerPending& pending) {
 
 PendingServerHandshake server_accept(int fd, EngineState& engine,
                                      const std::vector<uint8_t>& proposal_bytes,
-                                     bool may_wait_for_turn, HandshakeResult* result) {
+                                     std::function<void()> on_turn_free, bool* wait_for_turn,
+                                     HandshakeResult* result) {
+  *wait_for_turn = false;
   const config::Config& config = engine.config();
   std::string error;
   clc::Proposal proposal;
@@ -586,7 +623,8 @@ PendingServerHandshake server_accept(int fd, EngineState& engine,
   }
   const PeerIdentity client = identity_of(proposal.local);
   PendingServerHandshake p(new ServerPending(engine, client, device));
-  if (!p->slot.take(fd)) {
+  const std::string peer = peer_key(fd);
+  if (!p->slot.take(peer)) {
     SMC_LOG_INFO("server: too many handshakes pending from this client: declining");
     return decline(code(DeclineCode::kPendingFull));
   }
@@ -597,11 +635,22 @@ PendingServerHandshake server_accept(int fd, EngineState& engine,
   if (!p->pending.group) {
     // Another handshake may be creating the group this client needs. A blocking call
     // waits for it (at most its handshake timeout), then looks again; a non-blocking one
-    // never waits: it makes a group of its own at once.
-    p->turn.take(may_wait_for_turn ? deadline_after_ms(config.handshake_timeout_ms) : now_ns());
+    // never waits: it comes back when that one has ended (on_turn_free), having sent
+    // nothing. (A group per waiting Proposal instead would let one client use up the
+    // receive pool with a handful of unconfirmed handshakes.)
+    if (!on_turn_free) {
+      p->turn.take(deadline_after_ms(config.handshake_timeout_ms));
+    } else if (!p->turn.try_take(std::move(on_turn_free))) {
+      *wait_for_turn = true;
+      return nullptr;
+    }
     p->pending.group = engine.find_group(client, rdma::Role::kServer, device, std::nullopt);
   }
   p->first_contact = !p->pending.group;
+  if (p->first_contact && !p->first_contact_slot.take(peer)) {
+    SMC_LOG_INFO("server: too many new link groups pending from this client: declining");
+    return decline(code(DeclineCode::kPendingFull));
+  }
   if (p->first_contact) {
     config::FdReservation group_fds = reserve_fds(kLinkGroupFds, fd);
     if (!group_fds) return decline(code(DeclineCode::kNoFds));

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -36,9 +37,11 @@ enum class ClcRead { kMessage, kNotClc, kNeedMore, kEof, kError, kInterrupted };
 // never holds the caller without end. A partial message followed by the peer's EOF (or an
 // error) is kNotClc at once: those bytes are the application's.
 // *needed (if given) says, on kNeedMore, how many bytes the message needs in all (as far
-// as its header tells yet; 0 when nothing is there).
+// as its header tells yet; 0 when nothing is there). Without `consume`, a message found
+// stays in the socket (the caller takes it off later, header->length bytes).
 ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
-                 clc::Header* header, int64_t partial_ns, size_t* needed = nullptr);
+                 clc::Header* header, int64_t partial_ns, size_t* needed = nullptr,
+                 bool consume = true);
 
 // Whether any byte waits in the socket (a partial message, say) right now.
 bool bytes_waiting(int fd);
@@ -61,13 +64,16 @@ struct ServerPendingDeleter {
 };
 using PendingServerHandshake = std::unique_ptr<ServerPending, ServerPendingDeleter>;
 
-// `proposal_bytes` is the Proposal just consumed from the stream. Returns the pending
-// handshake once the Accept is out; null with *result set when it ended (a Decline).
-// Only with `may_wait_for_turn` does it wait for another handshake that is making this
-// client's first link group (bounded by the handshake timeout).
+// `proposal_bytes` is the Proposal at the start of the stream (the caller consumes it
+// unless *wait_for_turn). Returns the pending handshake once the Accept is out; null with
+// *result set when it ended (a Decline). When another handshake is making this client's
+// first link group: without `on_turn_free` (a blocking call) it waits for that one
+// (bounded by the handshake timeout); with it, it returns null at once with
+// *wait_for_turn set and nothing sent, and on_turn_free runs when that one has ended.
 PendingServerHandshake server_accept(int fd, EngineState& engine,
                                      const std::vector<uint8_t>& proposal_bytes,
-                                     bool may_wait_for_turn, HandshakeResult* result);
+                                     std::function<void()> on_turn_free, bool* wait_for_turn,
+                                     HandshakeResult* result);
 // The client's answer (a Confirm or a Decline, just consumed) ends the handshake.
 HandshakeResult server_confirm(int fd, EngineState& engine, ServerPending& pending,
                                const std::vector<uint8_t>& bytes, const clc::Header& header);

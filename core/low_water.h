@@ -7,6 +7,8 @@
 // handed to the application as data, and it hears of it.
 #pragma once
 
+#include <mutex>
+
 namespace smcpre::core {
 
 class ReceiveLowWater {
@@ -26,6 +28,28 @@ class ReceiveLowWater {
  private:
   int fd_ = -1;
   int saved_ = 1;
+};
+
+// A hold that another thread ends: a socket parked until something elsewhere happens
+// (another connection finishing this client's first link group). It has a descriptor of
+// its own for the socket, so an end that comes late never touches a reused fd number.
+class SharedLowWater {
+ public:
+  SharedLowWater() = default;
+  ~SharedLowWater();
+  SharedLowWater(const SharedLowWater&) = delete;
+  SharedLowWater& operator=(const SharedLowWater&) = delete;
+
+  // Parks fd at `bytes`; if end() came first, lowers it again at once (the wake-up).
+  void hold(int fd, int bytes);
+  // Ends the hold, from any thread, any number of times.
+  void end();
+
+ private:
+  std::mutex mutex_;
+  bool ended_ = false;
+  int fd_ = -1;
+  ReceiveLowWater low_water_;
 };
 
 }  // namespace smcpre::core

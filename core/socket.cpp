@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <new>
 #include <vector>
@@ -218,6 +219,7 @@ class SmcSocket final : public Socket,
       // (an RMB element, a half-made link) goes now, not at its deadline.
       std::lock_guard lock(mutex_);
       pending_.reset();
+      turn_park_.reset();
       partial_since_ns_ = -1;
       drop_held_fd();
     }
@@ -251,6 +253,10 @@ class SmcSocket final : public Socket,
       state_.store(State::kTcpSwallow, std::memory_order_seq_cst);
     }
     parked_.release();
+    if (turn_park_) {
+      turn_park_->end();
+      turn_park_.reset();
+    }
     if (held_fd_ >= 0) sys::close(held_fd_);
     held_fd_ = -1;
     partial_since_ns_ = -1;
@@ -383,7 +389,7 @@ class SmcSocket final : public Socket,
       case State::kServerUndecided:
         // Nothing for the application yet. With nothing at all in the socket and no
         // wait made, the kernel's own answer (EAGAIN, an error) is the one TCP gives.
-        if (wait || pending_ || partial_since_ns_ >= 0) {
+        if (wait || pending_ || partial_since_ns_ >= 0 || turn_park_) {
           t_deferred_errno = EAGAIN;
           return Path::kSmc;
         }
@@ -404,10 +410,10 @@ class SmcSocket final : public Socket,
   // peer's EOF, those bytes are the application's (kNotClc). Waits until `wait_until`
   // (0: not at all, -1: no end) or `phase_deadline` (-1: none), whichever is first.
   ClcRead next_clc(int fd, int64_t wait_until, int64_t phase_deadline,
-                   std::vector<uint8_t>* message, clc::Header* header) {
+                   std::vector<uint8_t>* message, clc::Header* header, bool consume = true) {
     while (true) {
       size_t needed = 0;
-      const ClcRead read = read_clc(fd, -1, false, message, header, 0, &needed);
+      const ClcRead read = read_clc(fd, -1, false, message, header, 0, &needed, consume);
       const int64_t now = now_ns();
       if (read == ClcRead::kNeedMore && needed > 0) {
         if (partial_since_ns_ < 0) partial_since_ns_ = now;
@@ -444,6 +450,12 @@ class SmcSocket final : public Socket,
     }
   }
 
+  // Consumes a CLC message found with consume=false (all of it is there).
+  static void take_off(int fd, size_t length) {
+    uint8_t buf[clc::kMaxMessageSize];
+    sys::recv(fd, buf, std::min(length, sizeof buf), MSG_DONTWAIT);
+  }
+
   // The deadline of the partial message in the stream, if any.
   int64_t own_deadline() const {
     return partial_since_ns_ < 0 ? -1 : partial_since_ns_ + handshake_timeout_ns();
@@ -465,7 +477,7 @@ class SmcSocket final : public Socket,
   }
   // Nothing pending any more: the descriptor the progress thread would use goes.
   void drop_held_fd() {
-    if (pending_ || partial_since_ns_ >= 0) return;
+    if (pending_ || partial_since_ns_ >= 0 || turn_park_) return;
     unpark();
     if (held_fd_ >= 0) sys::close(held_fd_);
     held_fd_ = -1;
@@ -501,7 +513,14 @@ class SmcSocket final : public Socket,
         state_.store(State::kTcp, std::memory_order_seq_cst);
       }
     }
+    if (turn_park_ && now >= turn_park_deadline_ns_) {
+      // The other first contact outlived its own deadline's reach: the application
+      // looks again (and makes a group of its own if it still may not wait).
+      turn_park_->end();
+      turn_park_.reset();
+    }
     int64_t next = own_deadline();
+    if (turn_park_ && (next < 0 || turn_park_deadline_ns_ < next)) next = turn_park_deadline_ns_;
     if (pending_) {
       const int64_t d = pending_deadline_ns(*pending_);
       if (next < 0 || d < next) next = d;
@@ -523,9 +542,15 @@ class SmcSocket final : public Socket,
     std::vector<uint8_t> message;
     clc::Header header;
     if (!pending_) {
+      // Parked for another connection's first contact (see below): look again now.
+      if (turn_park_) {
+        turn_park_->end();
+        turn_park_.reset();
+      }
       // A Proposal is not waited for by a send (rule 2: the server that speaks first
-      // stays on TCP), only by a receive.
-      const ClcRead read = next_clc(fd, sending ? 0 : wait_until, -1, &message, &header);
+      // stays on TCP), only by a receive. It stays in the socket until it is answered.
+      const ClcRead read =
+          next_clc(fd, sending ? 0 : wait_until, -1, &message, &header, /*consume=*/false);
       switch (read) {
         case ClcRead::kInterrupted:
           t_deferred_errno = EINTR;
@@ -537,6 +562,7 @@ class SmcSocket final : public Socket,
           }
           return true;
         case ClcRead::kMessage:
+          if (header.type != clc::Type::kProposal || policy_tcp_) take_off(fd, message.size());
           break;
         default:  // not CLC (a plain client, or a message that never completed), EOF, error
           finish_tcp(static_cast<uint32_t>(partial_since_ns_ >= 0 ? DeclineCode::kProtocol
@@ -559,8 +585,27 @@ class SmcSocket final : public Socket,
         finish_tcp(static_cast<uint32_t>(DeclineCode::kPolicy), true);
         return true;
       }
+      // A call that may not wait, when another connection is making this client's first
+      // link group, parks the socket with the Proposal in it (not readable) until that
+      // one ends: then the kernel wakes whoever waits on the socket, and the call that
+      // follows answers the Proposal on the new group.
+      std::shared_ptr<SharedLowWater> park;
+      std::function<void()> on_turn_free;
+      if (wait_until == 0) {
+        park = std::make_shared<SharedLowWater>();
+        on_turn_free = [park] { park->end(); };
+      }
       HandshakeResult r;
-      pending_ = server_accept(fd, *engine, message, wait_until != 0, &r);
+      bool wait_for_turn = false;
+      pending_ = server_accept(fd, *engine, message, on_turn_free, &wait_for_turn, &r);
+      if (wait_for_turn) {
+        park->hold(fd, static_cast<int>(message.size()) + 1);
+        turn_park_ = std::move(park);
+        turn_park_deadline_ns_ = now_ns() + handshake_timeout_ns();
+        if (hold_fd(fd)) watch_deadline(turn_park_deadline_ns_);
+        return true;
+      }
+      take_off(fd, message.size());
       if (!pending_) return adopt(r);
       if (hold_fd(fd)) watch_deadline(pending_deadline_ns(*pending_));
     }
@@ -585,6 +630,7 @@ class SmcSocket final : public Socket,
 
   bool adopt(const HandshakeResult& r) {
     pending_.reset();
+    turn_park_.reset();
     if (r.connection) {
       connection_ = r.connection;
       publish_smc();
@@ -645,6 +691,9 @@ class SmcSocket final : public Socket,
   ReceiveLowWater parked_;
   int held_fd_ = -1;
   int64_t watched_deadline_ns_ = -1;
+  // Parked until another connection's first contact with this client ends.
+  std::shared_ptr<SharedLowWater> turn_park_;
+  int64_t turn_park_deadline_ns_ = 0;
 };
 
 }  // namespace
