@@ -116,18 +116,17 @@ class HostileTest(SmcTestCase):
 
     # ---- an event loop with strangers' half-made handshakes ---------------------------
 
-    def capture_proposal(self):
-        """The Proposal a preloaded client really sends, read by a raw listener that is
-        published as if it ran smcpre (and then closes without answering)."""
+    def first_message_of(self, start_client):
+        """Starts a preloaded client with start_client(port) against a raw listener that
+        is published as if it ran smcpre; returns (the first CLC message the client sent,
+        its process). The listener reads it and closes without answering."""
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.bind(("127.0.0.1", 0))
         lsock.listen(1)
         lsock.settimeout(20)
         entry = publish_as_listener(self.runtime_dir, lsock)
         fcntl.flock(entry, fcntl.LOCK_SH)
-        cli = self.start([app("tcpapp"), "client", "--host", "127.0.0.1", "--port",
-                          str(lsock.getsockname()[1]), "--mode", "sink", "--bytes", "1",
-                          "--timeout", "20"], True, name="proposer")
+        proc = start_client(lsock.getsockname()[1])
         try:
             conn, _ = lsock.accept()
             conn.settimeout(10)
@@ -136,13 +135,21 @@ class HostileTest(SmcTestCase):
         finally:
             lsock.close()
             entry.close()
+        self.assertTrue(data.startswith(EYECATCHER + b"\x01"),
+                        "no Proposal: %r\n%s" % (data[:16], proc.describe()))
+        return data, proc
+
+    def capture_proposal(self):
+        """The Proposal a preloaded client really sends."""
+        data, cli = self.first_message_of(lambda port: self.start(
+            [app("tcpapp"), "client", "--host", "127.0.0.1", "--port", str(port), "--mode",
+             "sink", "--bytes", "1", "--timeout", "20"], True, name="proposer"))
         self.finish(cli, 30, None)
-        self.assertTrue(data.startswith(EYECATCHER + b"\x01"), "no Proposal: %r" % data[:16])
-        return data[:int.from_bytes(data[5:7], "big")]
+        return data
 
     def test_event_loop_never_stalls(self):
         """A single-threaded asyncio echo server under the preload, probed by a plain
-        client's round trips while 5 connections send only the eyecatcher and 5 send a
+        client's round trips while 5 connections send only the eyecatcher and 4 send a
         valid Proposal and never confirm (handshake timeout 3 s). No call of the server
         waits for them: the probe's slowest round trip stays far below the timeout (it was
         2-8 s). At the deadline, with no call of the application on those connections, the
@@ -161,12 +168,15 @@ class HostileTest(SmcTestCase):
         prober.start()
         time.sleep(0.3)
         partial = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(5)]
-        proposers = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(5)]
+        # Identities of their own: one client's unconfirmed first contacts would follow
+        # one another (each waits for the one before).
+        proposals = [proposal[:8] + bytes([0x55, i]) + proposal[10:] for i in range(4)]
+        proposers = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(4)]
         try:
             for s in partial:
                 s.sendall(EYECATCHER)
-            for s in proposers:
-                s.sendall(proposal)
+            for s, data in zip(proposers, proposals):
+                s.sendall(data)
             started = time.monotonic()
             # The eyecatchers come back as data once the deadline passed (3 s).
             for s in partial:
@@ -295,6 +305,96 @@ class HostileTest(SmcTestCase):
         self.assert_idle(srv)
         print("mutated Proposals: %d connections in %.1f s" % (len(cases), elapsed),
               file=sys.stderr)
+
+    def capture_and_connect(self, server_port):
+        """A preloaded client process that sends its Proposal to a raw listener (captured
+        and returned), then connects to the server for real (an active link group with
+        its identity there) and holds that connection open until the test ends."""
+        script = ("import socket, sys\n"
+                  "a = socket.create_connection(('127.0.0.1', %d), timeout=20)\n"
+                  "a.recv(1)\n"
+                  "a.close()\n"
+                  "b = socket.create_connection(('127.0.0.1', %d), timeout=20)\n"
+                  "b.sendall(b'x')\n"
+                  "assert b.recv(1) == b'x'\n"
+                  "print('ready', flush=True)\n"
+                  "sys.stdin.read()\n")
+        proposal, holder = self.first_message_of(lambda port: self.start(
+            [sys.executable, "-c", script % (port, server_port)], True, name="holder",
+            stdin_pipe=True))
+        deadline = time.monotonic() + 20
+        while "ready" not in holder.stdout_lines and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn("ready", holder.stdout_lines, holder.describe())
+        return proposal, holder
+
+    def test_pending_handshakes_capped(self):
+        """Proposals that are never confirmed, from one address: 12 with identities of
+        their own (each a new link group) get 4 Accepts and 8 Declines PENDING_FULL; 140
+        with the identity of a client that has a link group with the server get 128
+        Accepts and 12 Declines PENDING_FULL. At the deadline (3 s) every Accepted one
+        gets its Decline HANDSHAKE_TIMEOUT without a call of the application. The server
+        keeps its threads; a second round leaves it with the descriptors the first did
+        (the RMB memory areas, a few memfds that grow geometrically to the peak, stay for
+        reuse); it is idle afterwards."""
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps",
+                              "asyncio_echo.py")
+        srv = self.start([sys.executable, script, "server", "--port", "0", "--conns", "1000",
+                          "--nofile", "20000"], True, name="server",
+                         env={"SMCPRE_HANDSHAKE_TIMEOUT_MS": "3000"})
+        m = srv.wait_stderr(r"^listening (\d+)$", 20)
+        self.assertIsNotNone(m, srv.describe())
+        port = int(m.group(1))
+        with open("/proc/%d/limits" % srv.pid) as f:
+            nofile = int(next(l for l in f if l.startswith("Max open files")).split()[3])
+        if nofile < 8000:
+            self.skipTest("the RLIMIT_NOFILE (%d) leaves smcpre too few descriptors" % nofile)
+        proposal, holder = self.capture_and_connect(port)
+        time.sleep(0.3)
+        threads = self.process_vitals(srv.pid)[0]
+        strangers = [proposal[:8] + bytes([0x55, i]) + proposal[10:] for i in range(12)]
+        after = []
+        for round_ in (1, 2):
+            for name, sent, want in (("new link groups", strangers, (4, 8)),
+                                     ("one link group", [proposal] * 140, (128, 12))):
+                with self.subTest(name, round=round_):
+                    self.unconfirmed_proposals(srv, port, sent, want)
+            time.sleep(0.5)
+            links = [os.readlink("/proc/%d/fd/%s" % (srv.pid, f))
+                     for f in os.listdir("/proc/%d/fd" % srv.pid)]
+            areas = sum(1 for link in links if "smcpre-mr" in link)
+            after.append((self.process_vitals(srv.pid)[0], len(links) - areas))
+            # RMB memory areas grow geometrically (4 MiB, 8 MiB, ...) to the peak and
+            # stay, hole-punched: 128 pending RMBs of 512 KiB need 5 or 6 of them.
+            self.assertLessEqual(areas, 7, "RMB memory areas: %d\n%s" % (areas, srv.describe()))
+        self.assertEqual(after[0][0], threads, "threads left behind\n" + srv.describe())
+        self.assertEqual(after[1], after[0], "threads or descriptors grew (%s, then %s)\n%s"
+                         % (after[0], after[1], srv.describe()))
+        self.assert_idle(srv)
+        holder.close_stdin()
+        self.finish(holder, 20)
+
+    def unconfirmed_proposals(self, srv, port, sent, want):
+        """Sends each Proposal on a connection of its own and never confirms: `want` is
+        (Accepts, Declines PENDING_FULL); every Accept is followed by a Decline
+        HANDSHAKE_TIMEOUT within the deadline."""
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in sent]
+        try:
+            for s, data in zip(conns, sent):
+                s.sendall(data)
+            first = [recv_clc(s) for s in conns]
+            accepts = sum(1 for f in first if f[:5] == EYECATCHER + b"\x02")
+            full = sum(1 for f in first if f[:5] == EYECATCHER + b"\x04"
+                       and f[16:20] == b"\x0e\x0c\x00\x00")
+            self.assertEqual((accepts, full), want, srv.describe())
+            started = time.monotonic()
+            for s, f in zip(conns, first):
+                if f[4] == 2:
+                    self.assertEqual(recv_clc(s)[16:20], b"\x0e\x02\x00\x00", srv.describe())
+            self.assertLess(time.monotonic() - started, 4.5, srv.describe())
+        finally:
+            for s in conns:
+                s.close()
 
     @staticmethod
     def talk(port, data):
