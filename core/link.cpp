@@ -1,5 +1,6 @@
 #include "core/link.h"
 
+#include <fmt/format.h>
 #include <sched.h>
 
 #include <cstring>
@@ -16,6 +17,13 @@
 namespace smcpre::core {
 namespace {
 constexpr int kPollBatch = 16;
+
+// Counts one more event of a kind and says whether to log it: the 1st, 2nd, 4th, 8th...
+// so that a peer that sends the same bad thing a million times is heard, not echoed.
+bool log_this_one(std::atomic<uint64_t>& count) {
+  const uint64_t n = count.fetch_add(1, std::memory_order_relaxed) + 1;
+  return (n & (n - 1)) == 0;
+}
 // Receive completions one pass reaps at most before it turns to the send queue (at least
 // the whole receive queue): bounded so that sends are reaped too.
 constexpr int kMaxRecvPerPass = 256;
@@ -289,7 +297,10 @@ bool Link::handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool 
     cdc::Message msg;
     std::string error;
     if (!cdc::decode(bytes, &msg, &error)) {
-      SMC_LOG_WARN("link: malformed CDC message dropped: {}", error);
+      if (log_this_one(malformed_cdc_)) {
+        SMC_LOG_WARN("link: malformed CDC message dropped: {} ({} so far)", error,
+                     malformed_cdc_.load(std::memory_order_relaxed));
+      }
       return false;
     }
     group_->on_cdc(msg);
@@ -297,8 +308,14 @@ bool Link::handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool 
   }
   uint32_t token;
   if (!cdc::peek_token(bytes, &token)) {
-    SMC_LOG_WARN("link: malformed CDC message dropped: {} bytes, type {:#04x}, length byte {}",
-                 length, data[0], length > 1 ? data[1] : 0);
+    // Dropped, as Linux drops a CDC of the wrong length: the connection goes on.
+    if (log_this_one(malformed_cdc_)) {
+      SMC_LOG_WARN(
+          "link: malformed CDC message dropped: {} bytes, type {:#04x}, length byte {} ({} so "
+          "far)",
+          length, data[0], length > 1 ? data[1] : 0,
+          malformed_cdc_.load(std::memory_order_relaxed));
+    }
     return false;
   }
   auto connection = group_->find_connection(token);
@@ -318,6 +335,20 @@ bool Link::handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool 
 void Link::handle_llc(const uint8_t* data, uint32_t length) {
   std::string error;
   std::span<const uint8_t> bytes(data, length);
+  switch (llc::disposition(data[0])) {
+    case llc::Disposition::kAct:
+      break;
+    case llc::Disposition::kIgnore:
+      if (log_this_one(ignored_llc_)) {
+        SMC_LOG_WARN("link: {} ignored (a single-link group; {} so far)",
+                     llc::type_name(llc::classify(data[0])),
+                     ignored_llc_.load(std::memory_order_relaxed));
+      }
+      return;
+    case llc::Disposition::kViolation:
+      protocol_violation(fmt::format("message of unknown type {:#04x}", data[0]));
+      return;
+  }
   switch (llc::classify(data[0])) {
     case llc::Type::kConfirmLink: {
       llc::ConfirmLink msg;
@@ -361,10 +392,18 @@ void Link::handle_llc(const uint8_t* data, uint32_t length) {
       return;
     }
     default:
-      SMC_LOG_WARN("link: unexpected message type {:#04x} ignored", data[0]);
       return;
   }
-  SMC_LOG_WARN("link: malformed LLC message dropped: {}", error);
+  protocol_violation("malformed LLC message: " + error);
+}
+
+void Link::protocol_violation(const std::string& what) {
+  // The peer does not speak the protocol: nothing it sends on this link can be trusted
+  // any more. Its connections are reset (ECONNRESET), as Linux ends the link group.
+  if (!failed() && !error_pending_.load(std::memory_order_acquire)) {
+    SMC_LOG_WARN("link: protocol violation from the peer ({}): link down", what);
+  }
+  fail("protocol violation");
 }
 
 bool Link::send_test_link() {

@@ -123,6 +123,8 @@ class Link {
   // a worker (else it is free for re-posting).
   bool handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool draining);
   void handle_llc(const uint8_t* data, uint32_t length);
+  // The peer sent what no SMC peer sends (garbage in the receive queue): the link fails.
+  void protocol_violation(const std::string& what);
   void handle_send_completion(const rdma::WorkCompletion& wc, Reaper reaper);
   bool post_buffer(uint32_t index);
   // Posts pool buffers until the queue is full or the pool is empty.
@@ -150,6 +152,9 @@ class Link {
   std::atomic<bool> flush_done_{false};
   WaitQueue events_;
   std::atomic<uint64_t> wc_errors_[rdma::kWcStatusCount] = {};
+  // Messages dropped or ignored, counted so that their log lines thin out (1, 2, 4...).
+  std::atomic<uint64_t> malformed_cdc_{0};
+  std::atomic<uint64_t> ignored_llc_{0};
 };
 
 }  // namespace smcpre::core
