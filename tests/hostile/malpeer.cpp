@@ -451,6 +451,9 @@ bool MalPeer::send_raw(const uint8_t* msg, uint32_t length) {
         break;
     }
   }
+  std::fprintf(stderr, "send_raw: no receive posted (victim posted %llu, sent %llu)\n",
+               (unsigned long long)victim_ring_header()->posted,
+               (unsigned long long)sent_messages_);
   return false;  // the victim stopped posting receives (its link is down)
 }
 
@@ -557,7 +560,16 @@ bool MalPeer::echo(size_t n, int timeout_ms) {
     }
     send_update();
   }
-  return rx_cons_ == expect && got == data;
+  if (rx_cons_ != expect || got != data) {
+    std::fprintf(stderr,
+                 "echo: sent %zu of %zu, tx_prod %llu tx_cons %llu rx_prod %llu rx_cons %llu got "
+                 "%zu, messages %llu\n",
+                 sent, n, (unsigned long long)tx_prod_, (unsigned long long)tx_cons_,
+                 (unsigned long long)rx_prod_, (unsigned long long)rx_cons_, got.size(),
+                 (unsigned long long)sent_messages_);
+    return false;
+  }
+  return true;
 }
 
 void MalPeer::close_orderly() {
@@ -743,7 +755,12 @@ int main(int argc, char** argv) {
     peer.notify_victim();
   } else if (attack == "slot-bad-seq") {
     // Every slot gets a wrong message number and noise, and the shared `filled` word
-    // claims a message waiting: nothing may be read, and nothing may spin.
+    // claims a message waiting: nothing may be read, and nothing may spin. Only once
+    // the victim has taken every message we sent (else we would garble our own).
+    const uint64_t taken = peer.victim_ring_depth() + peer.delivered_to_victim();
+    peer.pump(2000, [&] {
+      return std::atomic_ref<uint64_t>(peer.victim_ring_header()->posted).load() == taken;
+    });
     for (uint32_t i = 0; i < peer.victim_ring_depth(); ++i) {
       uint8_t* slot = peer.victim_slot(i);
       auto* header = reinterpret_cast<SlotHeader*>(slot);
@@ -756,7 +773,15 @@ int main(int argc, char** argv) {
     peer.notify_victim();
     hold(peer, hold_after);
     std::atomic_ref<uint64_t>(peer.victim_ring_header()->filled).store(peer.delivered_to_victim());
-    if (peer.echo(10000)) say("echo-ok");
+    if (peer.echo(10000)) {
+      say("echo-ok");
+    } else {
+      std::fprintf(
+          stderr, "echo failed: victim ring posted %llu filled %llu armed %u, delivered %llu\n",
+          (unsigned long long)peer.victim_ring_header()->posted,
+          (unsigned long long)peer.victim_ring_header()->filled, peer.victim_ring_header()->armed,
+          (unsigned long long)peer.delivered_to_victim());
+    }
     peer.close_orderly();
     return 0;
   } else if (attack == "posted-overflow") {
