@@ -108,6 +108,23 @@ TEST_CASE("shm: RNR timer table", "[shm]") {
   CHECK(shm::rnr_timer_ns(0) == 655'360'000);
 }
 
+TEST_CASE("shm: RNR retries back off for a receiver that never posts again", "[shm]") {
+  const int64_t timer = shm::rnr_timer_ns(5);
+  for (uint32_t retries = 0; retries < 16; ++retries) {
+    CHECK(shm::rnr_backoff_ns(timer, retries) == timer);  // a slow receiver: full speed
+  }
+  CHECK(shm::rnr_backoff_ns(timer, 16) == 2 * timer);
+  CHECK(shm::rnr_backoff_ns(timer, 47) == 4 * timer);
+  CHECK(shm::rnr_backoff_ns(timer, 1000) == 100'000'000);
+  CHECK(shm::rnr_backoff_ns(timer, UINT32_MAX) == 100'000'000);
+  CHECK(shm::rnr_backoff_ns(shm::rnr_timer_ns(0), 1000) == shm::rnr_timer_ns(0));
+  // A peer that posts nothing for 2 s cost 33,000 retries (each a wakeup); now about 100.
+  int64_t waited = 0;
+  uint32_t retries = 0;
+  while (waited < 2'000'000'000) waited += shm::rnr_backoff_ns(timer, retries++);
+  CHECK(retries < 200);
+}
+
 TEST_CASE("shm: device, regions and QP parameters", "[shm]") {
   std::string error;
   auto a = open_shm_device({}, &error);
