@@ -189,6 +189,7 @@ bool Connection::send_cdc(CdcContext context, bool write_blocked) {
     return false;
   }
   Link& link = group_->link();
+  int round = 0;
   while (true) {
     int rc;
     {
@@ -200,8 +201,7 @@ bool Connection::send_cdc(CdcContext context, bool write_blocked) {
       cdc_pending_.store(rc == EAGAIN, std::memory_order_relaxed);
       return false;
     }
-    link.progress();
-    cpu_relax();
+    link.wait_for_send_room(&round);
   }
 }
 
@@ -429,11 +429,17 @@ int Connection::post_writes(std::unique_lock<std::mutex>& send_lock, const iovec
   const uint32_t ring = peer_rmb_.length;
   int rc = 0;
   auto post = [&](const void* src, uint32_t lkey, uint32_t piece, uint32_t offset) {
+    int round = 0;
     while ((rc = link.qp().post_write(src, piece, lkey, peer_rmb_.addr + offset, peer_rmb_.rkey, 0,
                                       false)) == EAGAIN) {
+      // A link that failed meanwhile (the keepalive gave up on a peer that takes nothing)
+      // frees no queue entry any more.
+      if (link.failed()) {
+        rc = EPIPE;
+        break;
+      }
       send_lock.unlock();
-      link.progress();
-      cpu_relax();
+      link.wait_for_send_room(&round);
       send_lock.lock();
     }
     return rc == 0;

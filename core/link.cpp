@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <sched.h>
+#include <time.h>
 
 #include <cstring>
 
@@ -140,6 +141,22 @@ int Link::post_llc(std::span<const uint8_t, kWrMessageSize> message, uint64_t wr
   const int rc = post_message(message, wr_id, signaled);
   if (rc == 0) stats::add(slot_->llc_sent);
   return rc;
+}
+
+void Link::wait_for_send_room(int* round) {
+  constexpr int kSpinRounds = 64;
+  constexpr int64_t kFirstSleepNs = 20'000;
+  constexpr int64_t kMaxSleepNs = 10'000'000;
+  progress();
+  const int n = (*round)++;
+  if (n < kSpinRounds) {
+    cpu_relax();
+    return;
+  }
+  const int doublings = std::min(n - kSpinRounds, 9);
+  const int64_t sleep_ns = std::min(kFirstSleepNs << doublings, kMaxSleepNs);
+  timespec pause{0, static_cast<long>(sleep_ns)};
+  nanosleep(&pause, nullptr);
 }
 
 bool Link::progress(Reaper reaper) {
@@ -406,12 +423,12 @@ void Link::protocol_violation(const std::string& what) {
   fail("protocol violation");
 }
 
-bool Link::send_test_link() {
+int Link::send_test_link() {
   llc::TestLink msg;
   uint8_t out[kWrMessageSize];
   llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
   std::lock_guard lock(send_mutex_);
-  return post_llc(out) == 0;
+  return post_llc(out);
 }
 
 bool Link::send_delete_link() {
