@@ -1091,3 +1091,39 @@ TEST_CASE("shm arena: a peer maps a slice at its offset, and only inside the mem
   CHECK(big->offset() == 0);
   CHECK(arena->chunk_count() == 2);
 }
+
+TEST_CASE("shm: peers map no more than this process's budget", "[shm]") {
+  // The largest region a peer may announce, as often as it likes: before the budget,
+  // about 2000 of them filled the address space and the application's malloc failed.
+  shm::SharedMemory huge;
+  std::string error;
+  const int fd = ::memfd_create("test-huge", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, static_cast<off_t>(shm::kMaxRegionBytes)) == 0);
+  REQUIRE(::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
+  const uint64_t held_before = shm::PeerMappingBudget::bytes();
+  std::vector<shm::SharedMemory> maps;
+  bool refused = false;
+  for (int i = 0; i < 4096 && !refused; ++i) {
+    shm::SharedMemory m;
+    if (m.map_peer(shm::UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0)), shm::kMaxRegionBytes, &error)) {
+      maps.push_back(std::move(m));
+    } else {
+      refused = true;
+    }
+  }
+  CHECK(refused);
+  CHECK(error.find("budget for peer mappings") != std::string::npos);
+  CHECK(maps.size() * shm::kMaxRegionBytes <= shm::kMaxPeerMappedBytes);
+  CHECK(maps.size() * shm::kMaxRegionBytes > shm::kMaxPeerMappedBytes - 2 * shm::kMaxRegionBytes);
+  // The application's own memory is still there.
+  void* mine = ::mmap(nullptr, uint64_t{1} << 40, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  CHECK(mine != MAP_FAILED);
+  if (mine != MAP_FAILED) ::munmap(mine, uint64_t{1} << 40);
+  // Unmapped, the budget is back.
+  maps.clear();
+  CHECK(shm::PeerMappingBudget::bytes() == held_before);
+  shm::SharedMemory again;
+  CHECK(again.map_peer(shm::UniqueFd(fd), shm::kMaxRegionBytes, &error));
+}
