@@ -70,6 +70,10 @@ constexpr uint64_t kHugeRegion = kMaxRegionBytes;  // the largest a victim accep
   std::exit(1);
 }
 
+// When the attack began (0: not yet): what the victim does after it is said with the
+// milliseconds it took.
+int64_t g_attack_ns = 0;
+
 void say(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -110,6 +114,15 @@ void send_all(int fd, const void* data, size_t n) {
     p += r;
     n -= static_cast<size_t>(r);
   }
+}
+
+// " after 1.234 ms" once the attack has begun.
+std::string since_attack() {
+  if (g_attack_ns == 0) return "";
+  char text[64];
+  std::snprintf(text, sizeof text, " after %.3f ms",
+                static_cast<double>(now_ns() - g_attack_ns) / 1e6);
+  return text;
 }
 
 // A region of the victim's protection domain, mapped here.
@@ -378,7 +391,7 @@ void MalPeer::drain_rendezvous() {
     if (s == RecvStatus::kWouldBlock) return;
     if (s != RecvStatus::kMessage) {
       link_down = true;
-      say("link-down");
+      say("link-down%s", since_attack().c_str());
       return;
     }
     if (m.msg.header.type != uint16_t(MsgType::kRegion)) continue;
@@ -507,7 +520,7 @@ void MalPeer::handle(const uint8_t* msg, uint32_t length) {
     }
     if (m.peer_conn_abort && !victim_aborted) {
       victim_aborted = true;
-      say("victim-abort");
+      say("victim-abort%s", since_attack().c_str());
     }
     if (m.peer_conn_closed) victim_closed = true;
     return;
@@ -661,6 +674,7 @@ int main(int argc, char** argv) {
   say("echo-ok");
 
   const uint32_t victim_ring = peer.victim_rmb_size();
+  g_attack_ns = now_ns();
   if (attack == "none") {
     hold(peer, hold_after);
     if (peer.echo(100 * 1024)) say("echo-ok");
@@ -685,6 +699,7 @@ int main(int argc, char** argv) {
   } else if (attack == "prod-wrap-backwards") {
     // Past one whole ring first, then the same offset one wrap earlier.
     if (!peer.echo(victim_ring + victim_ring / 2)) die("the long echo failed");
+    g_attack_ns = now_ns();
     cdc::Message m = peer.cdc_now();
     m.prod = core::to_wire(peer.tx_prod() - victim_ring, victim_ring);
     peer.send_cdc(m);

@@ -32,7 +32,7 @@ MALPEER = os.environ.get("SMCPRE_MALPEER") or os.path.join(REPO, "build", "tests
                                                             "malpeer")
 RESET = "Connection reset by peer"
 IDLE_CPU = 0.1  # seconds of CPU the victim may use in IDLE_WINDOW while idle
-IDLE_WINDOW = 1.5
+IDLE_WINDOW = 1.0
 
 
 def cpu_seconds(pid):
@@ -120,12 +120,13 @@ class MalPeerTest(SmcTestCase):
         victim, self.port = self.start_victim(env)
         peer = self.start_malpeer(self.port, attack)
         self.expect_line(peer, r"^echo-ok$", 20, victim)
-        start = time.monotonic()
         if victim.wait_stdout(r'"conn":0', 20) is None:
             self.fail("the victim did not end the attacked connection within 20 s\n"
                       + self.describe_all(victim, peer))
-        took = time.monotonic() - start
         self.finish(peer, 20, 0, [victim])
+        # The first sign of the reset the peer saw: the victim's abort or its QP's hangup.
+        m = self.expect_line(peer, r"^(victim-abort|link-down) after ([0-9.]+) ms$", 1, victim)
+        took = float(m.group(2))
         self.assertIn(log, victim.stderr_text(), self.describe_all(victim, peer))
         self.assert_idle(victim, "after the attack", peer)
         record = self.genuine_client_then_exit(victim, peer)
@@ -134,7 +135,7 @@ class MalPeerTest(SmcTestCase):
         if reference:
             self.assertEqual(record["error"], self.tcp_reset_reference(),
                              self.describe_all(victim, peer))
-        sys.stderr.write("%s: reset after %.3f s\n" % (attack, took))
+        sys.stderr.write("%s: reset after %.3f ms\n" % (attack, took))
         return took
 
     def run_survive(self, attack, hold=True):
@@ -228,7 +229,8 @@ class MalPeerTest(SmcTestCase):
         self.run_survive("slot-bad-seq")
 
     def test_posted_count_beyond_the_ring(self):
-        self.run_reset("posted-overflow", "more receive buffers than its receive queue holds")
+        self.run_reset("posted-overflow", "more receive buffers than its receive queue holds",
+                       reference=False)
 
     def test_garbage_in_the_victims_rmb(self):
         """Noise over the victim's RMB outside the cursors is never read as data."""
