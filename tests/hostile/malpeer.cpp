@@ -7,7 +7,10 @@
 // maps them, CONFIRM LINK answered. The victim is an unmodified program under the
 // preload (tcpapp server --mode echo --raw). Then it misbehaves as --attack says.
 //
-//   malpeer --port P [--host H] --attack NAME [--hold]
+//   malpeer --port P [--host H] --attack NAME [--hold] [--verbs DEVICE --bind ADDR]
+//
+// --verbs: over that verbs device (rxe0 in scripts/rxe-vm) instead of shm, from the TCP
+// source address ADDR; the attacks on the CLC fields, CDCs and LLC messages only.
 //
 // Output on stdout, one word per line, for the test to match: "established" once the
 // link is up; "victim-abort" (the victim sent a CDC with peer_conn_abort), "link-down"
@@ -125,6 +128,117 @@ std::string since_attack() {
   return text;
 }
 
+// The attacker on a verbs device (Soft-RoCE in scripts/rxe-vm), through the engine's own
+// device layer: a real RC queue pair, our RMB and receive buffers registered, WRITEs into
+// the victim's RMB by rkey. Only the protocol-level attacks apply there; the shm-only
+// ones write shared memory that verbs does not have.
+class VerbsSide {
+ public:
+  void open(const std::string& name) {
+    std::string error;
+    device_ = rdma::open_verbs_device(name, 0, -1, &error);
+    if (!device_) die("verbs device %s: %s", name.c_str(), error.c_str());
+    pd_ = device_->alloc_pd(&error);
+    if (!pd_) die("verbs PD: %s", error.c_str());
+    rmb_ = pd_->register_memory(kRmbSize, &error);
+    recv_ = pd_->register_memory(size_t{kRingDepth} * kRingPayload, &error);
+    if (!rmb_ || !recv_) die("verbs memory: %s", error.c_str());
+    rdma::QpConfig config;
+    config.send_depth = 256;
+    config.recv_depth = kRingDepth;
+    config.max_inline = kRingPayload;
+    qp_ = pd_->create_qp(config, &error);
+    if (!qp_) die("verbs QP: %s", error.c_str());
+    for (uint32_t i = 0; i < kRingDepth; ++i) post(i);
+  }
+  void fill(clc::LocalInfo* local, clc::AcceptConfirm* confirm) const {
+    local->gid = device_->gid();
+    local->mac = device_->mac();
+    const rdma::QpEndpoint ep = qp_->local_endpoint();
+    confirm->qp_num = ep.qp_num;
+    confirm->psn = ep.psn;
+    confirm->qp_mtu = static_cast<uint8_t>(ep.mtu);
+    confirm->rmb_rkey = rmb_->rkey();
+    confirm->rmb_vaddr = rmb_->remote_addr();
+  }
+  void connect(const clc::AcceptConfirm& accept, uint32_t victim_rmb_size) {
+    rdma::QpEndpoint remote;
+    remote.gid = accept.local.gid;
+    remote.mac = accept.local.mac;
+    remote.qp_num = accept.qp_num;
+    remote.psn = accept.psn;
+    remote.mtu = static_cast<rdma::PathMtu>(accept.qp_mtu);
+    std::string error;
+    if (!qp_->connect(remote, rdma::Role::kClient, 5000, &error))
+      die("verbs connect: %s", error.c_str());
+    stage_ = pd_->register_memory(victim_rmb_size, &error);
+    if (!stage_) die("verbs staging memory: %s", error.c_str());
+    victim_addr_ = accept.rmb_vaddr;
+    victim_rkey_ = accept.rmb_rkey;
+  }
+  // Received messages to `take`; false once the QP is in error (the victim's side went).
+  bool poll(const std::function<void(const uint8_t*, uint32_t)>& take) {
+    rdma::WorkCompletion wc[16];
+    int n;
+    while ((n = qp_->poll_recv(wc)) > 0) {
+      for (int i = 0; i < n; ++i) {
+        if (wc[i].status != rdma::WcStatus::kSuccess) {
+          broken_ = true;
+          continue;
+        }
+        take(buffer(static_cast<uint32_t>(wc[i].wr_id)), wc[i].byte_len);
+        post(static_cast<uint32_t>(wc[i].wr_id));
+      }
+    }
+    reap_sends();
+    return !broken_ && !qp_->in_error();
+  }
+  bool send(const uint8_t* msg, uint32_t length) {
+    for (int attempt = 0; attempt < 2000; ++attempt) {
+      const int rc = qp_->post_send_inline(msg, length, 0, true);
+      if (rc == 0) return true;
+      if (rc != EAGAIN) return false;
+      reap_sends();
+      pause_us(500);
+    }
+    return false;
+  }
+  // An RDMA WRITE of `n` bytes at `offset` of the victim's RMB (rkey as the victim gave it).
+  void write(uint64_t offset, const uint8_t* data, size_t n) {
+    auto* stage = static_cast<uint8_t*>(stage_->addr()) + offset;
+    std::memcpy(stage, data, n);
+    while (qp_->post_write(stage, static_cast<uint32_t>(n), stage_->lkey(), victim_addr_ + offset,
+                           victim_rkey_, 0, false) == EAGAIN) {
+      reap_sends();
+      pause_us(100);
+    }
+  }
+  const uint8_t* own_rmb() const { return static_cast<const uint8_t*>(rmb_->addr()); }
+
+ private:
+  uint8_t* buffer(uint32_t index) {
+    return static_cast<uint8_t*>(recv_->addr()) + size_t{index} * kRingPayload;
+  }
+  void post(uint32_t index) { qp_->post_recv(buffer(index), kRingPayload, recv_->lkey(), index); }
+  void reap_sends() {
+    rdma::WorkCompletion wc[16];
+    int n;
+    while ((n = qp_->poll_send(wc)) > 0) {
+      for (int i = 0; i < n; ++i) broken_ |= wc[i].status != rdma::WcStatus::kSuccess;
+    }
+  }
+
+  std::unique_ptr<rdma::Device> device_;
+  std::unique_ptr<rdma::ProtectionDomain> pd_;
+  std::unique_ptr<rdma::MemoryRegion> rmb_;
+  std::unique_ptr<rdma::MemoryRegion> recv_;
+  std::unique_ptr<rdma::MemoryRegion> stage_;
+  std::unique_ptr<rdma::QueuePair> qp_;
+  uint64_t victim_addr_ = 0;
+  uint32_t victim_rkey_ = 0;
+  bool broken_ = false;
+};
+
 // A region of the victim's protection domain, mapped here.
 struct VictimRegion {
   uint64_t addr = 0;
@@ -139,6 +253,13 @@ class MalPeer {
   // *declined).
   bool handshake(const char* host, int port, const std::function<void(clc::AcceptConfirm&)>& tamper,
                  uint32_t* declined);
+  // Speaks over this verbs device instead of shm, from the TCP source address `bind`.
+  void use_verbs(const std::string& device, const char* bind) {
+    verbs_ = std::make_unique<VerbsSide>();
+    verbs_->open(device);
+    bind_ = bind;
+  }
+  bool verbs() const { return verbs_ != nullptr; }
   // After Confirm: the rendezvous reply, the victim's regions and CONFIRM LINK.
   void bring_up();
 
@@ -177,7 +298,15 @@ class MalPeer {
   uint32_t victim_token() const { return victim_token_; }
   void stop_receiving() { stop_receiving_ = true; }
   // Noise over the victim's whole RMB, no CDC: the producer cursor does not move.
-  void scribble_victim_rmb() { random_bytes(victim_rmb_, victim_rmb_size_); }
+  void scribble_victim_rmb() {
+    std::vector<uint8_t> junk(victim_rmb_size_);
+    random_bytes(junk.data(), junk.size());
+    if (verbs_) {
+      verbs_->write(0, junk.data(), junk.size());
+    } else {
+      std::memcpy(victim_rmb_, junk.data(), junk.size());
+    }
+  }
   void notify_victim() {
     const uint64_t one = 1;
     (void)!::write(peer_event_.get(), &one, sizeof one);
@@ -185,11 +314,21 @@ class MalPeer {
   int tcp() const { return tcp_.get(); }
   int rendezvous() const { return rv_.get(); }
   bool announce_region(uint32_t rkey, uint64_t addr, uint64_t length, uint64_t offset, int fd);
+  void rendezvous(uint64_t victim_instance);
+  bool await_link(uint32_t* declined);
 
  private:
   void handle(const uint8_t* msg, uint32_t length);
   void drain_rendezvous();
-  void repost();
+  // The victim's messages to `take`, their buffers posted again.
+  int take_messages(const std::function<void(const uint8_t*, uint32_t)>& take);
+  const uint8_t* own_rmb() const {
+    return verbs_ ? verbs_->own_rmb() : static_cast<const uint8_t*>(rmb_.addr());
+  }
+
+  std::unique_ptr<VerbsSide> verbs_;
+  const char* bind_ = nullptr;
+  std::vector<std::vector<uint8_t>> early_;  // verbs: messages read while waiting for the link
 
   UniqueFd tcp_;
   UniqueFd rv_;
@@ -203,7 +342,6 @@ class MalPeer {
   RingReceiver rx_;
   UniqueFd event_;
   uint8_t buffers_[kRingDepth][kRingPayload]{};
-  uint64_t recv_count_ = 0;
   bool stop_receiving_ = false;
 
   SharedMemory peer_ring_;
@@ -244,6 +382,14 @@ bool MalPeer::handshake(const char* host, int port,
   psn_ = random_nonzero(24);
 
   tcp_.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (bind_ != nullptr) {
+    sockaddr_in local{};
+    local.sin_family = AF_INET;
+    if (::inet_pton(AF_INET, bind_, &local.sin_addr) != 1 ||
+        ::bind(tcp_.get(), reinterpret_cast<sockaddr*>(&local), sizeof local) != 0) {
+      die("bind %s: %s", bind_, std::strerror(errno));
+    }
+  }
   sockaddr_in sin{};
   sin.sin_family = AF_INET;
   sin.sin_port = htons(static_cast<uint16_t>(port));
@@ -255,6 +401,12 @@ bool MalPeer::handshake(const char* host, int port,
   if (!core::local_subnets(tcp_.get(), &subnets)) die("no local subnet");
   local_.gid = gid_for_instance(instance_);
   local_.mac = {0x02, 0x6d, 0x61, 0x6c, 0x70, 0x72};
+  clc::AcceptConfirm verbs_confirm{};
+  if (verbs_) {
+    verbs_->fill(&local_, &verbs_confirm);
+    qp_num_ = verbs_confirm.qp_num;
+    psn_ = verbs_confirm.psn;
+  }
   random_bytes(local_.peer_id.data(), 2);
   std::copy(local_.mac.begin(), local_.mac.end(), local_.peer_id.begin() + 2);
   clc::Proposal proposal;
@@ -279,9 +431,39 @@ bool MalPeer::handshake(const char* host, int port,
   victim_rmb_size_ = clc::rmbe_size_bytes(accept_.rmbe_size_code);
   victim_token_ = accept_.rmbe_alert_token;
   uint64_t victim_instance = 0;
-  if (!instance_from_gid(accept_.local.gid, &victim_instance)) die("victim GID is not shm");
+  if (verbs_) {
+    verbs_->connect(accept_, victim_rmb_size_);
+  } else if (!instance_from_gid(accept_.local.gid, &victim_instance)) {
+    die("victim GID is not shm");
+  }
 
   // The rendezvous: hello with our ring and eventfd, then our RMB as a region.
+  if (!verbs_) rendezvous(victim_instance);
+
+  clc::AcceptConfirm confirm{};
+  confirm.first_contact = true;
+  confirm.local = local_;
+  confirm.qp_num = qp_num_;
+  confirm.psn = psn_;
+  confirm.rmb_rkey = rmb_rkey_;
+  confirm.conn_idx = 1;
+  confirm.rmbe_alert_token = own_token_;
+  confirm.rmbe_size_code = clc::rmbe_size_code(kRmbSize);
+  confirm.qp_mtu = accept_.qp_mtu;
+  confirm.rmb_vaddr = reinterpret_cast<uint64_t>(rmb_.addr());
+  if (verbs_) {
+    confirm.qp_mtu = verbs_confirm.qp_mtu;
+    confirm.rmb_rkey = verbs_confirm.rmb_rkey;
+    confirm.rmb_vaddr = verbs_confirm.rmb_vaddr;
+  }
+  if (tamper) tamper(confirm);
+  const auto confirm_bytes = clc::encode_confirm(confirm);
+  send_all(tcp_.get(), confirm_bytes.data(), confirm_bytes.size());
+  return await_link(declined);
+}
+
+void MalPeer::rendezvous(uint64_t victim_instance) {
+  std::string error;
   rv_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   sockaddr_un addr;
   const socklen_t len = rendezvous_address(victim_instance, &addr);
@@ -306,28 +488,23 @@ bool MalPeer::handshake(const char* host, int port,
                        rmb_.fd())) {
     die("cannot announce our RMB");
   }
+}
 
-  clc::AcceptConfirm confirm{};
-  confirm.first_contact = true;
-  confirm.local = local_;
-  confirm.qp_num = qp_num_;
-  confirm.psn = psn_;
-  confirm.rmb_rkey = rmb_rkey_;
-  confirm.conn_idx = 1;
-  confirm.rmbe_alert_token = own_token_;
-  confirm.rmbe_size_code = clc::rmbe_size_code(kRmbSize);
-  confirm.qp_mtu = accept_.qp_mtu;
-  confirm.rmb_vaddr = reinterpret_cast<uint64_t>(rmb_.addr());
-  if (tamper) tamper(confirm);
-  const auto confirm_bytes = clc::encode_confirm(confirm);
-  send_all(tcp_.get(), confirm_bytes.data(), confirm_bytes.size());
-
+bool MalPeer::await_link(uint32_t* declined) {
+  std::string error;
+  clc::Header h;
   // A Decline may come instead of the link: look for one while waiting for the reply.
   const int64_t deadline = deadline_after_ms(8000);
   bool have_reply = false;
   while (now_ns() < deadline) {
     pollfd p[2] = {{tcp_.get(), POLLIN, 0}, {rv_.get(), POLLIN, 0}};
-    ::poll(p, 2, 10);
+    ::poll(p, verbs_ ? 1 : 2, 10);
+    if (verbs_) {
+      verbs_->poll(
+          [&](const uint8_t* msg, uint32_t length) { early_.emplace_back(msg, msg + length); });
+      if (!early_.empty()) return true;
+      if (!(p[0].revents & POLLIN)) continue;
+    }
     if (p[0].revents & POLLIN) {
       uint8_t d[clc::kDeclineV2Size];
       if (read_exact(tcp_.get(), d, clc::kHeaderSize, 1000) &&
@@ -383,7 +560,32 @@ bool MalPeer::announce_region(uint32_t rkey, uint64_t addr, uint64_t length, uin
   return send_message(rv_.get(), &region, sizeof region, fds, deadline_after_ms(2000), &error);
 }
 
+int MalPeer::take_messages(const std::function<void(const uint8_t*, uint32_t)>& take) {
+  if (stop_receiving_) return 0;
+  int n = 0;
+  if (verbs_) {
+    if (!verbs_->poll([&](const uint8_t* msg, uint32_t length) {
+          ++n;
+          take(msg, length);
+        }) &&
+        !link_down) {
+      link_down = true;
+      say("link-down%s", since_attack().c_str());
+    }
+    return n;
+  }
+  rdma::WorkCompletion wc[16];
+  const char* violation = nullptr;
+  n = rx_.poll(wc, &violation);
+  for (int i = 0; i < n; ++i) {
+    if (wc[i].status == rdma::WcStatus::kSuccess) take(buffers_[wc[i].wr_id], wc[i].byte_len);
+    rx_.post(buffers_[wc[i].wr_id], kRingPayload, wc[i].wr_id);
+  }
+  return n;
+}
+
 void MalPeer::drain_rendezvous() {
+  if (verbs_) return;  // the QP's error says it: take_messages
   while (!link_down) {
     ReceivedMsg m;
     std::string error;
@@ -414,42 +616,44 @@ void MalPeer::drain_rendezvous() {
 void MalPeer::bring_up() {
   const int64_t deadline = deadline_after_ms(8000);
   bool confirmed = false;
-  while (now_ns() < deadline && (!confirmed || victim_rmb_ == nullptr)) {
-    drain_rendezvous();
-    rdma::WorkCompletion wc[16];
-    const char* violation = nullptr;
-    const int n = rx_.poll(wc, &violation);
-    for (int i = 0; i < n; ++i) {
-      const uint8_t* msg = buffers_[wc[i].wr_id];
-      if (llc::classify(msg[0]) == llc::Type::kConfirmLink) {
-        llc::ConfirmLink request;
-        std::string error;
-        if (!llc::decode(std::span<const uint8_t>(msg, wc[i].byte_len), &request, &error)) {
-          die("bad CONFIRM LINK: %s", error.c_str());
-        }
-        llc::ConfirmLink reply{};
-        reply.response = true;
-        reply.mac = local_.mac;
-        reply.gid = local_.gid;
-        reply.qp_num = qp_num_;
-        reply.link_num = request.link_num;
-        reply.link_uid = request.link_uid;
-        reply.max_links = 1;
-        uint8_t out[llc::kSize];
-        llc::encode(reply, std::span<uint8_t, llc::kSize>(out));
-        if (!send_raw(out, sizeof out)) die("cannot answer CONFIRM LINK");
-        confirmed = true;
+  auto answer = [&](const uint8_t* msg, uint32_t length) {
+    if (llc::classify(msg[0]) == llc::Type::kConfirmLink) {
+      llc::ConfirmLink request;
+      std::string error;
+      if (!llc::decode(std::span<const uint8_t>(msg, length), &request, &error)) {
+        die("bad CONFIRM LINK: %s", error.c_str());
       }
-      rx_.post(buffers_[wc[i].wr_id], kRingPayload, wc[i].wr_id);
+      llc::ConfirmLink reply{};
+      reply.response = true;
+      reply.mac = local_.mac;
+      reply.gid = local_.gid;
+      reply.qp_num = qp_num_;
+      reply.link_num = request.link_num;
+      reply.link_uid = request.link_uid;
+      reply.max_links = 1;
+      uint8_t out[llc::kSize];
+      llc::encode(reply, std::span<uint8_t, llc::kSize>(out));
+      if (!send_raw(out, sizeof out)) die("cannot answer CONFIRM LINK");
+      confirmed = true;
     }
-    if (n == 0) pause_us(200);
+  };
+  for (const auto& msg : early_) answer(msg.data(), static_cast<uint32_t>(msg.size()));
+  early_.clear();
+  while (now_ns() < deadline && (!confirmed || (!verbs_ && victim_rmb_ == nullptr))) {
+    drain_rendezvous();
+    if (take_messages(answer) == 0) pause_us(200);
   }
   if (!confirmed) die("no CONFIRM LINK from the victim");
-  if (victim_rmb_ == nullptr) die("the victim never announced its RMB");
+  if (!verbs_ && victim_rmb_ == nullptr) die("the victim never announced its RMB");
   say("established");
 }
 
 bool MalPeer::send_raw(const uint8_t* msg, uint32_t length) {
+  if (verbs_) {
+    if (!verbs_->send(msg, length)) return false;
+    ++sent_messages_;
+    return true;
+  }
   for (int attempt = 0; attempt < 2000; ++attempt) {
     bool notify = false;
     switch (tx_.send(msg, length, &notify)) {
@@ -496,7 +700,11 @@ size_t MalPeer::write_data(const uint8_t* data, size_t n) {
   while (n > 0) {
     const uint32_t offset = static_cast<uint32_t>(tx_prod_ % victim_rmb_size_);
     const size_t piece = std::min<size_t>(n, victim_rmb_size_ - offset);
-    std::memcpy(victim_rmb_ + offset, data, piece);
+    if (verbs_) {
+      verbs_->write(offset, data, piece);
+    } else {
+      std::memcpy(victim_rmb_ + offset, data, piece);
+    }
     tx_prod_ += piece;
     data += piece;
     n -= piece;
@@ -541,14 +749,8 @@ void MalPeer::pump(int ms, const std::function<bool()>& until) {
   while (now_ns() < deadline) {
     if (until && until()) return;
     drain_rendezvous();
-    rdma::WorkCompletion wc[16];
-    const char* violation = nullptr;
-    const int n = stop_receiving_ ? 0 : rx_.poll(wc, &violation);
-    for (int i = 0; i < n; ++i) {
-      ++recv_count_;
-      if (wc[i].status == rdma::WcStatus::kSuccess) handle(buffers_[wc[i].wr_id], wc[i].byte_len);
-      rx_.post(buffers_[wc[i].wr_id], kRingPayload, wc[i].wr_id);
-    }
+    const int n =
+        take_messages([this](const uint8_t* msg, uint32_t length) { handle(msg, length); });
     if (n == 0) pause_us(300);
   }
 }
@@ -567,8 +769,7 @@ bool MalPeer::echo(size_t n, int timeout_ms) {
     }
     pump(20, [&] { return rx_prod_ > rx_cons_; });
     while (rx_cons_ < rx_prod_) {
-      const uint8_t* rmb = static_cast<const uint8_t*>(rmb_.addr());
-      got.push_back(rmb[rx_cons_ % kRmbSize]);
+      got.push_back(own_rmb()[rx_cons_ % kRmbSize]);
       ++rx_cons_;
     }
     send_update();
@@ -595,7 +796,9 @@ void MalPeer::close_orderly() {
 }
 
 void usage() {
-  std::fprintf(stderr, "usage: malpeer --port P [--host H] --attack NAME [--hold]\n");
+  std::fprintf(stderr,
+               "usage: malpeer --port P [--host H] --attack NAME [--hold] [--verbs DEVICE "
+               "--bind ADDR]\n");
   std::exit(2);
 }
 
@@ -626,6 +829,8 @@ int main(int argc, char** argv) {
   int port = 0;
   std::string attack;
   bool hold_after = false;
+  std::string verbs_device;
+  const char* bind = nullptr;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--host" && i + 1 < argc) {
@@ -636,6 +841,10 @@ int main(int argc, char** argv) {
       attack = argv[++i];
     } else if (a == "--hold") {
       hold_after = true;
+    } else if (a == "--verbs" && i + 1 < argc) {
+      verbs_device = argv[++i];
+    } else if (a == "--bind" && i + 1 < argc) {
+      bind = argv[++i];
     } else {
       usage();
     }
@@ -643,6 +852,7 @@ int main(int argc, char** argv) {
   if (port <= 0 || attack.empty()) usage();
 
   MalPeer peer;
+  if (!verbs_device.empty()) peer.use_verbs(verbs_device, bind);
   uint32_t declined = 0;
   // Attacks on the handshake: the Confirm names memory we never registered.
   std::function<void(clc::AcceptConfirm&)> tamper;
@@ -667,7 +877,22 @@ int main(int argc, char** argv) {
     return 0;
   }
   peer.bring_up();
-  if (tamper) die("the victim accepted a Confirm with attack %s", attack.c_str());
+  if (tamper) {
+    // The shm device checks the Confirm's RMB against the regions the peer announced; a
+    // verbs device cannot, and the victim learns at its first WRITE (remote access error).
+    if (!peer.verbs()) die("the victim accepted a Confirm with attack %s", attack.c_str());
+    g_attack_ns = now_ns();
+    if (peer.echo(1000)) die("the victim wrote into an RMB it was never given");
+    peer.pump(3000, [&] { return peer.victim_aborted || peer.link_down; });
+    hold(peer, hold_after);
+    return 0;
+  }
+  static const char* const kShmOnly[] = {"slot-too-long",    "slot-bad-seq",    "posted-overflow",
+                                         "region-not-memfd", "region-unsealed", "region-short",
+                                         "region-flood"};
+  for (const char* name : kShmOnly) {
+    if (peer.verbs() && attack == name) die("attack %s is for the shm device only", name);
+  }
 
   // Every attack starts from a working connection.
   if (!peer.echo(1000)) die("the echo before the attack failed");
