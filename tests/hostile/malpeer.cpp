@@ -43,6 +43,7 @@
 #include "core/cdc.h"
 #include "core/clc.h"
 #include "core/cursor.h"
+#include "core/handshake.h"
 #include "core/llc.h"
 #include "core/local_address.h"
 #include "rdma/shm_device.h"
@@ -162,15 +163,10 @@ class VerbsSide {
     confirm->rmb_vaddr = rmb_->remote_addr();
   }
   void connect(const clc::AcceptConfirm& accept, uint32_t victim_rmb_size) {
-    rdma::QpEndpoint remote;
-    remote.gid = accept.local.gid;
-    remote.mac = accept.local.mac;
-    remote.qp_num = accept.qp_num;
-    remote.psn = accept.psn;
-    remote.mtu = static_cast<rdma::PathMtu>(accept.qp_mtu);
     std::string error;
-    if (!qp_->connect(remote, rdma::Role::kClient, 5000, &error))
+    if (!qp_->connect(core::endpoint_of(accept), rdma::Role::kClient, 5000, &error)) {
       die("verbs connect: %s", error.c_str());
+    }
     stage_ = pd_->register_memory(victim_rmb_size, &error);
     if (!stage_) die("verbs staging memory: %s", error.c_str());
     victim_addr_ = accept.rmb_vaddr;

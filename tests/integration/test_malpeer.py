@@ -26,7 +26,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import REPO, SMC_ESTABLISHED, SmcTestCase, app  # noqa: E402
+from harness import REPO, SMC_ESTABLISHED, SmcTestCase, app, cpu_seconds  # noqa: E402
 
 MALPEER = os.environ.get("SMCPRE_MALPEER") or os.path.join(REPO, "build", "tests", "hostile",
                                                             "malpeer")
@@ -34,12 +34,6 @@ RESET = "Connection reset by peer"
 IDLE_CPU = 0.1  # seconds of CPU the victim may use in IDLE_WINDOW while idle
 IDLE_WINDOW = 1.0
 
-
-def cpu_seconds(pid):
-    """User plus system CPU time of a process (all its threads)."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class MalPeerTest(SmcTestCase):

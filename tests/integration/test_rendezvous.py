@@ -22,19 +22,13 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import SMC_ESTABLISHED, SmcTestCase, app  # noqa: E402
+from harness import SMC_ESTABLISHED, SmcTestCase, app, cpu_seconds  # noqa: E402
 
 FLOOD = 200
 PER_UID_CAP = 16  # kMaxPendingPerUid in rdma/shm_device.h
 TOTAL_CAP = 256  # kMaxPending
 OTHER_UID = 65534
 
-
-def cpu_seconds(pid):
-    """User plus system CPU time of a process (all its threads)."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fd_count(pid):
