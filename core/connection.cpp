@@ -189,6 +189,7 @@ bool Connection::send_cdc(CdcContext context, bool write_blocked) {
     return false;
   }
   Link& link = group_->link();
+  int round = 0;
   while (true) {
     int rc;
     {
@@ -200,8 +201,7 @@ bool Connection::send_cdc(CdcContext context, bool write_blocked) {
       cdc_pending_.store(rc == EAGAIN, std::memory_order_relaxed);
       return false;
     }
-    link.progress();
-    cpu_relax();
+    link.wait_for_send_room(&round);
   }
 }
 
@@ -429,11 +429,17 @@ int Connection::post_writes(std::unique_lock<std::mutex>& send_lock, const iovec
   const uint32_t ring = peer_rmb_.length;
   int rc = 0;
   auto post = [&](const void* src, uint32_t lkey, uint32_t piece, uint32_t offset) {
+    int round = 0;
     while ((rc = link.qp().post_write(src, piece, lkey, peer_rmb_.addr + offset, peer_rmb_.rkey, 0,
                                       false)) == EAGAIN) {
+      // A link that failed meanwhile (the keepalive gave up on a peer that takes nothing)
+      // frees no queue entry any more.
+      if (link.failed()) {
+        rc = EPIPE;
+        break;
+      }
       send_lock.unlock();
-      link.progress();
-      cpu_relax();
+      link.wait_for_send_room(&round);
       send_lock.lock();
     }
     return rc == 0;
@@ -614,32 +620,50 @@ void Connection::on_cdc(const cdc::Message& msg) {
   rx_seq_ = msg.seq;
   rx_seq_valid_ = true;
 
+  // Cursors are checked before anything of the message is applied: a peer that breaks
+  // the ring's rules gets a reset, as TCP answers a segment it cannot place.
   const uint64_t old_prod = rx_peer_prod_.load(std::memory_order_relaxed);
-  const auto prod = from_wire(msg.prod, old_prod, rmb_size_);
-  if (!prod) return protocol_error("producer cursor outside the ring");
-  if (*prod > old_prod) {
-    if (*prod - rx_cons_.load(std::memory_order_acquire) > rmb_size_) {
+  uint64_t prod = old_prod;
+  switch (step_cursor(msg.prod, old_prod, rx_cons_.load(std::memory_order_acquire) + rmb_size_,
+                      rmb_size_, &prod)) {
+    case CursorStep::kOutsideRing:
+      return protocol_error("producer cursor outside the ring");
+    case CursorStep::kBackwards:
+      return protocol_error("producer cursor moved backwards");
+    case CursorStep::kBeyondLimit:
       return protocol_error("producer cursor more than one ring ahead");
+    case CursorStep::kSame:
+    case CursorStep::kAdvanced:
+      break;
+  }
+  uint64_t cons = 0;
+  CursorStep cons_step = CursorStep::kSame;
+  if (peer_ready_.load(std::memory_order_acquire)) {
+    const uint64_t old_cons = tx_peer_cons_.load(std::memory_order_relaxed);
+    cons_step = step_cursor(msg.cons, old_cons, tx_prod_.load(std::memory_order_acquire),
+                            peer_rmb_.length, &cons);
+    switch (cons_step) {
+      case CursorStep::kOutsideRing:
+        return protocol_error("consumer cursor outside the ring");
+      case CursorStep::kBackwards:
+        return protocol_error("consumer cursor moved backwards");
+      case CursorStep::kBeyondLimit:
+        return protocol_error("consumer cursor ahead of what was sent");
+      case CursorStep::kSame:
+      case CursorStep::kAdvanced:
+        break;
     }
+  }
+  if (prod > old_prod) {
     if (shut_rd_.load() && shut_wr_.load()) {
       // Data for a socket shut in both directions: TCP drops it and answers with a
       // reset (RFC 793; the peer's writes fail from then on), and so do we.
       SMC_LOG_DEBUG("connection {:#x}: data after shutdown(SHUT_RDWR): reset", local_token_);
       return abort_here();
     }
-    rx_peer_prod_.store(*prod, std::memory_order_release);
+    rx_peer_prod_.store(prod, std::memory_order_release);
   }
-  if (peer_ready_.load(std::memory_order_acquire)) {
-    const uint64_t old_cons = tx_peer_cons_.load(std::memory_order_relaxed);
-    const auto cons = from_wire(msg.cons, old_cons, peer_rmb_.length);
-    if (!cons) return protocol_error("consumer cursor outside the ring");
-    if (*cons > old_cons) {
-      if (*cons > tx_prod_.load(std::memory_order_acquire)) {
-        return protocol_error("consumer cursor ahead of what was sent");
-      }
-      tx_peer_cons_.store(*cons, std::memory_order_release);
-    }
-  }
+  if (cons_step == CursorStep::kAdvanced) tx_peer_cons_.store(cons, std::memory_order_release);
   // Whether the peer's FIN (done writing or closed) came before this message.
   const bool fin_before = peer_done_writing_.load() || peer_closed_.load();
   if (msg.write_blocked || msg.cons_curs_upd_req) peer_write_blocked_.store(true);

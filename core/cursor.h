@@ -50,4 +50,28 @@ constexpr std::optional<uint64_t> from_wire(WireCursor w, uint64_t known, uint32
   return wraps * ring_size + w.count;
 }
 
+// What a received cursor does to the value held for it.
+enum class CursorStep {
+  kSame,         // unchanged (a CDC about something else)
+  kAdvanced,     // moved forward within the limit: *value is the new absolute cursor
+  kOutsideRing,  // its count cannot be an offset into the ring
+  kBackwards,    // behind the value held: an honest peer's cursors never go back
+  kBeyondLimit,  // ahead of what it may cover (data not sent, more than a ring ahead)
+};
+
+// Validates a cursor received in a CDC whose sequence number was newer than the last one
+// applied. `known`: the absolute value held; `limit`: the highest it may reach (for the
+// peer's producer cursor our consumer cursor plus the ring size, for its consumer cursor
+// what we have written). On kAdvanced, *value is the new absolute value.
+constexpr CursorStep step_cursor(WireCursor w, uint64_t known, uint64_t limit, uint32_t ring_size,
+                                 uint64_t* value) {
+  const auto received = from_wire(w, known, ring_size);
+  if (!received) return CursorStep::kOutsideRing;
+  if (*received == known) return CursorStep::kSame;
+  if (*received < known) return CursorStep::kBackwards;
+  if (*received > limit) return CursorStep::kBeyondLimit;
+  *value = *received;
+  return CursorStep::kAdvanced;
+}
+
 }  // namespace smcpre::core

@@ -1,6 +1,8 @@
 #include "core/link.h"
 
+#include <fmt/format.h>
 #include <sched.h>
+#include <time.h>
 
 #include <cstring>
 
@@ -16,6 +18,13 @@
 namespace smcpre::core {
 namespace {
 constexpr int kPollBatch = 16;
+
+// Counts one more event of a kind and says whether to log it: the 1st, 2nd, 4th, 8th...
+// so that a peer that sends the same bad thing a million times is heard, not echoed.
+bool log_this_one(std::atomic<uint64_t>& count) {
+  const uint64_t n = count.fetch_add(1, std::memory_order_relaxed) + 1;
+  return (n & (n - 1)) == 0;
+}
 // Receive completions one pass reaps at most before it turns to the send queue (at least
 // the whole receive queue): bounded so that sends are reaped too.
 constexpr int kMaxRecvPerPass = 256;
@@ -132,6 +141,22 @@ int Link::post_llc(std::span<const uint8_t, kWrMessageSize> message, uint64_t wr
   const int rc = post_message(message, wr_id, signaled);
   if (rc == 0) stats::add(slot_->llc_sent);
   return rc;
+}
+
+void Link::wait_for_send_room(int* round) {
+  constexpr int kSpinRounds = 64;
+  constexpr int64_t kFirstSleepNs = 20'000;
+  constexpr int64_t kMaxSleepNs = 10'000'000;
+  progress();
+  const int n = (*round)++;
+  if (n < kSpinRounds) {
+    cpu_relax();
+    return;
+  }
+  const int doublings = std::min(n - kSpinRounds, 9);
+  const int64_t sleep_ns = std::min(kFirstSleepNs << doublings, kMaxSleepNs);
+  timespec pause{0, static_cast<long>(sleep_ns)};
+  nanosleep(&pause, nullptr);
 }
 
 bool Link::progress(Reaper reaper) {
@@ -289,7 +314,10 @@ bool Link::handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool 
     cdc::Message msg;
     std::string error;
     if (!cdc::decode(bytes, &msg, &error)) {
-      SMC_LOG_WARN("link: malformed CDC message dropped: {}", error);
+      if (log_this_one(malformed_cdc_)) {
+        SMC_LOG_WARN("link: malformed CDC message dropped: {} ({} so far)", error,
+                     malformed_cdc_.load(std::memory_order_relaxed));
+      }
       return false;
     }
     group_->on_cdc(msg);
@@ -297,8 +325,14 @@ bool Link::handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool 
   }
   uint32_t token;
   if (!cdc::peek_token(bytes, &token)) {
-    SMC_LOG_WARN("link: malformed CDC message dropped: {} bytes, type {:#04x}, length byte {}",
-                 length, data[0], length > 1 ? data[1] : 0);
+    // Dropped, as Linux drops a CDC of the wrong length: the connection goes on.
+    if (log_this_one(malformed_cdc_)) {
+      SMC_LOG_WARN(
+          "link: malformed CDC message dropped: {} bytes, type {:#04x}, length byte {} ({} so "
+          "far)",
+          length, data[0], length > 1 ? data[1] : 0,
+          malformed_cdc_.load(std::memory_order_relaxed));
+    }
     return false;
   }
   auto connection = group_->find_connection(token);
@@ -318,6 +352,20 @@ bool Link::handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool 
 void Link::handle_llc(const uint8_t* data, uint32_t length) {
   std::string error;
   std::span<const uint8_t> bytes(data, length);
+  switch (llc::disposition(data[0])) {
+    case llc::Disposition::kAct:
+      break;
+    case llc::Disposition::kIgnore:
+      if (log_this_one(ignored_llc_)) {
+        SMC_LOG_WARN("link: {} ignored (a single-link group; {} so far)",
+                     llc::type_name(llc::classify(data[0])),
+                     ignored_llc_.load(std::memory_order_relaxed));
+      }
+      return;
+    case llc::Disposition::kViolation:
+      protocol_violation(fmt::format("message of unknown type {:#04x}", data[0]));
+      return;
+  }
   switch (llc::classify(data[0])) {
     case llc::Type::kConfirmLink: {
       llc::ConfirmLink msg;
@@ -361,18 +409,26 @@ void Link::handle_llc(const uint8_t* data, uint32_t length) {
       return;
     }
     default:
-      SMC_LOG_WARN("link: unexpected message type {:#04x} ignored", data[0]);
       return;
   }
-  SMC_LOG_WARN("link: malformed LLC message dropped: {}", error);
+  protocol_violation("malformed LLC message: " + error);
 }
 
-bool Link::send_test_link() {
+void Link::protocol_violation(const std::string& what) {
+  // The peer does not speak the protocol: nothing it sends on this link can be trusted
+  // any more. Its connections are reset (ECONNRESET), as Linux ends the link group.
+  if (!failed() && !error_pending_.load(std::memory_order_acquire)) {
+    SMC_LOG_WARN("link: protocol violation from the peer ({}): link down", what);
+  }
+  fail("protocol violation");
+}
+
+int Link::send_test_link() {
   llc::TestLink msg;
   uint8_t out[kWrMessageSize];
   llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
   std::lock_guard lock(send_mutex_);
-  return post_llc(out) == 0;
+  return post_llc(out);
 }
 
 bool Link::send_delete_link() {

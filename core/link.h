@@ -83,7 +83,8 @@ class Link {
                bool signaled = false);
 
   // LLC TEST LINK request (keepalive); the answer, like any receipt, shows the peer alive.
-  bool send_test_link();
+  // Returns post_llc's errno (EAGAIN: the send queue is full).
+  int send_test_link();
   // LLC DELETE LINK (orderly, whole link group); once it has gone out (its completion),
   // the link goes down here too.
   bool send_delete_link();
@@ -101,6 +102,13 @@ class Link {
   // Waits, polling adaptively then sleeping, until pred() or deadline; returns pred().
   template <typename Pred>
   bool wait_until(Pred pred, int64_t deadline_ns);
+
+  // The send queue was full (EAGAIN): reaps, and waits a little before the caller posts
+  // again (without the send lock). Spins at first, as completions usually come within
+  // microseconds, then sleeps ever longer (up to 10 ms), so that a peer that stops
+  // taking messages costs no CPU while the keepalive finds out. `round` counts the
+  // caller's attempts (0 at first).
+  void wait_for_send_room(int* round);
 
   bool failed() const { return failed_.load(std::memory_order_acquire); }
   // The QP went to error or the peer asked to delete the link: connections on it end.
@@ -123,6 +131,8 @@ class Link {
   // a worker (else it is free for re-posting).
   bool handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool draining);
   void handle_llc(const uint8_t* data, uint32_t length);
+  // The peer sent what no SMC peer sends (garbage in the receive queue): the link fails.
+  void protocol_violation(const std::string& what);
   void handle_send_completion(const rdma::WorkCompletion& wc, Reaper reaper);
   bool post_buffer(uint32_t index);
   // Posts pool buffers until the queue is full or the pool is empty.
@@ -150,6 +160,9 @@ class Link {
   std::atomic<bool> flush_done_{false};
   WaitQueue events_;
   std::atomic<uint64_t> wc_errors_[rdma::kWcStatusCount] = {};
+  // Messages dropped or ignored, counted so that their log lines thin out (1, 2, 4...).
+  std::atomic<uint64_t> malformed_cdc_{0};
+  std::atomic<uint64_t> ignored_llc_{0};
 };
 
 }  // namespace smcpre::core

@@ -2,6 +2,8 @@
 
 #include <sys/random.h>
 
+#include <cerrno>
+
 #include "config/log.h"
 #include "core/backlog.h"
 #include "core/connection.h"
@@ -171,7 +173,11 @@ void LinkGroup::maintain(int64_t now, const config::Config& config) {
   if (config.keepalive_ms > 0 && active_.load(std::memory_order_acquire)) {
     const int64_t interval = int64_t{config.keepalive_ms} * 1'000'000;
     if (test_sent_ns_ == 0 && now - last_receipt_ns_ >= interval) {
-      if (link_->send_test_link()) test_sent_ns_ = now;
+      // A send queue that is full, with nothing received for a whole interval, is a peer
+      // that takes no messages (RNR for good): its clock starts as if the TEST LINK had
+      // gone. (It never started before, and such a link was kept for good.)
+      const int rc = link_->send_test_link();
+      if (rc == 0 || rc == EAGAIN) test_sent_ns_ = now;
     } else if (test_sent_ns_ != 0 && now - test_sent_ns_ >= interval) {
       SMC_LOG_WARN("link group {}: no answer to TEST LINK within {} ms: link down", id_,
                    config.keepalive_ms);

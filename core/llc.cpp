@@ -86,6 +86,26 @@ Type classify(uint8_t first_byte) {
   return Type::kUnknown;
 }
 
+Disposition disposition(uint8_t first_byte) {
+  switch (classify(first_byte)) {
+    case Type::kConfirmLink:
+    case Type::kTestLink:
+    case Type::kDeleteLink:
+      return Disposition::kAct;
+    case Type::kAddLink:
+    case Type::kAddLinkCont:
+    case Type::kReqAddLink:
+    case Type::kConfirmRkey:
+    case Type::kConfirmRkeyCont:
+    case Type::kDeleteRkey:
+      return Disposition::kIgnore;
+    case Type::kCdc:
+    case Type::kUnknown:
+      break;
+  }
+  return Disposition::kViolation;
+}
+
 const char* type_name(Type type) {
   switch (type) {
     case Type::kUnknown:

@@ -86,6 +86,14 @@ struct ConfirmRkey {
   uint64_t vaddr = 0;
 };
 
+// What a link does with a received message that is not a CDC. smcpre acts on CONFIRM
+// LINK, TEST LINK and DELETE LINK (kAct: decode it; a malformed one is a violation too);
+// the other LLC version 1 types, which a Linux peer may send to a single-link group, are
+// ignored (kIgnore); anything else is no LLC message at all (kViolation), which ends the
+// link as Linux does (smc_llc_protocol_violation).
+enum class Disposition { kAct, kIgnore, kViolation };
+Disposition disposition(uint8_t first_byte);
+
 // Each encode writes all 44 bytes (reserved fields zero).
 void encode(const ConfirmLink& msg, std::span<uint8_t, kSize> out);
 void encode(const TestLink& msg, std::span<uint8_t, kSize> out);

@@ -326,7 +326,12 @@ void DeviceState::read_hellos_locked() {
     }
     if (status == RecvStatus::kMessage) why = "first message is not a hello";
     if (status == RecvStatus::kEof) why = "closed before its hello";
-    SMC_LOG_WARN("shm: rendezvous connection from pid {} dropped: {}", it->pid, why);
+    // 1, 2, 4, 8...: a flood of garbage does not flood the log.
+    const uint64_t n = ++counts_.dropped;
+    if ((n & (n - 1)) == 0) {
+      SMC_LOG_WARN("shm: rendezvous connection from pid {} dropped: {}; {} dropped so far", it->pid,
+                   why, n);
+    }
     it = pending_.erase(it);
   }
 }

@@ -46,6 +46,7 @@ struct RendezvousCounts {
   uint64_t refused_uid = 0;  // closed at accept: uid not allowed
   uint64_t evicted = 0;      // dropped for a newer one: a cap was reached
   uint64_t expired = 0;      // never claimed within the handshake timeout
+  uint64_t dropped = 0;      // closed or sent something else before a hello
 };
 
 // A client connection the listener accepted, with its hello once it has arrived.

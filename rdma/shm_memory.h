@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -24,6 +25,36 @@ namespace smcpre::rdma::shm {
 // Largest region (or ring) a peer may hand us, so that a hostile one cannot make us
 // reserve absurd amounts of address space with one message.
 inline constexpr uint64_t kMaxRegionBytes = uint64_t{1} << 36;
+
+// What peers may make this process map, all queue pairs together. Each region a peer
+// announces is a mapping of up to kMaxRegionBytes: without a bound, about 2000
+// announcements fill the address space (128 TiB) and 65530 the map count
+// (vm.max_map_count), after which the application's own mmap and malloc fail. Both
+// bounds leave the application most of what it has.
+inline constexpr uint64_t kMaxPeerMappedBytes = uint64_t{1} << 44;  // 16 TiB
+inline constexpr uint64_t kMaxPeerMappings = 32768;
+
+class PeerMappingBudget {
+ public:
+  // Takes one mapping of `bytes` from the budget; false (nothing taken) if it would not fit.
+  static bool take(uint64_t bytes) {
+    const uint64_t mapped = bytes_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    const uint64_t count = mappings_.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (mapped <= kMaxPeerMappedBytes && count <= kMaxPeerMappings) return true;
+    give_back(bytes);
+    return false;
+  }
+  static void give_back(uint64_t bytes) {
+    bytes_.fetch_sub(bytes, std::memory_order_relaxed);
+    mappings_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  static uint64_t bytes() { return bytes_.load(std::memory_order_relaxed); }
+  static uint64_t mappings() { return mappings_.load(std::memory_order_relaxed); }
+
+ private:
+  static inline std::atomic<uint64_t> bytes_{0};
+  static inline std::atomic<uint64_t> mappings_{0};
+};
 
 class UniqueFd {
  public:
@@ -95,6 +126,7 @@ class SharedMemory {
       addr_ = std::exchange(other.addr_, nullptr);
       length_ = std::exchange(other.length_, 0);
       owner_ = std::exchange(other.owner_, 0);
+      charged_ = std::exchange(other.charged_, false);
       fd_ = std::move(other.fd_);
     }
     return *this;
@@ -145,7 +177,18 @@ class SharedMemory {
       return fail(error, "peer memfd smaller than announced (" + std::to_string(st.st_size) +
                              " < " + std::to_string(offset + bytes) + ")");
     }
-    return map(fd.get(), bytes, error, offset);
+    if (!PeerMappingBudget::take(bytes)) {
+      return fail(error, "peer memory of " + std::to_string(bytes) +
+                             " bytes exceeds this process's budget for peer mappings (" +
+                             std::to_string(PeerMappingBudget::mappings()) + " mappings, " +
+                             std::to_string(PeerMappingBudget::bytes()) + " bytes held)");
+    }
+    if (!map(fd.get(), bytes, error, offset)) {
+      PeerMappingBudget::give_back(bytes);
+      return false;
+    }
+    charged_ = true;
+    return true;
   }
 
   void* addr() const { return addr_; }
@@ -169,6 +212,8 @@ class SharedMemory {
   }
 
   void reset() {
+    if (charged_) PeerMappingBudget::give_back(length_);
+    charged_ = false;
     if (addr_ != nullptr && owner_ == ::getpid()) ::munmap(addr_, length_);
     addr_ = nullptr;
     length_ = 0;
@@ -183,6 +228,7 @@ class SharedMemory {
   void* addr_ = nullptr;
   size_t length_ = 0;
   pid_t owner_ = 0;
+  bool charged_ = false;  // a peer's memory, counted in PeerMappingBudget
   UniqueFd fd_;
 };
 

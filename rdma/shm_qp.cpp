@@ -66,6 +66,17 @@ int64_t rnr_timer_ns(uint8_t code) {
   return int64_t{kRnrTimer10us[code & 31]} * 10'000;
 }
 
+int64_t rnr_backoff_ns(int64_t timer_ns, uint32_t retries_done) {
+  // An adapter retries in hardware; here every retry wakes a thread. The RNR timer is the
+  // least a sender must wait, so the wait may grow: doubling every 16 retries (the first
+  // 16 at the timer itself, about a millisecond at the default), up to kMaxRnrWaitNs, so
+  // that a peer that never posts a receive again costs no CPU while the keepalive finds
+  // out. A receiver that is only slow is retried as fast as before.
+  constexpr int64_t kMaxRnrWaitNs = 100'000'000;
+  const uint32_t doublings = std::min<uint32_t>(retries_done / 16, 20);
+  return std::min(timer_ns << doublings, std::max(timer_ns, kMaxRnrWaitNs));
+}
+
 // ---- PeerRegionTable ----
 
 PeerRegionTable::PeerRegionTable() {
@@ -662,7 +673,7 @@ void ShmQp::rnr_failed_locked(int64_t now) {
     flush_locked();
     return;
   }
-  rnr_deadline_ns_ = now + peer_rnr_timer_ns_;
+  rnr_deadline_ns_ = now + rnr_backoff_ns(peer_rnr_timer_ns_, rnr_retries_done_);
 }
 
 void ShmQp::progress_locked(int64_t now) {

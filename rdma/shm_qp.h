@@ -39,6 +39,9 @@ namespace smcpre::rdma::shm {
 
 // IB RNR timer code (0..31) -> nanoseconds.
 int64_t rnr_timer_ns(uint8_t code);
+// How long to wait before the next retry of a SEND refused `retries_done` times in a row
+// by a receiver whose RNR timer is `timer_ns`: the timer, growing after 16 retries.
+int64_t rnr_backoff_ns(int64_t timer_ns, uint32_t retries_done);
 
 // The peer's regions by rkey. Lookups are lock-free (the data path); insertions are
 // serialized by the caller. Entries are never removed and old generations of the table

@@ -139,7 +139,7 @@ class RingReceiver {
       std::memcpy(buffer.data, slot + sizeof(SlotHeader), length);
       out[n] = WorkCompletion{buffer.wr_id, WcStatus::kSuccess, WcOpcode::kRecv, length};
     }
-    consumed_.store(consumed + n, std::memory_order_relaxed);
+    consumed_.store(consumed + n, std::memory_order_release);
     return static_cast<int>(n);
   }
 
@@ -156,16 +156,32 @@ class RingReceiver {
     return static_cast<int>(n);
   }
 
-  // Asks the sender to notify us, then reports whether a message may be waiting (a
-  // hostile `filled` only causes a spurious wakeup). Pairs with RingSender::send: we
-  // store `armed` then load `filled`, the sender stores `filled` then loads `armed`, all
-  // seq_cst. In the single total order one of the two loads comes last and sees the
-  // other side's store, so either the sender notifies or we see its message here; a
-  // wakeup cannot be lost. May run concurrently with poll().
+  // Asks the sender to notify us, then reports whether a message is waiting. Pairs with
+  // RingSender::send: we store `armed` then load `filled`, the sender stores `filled`
+  // then loads `armed`, all seq_cst. In the single total order one of the two loads comes
+  // last and sees the other side's store, so either the sender notifies or we see its
+  // message here; a wakeup cannot be lost. May run concurrently with poll().
+  //
+  // `filled` is the peer's word, a promise only: a message is waiting when the slot of
+  // the next message carries its number, which an honest sender stores before `filled`
+  // (the acquire load of `filled` makes it visible here). Trusting `filled` alone let a
+  // hostile peer that sets it and never fills a slot keep us waking up for nothing, for
+  // good: a spin.
   bool arm() {
     detail::shared_word(header_->armed).store(1, std::memory_order_seq_cst);
     const uint64_t filled = detail::shared_word(header_->filled).load(std::memory_order_seq_cst);
-    return filled != consumed_.load(std::memory_order_relaxed);
+    const uint64_t consumed = consumed_.load(std::memory_order_acquire);
+    if (filled == consumed || posted_.load(std::memory_order_relaxed) == consumed) return false;
+    const auto* slot_header =
+        reinterpret_cast<const SlotHeader*>(slots_ + (consumed % geometry_.depth) * stride_);
+    if (detail::shared_word(const_cast<SlotHeader*>(slot_header)->seq)
+            .load(std::memory_order_acquire) == consumed + 1) {
+      return true;
+    }
+    // A poll() on another thread may have taken that message and the sender filled the
+    // slot again: then that poll's count is visible now (the refill happened after it,
+    // and we acquired the refill), and there may be more to take.
+    return consumed_.load(std::memory_order_acquire) != consumed;
   }
 
   uint32_t outstanding() const {

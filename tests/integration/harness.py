@@ -59,6 +59,13 @@ raise_fd_limit()
 MIB = 1024 * 1024
 
 
+def cpu_seconds(pid):
+    """User plus system CPU time of a process (all its threads), from /proc."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def app(name):
     return os.path.join(APPS, name)
 

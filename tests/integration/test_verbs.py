@@ -527,5 +527,55 @@ sys.stdin.read()
         self.release(srv, cli)
 
 
+MALPEER = os.environ.get("SMCPRE_MALPEER") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "build", "tests",
+    "hostile", "malpeer")
+
+
+class MalPeerVerbsTest(VerbsTestCase):
+    """tests/hostile/malpeer over rxe0 against a preloaded echo server on rxe1: what a
+    user-space verbs peer can do wrong (the shm file test_malpeer.py has the rest). Bad
+    cursors and an LLC message of no known type reset the connection (ECONNRESET, a
+    warning naming the violation); CDCs for unknown tokens are dropped and the echo goes
+    on; a Confirm naming an rkey that does not exist is accepted (verbs cannot check it)
+    and the victim's first WRITE ends in a remote access error: ECONNRESET too."""
+
+    def attack(self, name):
+        srv, port = self.start_server("tcpapp", ["--bind", SERVER_ADDR, "--mode", "echo", "--raw",
+                                                 "--conns", "1", "--timeout", str(RUN_TIMEOUT)],
+                                      env=VERBS, name="victim", timeout=START_TIMEOUT)
+        peer = self.start([MALPEER, "--host", SERVER_ADDR, "--port", str(port), "--attack", name,
+                           "--verbs", CLIENT_DEV, "--bind", CLIENT_ADDR], False, name="malpeer")
+        self.finish(peer, RUN_TIMEOUT, 0, [srv])
+        rc = self.finish(srv, RUN_TIMEOUT, None, [peer])
+        self.assertIn(rc, (0, 1), "the victim died\n" + self.describe_all(srv, peer))
+        recs = srv.records()
+        self.assertEqual(len(recs), 1, self.describe_all(srv, peer))
+        return srv, peer, recs[0]
+
+    def assert_reset(self, name, log):
+        srv, peer, rec = self.attack(name)
+        self.assertFalse(rec["ok"], self.describe_all(srv, peer))
+        self.assertIn("Connection reset by peer", rec["error"], self.describe_all(srv, peer))
+        self.assertIn(log, srv.stderr_text(), self.describe_all(srv, peer))
+
+    def test_producer_cursor_outside_the_ring(self):
+        self.assert_reset("prod-outside-ring", "producer cursor outside the ring")
+
+    def test_consumer_cursor_backwards(self):
+        self.assert_reset("cons-backwards", "consumer cursor moved backwards")
+
+    def test_llc_message_of_unknown_type(self):
+        self.assert_reset("garbage-llc", "protocol violation")
+
+    def test_confirm_with_an_unknown_rkey(self):
+        self.assert_reset("confirm-unknown-rkey", "remote access error")
+
+    def test_cdc_for_unknown_tokens(self):
+        srv, peer, rec = self.attack("unknown-token")
+        self.assertTrue(rec["ok"], self.describe_all(srv, peer))
+        self.assertEqual(peer.stdout_lines.count("echo-ok"), 2, self.describe_all(srv, peer))
+
+
 if __name__ == "__main__":
     main()

@@ -654,6 +654,31 @@ TEST_CASE("a peer that stops answering is taken for gone after the keepalive (EC
   CHECK(waited < 10);
 }
 
+TEST_CASE("a stopped peer that fills the send queue: no spin, reset after the keepalive") {
+  SilentPeer peer([] { pause(); });
+  REQUIRE(kill(peer.pid, SIGSTOP) == 0);
+  // One-byte writes, a CDC each: the peer's 16 receives go first, then every CDC meets
+  // RNR and waits in the send queue until it is full. The writer then waits for room
+  // (it spun before, and the keepalive never fired: it could not post its TEST LINK).
+  clock_t cpu0 = clock();
+  timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  ssize_t n = 1;
+  int error = 0;
+  for (int i = 0; i < 100000 && n == 1; ++i) {
+    n = sock_send(*peer.s, peer.fd, "y", 1, MSG_NOSIGNAL);
+    error = errno;
+  }
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  const double waited =
+      static_cast<double>(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+  const double cpu = static_cast<double>(clock() - cpu0) / CLOCKS_PER_SEC;
+  CHECK(n == -1);
+  CHECK((error == ECONNRESET || error == EPIPE));
+  CHECK(waited < 10);
+  CHECK(cpu < waited / 4);  // this process's CPU over the wait: nowhere near a spinning core
+}
+
 TEST_CASE("a dead peer's TCP connection ends an idle SMC connection at once (ECONNRESET)") {
   SilentPeer peer([] {
     usleep(300'000);  // the server is blocked in recv by now

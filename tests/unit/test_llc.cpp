@@ -68,6 +68,22 @@ TEST_CASE("classify tells CDC, known LLC types and unknown bytes apart") {
   CHECK(std::string(llc::type_name(llc::classify(0x42))) == "UNKNOWN");
 }
 
+TEST_CASE("disposition: act on three types, ignore the other LLC types, end on garbage") {
+  using llc::Disposition;
+  CHECK(llc::disposition(0x01) == Disposition::kAct);  // CONFIRM LINK
+  CHECK(llc::disposition(0x04) == Disposition::kAct);  // DELETE LINK
+  CHECK(llc::disposition(0x07) == Disposition::kAct);  // TEST LINK
+  for (uint8_t type : {0x02, 0x03, 0x05, 0x06, 0x08, 0x09}) {
+    CHECK(llc::disposition(type) == Disposition::kIgnore);
+  }
+  // Was "ignored" with a warning per message: a peer that fills the receive queue with
+  // garbage now loses its link, as with Linux.
+  for (int type = 0; type < 256; ++type) {
+    if (type >= 0x01 && type <= 0x09) continue;
+    CHECK(llc::disposition(static_cast<uint8_t>(type)) == Disposition::kViolation);
+  }
+}
+
 TEST_CASE("CONFIRM LINK encodes byte-exact") {
   const Bytes request = cat({hex("01 2C 00 03 02 11 22 33 44 55"), hex(kGidHex),
                              hex("00 0A BC 01 01 02 03 04 02"), zeros(9)});

@@ -108,6 +108,23 @@ TEST_CASE("shm: RNR timer table", "[shm]") {
   CHECK(shm::rnr_timer_ns(0) == 655'360'000);
 }
 
+TEST_CASE("shm: RNR retries back off for a receiver that never posts again", "[shm]") {
+  const int64_t timer = shm::rnr_timer_ns(5);
+  for (uint32_t retries = 0; retries < 16; ++retries) {
+    CHECK(shm::rnr_backoff_ns(timer, retries) == timer);  // a slow receiver: full speed
+  }
+  CHECK(shm::rnr_backoff_ns(timer, 16) == 2 * timer);
+  CHECK(shm::rnr_backoff_ns(timer, 47) == 4 * timer);
+  CHECK(shm::rnr_backoff_ns(timer, 1000) == 100'000'000);
+  CHECK(shm::rnr_backoff_ns(timer, UINT32_MAX) == 100'000'000);
+  CHECK(shm::rnr_backoff_ns(shm::rnr_timer_ns(0), 1000) == shm::rnr_timer_ns(0));
+  // A peer that posts nothing for 2 s cost 33,000 retries (each a wakeup); now about 100.
+  int64_t waited = 0;
+  uint32_t retries = 0;
+  while (waited < 2'000'000'000) waited += shm::rnr_backoff_ns(timer, retries++);
+  CHECK(retries < 200);
+}
+
 TEST_CASE("shm: device, regions and QP parameters", "[shm]") {
   std::string error;
   auto a = open_shm_device({}, &error);
@@ -246,7 +263,14 @@ TEST_CASE("shm ring: values from a hostile peer are validated", "[shm]") {
     REQUIRE(rx.post(buffers[1], 64, 2) == 0);
     reinterpret_cast<shm::SlotHeader*>(slot1)->seq = 7;
     CHECK(rx.poll(wc, &violation) == 0);  // a wrong sequence number is not a message
-    CHECK(rx.arm());                      // a hostile `filled`: at most a spurious wakeup
+    // A hostile `filled` with no message behind it: no wakeup. (It was one on every arm,
+    // and the progress thread arms each time before it sleeps: a spin.)
+    CHECK_FALSE(rx.arm());
+    CHECK_FALSE(rx.arm());
+    reinterpret_cast<shm::SlotHeader*>(slot1)->seq = 2;  // the message arrives after all
+    CHECK(rx.arm());
+    CHECK(rx.poll(wc, &violation) == 1);
+    CHECK_FALSE(rx.arm());  // nothing posted any more: nothing can be waiting
     CHECK(violation == nullptr);
   }
   SECTION("message longer than the slot") {
@@ -1066,4 +1090,40 @@ TEST_CASE("shm arena: a peer maps a slice at its offset, and only inside the mem
   CHECK(big->fd() != first->fd());
   CHECK(big->offset() == 0);
   CHECK(arena->chunk_count() == 2);
+}
+
+TEST_CASE("shm: peers map no more than this process's budget", "[shm]") {
+  // The largest region a peer may announce, as often as it likes: before the budget,
+  // about 2000 of them filled the address space and the application's malloc failed.
+  shm::SharedMemory huge;
+  std::string error;
+  const int fd = ::memfd_create("test-huge", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, static_cast<off_t>(shm::kMaxRegionBytes)) == 0);
+  REQUIRE(::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
+  const uint64_t held_before = shm::PeerMappingBudget::bytes();
+  std::vector<shm::SharedMemory> maps;
+  bool refused = false;
+  for (int i = 0; i < 4096 && !refused; ++i) {
+    shm::SharedMemory m;
+    if (m.map_peer(shm::UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0)), shm::kMaxRegionBytes, &error)) {
+      maps.push_back(std::move(m));
+    } else {
+      refused = true;
+    }
+  }
+  CHECK(refused);
+  CHECK(error.find("budget for peer mappings") != std::string::npos);
+  CHECK(maps.size() * shm::kMaxRegionBytes <= shm::kMaxPeerMappedBytes);
+  CHECK(maps.size() * shm::kMaxRegionBytes > shm::kMaxPeerMappedBytes - 2 * shm::kMaxRegionBytes);
+  // The application's own memory is still there.
+  void* mine = ::mmap(nullptr, uint64_t{1} << 40, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  CHECK(mine != MAP_FAILED);
+  if (mine != MAP_FAILED) ::munmap(mine, uint64_t{1} << 40);
+  // Unmapped, the budget is back.
+  maps.clear();
+  CHECK(shm::PeerMappingBudget::bytes() == held_before);
+  shm::SharedMemory again;
+  CHECK(again.map_peer(shm::UniqueFd(fd), shm::kMaxRegionBytes, &error));
 }
