@@ -615,29 +615,41 @@ void Connection::on_cdc(const cdc::Message& msg) {
   rx_seq_valid_ = true;
 
   const uint64_t old_prod = rx_peer_prod_.load(std::memory_order_relaxed);
-  const auto prod = from_wire(msg.prod, old_prod, rmb_size_);
-  if (!prod) return protocol_error("producer cursor outside the ring");
-  if (*prod > old_prod) {
-    if (*prod - rx_cons_.load(std::memory_order_acquire) > rmb_size_) {
+  // The peer writes at most one ring ahead of what we consumed.
+  const PeerCursor prod = judge_peer_cursor(
+      msg.prod, old_prod, rx_cons_.load(std::memory_order_acquire) + rmb_size_, rmb_size_);
+  switch (prod.verdict) {
+    case PeerCursorVerdict::kOutsideRing:
+      return protocol_error("producer cursor outside the ring");
+    case PeerCursorVerdict::kBeyondLimit:
       return protocol_error("producer cursor more than one ring ahead");
-    }
-    if (shut_rd_.load() && shut_wr_.load()) {
-      // Data for a socket shut in both directions: TCP drops it and answers with a
-      // reset (RFC 793; the peer's writes fail from then on), and so do we.
-      SMC_LOG_DEBUG("connection {:#x}: data after shutdown(SHUT_RDWR): reset", local_token_);
-      return abort_here();
-    }
-    rx_peer_prod_.store(*prod, std::memory_order_release);
+    case PeerCursorVerdict::kNotNewer:
+      break;
+    case PeerCursorVerdict::kAdvanced:
+      if (shut_rd_.load() && shut_wr_.load()) {
+        // Data for a socket shut in both directions: TCP drops it and answers with a
+        // reset (RFC 793; the peer's writes fail from then on), and so do we.
+        SMC_LOG_DEBUG("connection {:#x}: data after shutdown(SHUT_RDWR): reset", local_token_);
+        return abort_here();
+      }
+      rx_peer_prod_.store(prod.value, std::memory_order_release);
+      break;
   }
   if (peer_ready_.load(std::memory_order_acquire)) {
-    const uint64_t old_cons = tx_peer_cons_.load(std::memory_order_relaxed);
-    const auto cons = from_wire(msg.cons, old_cons, peer_rmb_.length);
-    if (!cons) return protocol_error("consumer cursor outside the ring");
-    if (*cons > old_cons) {
-      if (*cons > tx_prod_.load(std::memory_order_acquire)) {
+    // The peer cannot have consumed more than we wrote.
+    const PeerCursor cons =
+        judge_peer_cursor(msg.cons, tx_peer_cons_.load(std::memory_order_relaxed),
+                          tx_prod_.load(std::memory_order_acquire), peer_rmb_.length);
+    switch (cons.verdict) {
+      case PeerCursorVerdict::kOutsideRing:
+        return protocol_error("consumer cursor outside the ring");
+      case PeerCursorVerdict::kBeyondLimit:
         return protocol_error("consumer cursor ahead of what was sent");
-      }
-      tx_peer_cons_.store(*cons, std::memory_order_release);
+      case PeerCursorVerdict::kNotNewer:
+        break;
+      case PeerCursorVerdict::kAdvanced:
+        tx_peer_cons_.store(cons.value, std::memory_order_release);
+        break;
     }
   }
   // Whether the peer's FIN (done writing or closed) came before this message.

@@ -50,4 +50,32 @@ constexpr std::optional<uint64_t> from_wire(WireCursor w, uint64_t known, uint32
   return wraps * ring_size + w.count;
 }
 
+// What a cursor received from the peer means, judged against what we know of it.
+enum class PeerCursorVerdict {
+  kAdvanced,     // newer than the known value and within the limit: take it
+  kNotNewer,     // the known value or an older one (a repeated or stale value): ignore it
+  kOutsideRing,  // its count is no offset into the ring: a protocol violation
+  kBeyondLimit,  // newer, but past anything the peer can have reached: a violation
+};
+
+struct PeerCursor {
+  PeerCursorVerdict verdict = PeerCursorVerdict::kOutsideRing;
+  uint64_t value = 0;  // the reconstructed absolute value (0 for kOutsideRing)
+};
+
+// Judges a cursor the peer announced for a ring of `ring_size` bytes. `known` is the last
+// value taken from the peer; `limit` the largest it can legitimately announce: for its
+// producer cursor into our ring, what we consumed plus ring_size (it never overwrites
+// unread data); for its consumer cursor of its own ring, what we produced (it cannot
+// consume more). With known <= limit <= known + ring_size, kAdvanced means exactly: the
+// one value in (known, limit] whose wire form is `w`.
+constexpr PeerCursor judge_peer_cursor(WireCursor w, uint64_t known, uint64_t limit,
+                                       uint32_t ring_size) {
+  const std::optional<uint64_t> value = from_wire(w, known, ring_size);
+  if (!value) return {PeerCursorVerdict::kOutsideRing, 0};
+  if (*value <= known) return {PeerCursorVerdict::kNotNewer, *value};
+  if (*value > limit) return {PeerCursorVerdict::kBeyondLimit, *value};
+  return {PeerCursorVerdict::kAdvanced, *value};
+}
+
 }  // namespace smcpre::core

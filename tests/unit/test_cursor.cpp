@@ -5,6 +5,8 @@
 #include "core/cursor.h"
 
 using smcpre::core::from_wire;
+using smcpre::core::judge_peer_cursor;
+using smcpre::core::PeerCursorVerdict;
 using smcpre::core::seq_newer;
 using smcpre::core::to_wire;
 using smcpre::core::WireCursor;
@@ -87,6 +89,38 @@ TEST_CASE("from_wire inverts to_wire within half a wrap cycle") {
       REQUIRE(got.has_value());
       REQUIRE(*got == target);
     }
+  }
+}
+
+TEST_CASE("judge_peer_cursor takes only values in (known, limit]") {
+  constexpr uint64_t kKnown = 5 * uint64_t{kRing} + 100;
+  constexpr uint64_t kLimit = kKnown + kRing;  // the reader has consumed everything
+  auto verdict = [](WireCursor w, uint64_t known, uint64_t limit) {
+    return judge_peer_cursor(w, known, limit, kRing).verdict;
+  };
+  SECTION("newer within the limit, also exactly at it and across a wrap") {
+    const auto next = judge_peer_cursor({5, 101}, kKnown, kLimit, kRing);
+    CHECK(next.verdict == PeerCursorVerdict::kAdvanced);
+    CHECK(next.value == kKnown + 1);
+    CHECK(verdict({6, 100}, kKnown, kLimit) == PeerCursorVerdict::kAdvanced);
+    CHECK(verdict({6, 0}, kKnown, kLimit) == PeerCursorVerdict::kAdvanced);
+  }
+  SECTION("the known value and older ones are ignored") {
+    CHECK(verdict({5, 100}, kKnown, kLimit) == PeerCursorVerdict::kNotNewer);
+    CHECK(verdict({5, 99}, kKnown, kLimit) == PeerCursorVerdict::kNotNewer);
+    CHECK(verdict({4, kRing - 1}, kKnown, kLimit) == PeerCursorVerdict::kNotNewer);
+  }
+  SECTION("past the limit: one byte over, a wrap ahead, a far wrap") {
+    CHECK(verdict({6, 101}, kKnown, kLimit) == PeerCursorVerdict::kBeyondLimit);
+    CHECK(verdict({7, 0}, kKnown, kLimit) == PeerCursorVerdict::kBeyondLimit);
+    CHECK(verdict({0x7000, 0}, kKnown, kLimit) == PeerCursorVerdict::kBeyondLimit);
+    // Nothing unread may be overwritten: with 10 bytes unread the limit is 10 lower.
+    CHECK(verdict({6, 95}, kKnown, kLimit - 10) == PeerCursorVerdict::kBeyondLimit);
+    CHECK(verdict({6, 90}, kKnown, kLimit - 10) == PeerCursorVerdict::kAdvanced);
+  }
+  SECTION("a count outside the ring") {
+    CHECK(verdict({5, kRing}, kKnown, kLimit) == PeerCursorVerdict::kOutsideRing);
+    CHECK(judge_peer_cursor({0, 0}, 0, 0, 0).verdict == PeerCursorVerdict::kOutsideRing);
   }
 }
 
