@@ -39,6 +39,27 @@ bool iequals(std::string_view a, std::string_view b) {
          });
 }
 
+// The value as shown in an error line: quoted, control characters escaped (the line must
+// stay one line), long values shortened.
+std::string quote_value(std::string_view v) {
+  constexpr size_t kMaxShown = 200;
+  std::string out = "\"";
+  for (size_t i = 0; i < v.size() && i < kMaxShown; ++i) {
+    unsigned char ch = static_cast<unsigned char>(v[i]);
+    if (ch < 0x20 || ch == 0x7f || ch == '"' || ch == '\\') {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[ch >> 4];
+      out += kHex[ch & 15];
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  if (v.size() > kMaxShown) out += "...";
+  out += '"';
+  return out;
+}
+
 // A plain decimal number: digits only (no sign, no space), at most `max`.
 bool parse_uint(std::string_view s, uint64_t max, uint64_t* out) {
   if (s.empty() || s.front() < '0' || s.front() > '9') return false;
@@ -320,7 +341,7 @@ std::string parse_peers(std::string_view v, Config& c) {
     PeerRule rule;
     std::string problem = parse_peer_rule(item, &rule);
     if (!problem.empty()) {
-      return "rule \"" + std::string(item) + "\": " + problem;
+      return "rule " + quote_value(item) + ": " + problem;
     }
     rules.push_back(rule);
   }
@@ -482,27 +503,6 @@ constexpr Variable kVariables[] = {
     {"SMCPRE_SQ_DEPTH", parse_ranged<uint32_t, &Config::sq_depth, 16, 16384>},
     {"SMCPRE_STATS", parse_stats},
 };
-
-// The value as shown in an error line: quoted, control characters escaped (the line must
-// stay one line), long values shortened.
-std::string quote_value(std::string_view v) {
-  constexpr size_t kMaxShown = 200;
-  std::string out = "\"";
-  for (size_t i = 0; i < v.size() && i < kMaxShown; ++i) {
-    unsigned char ch = static_cast<unsigned char>(v[i]);
-    if (ch < 0x20 || ch == 0x7f || ch == '"' || ch == '\\') {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[ch >> 4];
-      out += kHex[ch & 15];
-    } else {
-      out += static_cast<char>(ch);
-    }
-  }
-  if (v.size() > kMaxShown) out += "...";
-  out += '"';
-  return out;
-}
 
 // --- the policy file -----------------------------------------------------------------------
 

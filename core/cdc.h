@@ -33,6 +33,7 @@ struct Message {
   bool peer_done_writing = false;
   bool peer_conn_closed = false;
   bool peer_conn_abort = false;
+  bool operator==(const Message&) const = default;
 };
 
 // Writes all 44 bytes (reserved fields zero).

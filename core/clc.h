@@ -56,11 +56,13 @@ struct LocalInfo {
   std::array<uint8_t, 8> peer_id{};  // 2 random bytes + 6-byte MAC: the system instance
   rdma::Gid gid{};
   rdma::Mac mac{};
+  bool operator==(const LocalInfo&) const = default;
 };
 
 struct Ipv6Prefix {
   std::array<uint8_t, 16> prefix{};
   uint8_t prefix_len = 0;  // 0..128
+  bool operator==(const Ipv6Prefix&) const = default;
 };
 
 struct Proposal {
@@ -68,6 +70,7 @@ struct Proposal {
   uint32_t ipv4_subnet_be = 0;            // network-order value, as in in_addr.s_addr
   uint8_t ipv4_prefix_len = 0;            // 0..32
   std::vector<Ipv6Prefix> ipv6_prefixes;  // at most kMaxIpv6Prefixes
+  bool operator==(const Proposal&) const = default;
 };
 
 // Accept (server -> client) and Confirm (client -> server) share one layout.
@@ -82,12 +85,14 @@ struct AcceptConfirm {
   uint8_t qp_mtu = 0;          // 4 bits: IB MTU enum 1 (256) .. 5 (4096)
   uint64_t rmb_vaddr = 0;
   uint32_t psn = 0;  // 24 bits, initial packet sequence number
+  bool operator==(const AcceptConfirm&) const = default;
 };
 
 struct Decline {
   std::array<uint8_t, 8> peer_id{};
   uint32_t diagnosis = 0;  // a DeclineCode value (core/decline.h) or a peer's own code
   bool out_of_sync = false;
+  bool operator==(const Decline&) const = default;
 };
 
 struct Header {

@@ -59,12 +59,14 @@ struct ConfirmLink {
   uint8_t link_num = 0;   // link id inside the link group
   uint32_t link_uid = 0;  // link group id (4 bytes on the wire)
   uint8_t max_links = 1;  // links the sender supports in the group
+  bool operator==(const ConfirmLink&) const = default;
 };
 
 // TEST LINK: keepalive; the response echoes the user data.
 struct TestLink {
   bool response = false;
   std::array<uint8_t, 16> user_data{};
+  bool operator==(const TestLink&) const = default;
 };
 
 // DELETE LINK: ends a link (all = the whole link group; orderly = after pending work).
@@ -74,6 +76,7 @@ struct DeleteLink {
   bool orderly = false;
   uint8_t link_num = 0;
   uint32_t reason = 0;  // a DeleteReason value
+  bool operator==(const DeleteLink&) const = default;
 };
 
 // CONFIRM RKEY: announces an RMB added to the link group after first contact, for the
@@ -84,6 +87,7 @@ struct ConfirmRkey {
   bool negative = false;  // response: the peer could not use the rkey
   uint32_t rkey = 0;
   uint64_t vaddr = 0;
+  bool operator==(const ConfirmRkey&) const = default;
 };
 
 // What a link does with a received message that is not a CDC. smcpre acts on CONFIRM

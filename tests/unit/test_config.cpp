@@ -267,6 +267,12 @@ TEST_CASE("SMCPRE_PEERS parsing", "[config]") {
   CHECK(e ==
         "SMCPRE_PEERS=\"10.0.0.0/8,fd00::/8\": rule \"fd00::/8\": expected an IPv6 address in "
         "brackets, e.g. [fd00::]/8:80");
+  // The offending rule is quoted like the value: control characters in it cannot split
+  // the one error line (found by fuzz_config).
+  e = bad("SMCPRE_PEERS", "10.0.0.0/8,10.0.0.1\nsmcpre: forged line");
+  CHECK(e ==
+        "SMCPRE_PEERS=\"10.0.0.0/8,10.0.0.1\\x0asmcpre: forged line\": rule "
+        "\"10.0.0.1\\x0asmcpre: forged line\": expected an IPv4 address");
 }
 
 TEST_CASE("SMCPRE_PEERS matching", "[config]") {
