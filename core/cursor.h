@@ -14,6 +14,7 @@ namespace smcpre::core {
 struct WireCursor {
   uint16_t wrap = 0;
   uint32_t count = 0;
+  bool operator==(const WireCursor&) const = default;
 };
 
 // u16 serial-number comparison (RFC 1982 style): true if `a` is newer than `b`, i.e. `a`
