@@ -111,12 +111,14 @@ void write_clc_stream() {
   const Bytes app = {'G', 'E', 'T', ' ', '/', '\r', '\n'};
   const Bytes whole = {0x00};         // no pieces: all at once
   const Bytes split = {0x02, 3, 50};  // 3 bytes, then 50, then the rest
+  const Bytes kept = {0x08};          // all at once; the caller takes messages off itself
   const Bytes p = clc::encode(proposal(1));
   const Bytes a = clc::encode_accept(accept_confirm(true, 1));
   const Bytes c = clc::encode_confirm(accept_confirm(true, 2));
   const Bytes d = clc::encode(decline(DeclineCode::kNoSmcDev));
   write("clc_stream", "client-proposal-confirm", cat({whole, p, c}));
   write("clc_stream", "client-proposal-confirm-split", cat({split, p, c}));
+  write("clc_stream", "client-proposal-confirm-kept", cat({kept, p, c}));
   write("clc_stream", "server-accept-then-data", cat({whole, a, app}));
   write("clc_stream", "server-decline-then-data", cat({split, d, app}));
   write("clc_stream", "partial-eyecatcher", cat({whole, Bytes(p.begin(), p.begin() + 4)}));
