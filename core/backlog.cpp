@@ -10,6 +10,7 @@
 
 #include "config/config.h"
 #include "config/log.h"
+#include "core/abandoned.h"
 #include "core/cdc.h"
 #include "core/connection.h"
 #include "core/progress.h"
@@ -144,7 +145,7 @@ Backlog* Backlog::get() {
 }
 
 void Backlog::reset_after_fork() {
-  g_backlog.store(nullptr, std::memory_order_release);
+  keep_abandoned(g_backlog.exchange(nullptr, std::memory_order_acq_rel));
   g_backlog_tried.store(false, std::memory_order_release);
   new (&g_backlog_mutex) std::mutex();
 }

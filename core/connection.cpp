@@ -12,6 +12,7 @@
 #include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
+#include "core/abandoned.h"
 #include "core/backlog.h"
 #include "core/link_group.h"
 
@@ -827,6 +828,7 @@ void flush_stale_mirrors() {
 void forget_stale_mirrors_after_fork() {
   // Abandoned, not destroyed: destroying the parent's connections here would act on them.
   new (&g_stale_mutex) std::mutex();
+  keep_abandoned(g_stale);
   g_stale = new std::vector<std::shared_ptr<Connection>>;
   g_any_stale.store(false);
 }

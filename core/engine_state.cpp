@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "config/log.h"
+#include "core/abandoned.h"
 #include "core/backlog.h"
 #include "core/connection.h"
 #include "core/decline.h"
@@ -42,7 +43,7 @@ void EngineState::reset_after_fork() {
   // The parent's state (its threads, locks possibly held by threads that do not exist
   // here, its link groups) is abandoned, not destroyed: the child starts afresh and
   // leaves the parent's connections alone.
-  g_state.store(nullptr, std::memory_order_release);
+  keep_abandoned(g_state.exchange(nullptr, std::memory_order_acq_rel));
   new (&g_create_mutex) std::mutex();
   g_generation.fetch_add(1);
   note_fork();

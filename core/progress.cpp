@@ -11,6 +11,7 @@
 #include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
+#include "core/abandoned.h"
 #include "core/backlog.h"
 #include "core/connection.h"
 #include "core/handshake.h"
@@ -467,7 +468,7 @@ ProgressThread* existing_progress_thread() {
 void reset_progress_thread_after_fork() {
   // The parent's thread does not exist here; its object (and any lock it held) is
   // abandoned, and a new thread starts with the child's first link.
-  g_progress.store(nullptr, std::memory_order_release);
+  keep_abandoned(g_progress.exchange(nullptr, std::memory_order_acq_rel));
   new (&g_progress_mutex) std::mutex();
 }
 

@@ -9,6 +9,7 @@
 
 #include "config/config.h"
 #include "config/log.h"
+#include "core/abandoned.h"
 #include "core/stats.h"
 
 namespace smcpre::core {
@@ -34,7 +35,7 @@ RecvPool* RecvPool::get() {
 }
 
 void RecvPool::reset_after_fork() {
-  g_pool.store(nullptr, std::memory_order_release);
+  keep_abandoned(g_pool.exchange(nullptr, std::memory_order_acq_rel));
   new (&g_pool_mutex) std::mutex();
 }
 
