@@ -14,6 +14,11 @@ Environment (set by tests/integration/meson.build):
   SMCPRE_APPS  directory of the programs (default: <repo>/build/tests/apps)
   SMCPRE_TEST_ENV  K=V,K=V settings for every preloaded program (a file run in another
                    mode); the value @last-cpu stands for the highest CPU we may use
+
+A sanitizer build of libsmcpre.so (scripts/test --sanitize) is found by its dependencies.
+The programs stay uninstrumented, as a user's are, so the runtime must be loaded before
+anything else: preload_value() puts it first in LD_PRELOAD. Reports go to files in the
+test's runtime dir, and a test fails at its end when any appeared (take_sanitizer_reports).
 """
 
 import json
@@ -64,6 +69,60 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sanitizer_runtime(lib=LIB):
+    """The AddressSanitizer runtime libsmcpre.so was linked with, or None (a normal
+    build). ThreadSanitizer builds run only the unit suite (scripts/test --tsan)."""
+    try:
+        out = subprocess.run(["ldd", lib], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"^\s*libasan\.so\S*\s+=>\s+(\S+)", out, re.M)
+    return m.group(1) if m else None
+
+
+SANITIZER_RUNTIME = sanitizer_runtime() if os.path.exists(LIB) else None
+# Leaks are checked in our own programs (tests/apps), which free what they allocate; an
+# interpreter or a server of a distribution leaves its own at exit, which are not ours.
+SANITIZER_LEAK_SUPPRESSIONS = os.path.join(HERE, "lsan.supp")
+
+
+def preload_value(lib=LIB):
+    """LD_PRELOAD for a program under smcpre: the sanitizer runtime first when the library
+    needs one (ASan refuses to start behind another library), then the library."""
+    return SANITIZER_RUNTIME + ":" + lib if SANITIZER_RUNTIME else lib
+
+
+def sanitizer_env(report_dir):
+    """ASAN_OPTIONS/UBSAN_OPTIONS/LSAN_OPTIONS of a preloaded program in a sanitizer build:
+    every report to a file under report_dir (the program's own stderr is the test's
+    subject), UBSan's reports fatal. Empty in a normal build."""
+    if not SANITIZER_RUNTIME:
+        return {}
+    os.makedirs(report_dir, exist_ok=True)
+    prefix = os.path.join(report_dir, "report")
+    return {
+        "ASAN_OPTIONS": "log_path=%s:abort_on_error=0:detect_leaks=1" % prefix,
+        "UBSAN_OPTIONS": "log_path=%s:halt_on_error=1:print_stacktrace=1" % prefix,
+        "LSAN_OPTIONS": "suppressions=%s:print_suppressions=0" % SANITIZER_LEAK_SUPPRESSIONS,
+    }
+
+
+def take_sanitizer_reports(report_dir):
+    """The text of every sanitizer report under report_dir (removed as read)."""
+    texts = []
+    if os.path.isdir(report_dir):
+        for name in sorted(os.listdir(report_dir)):
+            path = os.path.join(report_dir, name)
+            with open(path, errors="replace") as f:
+                text = f.read()
+            os.unlink(path)
+            # A file may hold only LeakSanitizer's notes about threads it could not stop
+            # (a program exiting while its threads still run); those are no findings.
+            if re.search(r"ERROR: |runtime error: |WARNING: ThreadSanitizer", text):
+                texts.append("=== %s\n%s" % (name, text))
+    return texts
 
 
 def app(name):
@@ -250,7 +309,16 @@ class SmcTestCase(unittest.TestCase):
     def tearDown(self):
         for p in self.procs:
             p.kill()
+        reports = take_sanitizer_reports(self.sanitizer_dir())
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        shutil.rmtree(self.sanitizer_dir(), ignore_errors=True)
+        if reports:
+            self.fail("sanitizer reports from preloaded programs:\n" + "\n".join(reports))
+
+    def sanitizer_dir(self):
+        """Where the preloaded programs of this test write sanitizer reports (beside the
+        runtime dir, whose content some tests check)."""
+        return self.runtime_dir + "-sanitizer"
 
     # ---- processes ------------------------------------------------------------------
 
@@ -264,7 +332,8 @@ class SmcTestCase(unittest.TestCase):
         # A host's /etc/smcpre.conf must not change what a test means either.
         env["SMCPRE_CONFIG"] = "none"
         if preload:
-            env["LD_PRELOAD"] = LIB
+            env["LD_PRELOAD"] = preload_value()
+            env.update(sanitizer_env(self.sanitizer_dir()))
             env["SMCPRE_LOG"] = self.log_level
             # A whole file run again with some setting (meson: transfer_backlog, ...).
             for pair in filter(None, os.environ.get("SMCPRE_TEST_ENV", "").split(",")):

@@ -11,7 +11,8 @@ import os
 import subprocess
 import sys
 
-from harness import LIB, SmcTestCase, app, main, registry_ports
+from harness import (LIB, SANITIZER_RUNTIME, SmcTestCase, app, main, registry_ports,
+                     take_sanitizer_reports)
 
 # Reports threads and open fds of the interpreter after running `body`.
 PROBE = r"""
@@ -40,6 +41,20 @@ class LoadTest(SmcTestCase):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.assertEqual(out.returncode, 0, out.stderr)
         return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+    def test_sanitizer_reports_reach_the_test(self):
+        """In a sanitizer build, a report in a preloaded program fails its test: a double
+        free in an uninstrumented program is caught by the runtime the harness preloads."""
+        if not SANITIZER_RUNTIME:
+            self.skipTest("not a sanitizer build (scripts/test --sanitize)")
+        body = ("import ctypes; c = ctypes.CDLL(None); c.malloc.restype = ctypes.c_void_p\n"
+                "p = c.malloc(32); c.free(ctypes.c_void_p(p)); c.free(ctypes.c_void_p(p))")
+        e = self.env(True)
+        out = subprocess.run([sys.executable, "-c", body], env=e, timeout=60,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.assertNotEqual(out.returncode, 0, "the double free went unnoticed")
+        reports = "\n".join(take_sanitizer_reports(self.sanitizer_dir()))
+        self.assertIn("attempting double-free", reports)
 
     def registry(self):
         return ["tcp-%d" % p for p in registry_ports(self.runtime_dir)]
