@@ -52,7 +52,8 @@
 //
 // Checks beyond the data: accepted sockets must be non-blocking; with level-triggered epoll
 // and poll a read that returns EOF must follow an event that reported EPOLLRDHUP/POLLRDHUP
-// (kernel TCP sets it together with EPOLLIN at the peer's FIN); an event for a connection
+// (kernel TCP sets it together with EPOLLIN at the peer's FIN), or, when the FIN came after
+// the event, the socket must report it at the read; an event for a connection
 // that is already closed, or (with EPOLLONESHOT) one that another thread is still handling,
 // fails the run. Readiness that turns out not to be there (the first read or write after an
 // event returns EAGAIN) is counted as "spurious" in the record. A timeout names the call
@@ -501,10 +502,17 @@ static bool rdhup_checked(void) {
   return opt.api == API_EPOLL || opt.api == API_POLL;
 }
 
+// Whether the socket reports the peer's FIN now (poll, no wait).
+static bool rdhup_now(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+  return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
+}
+
 static enum io on_eof(struct conn* c) {
-  // Level-triggered, one read per event: the read that finds EOF was allowed by an event
-  // taken after the FIN arrived, and kernel TCP reports EPOLLRDHUP with it.
-  if (rdhup_checked() && (c->last_ev & (EV_RDHUP | EV_HUP)) == 0) {
+  // Level-triggered: the read that finds EOF follows an event, and kernel TCP reports
+  // EPOLLRDHUP with EPOLLIN once the FIN is in. The FIN may also arrive between the event
+  // (taken for data) and the read; then RDHUP must show now, or it was never reported.
+  if (rdhup_checked() && (c->last_ev & (EV_RDHUP | EV_HUP)) == 0 && !rdhup_now(c->fd)) {
     fail(c, "read returned EOF after an event without %s (events 0x%x)",
          opt.api == API_POLL ? "POLLRDHUP" : "EPOLLRDHUP", c->last_ev);
     return IO_FAILED;
