@@ -11,11 +11,11 @@
 #include "config/config.h"
 #include "config/log.h"
 #include "core/abandoned.h"
-#include "core/cdc.h"
 #include "core/connection.h"
 #include "core/progress.h"
 #include "core/recv_pool.h"
-#include "core/stats.h"
+#include "core/stats/segment.h"
+#include "core/wire/cdc.h"
 
 namespace smcpre::core {
 

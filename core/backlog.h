@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "core/stats_layout.h"
+#include "core/stats/layout.h"
 #include "core/wait.h"
 
 namespace smcpre::core {

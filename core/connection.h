@@ -19,13 +19,13 @@
 #include <string>
 
 #include "config/fd_budget.h"
-#include "core/cdc.h"
-#include "core/connection_stats.h"
-#include "core/cursor.h"
 #include "core/progress.h"
 #include "core/readiness_mirror.h"
 #include "core/socket.h"
+#include "core/stats/connection_counters.h"
 #include "core/wait.h"
+#include "core/wire/cdc.h"
+#include "core/wire/cursor.h"
 #include "rdma/device.h"
 
 namespace smcpre::core {

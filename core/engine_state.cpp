@@ -9,11 +9,11 @@
 #include "core/abandoned.h"
 #include "core/backlog.h"
 #include "core/connection.h"
-#include "core/decline.h"
 #include "core/local_address.h"
 #include "core/progress.h"
 #include "core/recv_pool.h"
-#include "core/stats.h"
+#include "core/stats/segment.h"
+#include "core/wire/decline.h"
 
 namespace smcpre::core {
 namespace {

@@ -16,13 +16,13 @@
 #include "config/log.h"
 #include "config/sys.h"
 #include "core/connection.h"
-#include "core/decline.h"
 #include "core/engine_state.h"
 #include "core/link_group.h"
 #include "core/local_address.h"
 #include "core/low_water.h"
 #include "core/progress.h"
 #include "core/wait.h"
+#include "core/wire/decline.h"
 
 namespace smcpre::core {
 namespace {

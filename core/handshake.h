@@ -8,7 +8,7 @@
 #include <memory>
 #include <vector>
 
-#include "core/clc.h"
+#include "core/wire/clc.h"
 #include "rdma/device.h"
 
 namespace smcpre::core {

@@ -8,12 +8,12 @@
 
 #include "config/log.h"
 #include "core/backlog.h"
-#include "core/cdc.h"
 #include "core/connection.h"
 #include "core/link_group.h"
-#include "core/llc.h"
 #include "core/recv_pool.h"
-#include "core/stats.h"
+#include "core/stats/segment.h"
+#include "core/wire/cdc.h"
+#include "core/wire/llc.h"
 
 namespace smcpre::core {
 namespace {

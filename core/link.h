@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "core/stats_layout.h"
+#include "core/stats/layout.h"
 #include "core/wait.h"
 #include "rdma/device.h"
 

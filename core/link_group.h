@@ -13,9 +13,9 @@
 
 #include "config/config.h"
 #include "config/fd_budget.h"
-#include "core/cdc.h"
 #include "core/link.h"
-#include "core/llc.h"
+#include "core/wire/cdc.h"
+#include "core/wire/llc.h"
 #include "rdma/device.h"
 
 namespace smcpre::core {

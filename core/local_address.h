@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/clc.h"
+#include "core/wire/clc.h"
 
 namespace smcpre::core {
 

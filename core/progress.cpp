@@ -17,7 +17,7 @@
 #include "core/handshake.h"
 #include "core/link_group.h"
 #include "core/recv_pool.h"
-#include "core/stats.h"
+#include "core/stats/segment.h"
 
 namespace smcpre::core {
 namespace {

@@ -10,7 +10,7 @@
 #include "config/config.h"
 #include "config/log.h"
 #include "core/abandoned.h"
-#include "core/stats.h"
+#include "core/stats/segment.h"
 
 namespace smcpre::core {
 namespace {

@@ -31,17 +31,17 @@
 #include "config/sys.h"
 #include "core/backlog.h"
 #include "core/connection.h"
-#include "core/connection_stats.h"
-#include "core/decline.h"
 #include "core/engine_state.h"
-#include "core/exit_summary.h"
 #include "core/handshake.h"
 #include "core/link_group.h"
 #include "core/local_address.h"
 #include "core/low_water.h"
 #include "core/progress.h"
-#include "core/stats.h"
+#include "core/stats/connection_counters.h"
+#include "core/stats/exit_summary.h"
+#include "core/stats/segment.h"
 #include "core/stream_start.h"
+#include "core/wire/decline.h"
 
 namespace smcpre::core {
 

@@ -33,7 +33,7 @@ class Engine {
   // connect fd to, in fd's network namespace -- is published, or an SMCPRE_PEERS match,
   // never an excluded port)? Decided before the connect, because a server may accept,
   // close its listener and unpublish it before connect() returns on our side.
-  // If not, *reason says why (core/decline.h: PEER_UNKNOWN, EXCLUDED, POLICY, DISABLED).
+  // If not, *reason says why (core/wire/decline.h: PEER_UNKNOWN, EXCLUDED, POLICY, DISABLED).
   static bool eligible_destination(int fd, const sockaddr* addr, socklen_t len, uint32_t* reason);
   // A connect() to a destination that was not eligible succeeded (or is in progress): it
   // counts as a fallback for that reason.

@@ -21,12 +21,12 @@
 #include <vector>
 
 #include "config/config.h"
-#include "core/decline.h"
-#include "core/stats.h"
-#include "core/stats_layout.h"
-#include "core/stats_text.h"
+#include "core/stats/layout.h"
+#include "core/stats/reader.h"
+#include "core/stats/segment.h"
+#include "core/stats/text.h"
+#include "core/wire/decline.h"
 #include "rdma/port_select.h"
-#include "tools/stats_reader.h"
 
 namespace {
 
@@ -93,7 +93,7 @@ commands:
                            "connections": [{"local", "peer", "role_name",
                            "state_name", "path_name", "reason_name", ...}],
                            "totals": {...}}]} on stdout, counters under their names in
-                           core/stats_layout.h.
+                           core/stats/layout.h.
   help
       This text.
 

@@ -1,4 +1,4 @@
-// libFuzzer harness: the CDC codec (core/cdc.h), every 44-byte control message a peer
+// libFuzzer harness: the CDC codec (core/wire/cdc.h), every 44-byte control message a peer
 // sends with its data. Besides crashes and sanitizer reports, it fails when:
 // - peek_token (the reaping thread's routing) and decode (the worker's) disagree on
 //   whether the bytes are a CDC, or on its token;
@@ -12,8 +12,8 @@
 #include <span>
 #include <string>
 
-#include "core/cdc.h"
-#include "core/llc.h"
+#include "core/wire/cdc.h"
+#include "core/wire/llc.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace cdc = smcpre::core::cdc;

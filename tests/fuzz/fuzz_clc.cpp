@@ -1,4 +1,4 @@
-// libFuzzer harness: the CLC message parsers (core/clc.h), the first bytes a stranger
+// libFuzzer harness: the CLC message parsers (core/wire/clc.h), the first bytes a stranger
 // sends. Every input goes through parse_header and all four message parsers, as a server
 // or a client would see it. Besides crashes and sanitizer reports, it fails when:
 // - parse_header contradicts itself over the input's prefixes (a stream reader would
@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "core/clc.h"
+#include "core/wire/clc.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace clc = smcpre::core::clc;

@@ -30,8 +30,8 @@
 #include <string>
 #include <vector>
 
-#include "core/clc.h"
 #include "core/handshake.h"
+#include "core/wire/clc.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace clc = smcpre::core::clc;

@@ -1,5 +1,5 @@
 // libFuzzer harness: the validation of the cursors a peer announces in its CDC messages
-// (core/cursor.h step_cursor, as Connection::on_cdc applies it), over a whole
+// (core/wire/cursor.h step_cursor, as Connection::on_cdc applies it), over a whole
 // connection: our reader consumes, our writer produces, the peer's CDCs arrive. The input:
 //   byte 0:        RMBE size codes (clc::rmbe_size_bytes): ours low nibble, the peer's high
 //   bytes 1 .. 6:  where our receive stream starts (48 bits: a long-lived connection)
@@ -19,10 +19,10 @@
 #include <cstdint>
 #include <span>
 
-#include "core/cdc.h"
-#include "core/clc.h"
-#include "core/cursor.h"
-#include "core/wire.h"
+#include "core/wire/bytes.h"
+#include "core/wire/cdc.h"
+#include "core/wire/clc.h"
+#include "core/wire/cursor.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace cdc = smcpre::core::cdc;

@@ -1,4 +1,4 @@
-// libFuzzer harness: the LLC codec (core/llc.h), the link-level messages a peer sends on a
+// libFuzzer harness: the LLC codec (core/wire/llc.h), the link-level messages a peer sends on a
 // new or established link (CONFIRM LINK, TEST LINK, DELETE LINK, CONFIRM RKEY),
 // classify(), which sorts every received message into CDC, an LLC type, or unknown, and
 // disposition(), which says whether a link acts on it, ignores it or ends the link.
@@ -19,7 +19,7 @@
 #include <span>
 #include <string>
 
-#include "core/llc.h"
+#include "core/wire/llc.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace llc = smcpre::core::llc;

@@ -15,12 +15,12 @@
 #include <string>
 #include <vector>
 
-#include "core/cdc.h"
-#include "core/clc.h"
-#include "core/cursor.h"
-#include "core/decline.h"
-#include "core/llc.h"
-#include "core/wire.h"
+#include "core/wire/bytes.h"
+#include "core/wire/cdc.h"
+#include "core/wire/clc.h"
+#include "core/wire/cursor.h"
+#include "core/wire/decline.h"
+#include "core/wire/llc.h"
 
 namespace cdc = smcpre::core::cdc;
 namespace clc = smcpre::core::clc;

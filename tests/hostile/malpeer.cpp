@@ -40,12 +40,12 @@
 #include <string>
 #include <vector>
 
-#include "core/cdc.h"
-#include "core/clc.h"
-#include "core/cursor.h"
 #include "core/handshake.h"
-#include "core/llc.h"
 #include "core/local_address.h"
+#include "core/wire/cdc.h"
+#include "core/wire/clc.h"
+#include "core/wire/cursor.h"
+#include "core/wire/llc.h"
 #include "rdma/shm_device.h"
 #include "rdma/shm_memory.h"
 #include "rdma/shm_ring.h"

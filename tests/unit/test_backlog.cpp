@@ -15,7 +15,7 @@
 
 #include "core/backlog.h"
 #include "core/recv_pool.h"
-#include "core/stats.h"
+#include "core/stats/segment.h"
 #include "core/wait.h"
 
 using smcpre::core::Backlog;

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "core/cdc.h"
+#include "core/wire/cdc.h"
 #include "tests/unit/hex.h"
 
 namespace cdc = smcpre::core::cdc;

@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "core/clc.h"
-#include "core/decline.h"
 #include "core/handshake.h"
+#include "core/wire/clc.h"
+#include "core/wire/decline.h"
 #include "rdma/port_select.h"
 #include "tests/unit/hex.h"
 

@@ -18,9 +18,9 @@
 #include <thread>
 #include <vector>
 
-#include "core/clc.h"
 #include "core/engine_state.h"
 #include "core/socket.h"
+#include "core/wire/clc.h"
 
 using smcpre::core::Engine;
 using smcpre::core::Path;

@@ -2,7 +2,7 @@
 #include <cstdint>
 #include <random>
 
-#include "core/cursor.h"
+#include "core/wire/cursor.h"
 
 using smcpre::core::CursorStep;
 using smcpre::core::from_wire;

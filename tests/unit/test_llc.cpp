@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "core/llc.h"
+#include "core/wire/llc.h"
 #include "tests/unit/hex.h"
 
 namespace llc = smcpre::core::llc;

@@ -1,4 +1,4 @@
-// Tests for core/stats.h (the published counters) and tools/stats_reader.h (reading them
+// Tests for core/stats/segment.h (the published counters) and core/stats/reader.h (reading them
 // from another process). The process publishes once, in a temporary runtime dir; forked
 // children exercise what needs a fresh process (fork, stale files, the private fallback).
 #include <fcntl.h>
@@ -22,10 +22,9 @@
 
 #include "config/config.h"
 #include "config/high_fd.h"
-#include "core/stats.h"
+#include "core/stats/reader.h"
+#include "core/stats/segment.h"
 #include "tests/unit/child_check.h"
-// The reader is part of smcpre-stat, not of a library: compiled into this test directly.
-#include "tools/stats_reader.cpp"
 
 using namespace smcpre::stats;
 

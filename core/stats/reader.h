@@ -1,4 +1,4 @@
-// Reading the counters other processes publish (core/stats.h) in <runtime_dir>/stats/<pid>:
+// Reading the counters other processes publish (core/stats/segment.h) in <runtime_dir>/stats/<pid>:
 // a copy taken while the owner keeps counting (each value whole, the set not atomic), and
 // stale files of dead owners removed on the way. For smcpre-stat and tests; not part of
 // libsmcpre.so.
@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "core/stats_snapshot.h"
+#include "core/stats/snapshot.h"
 
 namespace smcpre::stats {
 

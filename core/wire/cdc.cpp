@@ -1,10 +1,10 @@
-#include "core/cdc.h"
+#include "core/wire/cdc.h"
 
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
 
-#include "core/wire.h"
+#include "core/wire/bytes.h"
 
 namespace smcpre::core::cdc {
 namespace {

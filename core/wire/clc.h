@@ -90,7 +90,7 @@ struct AcceptConfirm {
 
 struct Decline {
   std::array<uint8_t, 8> peer_id{};
-  uint32_t diagnosis = 0;  // a DeclineCode value (core/decline.h) or a peer's own code
+  uint32_t diagnosis = 0;  // a DeclineCode value (core/wire/decline.h) or a peer's own code
   bool out_of_sync = false;
   bool operator==(const Decline&) const = default;
 };

@@ -1,4 +1,4 @@
-#include "core/stats_text.h"
+#include "core/stats/text.h"
 
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "core/decline.h"
+#include "core/wire/decline.h"
 
 namespace smcpre::stats {
 

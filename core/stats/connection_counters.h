@@ -1,4 +1,4 @@
-// One tracked TCP connection's line in the published counters (core/stats_layout.h
+// One tracked TCP connection's line in the published counters (core/stats/layout.h
 // ConnectionSlot): what smcpre-stat shows per connection. Shared by the socket (which
 // decides the path and counts the bytes the application moves) and, on SMC, by the
 // Connection (which reports its state as the close protocol goes on); the slot is released
@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "core/stats.h"
+#include "core/stats/segment.h"
 
 namespace smcpre::core {
 
@@ -29,7 +29,7 @@ class ConnectionStats {
 
   // The handshake moved the connection onto SMC.
   void on_smc(bool verbs_device, uint64_t link_group, uint32_t local_token);
-  // The connection stays on TCP for `reason` (core/decline.h); counted once.
+  // The connection stays on TCP for `reason` (core/wire/decline.h); counted once.
   void on_fallback(uint32_t reason);
   void set_state(stats::ConnectionState state) { stats::set(slot_->state, state); }
 

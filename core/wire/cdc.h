@@ -3,7 +3,7 @@
 //
 // On the data path: encode and decode neither allocate nor fail on the success path.
 // decode checks only the frame (size, type, length byte); the cursor values are the
-// caller's to validate against its ring (core/cursor.h from_wire).
+// caller's to validate against its ring (core/wire/cursor.h from_wire).
 #pragma once
 
 #include <cstddef>
@@ -11,7 +11,7 @@
 #include <span>
 #include <string>
 
-#include "core/cursor.h"
+#include "core/wire/cursor.h"
 
 namespace smcpre::core::cdc {
 

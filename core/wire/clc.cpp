@@ -1,4 +1,4 @@
-#include "core/clc.h"
+#include "core/wire/clc.h"
 
 #include <algorithm>
 #include <cassert>
@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "core/wire.h"
+#include "core/wire/bytes.h"
 
 namespace smcpre::core::clc {
 namespace {

@@ -102,7 +102,7 @@ struct alignas(64) ConnectionSlot {
   Counter role;    // 0 client, 1 server
   Counter state;   // ConnectionState
   Counter path;    // ConnectionPath
-  Counter reason;  // on TCP: the fallback reason code (core/decline.h)
+  Counter reason;  // on TCP: the fallback reason code (core/wire/decline.h)
   Counter link_group;
   Counter local_token;
   Counter bytes_sent;

@@ -1,11 +1,11 @@
-#include "core/llc.h"
+#include "core/wire/llc.h"
 
 #include <cassert>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
 
-#include "core/wire.h"
+#include "core/wire/bytes.h"
 
 namespace smcpre::core::llc {
 namespace {

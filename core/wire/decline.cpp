@@ -1,4 +1,4 @@
-#include "core/decline.h"
+#include "core/wire/decline.h"
 
 #include <array>
 

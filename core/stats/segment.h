@@ -1,4 +1,4 @@
-// Publishing this process's counters (layout: core/stats_layout.h) in
+// Publishing this process's counters (layout: core/stats/layout.h) in
 // <runtime_dir>/stats/<uid>/<pid>, a file the process maps shared and updates in place.
 //
 // The process holds flock(LOCK_SH) on the file while it lives; the kernel drops the lock
@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <string>
 
-#include "core/stats_layout.h"
+#include "core/stats/layout.h"
 
 namespace smcpre::stats {
 
@@ -38,7 +38,7 @@ void release_worker_slot(WorkerSlot* slot);
 ConnectionSlot* acquire_connection_slot();
 void release_connection_slot(ConnectionSlot* slot);
 // One more connection stayed on TCP (or was never proposed) for reason `code`
-// (core/decline.h).
+// (core/wire/decline.h).
 void count_fallback(uint32_t code);
 // Stores an AF_INET/AF_INET6 address in a connection slot's three address counters.
 void set_address(Counter& family_port, Counter& hi, Counter& lo, const sockaddr_storage& a);

@@ -1,4 +1,4 @@
-#include "core/stats_snapshot.h"
+#include "core/stats/snapshot.h"
 
 #include <algorithm>
 #include <cstring>

@@ -30,7 +30,7 @@ enum class Type : uint8_t {
   kTestLink = 0x07,
   kConfirmRkeyCont = 0x08,
   kDeleteRkey = 0x09,
-  kCdc = 0xFE,  // not LLC: a CDC message (core/cdc.h)
+  kCdc = 0xFE,  // not LLC: a CDC message (core/wire/cdc.h)
 };
 
 // kCdc for 0xFE, the LLC version 1 type for 0x01..0x09, kUnknown for anything else.

@@ -7,7 +7,7 @@
 //   owner notices because the path no longer names its inode, and starts over.
 // - A file already at our path belongs to a dead process with our pid (or to ourselves
 //   before exec): it is unlocked, and removed like any stale file.
-#include "core/stats.h"
+#include "core/stats/segment.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-// SMCPRE_STATS=exit: the process's one-screen summary (core/stats_text.h), printed when it
+// SMCPRE_STATS=exit: the process's one-screen summary (core/stats/text.h), printed when it
 // exits, to SMCPRE_LOG_FILE when that is set, else to stderr.
 #pragma once
 

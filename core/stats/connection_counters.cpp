@@ -1,4 +1,4 @@
-#include "core/connection_stats.h"
+#include "core/stats/connection_counters.h"
 
 #include <time.h>
 

@@ -1,4 +1,4 @@
-#include "core/exit_summary.h"
+#include "core/stats/exit_summary.h"
 
 #include <fcntl.h>
 
@@ -8,9 +8,9 @@
 
 #include "config/config.h"
 #include "config/sys.h"
-#include "core/stats.h"
-#include "core/stats_snapshot.h"
-#include "core/stats_text.h"
+#include "core/stats/segment.h"
+#include "core/stats/snapshot.h"
+#include "core/stats/text.h"
 
 namespace smcpre::core {
 namespace {

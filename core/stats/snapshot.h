@@ -1,6 +1,6 @@
-// A copy of a process's published counters (core/stats_layout.h), taken while their owner
+// A copy of a process's published counters (core/stats/layout.h), taken while their owner
 // keeps counting: each value whole, the set not atomic. smcpre-stat takes it from another
-// process's file (tools/stats_reader.h); the library takes its own for the summary at exit
+// process's file (core/stats/reader.h); the library takes its own for the summary at exit
 // (SMCPRE_STATS=exit). Nothing in the segment is trusted: strings are bounded and
 // sanitized, a slot reused while it was copied is left out.
 #pragma once
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "core/stats_layout.h"
+#include "core/stats/layout.h"
 
 namespace smcpre::stats {
 
@@ -50,7 +50,7 @@ struct WorkerSnapshot {
 };
 
 struct FallbackCount {
-  uint32_t code = 0;  // core/decline.h
+  uint32_t code = 0;  // core/wire/decline.h
   uint64_t count = 0;
 };
 

@@ -1,7 +1,7 @@
-// Reading published counters (see stats_reader.h). The file's owner is another process,
+// Reading published counters (see reader.h). The file's owner is another process,
 // possibly of another smcpre version, possibly dead: nothing in the file is trusted beyond
 // what is checked here (magic, version, size, pid; strings bounded and sanitized).
-#include "tools/stats_reader.h"
+#include "core/stats/reader.h"
 
 #include <dirent.h>
 #include <fcntl.h>

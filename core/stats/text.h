@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "core/stats_snapshot.h"
+#include "core/stats/snapshot.h"
 
 namespace smcpre::stats {
 
