@@ -1,4 +1,4 @@
-// Strict parsing of the SMCPRE_* environment (DESIGN.md section 7) and of the policy
+// Strict parsing of the SMCPRE_* environment (doc/design.md §1.1) and of the policy
 // file's settings and rules (smcpre.conf(5)). Every parser accepts exactly its documented
 // syntax: no surrounding whitespace, no trailing garbage, no overflow, no empty values. The
 // first bad variable (in name order) or the first malformed file line is reported.

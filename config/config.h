@@ -1,4 +1,4 @@
-// smcpre's configuration: environment variables (DESIGN.md section 7) and the policy file
+// smcpre's configuration: environment variables (doc/design.md §1.1) and the policy file
 // (/etc/smcpre.conf or SMCPRE_CONFIG, smcpre.conf(5)) parsed strictly into one immutable
 // Config. A bad value or a malformed file line is reported in one line naming the variable
 // or the file and line, and disables smcpre for the process (the application runs as plain
@@ -79,7 +79,7 @@ struct Config {
   std::vector<PortRange> exclude_ports;    // SMCPRE_EXCLUDE
   std::vector<uint32_t> shm_allowed_uids;  // SMCPRE_SHM_UIDS: uids besides our own and root
   bool shm_any_uid = false;                // SMCPRE_SHM_UIDS=any
-  // Receive path (issue 5 grows these).
+  // Receive path (doc/design.md §3).
   std::optional<std::vector<int>> backlog_cpus;  // SMCPRE_BACKLOG_CPUS; nullopt = default
   bool backlog_inline = false;                   // SMCPRE_BACKLOG_CPUS=none
   uint32_t pool_size = 16384;                    // SMCPRE_POOL_SIZE receive buffers per process

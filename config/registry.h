@@ -1,4 +1,4 @@
-// Host-wide registry of smcpre listeners (DESIGN.md section 6). A client proposes SMC to
+// Host-wide registry of smcpre listeners (doc/design.md §2.1). A client proposes SMC to
 // a same-host server only if the listening socket its connection would reach is one that
 // smcpre published here.
 //

@@ -82,7 +82,7 @@ std::string cpu_list_text(const std::vector<int>& cpus) {
 }  // namespace
 
 std::vector<int> Backlog::default_cpus() {
-  // Measured on a 2-core machine (README, Performance): with both ends of a connection and
+  // Measured on a 2-core machine (doc/benchmarks.md, fan-in): with both ends of a connection and
   // their threads sharing two CPUs, a worker can only take CPU time from an application
   // thread, and every fan-in case ran faster inline. So below 4 CPUs the default is inline
   // (empty). From 4 on, on paper (a 64-core server): one worker per 8 CPUs the process may
@@ -324,7 +324,7 @@ void Backlog::run(Worker& w) {
     if (w.queued.load(std::memory_order_acquire) == 0) {
       if (stopping_.load(std::memory_order_acquire)) break;
       // Look again for a while: on a busy link the next message is microseconds away,
-      // and a sleep would cost a futex wake per message (DESIGN.md 4a).
+      // and a sleep would cost a futex wake per message (doc/design.md §6.1).
       const int64_t max_spin = worker_spin_ns();
       const int64_t spin = w.spin.spin_ns(max_spin);
       int64_t now = now_ns();

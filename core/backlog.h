@@ -1,4 +1,4 @@
-// Backlog workers (DESIGN.md section 4): the threads that do receive-side connection work,
+// Backlog workers (doc/design.md §3.2): the threads that do receive-side connection work,
 // so that the thread reaping a link's completions only classifies and re-posts.
 //
 // Each worker owns a queue. A connection's messages always go to the worker chosen by the
@@ -7,7 +7,7 @@
 // runs empty (a busy link refills it within microseconds) and then sleeps; it is woken by
 // the next submission.
 //
-// No thread hop where none is needed (DESIGN.md 4a): an application thread that reaps a
+// No thread hop where none is needed (doc/design.md §6.1): an application thread that reaps a
 // link itself (it waits on a socket, or is about to read or write one) applies a message
 // at once when nobody is applying for the message's worker — first what is queued there,
 // then the message — which keeps each connection's order. Only the background poller (the

@@ -1,5 +1,5 @@
 // One SMC connection: our RMB element (the ring the peer RDMA-WRITEs into), the peer's,
-// and the cursors and flags that CDC messages carry (SMC-PROTOCOL.md "CDC message").
+// and the cursors and flags that CDC messages carry (doc/design.md §2.6).
 //
 // Cursors are kept as monotonically increasing 64-bit byte counts:
 //   tx_prod_      bytes we have written into the peer's ring

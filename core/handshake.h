@@ -1,4 +1,4 @@
-// The CLC handshake on a fresh TCP connection (RFC 7609; DESIGN.md section 3). Every
+// The CLC handshake on a fresh TCP connection (RFC 7609; doc/design.md §2.3). Every
 // failure ends in a fallback to TCP on the same connection: a Decline with a reason code
 // goes to the peer whenever it may still be waiting for a CLC message.
 #pragma once

@@ -407,7 +407,7 @@ void pause_polling(int64_t polled_ns);
 
 void ProgressThread::poll_while_busy() {
   // Messages are coming faster than wake-ups can follow (a wake-up costs tens of
-  // microseconds here, DESIGN.md 4a): sleeping on the notification between them would let
+  // microseconds here, doc/design.md §6.1): sleeping on the notification between them would let
   // the receive queues run dry and the peers meet RNR. So reap back to back, for as long
   // as there is something to reap, and for the polling budget after the last completion.
   auto groups = links_for_app_polling();

@@ -1,6 +1,6 @@
 // The background progress thread and the adaptive wait that application threads use.
 //
-// Latency on this kind of machine is decided by wake-ups (DESIGN.md 4a): a futex or eventfd
+// Latency on this kind of machine is decided by wake-ups (doc/design.md §6.1): a futex or eventfd
 // wake per message costs as much as the whole kernel TCP path. So a waiting application
 // thread first polls the link itself (no thread hop, no syscall), for a budget that adapts
 // to whether polling pays; only then does it sleep. The background thread keeps every link's
@@ -45,7 +45,7 @@ class ProgressThread {
   ProgressThread(const ProgressThread&) = delete;
   ProgressThread& operator=(const ProgressThread&) = delete;
 
-  // Starts the thread on first use (threads start lazily, DESIGN.md 8). The thread keeps
+  // Starts the thread on first use (threads start lazily, doc/design.md §4.1). The thread keeps
   // the group alive until its link has failed and its last connection is gone.
   bool add_link(std::shared_ptr<LinkGroup> group);
   // An application thread stops polling and goes to sleep: make sure the background
@@ -181,7 +181,7 @@ WaitResult wait_adaptive(Link& link, WaitQueue& queue, SpinBudget& budget, int64
 // select) while the process has SMC links: data for SMC sockets reaches their readiness
 // mirrors only when somebody reaps the links. Left to the progress thread, that is a
 // wake-up and a thread hop per message, which on a busy event loop costs more than the
-// whole kernel TCP path (DESIGN.md 4a). So the waiting thread reaps every link itself,
+// whole kernel TCP path (doc/design.md §6.2). So the waiting thread reaps every link itself,
 // asks the kernel without blocking, polls on for an adaptive budget while nothing is
 // ready, and only then blocks in the kernel with the progress thread's notifications
 // armed. `kernel_wait(ctx, timeout_ms)` is the real call (0: do not block); its result is

@@ -1,4 +1,4 @@
-// The process-wide pool of receive buffers (DESIGN.md section 4): preallocated once,
+// The process-wide pool of receive buffers (doc/design.md §3.3): preallocated once,
 // registered with each link's protection domain, shared by every link of the process.
 //
 // The thread reaping a link's receive completions takes a fresh buffer from here to

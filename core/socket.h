@@ -29,7 +29,7 @@ class Engine {
   static std::shared_ptr<Listener> on_listen(int fd);
 
   // Before a blocking connect() of socket `fd` to `addr`: may this connection propose SMC
-  // (DESIGN.md 6: a same-host server whose listening socket -- the one the kernel would
+  // (doc/design.md §2.1: a same-host server whose listening socket -- the one the kernel would
   // connect fd to, in fd's network namespace -- is published, or an SMCPRE_PEERS match,
   // never an excluded port)? Decided before the connect, because a server may accept,
   // close its listener and unpublish it before connect() returns on our side.
@@ -45,7 +45,7 @@ class Engine {
   static std::shared_ptr<Socket> on_connected(int fd);
 
   // accept()/accept4() on a published listener returned `fd`. The server side decides
-  // lazily, on the first data call, whether the peer proposed SMC (DESIGN.md 3, rule 2).
+  // lazily, on the first data call, whether the peer proposed SMC (doc/design.md §2.2).
   static std::shared_ptr<Socket> on_accepted(int fd, const std::shared_ptr<Listener>& listener);
 
   // A connected TCP socket this process got from another one, with no smcpre state: an

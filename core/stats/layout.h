@@ -27,7 +27,7 @@ inline constexpr size_t kMaxFallbackSlots = 48;
 using Counter = std::atomic<uint64_t>;
 static_assert(Counter::is_always_lock_free);
 
-// Receive path of the whole process (DESIGN.md section 4).
+// Receive path of the whole process (doc/design.md §3).
 struct alignas(64) ProcessCounters {
   Counter backlog_workers;        // 0: inline mode (SMCPRE_BACKLOG_CPUS=none)
   Counter pool_size;              // receive buffers in the mempool

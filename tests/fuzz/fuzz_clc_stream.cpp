@@ -16,7 +16,7 @@
 //   there, or more than a CLC message can be, or not 0 when nothing is there; when the
 //   message then comes, it is not of that size (once the header told it);
 // - anything it did not deliver as a message is not left in the socket, in order: those
-//   bytes are the application's (issue 15: nothing lost in any decline or timeout path);
+//   bytes are the application's (nothing lost in any decline or timeout path);
 // - it reports an error or an interruption on a healthy socket.
 // Delivered messages then go to the parser of their type, as the handshake does.
 #include <sys/socket.h>

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Real programs nobody here wrote, under the preload on both ends (issue 4): redis-server
+"""Real programs nobody here wrote, under the preload on both ends: redis-server
 with redis-benchmark and redis-cli, nginx (master + worker processes, sendfile) with curl
 and wrk, iperf3, sockperf and socat. (A Python asyncio server and client run in
 test_events.py.)
@@ -14,7 +14,7 @@ TCP connection opened. The plain-TCP run of each case must exceed that same boun
 shows the check can fail.
 
   test_apps.py            quick sizes (part of the default scripts/test)
-  test_apps.py --full     the sizes the issue names (scripts/test --apps)
+  test_apps.py --full     their full sizes (scripts/test --apps)
 """
 
 import json

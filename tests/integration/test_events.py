@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Event-driven applications on SMC (issue 4): tests/apps/evloop serves many non-blocking
+"""Event-driven applications on SMC: tests/apps/evloop serves many non-blocking
 connections from one readiness loop (epoll level- and edge-triggered, poll, select; several
 threads on one epoll set with EPOLLEXCLUSIVE/EPOLLONESHOT). Every accepted socket is
 registered before its first read, so it is still undecided (no CLC Proposal seen yet) when
@@ -279,7 +279,7 @@ class EventsTest(SmcTestCase):
         client_cpu = float(cli.wait_stdout(r"^cpu (\S+)$", 1).group(1))
         self.assertLess(client_cpu, 1.0, "client CPU %.3f s" % client_cpu)
 
-    # ---- a keep-alive peer that exits (issue 13) ------------------------------------
+    # ---- a keep-alive peer that exits -----------------------------------------------
 
     def keepalive_exit(self, api, end, preload):
         """evloop echo server + a keep-alive client: 10,000 requests of 100 bytes over 4

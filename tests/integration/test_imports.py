@@ -6,7 +6,7 @@ and curl (and libcurl), `nm -D --undefined-only` lists the libc imports; every o
 socket-related family (the `family` patterns of libc_imports.txt) must have a verdict in
 that table: `hooked` (then libsmcpre.so must export it: preload/exports.map's global list
 and the built library), `harmless: <why>`, or `gap: <why>` (printed as a finding, not a
-failure). The table per program is printed, so the test output is the list the issue asks
+failure). The table per program is printed, so the test output is the list wanted
 for. Two imports get a closer look:
   - syscall(): the syscall numbers passed to it are read from the disassembly; a socket,
     I/O or process call made that way would bypass every hook.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Processes, threads and socket edge cases on SMC (issue 4), with tests/apps/procs:
+"""Processes, threads and socket edge cases on SMC, with tests/apps/procs:
 exec (smcpre's internal fds are close-on-exec; the exec'd image starts clean and uses SMC
 itself), daemon() before and after listen(), vfork (stays vfork; the child's close and
 dup2 on an SMC fd leave the parent's connection alone), full-duplex threads on one socket

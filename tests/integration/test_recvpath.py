@@ -1,4 +1,4 @@
-"""The receive path (DESIGN.md section 4) seen from outside: backlog workers, the receive
+"""The receive path (doc/design.md §3) seen from outside: backlog workers, the receive
 buffer pool, RNR, and their counters as smcpre-stat shows them on live processes.
 
 - Pool exhaustion: a receiver with a tiny pool makes the sender meet RNR; every byte still

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Same port elsewhere, and several users in one runtime dir (issue 13, parts 5 and 6).
+"""Same port elsewhere, and several users in one runtime dir.
 
 A preloaded client proposes SMC only to the listener the kernel would connect it to, and
 only if that listener is smcpre's. A plain server on the same port at another address, in

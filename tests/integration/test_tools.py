@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""smcpre-run and smcpre-systemd (issue 6), on live processes under the preload.
+"""smcpre-run and smcpre-systemd, on live processes under the preload.
 
 smcpre-run: the program keeps smcpre-run's pid (exec), LD_PRELOAD gets the library
 appended (an existing preload kept, never twice, another copy refused), the tuning

@@ -38,7 +38,7 @@ class TransferTest(SmcTestCase):
     def test_source_sizes(self):
         """Server -> client after a 4-byte request, the server closes after the data; the
         client reads to EOF. (A server that writes before the client's Proposal arrived
-        stays TCP by design, DESIGN.md section 3 rule 2: see test_fallback.)"""
+        stays TCP by design, doc/design.md §2.2: see test_fallback.)"""
         for n in SIZES:
             with self.subTest(bytes=n):
                 self.check_smc("source", n, ("--seed", "7"), ("--seed", "7"))
