@@ -13,18 +13,9 @@
 
 #include <cstdint>
 
+#include "config/found_listener.h"
+
 namespace smcpre::registry {
-
-struct FoundListener {
-  uint64_t inode = 0;  // the listening socket's inode (fstat's st_ino of its fd)
-  uid_t uid = 0;       // the socket's owner (who created it)
-};
-
-enum class Lookup {
-  kFound,
-  kNone,   // no listener would take a connection to that address
-  kError,  // could not be asked (no netlink, another namespace, a malformed reply)
-};
 
 // The listener that a connection from this host to `dest` (AF_INET, or AF_INET6 not
 // v4-mapped: callers normalize) would reach in the network namespace of socket `fd`

@@ -14,7 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "config/listener_lookup.h"
+#include "config/found_listener.h"
 
 namespace smcpre::registry::proc_net {
 

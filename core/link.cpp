@@ -43,8 +43,9 @@ Link::Link(LinkGroup* group, std::unique_ptr<rdma::QueuePair> qp, RecvPool& pool
   stats::set(slot_->rq_depth, recv_depth);
   stats::set(slot_->rq_low_water, recv_depth);
   stats::set(slot_->role, group->role() == rdma::Role::kServer ? 1 : 0);
-  stats::set(slot_->device,
-             group->device().name() == "shm" ? stats::kDeviceShm : stats::kDeviceVerbs);
+  stats::set(slot_->device, group->device().caps().kind == rdma::DeviceKind::kShm
+                                ? stats::kDeviceShm
+                                : stats::kDeviceVerbs);
   stats::set(slot_->local_qp_num, qp_->local_endpoint().qp_num);
   stats::set(slot_->state, stats::kLinkActivating);
   stats::add(stats::segment().process.links_total);

@@ -358,7 +358,8 @@ class SmcSocket final : public Socket,
   void publish_smc() {
     if (!stats_) return;
     LinkGroup& group = connection_->group();
-    stats_->on_smc(group.device().name() != "shm", group.id(), connection_->local_token());
+    stats_->on_smc(group.device().caps().kind != rdma::DeviceKind::kShm, group.id(),
+                   connection_->local_token());
     connection_->attach_stats(stats_);
   }
 

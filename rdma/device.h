@@ -173,7 +173,14 @@ class ProtectionDomain {
   virtual std::unique_ptr<QueuePair> create_qp(const QpConfig& config, std::string* error) = 0;
 };
 
+// What a device is, for what it shows users (smcpre-stat's path and device columns).
+enum class DeviceKind : uint8_t { kShm, kVerbs };
+
 struct DeviceCaps {
+  DeviceKind kind = DeviceKind::kVerbs;
+  // Each SEND that met an empty receive queue at the peer is counted in the QP's stats
+  // (shm emulates RNR in software); an RDMA adapter retries RNR in hardware, uncounted.
+  bool reports_rnr = false;
   // WRITE sources need no registration and are consumed by the time post_write returns
   // (shm): the engine may then write straight from the application's buffer.
   bool write_from_any_memory = false;

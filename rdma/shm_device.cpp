@@ -1,6 +1,4 @@
 // The shm device: identity, rendezvous listener, protection domains, memory regions.
-#include "rdma/shm_device.h"
-
 #include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -20,6 +18,7 @@
 #include "config/sys.h"
 #include "rdma/shm_arena.h"
 #include "rdma/shm_qp.h"
+#include "rdma/shm_state.h"
 
 namespace smcpre::rdma {
 namespace shm {
@@ -512,7 +511,9 @@ class ShmDevice final : public Device {
 
   std::string name() const override { return "shm"; }
   DeviceCaps caps() const override {
-    return DeviceCaps{.write_from_any_memory = !state_->staged_writes(),
+    return DeviceCaps{.kind = DeviceKind::kShm,
+                      .reports_rnr = true,
+                      .write_from_any_memory = !state_->staged_writes(),
                       .max_inline = 64,
                       .link_notices_peer_exit = true};
   }

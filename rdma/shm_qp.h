@@ -30,9 +30,9 @@
 #include <vector>
 
 #include "rdma/device.h"
-#include "rdma/shm_device.h"
 #include "rdma/shm_memory.h"
 #include "rdma/shm_ring.h"
+#include "rdma/shm_state.h"
 #include "rdma/shm_wire.h"
 
 namespace smcpre::rdma::shm {

@@ -547,7 +547,12 @@ class VerbsDevice final : public Device {
   VerbsDevice(std::shared_ptr<Context> context, uint32_t max_inline)
       : context_(std::move(context)), max_inline_(max_inline) {}
   std::string name() const override { return context_->name; }
-  DeviceCaps caps() const override { return DeviceCaps{false, max_inline_}; }
+  DeviceCaps caps() const override {
+    return DeviceCaps{.kind = DeviceKind::kVerbs,
+                      .reports_rnr = false,
+                      .write_from_any_memory = false,
+                      .max_inline = max_inline_};
+  }
   Gid gid() const override { return context_->gid; }
   Mac mac() const override { return context_->mac; }
   std::unique_ptr<ProtectionDomain> alloc_pd(std::string* error) override {

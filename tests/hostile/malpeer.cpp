@@ -46,9 +46,9 @@
 #include "core/wire/clc.h"
 #include "core/wire/cursor.h"
 #include "core/wire/llc.h"
-#include "rdma/shm_device.h"
 #include "rdma/shm_memory.h"
 #include "rdma/shm_ring.h"
+#include "rdma/shm_state.h"
 #include "rdma/shm_wire.h"
 
 namespace {

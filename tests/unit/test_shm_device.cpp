@@ -24,9 +24,9 @@
 #include "config/sanitizers.h"
 #include "rdma/device.h"
 #include "rdma/shm_arena.h"
-#include "rdma/shm_device.h"
 #include "rdma/shm_qp.h"
 #include "rdma/shm_ring.h"
+#include "rdma/shm_state.h"
 #include "rdma/shm_wire.h"
 #include "tests/unit/two_process.h"
 
@@ -135,6 +135,8 @@ TEST_CASE("shm: device, regions and QP parameters", "[shm]") {
   CHECK(a->name() == "shm");
   CHECK(a->caps().write_from_any_memory);
   CHECK(a->caps().max_inline == 64);
+  CHECK(a->caps().kind == DeviceKind::kShm);
+  CHECK(a->caps().reports_rnr);
   CHECK(a->gid() != b->gid());
   CHECK(a->gid()[0] == 0xfe);
   CHECK(a->mac() != Mac{});

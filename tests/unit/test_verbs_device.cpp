@@ -94,6 +94,8 @@ TEST_CASE("verbs: device and QP parameters", "[verbs]") {
   REQUIRE(side.open(small_config()));
   CHECK(!side.device->name().empty());
   CHECK_FALSE(side.device->caps().write_from_any_memory);
+  CHECK(side.device->caps().kind == DeviceKind::kVerbs);
+  CHECK_FALSE(side.device->caps().reports_rnr);
   CHECK(side.device->caps().max_inline >= 64);
   CHECK(side.device->gid() != Gid{});
   CHECK(reinterpret_cast<uintptr_t>(side.region->addr()) % 4096 == 0);

@@ -1,6 +1,7 @@
-// The shm device's process-wide parts: the device (identity, rendezvous listener and
-// its table of pending client connections) and protection domains (memory regions, and
-// the QPs to which new regions are announced). The queue pair is in rdma/shm_qp.h.
+// The shm device's process-wide state, implemented in shm_device.cpp: the device
+// (identity, rendezvous listener and its table of pending client connections) and
+// protection domains (memory regions, and the QPs to which new regions are announced).
+// The queue pair is in rdma/shm_qp.h; both include this, neither the other.
 #pragma once
 
 #include <sys/types.h>

@@ -1,4 +1,5 @@
-// The process-wide table of tracked fds and the operations the hooks perform on it.
+// The process-wide table of tracked fds and the operations the hooks perform on it (declared
+// in interpose.h; the table itself is fd_table.h).
 #include <new>
 #include <utility>
 
