@@ -285,18 +285,30 @@ bool Backlog::wait_all_applied() {
   return all;
 }
 
-void apply_to_connection(BacklogItem& item, RecvPool& pool) {
+namespace {
+
+std::atomic<uint64_t> g_malformed_cdc{0};
+
+// The one place a received CDC message is decoded. A malformed one is dropped, as Linux
+// drops it, and the connection goes on; logged the 1st, 2nd, 4th, 8th... time, so that a
+// peer that sends it a million times is heard, not echoed.
+bool decode_received_cdc(std::span<const uint8_t> bytes, cdc::Message* message) {
+  std::string error;
+  if (cdc::decode(bytes, message, &error)) return true;
+  const uint64_t n = g_malformed_cdc.fetch_add(1, std::memory_order_relaxed) + 1;
+  if ((n & (n - 1)) == 0) {
+    SMC_LOG_WARN("malformed CDC message dropped: {} ({} so far)", error, n);
+  }
+  return false;
+}
+
+// Applies `item` to its connection; a CDC's buffer is left to the caller.
+void apply_here(BacklogItem& item, RecvPool& pool) {
   switch (item.kind) {
     case BacklogItem::Kind::kCdc: {
       cdc::Message message;
-      std::string error;
-      const std::span<const uint8_t> bytes(pool.buffer(item.buffer), cdc::kSize);
-      const bool ok = cdc::decode(bytes, &message, &error);
-      pool.give(item.buffer);
-      if (ok) {
+      if (decode_received_cdc({pool.buffer(item.buffer), cdc::kSize}, &message)) {
         item.connection->on_cdc(message);
-      } else {
-        SMC_LOG_WARN("backlog: malformed CDC message dropped: {}", error);
       }
       return;
     }
@@ -307,6 +319,29 @@ void apply_to_connection(BacklogItem& item, RecvPool& pool) {
       item.connection->on_link_down();
       return;
   }
+}
+
+}  // namespace
+
+void apply_to_connection(BacklogItem& item, RecvPool& pool) {
+  if (item.kind != BacklogItem::Kind::kCdc) {
+    apply_here(item, pool);
+    return;
+  }
+  // The buffer goes back before the message is applied: applying may take a while.
+  cdc::Message message;
+  const bool ok = decode_received_cdc({pool.buffer(item.buffer), cdc::kSize}, &message);
+  pool.give(item.buffer);
+  if (ok) item.connection->on_cdc(message);
+}
+
+bool dispatch(Backlog* backlog, BacklogItem&& item, RecvPool& pool, bool may_run_here) {
+  if (backlog != nullptr) {
+    backlog->submit(std::move(item), may_run_here);
+    return true;
+  }
+  apply_here(item, pool);
+  return false;
 }
 
 void Backlog::run(Worker& w) {

@@ -43,9 +43,19 @@ struct BacklogItem {
   Kind kind = Kind::kCdc;
 };
 
-// Applies one item. The engine's applier hands it to the connection; tests pass their own.
+// Applies one item. The engine's applier hands it to the connection (a CDC's buffer goes
+// back to `pool`); tests pass their own.
 using BacklogApplier = void (*)(BacklogItem& item, RecvPool& pool);
 void apply_to_connection(BacklogItem& item, RecvPool& pool);
+
+class Backlog;
+
+// The one place that chooses who applies receive-side work. With workers (`backlog` not
+// null) the item is submitted in its connection's order, and may still run on this thread
+// (Backlog::submit); a CDC's buffer is then the backlog's. In inline mode it is applied
+// here, now, and a CDC's buffer stays the caller's, to be posted again. Returns whether
+// the buffer was handed over.
+bool dispatch(Backlog* backlog, BacklogItem&& item, RecvPool& pool, bool may_run_here);
 
 class Backlog {
  public:

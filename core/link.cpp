@@ -309,21 +309,6 @@ bool Link::handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool 
   }
   stats::add(slot_->cdc_received);
   const std::span<const uint8_t> bytes(data, length);
-  if (backlog_ == nullptr) {
-    // Inline mode: applied in place by this thread; the buffer is re-posted afterwards.
-    stats::add(stats::segment().process.cdc_inline);
-    cdc::Message msg;
-    std::string error;
-    if (!cdc::decode(bytes, &msg, &error)) {
-      if (log_this_one(malformed_cdc_)) {
-        SMC_LOG_WARN("link: malformed CDC message dropped: {} ({} so far)", error,
-                     malformed_cdc_.load(std::memory_order_relaxed));
-      }
-      return false;
-    }
-    group_->on_cdc(msg);
-    return false;
-  }
   uint32_t token;
   if (!cdc::peek_token(bytes, &token)) {
     // Dropped, as Linux drops a CDC of the wrong length: the connection goes on.
@@ -341,13 +326,18 @@ bool Link::handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool 
     SMC_LOG_DEBUG("link group {}: CDC for unknown token {:#x} dropped", group_->id(), token);
     return false;
   }
-  // A fresh buffer goes up in its place before the message is applied (while draining,
-  // when the link is going down, nothing is re-posted).
-  if (!draining) refill();
+  if (backlog_ != nullptr) {
+    // Handed over: a fresh buffer goes up in its place before the message is applied
+    // (while draining, when the link is going down, nothing is re-posted).
+    if (!draining) refill();
+  } else {
+    // Inline mode: applied here; the same buffer is posted again afterwards.
+    stats::add(stats::segment().process.cdc_inline);
+  }
   const uint64_t flow = connection->flow_hash();
-  backlog_->submit(BacklogItem{std::move(connection), flow, 0, buffer, BacklogItem::Kind::kCdc},
-                   reaper == Reaper::kApplication);
-  return true;
+  return dispatch(backlog_,
+                  BacklogItem{std::move(connection), flow, 0, buffer, BacklogItem::Kind::kCdc},
+                  pool_, reaper == Reaper::kApplication);
 }
 
 void Link::handle_llc(const uint8_t* data, uint32_t length) {

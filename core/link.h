@@ -72,6 +72,7 @@ class Link {
   void publish_stats(size_t connections);
   stats::LinkSlot& stats() { return *slot_; }
   Backlog* backlog() const { return backlog_; }
+  RecvPool& pool() const { return pool_; }
 
   // Posts one 44-byte message (CDC or LLC) inline. The caller holds send_mutex() when
   // the message content depends on state that must go out in order (CDC sequence).

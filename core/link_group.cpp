@@ -148,15 +148,6 @@ void LinkGroup::give_back_buffer(std::unique_ptr<rdma::MemoryRegion> buffer, boo
   free_buffers_.push_back({std::move(buffer), quarantine ? now_ns() + kQuarantineNs : 0});
 }
 
-void LinkGroup::on_cdc(const cdc::Message& message) {
-  auto connection = find_connection(message.token);
-  if (!connection) {
-    SMC_LOG_DEBUG("link group {}: CDC for unknown token {:#x} dropped", id_, message.token);
-    return;
-  }
-  connection->on_cdc(message);
-}
-
 void LinkGroup::maintain(int64_t now, const config::Config& config) {
   if (link_->failed()) return;
   if (delete_sent_ns_ != 0) {
@@ -209,16 +200,13 @@ void LinkGroup::maintain(int64_t now, const config::Config& config) {
 void LinkGroup::on_send_complete(uint64_t wr_id, bool may_run_here) {
   auto connection = find_connection(cdc_wr_token(wr_id));
   if (!connection) return;
-  if (Backlog* backlog = link_->backlog()) {
-    const uint64_t flow = connection->flow_hash();
-    backlog->submit(BacklogItem{.connection = std::move(connection),
-                                .flow_hash = flow,
-                                .wr_id = wr_id,
-                                .kind = BacklogItem::Kind::kSendComplete},
-                    may_run_here);
-  } else {
-    connection->on_send_complete(wr_id);
-  }
+  const uint64_t flow = connection->flow_hash();
+  dispatch(link_->backlog(),
+           BacklogItem{.connection = std::move(connection),
+                       .flow_hash = flow,
+                       .wr_id = wr_id,
+                       .kind = BacklogItem::Kind::kSendComplete},
+           link_->pool(), may_run_here);
 }
 
 void LinkGroup::on_link_down(bool may_run_here) {
@@ -229,19 +217,15 @@ void LinkGroup::on_link_down(bool may_run_here) {
       if (c) all.push_back(c);
     }
   }
-  Backlog* backlog = link_->backlog();
   for (auto& c : all) {
     // After the connection's queued messages: an orderly close the peer sent just before
     // the link went is applied as one.
-    if (backlog != nullptr) {
-      const uint64_t flow = c->flow_hash();
-      backlog->submit(
-          BacklogItem{
-              .connection = std::move(c), .flow_hash = flow, .kind = BacklogItem::Kind::kLinkDown},
-          may_run_here);
-    } else {
-      c->on_link_down();
-    }
+    const uint64_t flow = c->flow_hash();
+    dispatch(
+        link_->backlog(),
+        BacklogItem{
+            .connection = std::move(c), .flow_hash = flow, .kind = BacklogItem::Kind::kLinkDown},
+        link_->pool(), may_run_here);
   }
 }
 

@@ -82,7 +82,6 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
 
   // Called by the link (receive processing, any polling thread). With backlog workers,
   // connection work goes to the connection's worker (`may_run_here`: see Reaper).
-  void on_cdc(const cdc::Message& message);  // inline mode only
   // A signaled CDC of a connection completed: its send buffer is free up to that CDC.
   void on_send_complete(uint64_t wr_id, bool may_run_here);
   void on_link_down(bool may_run_here);
