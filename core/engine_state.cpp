@@ -47,11 +47,6 @@ void EngineState::reset_after_fork() {
   new (&g_create_mutex) std::mutex();
   g_generation.fetch_add(1);
   note_fork();
-  reset_progress_thread_after_fork();
-  forget_stale_mirrors_after_fork();
-  Backlog::reset_after_fork();
-  RecvPool::reset_after_fork();
-  stats::reset_after_fork();
 }
 
 EngineState* EngineState::get_if_created() {

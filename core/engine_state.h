@@ -28,6 +28,7 @@ class EngineState {
   // nullptr when smcpre is disabled for this process.
   static EngineState* get();
   static EngineState* get_if_created();
+  // In a fork child (core/process_objects.h): the parent's state is abandoned.
   static void reset_after_fork();
   // Changes in the child at every fork: objects of an older generation are the parent's.
   static uint64_t generation();

@@ -38,7 +38,6 @@
 #include "core/low_water.h"
 #include "core/progress.h"
 #include "core/stats/connection_counters.h"
-#include "core/stats/exit_summary.h"
 #include "core/stats/segment.h"
 #include "core/stream_start.h"
 #include "core/wire/decline.h"
@@ -850,8 +849,7 @@ void Engine::note_other_process() {
   EngineState::note_fork();
 }
 
-void Engine::after_fork_in_child() {
-  EngineState::reset_after_fork();
+void Engine::renew_listeners_in_fork_child() {
   // A parent thread may have held the lock at fork: the child starts with a fresh one.
   new (&g_listeners_mutex) std::mutex();
   for (auto& weak : g_listeners) {
@@ -865,15 +863,6 @@ void Engine::after_fork_in_parent() {
   for (auto& weak : g_listeners) {
     if (auto listener = weak.lock()) listener->after_fork_in_parent();
   }
-}
-
-void Engine::at_exit() {
-  // Messages the workers still hold are applied first (a peer's close among them), then
-  // connections still open get their orderly close, applied by this thread from now on.
-  Backlog::stop_at_exit();
-  if (EngineState* engine = EngineState::get_if_created()) engine->close_all_at_exit();
-  print_exit_summary();
-  stats::unpublish_at_exit();
 }
 
 }  // namespace smcpre::core

@@ -61,6 +61,8 @@ class Engine {
   // connections stay owned by the parent and become inert in the child, except undecided
   // ones (Socket::after_fork_in_child).
   static void after_fork_in_child();
+  // Listeners renew their registry entries in the child (one of the process objects).
+  static void renew_listeners_in_fork_child();
   // Called in the parent after fork(), before fork() returns there: sockets that existed
   // before are held by the child too (note_other_process), and listeners take a registry
   // lock of their own, the one they shared with the child staying the child's.
