@@ -1,0 +1,17 @@
+// The sockets socket.cpp makes for the engine's entry points (engine.cpp).
+#pragma once
+
+#include <memory>
+
+namespace smcpre::core {
+
+class Socket;
+struct HandshakeResult;
+
+// A client's socket once its handshake is done: SMC, or TCP with the result's reason.
+std::shared_ptr<Socket> make_client_socket(int fd, HandshakeResult& result);
+// A server's socket, undecided until the client's first bytes: accepted here, or
+// inherited from another process (`shared`). A policy may keep it on TCP.
+std::shared_ptr<Socket> make_server_socket(int fd, bool policy_tcp, bool shared);
+
+}  // namespace smcpre::core
