@@ -161,6 +161,11 @@ class SpinBudget {
 WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,
                               bool (*pred)(void*), void* ctx);
 
+// Between two looks of a polling loop that has gone on for `polled_ns` (a waiting
+// application thread, or the progress thread reaping busy links): a few pause
+// instructions at first, then the CPU is yielded between looks.
+void pause_polling(int64_t polled_ns);
+
 // An application thread reaps `link` in passing (it is about to use the connection, not
 // to wait): applied here when its worker is idle, and the background thread stays unarmed
 // as it does while application threads poll.
