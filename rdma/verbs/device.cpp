@@ -4,6 +4,8 @@
 // Each QP has a send and a receive CQ on one completion channel (the engine's notify fd);
 // the context's async events are drained by the progress thread, which puts a QP that the
 // device reports broken into error so that its link goes down through flushed completions.
+#include "rdma/device.h"
+
 #include <fmt/format.h>
 #include <ifaddrs.h>
 #include <infiniband/verbs.h>
@@ -25,8 +27,7 @@
 
 #include "config/log.h"
 #include "config/sys.h"
-#include "rdma/device.h"
-#include "rdma/verbs_attrs.h"
+#include "rdma/verbs/attrs.h"
 
 namespace smcpre::rdma {
 namespace {

@@ -1,5 +1,5 @@
-// The shm device's queue pair. See rdma/shm_qp.h for the model and the threading rules.
-#include "rdma/shm_qp.h"
+// The shm device's queue pair. See rdma/shm/qp.h for the model and the threading rules.
+#include "rdma/shm/qp.h"
 
 #include <fmt/format.h>
 #include <sys/epoll.h>
