@@ -2,9 +2,9 @@
 // port whose netdev the kernel routes the connection over, and on it the GID that names the
 // connection's local address. Three parts, kept apart so that the decision can be unit-tested
 // without a device:
-//   list_ports       what the host has (libibverbs),
-//   route_of_socket  where a connection goes (getsockname/getpeername + rtnetlink),
-//   choose_port      the pure decision between the two.
+//   list_ports       what the host has (libibverbs; port_list.cpp),
+//   route_of_socket  where a connection goes (getsockname/getpeername + rtnetlink; port_route.cpp),
+//   choose_port      the pure decision between the two (port_select.cpp).
 #pragma once
 
 #include <sys/socket.h>

@@ -46,10 +46,10 @@
 #include "core/wire/clc.h"
 #include "core/wire/cursor.h"
 #include "core/wire/llc.h"
-#include "rdma/shm_memory.h"
-#include "rdma/shm_ring.h"
-#include "rdma/shm_state.h"
-#include "rdma/shm_wire.h"
+#include "rdma/shm/memory.h"
+#include "rdma/shm/ring.h"
+#include "rdma/shm/state.h"
+#include "rdma/shm/wire.h"
 
 namespace {
 

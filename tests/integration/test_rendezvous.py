@@ -25,7 +25,7 @@ import harness  # noqa: E402
 from harness import SMC_ESTABLISHED, SmcTestCase, app, cpu_seconds  # noqa: E402
 
 FLOOD = 200
-PER_UID_CAP = 16  # kMaxPendingPerUid in rdma/shm_device.h
+PER_UID_CAP = 16  # kMaxPendingPerUid in rdma/shm/device.h
 TOTAL_CAP = 256  # kMaxPending
 OTHER_UID = 65534
 

@@ -23,11 +23,11 @@
 
 #include "config/sanitizers.h"
 #include "rdma/device.h"
-#include "rdma/shm_arena.h"
-#include "rdma/shm_qp.h"
-#include "rdma/shm_ring.h"
-#include "rdma/shm_state.h"
-#include "rdma/shm_wire.h"
+#include "rdma/shm/arena.h"
+#include "rdma/shm/qp.h"
+#include "rdma/shm/ring.h"
+#include "rdma/shm/state.h"
+#include "rdma/shm/wire.h"
 #include "tests/unit/two_process.h"
 
 using namespace smcpre::rdma;

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <string>
 
-#include "rdma/verbs_attrs.h"
+#include "rdma/verbs/attrs.h"
 
 using namespace smcpre::rdma;
 

@@ -7,7 +7,7 @@
 //   server -> client  reply  {server qp/psn, client qp/psn, ring geometry}
 //                             + [ring memfd, eventfd]
 //   either direction  region {rkey, addr, length, offset} + [memfd], once per region of
-//                             the PD (regions are slices of a few memfds: shm_arena.h)
+//                             the PD (regions are slices of a few memfds: arena.h)
 //
 // Both ends are the same host and build: host byte order, no padding surprises (checked
 // below). Every field is validated by the receiver.
@@ -28,7 +28,7 @@
 
 #include "config/high_fd.h"
 #include "config/sys.h"
-#include "rdma/shm_memory.h"
+#include "rdma/shm/memory.h"
 
 namespace smcpre::rdma::shm {
 

@@ -18,7 +18,7 @@
 
 #include "config/high_fd.h"
 #include "config/sys.h"
-#include "rdma/shm_ring.h"
+#include "rdma/shm/ring.h"
 
 namespace smcpre::rdma::shm {
 

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "rdma/shm_memory.h"
+#include "rdma/shm/memory.h"
 
 namespace smcpre::rdma::shm {
 

@@ -1,7 +1,7 @@
-// The shm device's process-wide state, implemented in shm_device.cpp: the device
+// The shm device's process-wide state, implemented in rdma/shm/device.cpp: the device
 // (identity, rendezvous listener and its table of pending client connections) and
 // protection domains (memory regions, and the QPs to which new regions are announced).
-// The queue pair is in rdma/shm_qp.h; both include this, neither the other.
+// The queue pair is in rdma/shm/qp.h; both include this, neither the other.
 #pragma once
 
 #include <sys/types.h>
@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "rdma/device.h"
-#include "rdma/shm_memory.h"
-#include "rdma/shm_wire.h"
+#include "rdma/shm/memory.h"
+#include "rdma/shm/wire.h"
 
 namespace smcpre::rdma::shm {
 

@@ -16,9 +16,9 @@
 #include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
-#include "rdma/shm_arena.h"
-#include "rdma/shm_qp.h"
-#include "rdma/shm_state.h"
+#include "rdma/shm/arena.h"
+#include "rdma/shm/qp.h"
+#include "rdma/shm/state.h"
 
 namespace smcpre::rdma {
 namespace shm {

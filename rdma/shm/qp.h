@@ -1,6 +1,6 @@
 // The shm device's queue pair: RC semantics between two processes on one host.
 //
-//   SEND/RECV  through the receiver's ring (rdma/shm_ring.h); no posted buffer = RNR,
+//   SEND/RECV  through the receiver's ring (rdma/shm/ring.h); no posted buffer = RNR,
 //              retried after the receiver's RNR timer, rnr_retry times (7 = forever),
 //              with everything posted behind the refused SEND waiting in order.
 //   WRITE      a memcpy into the peer's mapping of one of its PD's memfd regions.
@@ -30,10 +30,10 @@
 #include <vector>
 
 #include "rdma/device.h"
-#include "rdma/shm_memory.h"
-#include "rdma/shm_ring.h"
-#include "rdma/shm_state.h"
-#include "rdma/shm_wire.h"
+#include "rdma/shm/memory.h"
+#include "rdma/shm/ring.h"
+#include "rdma/shm/state.h"
+#include "rdma/shm/wire.h"
 
 namespace smcpre::rdma::shm {
 

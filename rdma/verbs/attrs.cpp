@@ -1,6 +1,6 @@
 // QP transition attributes, the status mapping and the async event policy of the verbs
-// device (see verbs_attrs.h).
-#include "rdma/verbs_attrs.h"
+// device (see rdma/verbs/attrs.h).
+#include "rdma/verbs/attrs.h"
 
 #include <algorithm>
 #include <cstring>

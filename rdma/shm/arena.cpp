@@ -1,4 +1,4 @@
-#include "rdma/shm_arena.h"
+#include "rdma/shm/arena.h"
 
 #include <fcntl.h>
 #include <unistd.h>
