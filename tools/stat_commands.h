@@ -1,14 +1,17 @@
 // What smcpre-stat's command line (smcpre_stat.cpp) hands to its subcommands: their options,
 // entry points and exit statuses, and the JSON string quoting their output shares. `devices`
-// is in stat_devices.cpp.
+// is in stat_devices.cpp; `processes`, `connections`, `show` and `reasons` are in
+// stat_counters.cpp.
 #pragma once
 
 #include <sys/socket.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace smcpre::tools::smcpre_stat {
 
@@ -43,5 +46,20 @@ struct DevicesOptions {
 
 // `devices`: the RDMA ports, and with options.route which of them smcpre would use.
 int cmd_devices(const DevicesOptions& options);
+
+struct StatsOptions {
+  bool json = false;
+  std::string runtime_dir;
+  std::vector<uint32_t> pids;  // show: the ones asked for (empty: all)
+};
+
+// `processes`, `show` and `connections`: the counters of options.pids (empty: every live
+// process using smcpre) in options.runtime_dir.
+int cmd_processes(const StatsOptions& options);
+int cmd_show(const StatsOptions& options);
+int cmd_connections(const StatsOptions& options);
+
+// `reasons`: every fallback reason code, as a table or (json) a JSON object.
+int cmd_reasons(bool json);
 
 }  // namespace smcpre::tools::smcpre_stat
