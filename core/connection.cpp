@@ -158,8 +158,9 @@ void Connection::on_cdc(const cdc::Message& msg) {
   // Whether the peer's FIN (done writing or closed) came before this message.
   const bool fin_before = peer_done_writing_.load() || peer_closed_.load();
   if (msg.write_blocked || msg.cons_curs_upd_req) peer_write_blocked_.store(true);
-  if (msg.peer_done_writing) peer_done_writing_.store(true, std::memory_order_release);
-  if (msg.peer_conn_closed) peer_closed_.store(true, std::memory_order_release);
+  // The abort is published before the close flags that travel with it in the same CDC:
+  // a reader that sees the close sees the abort too (connection_rx.cpp), and never takes
+  // an abortive close for an orderly one.
   if (msg.peer_conn_abort) {
     // As TCP on a reset: after the peer's FIN (CLOSE_WAIT) reads still end in EOF and
     // writes fail with EPIPE; otherwise both fail with ECONNRESET.
@@ -167,6 +168,8 @@ void Connection::on_cdc(const cdc::Message& msg) {
     pending_error_.store(fin_before ? EPIPE : ECONNRESET);
     peer_aborted_.store(true, std::memory_order_release);
   }
+  if (msg.peer_done_writing) peer_done_writing_.store(true, std::memory_order_release);
+  if (msg.peer_conn_closed) peer_closed_.store(true, std::memory_order_release);
   queue_.wake();
   if (mirror_.load(std::memory_order_acquire) != nullptr) {
     sync_mirror(rx_peer_prod_.load(std::memory_order_relaxed) > old_prod);

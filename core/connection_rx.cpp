@@ -76,6 +76,11 @@ ssize_t Connection::recv(const iovec* iov, int iovcnt, int flags, bool nonblocki
     }
     if (peer_done_writing_.load(std::memory_order_acquire) ||
         peer_closed_.load(std::memory_order_acquire)) {
+      // An abortive close sets the abort before the close flags (Connection::on_cdc): one
+      // that arrived since the check above is seen now, and is a reset, not EOF.
+      if (peer_aborted_.load(std::memory_order_acquire) && !abort_after_fin_.load()) {
+        return end_with_reset(copied);
+      }
       return static_cast<ssize_t>(copied);
     }
     if (link_down_.load(std::memory_order_acquire)) return end_with_reset(copied);
