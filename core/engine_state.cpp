@@ -7,11 +7,8 @@
 
 #include "config/log.h"
 #include "core/abandoned.h"
-#include "core/backlog.h"
 #include "core/connection.h"
 #include "core/local_address.h"
-#include "core/progress.h"
-#include "core/recv_pool.h"
 #include "core/stats/segment.h"
 #include "core/wire/decline.h"
 
