@@ -11,8 +11,6 @@
 #include "config/config.h"
 #include "config/log.h"
 #include "core/abandoned.h"
-#include "core/connection.h"
-#include "core/progress.h"
 #include "core/recv_pool.h"
 #include "core/stats/segment.h"
 #include "core/wire/cdc.h"
@@ -289,27 +287,24 @@ namespace {
 
 std::atomic<uint64_t> g_malformed_cdc{0};
 
-// The one place a received CDC message is decoded. A malformed one is dropped, as Linux
-// drops it, and the connection goes on; logged the 1st, 2nd, 4th, 8th... time, so that a
-// peer that sends it a million times is heard, not echoed.
+// The one place a received CDC message is decoded.
 bool decode_received_cdc(std::span<const uint8_t> bytes, cdc::Message* message) {
   std::string error;
   if (cdc::decode(bytes, message, &error)) return true;
-  const uint64_t n = g_malformed_cdc.fetch_add(1, std::memory_order_relaxed) + 1;
-  if ((n & (n - 1)) == 0) {
-    SMC_LOG_WARN("malformed CDC message dropped: {} ({} so far)", error, n);
-  }
+  drop_malformed_cdc(error);
   return false;
 }
 
-// Applies `item` to its connection; a CDC's buffer is left to the caller.
-void apply_here(BacklogItem& item, RecvPool& pool) {
+// Applies `item` to its connection. A CDC is decoded from its pool buffer first; with
+// `return_buffer` (the backlog's buffer) it goes back to `pool` before the message is
+// applied, as applying may take a while; else it stays the caller's, to be posted again.
+void apply_item(BacklogItem& item, RecvPool& pool, bool return_buffer) {
   switch (item.kind) {
     case BacklogItem::Kind::kCdc: {
       cdc::Message message;
-      if (decode_received_cdc({pool.buffer(item.buffer), cdc::kSize}, &message)) {
-        item.connection->on_cdc(message);
-      }
+      const bool ok = decode_received_cdc({pool.buffer(item.buffer), cdc::kSize}, &message);
+      if (return_buffer) pool.give(item.buffer);
+      if (ok) item.connection->on_cdc(message);
       return;
     }
     case BacklogItem::Kind::kSendComplete:
@@ -323,16 +318,15 @@ void apply_here(BacklogItem& item, RecvPool& pool) {
 
 }  // namespace
 
-void apply_to_connection(BacklogItem& item, RecvPool& pool) {
-  if (item.kind != BacklogItem::Kind::kCdc) {
-    apply_here(item, pool);
-    return;
+void drop_malformed_cdc(std::string_view what) {
+  const uint64_t n = g_malformed_cdc.fetch_add(1, std::memory_order_relaxed) + 1;
+  if ((n & (n - 1)) == 0) {
+    SMC_LOG_WARN("malformed CDC message dropped: {} ({} so far)", what, n);
   }
-  // The buffer goes back before the message is applied: applying may take a while.
-  cdc::Message message;
-  const bool ok = decode_received_cdc({pool.buffer(item.buffer), cdc::kSize}, &message);
-  pool.give(item.buffer);
-  if (ok) item.connection->on_cdc(message);
+}
+
+void apply_to_connection(BacklogItem& item, RecvPool& pool) {
+  apply_item(item, pool, true);
 }
 
 bool dispatch(Backlog* backlog, BacklogItem&& item, RecvPool& pool, bool may_run_here) {
@@ -340,7 +334,7 @@ bool dispatch(Backlog* backlog, BacklogItem&& item, RecvPool& pool, bool may_run
     backlog->submit(std::move(item), may_run_here);
     return true;
   }
-  apply_here(item, pool);
+  apply_item(item, pool, false);
   return false;
 }
 

@@ -19,15 +19,16 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
+#include "core/connection_events.h"
 #include "core/stats/layout.h"
 #include "core/wait.h"
 
 namespace smcpre::core {
 
-class Connection;
 class RecvPool;
 
 struct BacklogItem {
@@ -36,7 +37,7 @@ struct BacklogItem {
     kSendComplete,  // a signaled CDC of the connection completed (wr_id)
     kLinkDown,      // the link went down after everything before this was applied
   };
-  std::shared_ptr<Connection> connection;
+  std::shared_ptr<ConnectionEvents> connection;
   uint64_t flow_hash = 0;  // the connection's: chooses the worker
   uint64_t wr_id = 0;
   uint32_t buffer = 0;
@@ -44,9 +45,14 @@ struct BacklogItem {
 };
 
 // Applies one item. The engine's applier hands it to the connection (a CDC's buffer goes
-// back to `pool`); tests pass their own.
+// back to `pool` first); tests pass their own.
 using BacklogApplier = void (*)(BacklogItem& item, RecvPool& pool);
 void apply_to_connection(BacklogItem& item, RecvPool& pool);
+
+// A CDC message that is not one (wrong length or type, a bad field) is dropped, as Linux
+// drops it, and the connection goes on; counted for the process and logged the 1st, 2nd,
+// 4th, 8th... time, so that a peer that sends a million is heard, not echoed.
+void drop_malformed_cdc(std::string_view what);
 
 class Backlog;
 

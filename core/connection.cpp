@@ -15,6 +15,7 @@
 #include "core/abandoned.h"
 #include "core/backlog.h"
 #include "core/link_group.h"
+#include "core/progress.h"
 
 namespace smcpre::core {
 namespace {

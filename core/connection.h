@@ -19,7 +19,7 @@
 #include <string>
 
 #include "config/fd_budget.h"
-#include "core/progress.h"
+#include "core/connection_events.h"
 #include "core/readiness_mirror.h"
 #include "core/socket.h"
 #include "core/stats/connection_counters.h"
@@ -32,10 +32,10 @@ namespace smcpre::core {
 
 class LinkGroup;
 
-class Connection : public std::enable_shared_from_this<Connection> {
+class Connection final : public ConnectionEvents, public std::enable_shared_from_this<Connection> {
  public:
   Connection(std::shared_ptr<LinkGroup> group, std::unique_ptr<rdma::MemoryRegion> rmb);
-  ~Connection();
+  ~Connection() override;
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
@@ -44,12 +44,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // published: a hash of this 4-tuple chooses the connection's backlog worker, and the
   // addresses name the connection in statistics.
   void set_flow(int fd);
-  uint64_t flow_hash() const { return flow_hash_; }
   const sockaddr_storage& local_address() const { return local_address_; }
   const sockaddr_storage& peer_address() const { return peer_address_; }
   const rdma::MemoryRegion& rmb() const { return *rmb_; }
-  uint32_t local_token() const { return local_token_; }
-  void set_local_token(uint32_t token) { local_token_ = token; }
   // The peer's RMB element and alert token, learned from CLC Accept/Confirm. Until this
   // is set, nothing is sent to the peer. On a device that cannot WRITE from any memory
   // this also takes the registered send buffer; false (with *error) if there is none.
@@ -64,11 +61,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // socket, closed once SMC close has finished.
   // abort: SO_LINGER with a zero timeout, an abortive close (the peer gets ECONNRESET).
   void close(int held_fd, bool abort = false);
-  // The peer did not close its side within the close timeout after our close.
-  void close_timed_out();
-  bool finished() const { return finished_.load(std::memory_order_acquire); }
-  // Orderly close of a connection the exiting process never closed.
-  void close_at_exit();
+  void close_timed_out() override;
+  bool finished() const override { return finished_.load(std::memory_order_acquire); }
+  void close_at_exit() override;
   Readiness readiness();
   bool take_error(int* error);
   // The fd whose poll/epoll readiness mirrors this connection's (created on first use,
@@ -79,33 +74,30 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // syscall per arrival while the connection is readable anyway.
   void want_readiness_edges() { mirror_edges_.store(true, std::memory_order_relaxed); }
 
-  // Receive processing (the thread reaping the link, in order per connection).
-  void on_cdc(const cdc::Message& message);
-  void on_link_down();
+  // Receive processing: ConnectionEvents.
+  void on_cdc(const cdc::Message& message) override;
+  void on_link_down() override;
   // Watch the TCP connection (fd: the application's socket; a duplicate is taken) so that
   // a peer process that dies is noticed at once, not at the next keepalive.
   void watch_tcp(int fd);
   // The descriptors this connection may take (readiness mirror, TCP watch, the socket
   // kept after close), reserved before it went SMC: config/fd_budget.h.
   void hold_fds(config::FdReservation fds) { fds_ = std::move(fds); }
-  // The TCP connection ended (FIN or reset) a grace period ago: unless the peer's SMC
-  // close has come meanwhile, the peer is gone and the connection is reset.
-  void on_tcp_ended();
+  void on_tcp_ended() override;
   // The link went down while the connection was still open both ways as far as the peer
   // knew (neither end had closed it): its calls fail with ECONNRESET. A link that goes
   // after the peer's orderly close (a peer process that closed and exited) resets nothing.
   bool reset_by_link_down() const {
     return link_down_.load() && !peer_closed_.load() && !closed_.load();
   }
-  bool open_both_ways() const {
+  bool open_both_ways() const override {
     return !peer_closed_.load() && !closed_.load() && !peer_aborted_.load() && !aborted_.load() &&
            !finished();
   }
-  bool peer_gone_or_closed() const {
+  bool peer_gone_or_closed() const override {
     return peer_closed_.load() || peer_aborted_.load() || link_down_.load() || finished();
   }
-  // A signaled CDC this connection sent has completed (wr_id from cdc_wr_id()).
-  void on_send_complete(uint64_t wr_id);
+  void on_send_complete(uint64_t wr_id) override;
   // The connection's line in the published counters: from now on its state (and the
   // RNR events its CDC messages meet) are reported there. Called once.
   void attach_stats(std::shared_ptr<ConnectionStats> stats);
@@ -187,12 +179,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::shared_ptr<LinkGroup> group_;
   sockaddr_storage local_address_{};
   sockaddr_storage peer_address_{};
-  uint64_t flow_hash_ = 0;
   std::unique_ptr<rdma::MemoryRegion> rmb_;
   const uint32_t rmb_size_;
   const uint32_t update_limit_;
   const bool direct_writes_;
-  uint32_t local_token_ = 0;
   uint32_t peer_token_ = 0;
   rdma::RemoteRegion peer_rmb_{};
   // Staged writes: data is copied here at the offsets it will have in the peer's ring.

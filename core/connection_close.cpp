@@ -16,6 +16,7 @@
 #include "core/connection.h"
 #include "core/connection_ring.h"
 #include "core/link_group.h"
+#include "core/progress.h"
 
 namespace smcpre::core {
 

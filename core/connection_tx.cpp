@@ -17,6 +17,7 @@
 #include "core/connection.h"
 #include "core/connection_ring.h"
 #include "core/link_group.h"
+#include "core/waiting.h"
 
 namespace smcpre::core {
 

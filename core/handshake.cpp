@@ -23,6 +23,7 @@
 #include "core/low_water.h"
 #include "core/progress.h"
 #include "core/wait.h"
+#include "core/waiting.h"
 #include "core/wire/decline.h"
 
 namespace smcpre::core {
@@ -32,11 +33,14 @@ int64_t deadline_after_ms(uint32_t ms) {
   return now_ns() + int64_t{ms} * 1'000'000;
 }
 
-int remaining_ms(int64_t deadline_ns) {
-  if (deadline_ns < 0) return -1;
-  int64_t left = deadline_ns - now_ns();
-  if (left <= 0) return 0;
-  return static_cast<int>((left + 999'999) / 1'000'000);
+bool connect_link(const std::shared_ptr<LinkGroup>& group, const rdma::QpEndpoint& remote,
+                  int64_t deadline_ns, std::string* error) {
+  if (!group->connect(remote, timeout_ms_until(deadline_ns), error)) return false;
+  if (!progress_thread().add_link(group)) {
+    *error = "cannot start the progress thread";
+    return false;
+  }
+  return true;
 }
 
 bool send_all(int fd, const std::vector<uint8_t>& bytes) {
@@ -188,67 +192,6 @@ rdma::QpEndpoint endpoint_of(const clc::AcceptConfirm& msg) {
   ep.psn = msg.psn;
   ep.mtu = static_cast<rdma::PathMtu>(msg.qp_mtu);
   return ep;
-}
-
-ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
-                 clc::Header* header, int64_t partial_ns, size_t* needed, bool consume) {
-  uint8_t buf[clc::kMaxMessageSize];
-  int64_t partial_deadline = -1;  // set when the first part of a message is seen
-  // While waiting for the rest of a message, the socket is not readable until it is all
-  // there (or the peer closes): one poll, no sleep loop.
-  ReceiveLowWater low_water;
-  while (true) {
-    ssize_t n = sys::recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0) return ClcRead::kEof;
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN) return ClcRead::kError;
-      n = 0;
-    }
-    const auto result =
-        clc::parse_header(std::span<const uint8_t>(buf, static_cast<size_t>(n)), header);
-    if (result == clc::HeaderResult::kNotClc) return ClcRead::kNotClc;
-    if (result == clc::HeaderResult::kOk && static_cast<size_t>(n) >= header->length) {
-      // A header whose length does not end on a trailer eyecatcher frames no message:
-      // a truncated one followed by other bytes, say. Those are the application's.
-      if (!std::equal(clc::kEyecatcher.begin(), clc::kEyecatcher.end(),
-                      buf + header->length - clc::kTrailerSize)) {
-        return ClcRead::kNotClc;
-      }
-      message->assign(buf, buf + header->length);
-      if (!consume) return ClcRead::kMessage;
-      // Consume exactly the message; it is all there already.
-      ssize_t got = sys::recv(fd, buf, header->length, MSG_DONTWAIT);
-      if (got != header->length) return ClcRead::kError;
-      return ClcRead::kMessage;
-    }
-    const size_t need = result == clc::HeaderResult::kOk ? header->length : clc::kHeaderSize;
-    if (needed != nullptr) *needed = n > 0 ? need : 0;
-    if (n > 0) {
-      // Part of a message: if the peer has shut down (or the socket failed), the rest
-      // never comes, and what is there is application data, to be delivered at once.
-      pollfd p{fd, POLLRDHUP, 0};
-      if (sys::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
-        return ClcRead::kNotClc;
-      }
-      if (partial_deadline < 0) partial_deadline = now_ns() + partial_ns;
-    }
-    if (!wait) return ClcRead::kNeedMore;
-    const int64_t deadline = n > 0 && (deadline_ns < 0 || partial_deadline < deadline_ns)
-                                 ? partial_deadline
-                                 : deadline_ns;
-    const int left = remaining_ms(deadline);
-    if (left == 0) return ClcRead::kNeedMore;
-    if (n > 0) low_water.hold(fd, static_cast<int>(need));
-    pollfd p{fd, POLLIN | POLLRDHUP, 0};
-    int r = sys::poll(&p, 1, left);
-    if (r < 0 && errno == EINTR) return ClcRead::kInterrupted;
-  }
-}
-
-bool bytes_waiting(int fd) {
-  uint8_t b;
-  return sys::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
 }
 
 void send_decline(int fd, EngineState& engine, uint32_t reason) {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/clc_stream.h"
 #include "core/wire/clc.h"
 #include "rdma/device.h"
 
@@ -23,28 +24,6 @@ struct HandshakeResult {
   // The peer may still send CLC messages we must not hand to the application.
   bool swallow = false;
 };
-
-// Reading CLC messages from the start of a TCP byte stream without consuming anything
-// that is not one.
-enum class ClcRead { kMessage, kNotClc, kNeedMore, kEof, kError, kInterrupted };
-
-// Peeks at the stream; if it starts with a complete CLC message (its trailer eyecatcher
-// included), consumes exactly that message into *message. Nothing else is ever consumed:
-// bytes that do not make a complete, well-framed message stay in the socket for the
-// application. With `wait`, waits until a decision or `deadline_ns` (-1: no deadline);
-// without, answers from what is there now. Once part of a message is there, the rest
-// gets at most `partial_ns` more (whatever `deadline_ns` says): a stalled partial message
-// never holds the caller without end. A partial message followed by the peer's EOF (or an
-// error) is kNotClc at once: those bytes are the application's.
-// *needed (if given) says, on kNeedMore, how many bytes the message needs in all (as far
-// as its header tells yet; 0 when nothing is there). Without `consume`, a message found
-// stays in the socket (the caller takes it off later, header->length bytes).
-ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
-                 clc::Header* header, int64_t partial_ns, size_t* needed = nullptr,
-                 bool consume = true);
-
-// Whether any byte waits in the socket (a partial message, say) right now.
-bool bytes_waiting(int fd);
 
 // Client: after a successful connect() to an eligible server.
 HandshakeResult client_handshake(int fd, EngineState& engine);

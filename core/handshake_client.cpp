@@ -157,7 +157,7 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
   }
   pending.connection->hold_fds(std::move(fds));
   if (accept.first_contact) {
-    if (!pending.group->connect(endpoint_of(accept), remaining_ms(deadline), &error)) {
+    if (!connect_link(pending.group, endpoint_of(accept), deadline, &error)) {
       SMC_LOG_WARN("client: cannot connect the link: {}", error);
       uint32_t r = connect_error_code(error);
       send_decline(fd, engine, r);
@@ -170,8 +170,8 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
   // On a link group in use, the server's new RMB was announced over the link already; on
   // a new link the server announces it only after our Confirm (it connects its side then).
   if (!accept.first_contact) {
-    if (uint32_t r =
-            attach_peer_rmb(*pending.group, *pending.connection, accept, remaining_ms(deadline));
+    if (uint32_t r = attach_peer_rmb(*pending.group, *pending.connection, accept,
+                                     timeout_ms_until(deadline));
         r != 0) {
       send_decline(fd, engine, r);
       return fallback(r);
@@ -199,8 +199,8 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
         send_decline(fd, engine, code(DeclineCode::kTimeoutCl));
         return fallback(code(DeclineCode::kTimeoutCl), true);
     }
-    if (uint32_t r =
-            attach_peer_rmb(*pending.group, *pending.connection, accept, remaining_ms(deadline));
+    if (uint32_t r = attach_peer_rmb(*pending.group, *pending.connection, accept,
+                                     timeout_ms_until(deadline));
         r != 0) {
       pending.group->link().fail("peer RMB unusable after CONFIRM LINK");
       send_decline(fd, engine, r);

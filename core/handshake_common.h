@@ -28,8 +28,10 @@ constexpr uint32_t code(DeclineCode c) {
 }
 
 int64_t deadline_after_ms(uint32_t ms);
-// Milliseconds left until deadline_ns for poll(): -1 without a deadline, 0 once past it.
-int remaining_ms(int64_t deadline_ns);
+// Connects the group's queue pair to the peer's (by the deadline) and gives the link to
+// the progress thread; false, with *error, if either fails.
+bool connect_link(const std::shared_ptr<LinkGroup>& group, const rdma::QpEndpoint& remote,
+                  int64_t deadline_ns, std::string* error);
 // Sends all of `bytes` on the TCP socket (a CLC message); false if the connection failed.
 bool send_all(int fd, const std::vector<uint8_t>& bytes);
 

@@ -284,7 +284,7 @@ HandshakeResult server_confirm(int fd, EngineState& engine, ServerPending& p,
   // handshake's deadline; a legitimate client answers them within a round trip.
   const int64_t deadline = p.deadline_ns;
   if (p.first_contact) {
-    if (!pending.group->connect(endpoint_of(confirm), remaining_ms(deadline), &error)) {
+    if (!connect_link(pending.group, endpoint_of(confirm), deadline, &error)) {
       SMC_LOG_WARN("server: cannot connect the link: {}", error);
       return decline_late(connect_error_code(error));
     }
@@ -294,7 +294,7 @@ HandshakeResult server_confirm(int fd, EngineState& engine, ServerPending& p,
     return decline_late(code(DeclineCode::kSyncErr));
   }
   if (uint32_t r =
-          attach_peer_rmb(*pending.group, *pending.connection, confirm, remaining_ms(deadline));
+          attach_peer_rmb(*pending.group, *pending.connection, confirm, timeout_ms_until(deadline));
       r != 0) {
     return decline_late(r);
   }

@@ -8,8 +8,6 @@
 
 #include "config/log.h"
 #include "core/backlog.h"
-#include "core/connection.h"
-#include "core/link_group.h"
 #include "core/recv_pool.h"
 #include "core/stats/segment.h"
 #include "core/wire/cdc.h"
@@ -30,22 +28,23 @@ bool log_this_one(std::atomic<uint64_t>& count) {
 constexpr int kMaxRecvPerPass = 256;
 }  // namespace
 
-Link::Link(LinkGroup* group, std::unique_ptr<rdma::QueuePair> qp, RecvPool& pool,
-           std::unique_ptr<rdma::MemoryRegion> pool_region, uint32_t recv_depth, Backlog* backlog)
-    : group_(group),
+Link::Link(LinkOwner& owner, const LinkFacts& facts, std::unique_ptr<rdma::QueuePair> qp,
+           RecvPool& pool, std::unique_ptr<rdma::MemoryRegion> pool_region, uint32_t recv_depth,
+           Backlog* backlog)
+    : owner_(owner),
+      group_id_(facts.group_id),
       qp_(std::move(qp)),
       pool_(pool),
       pool_region_(std::move(pool_region)),
       recv_depth_(recv_depth),
       backlog_(backlog),
       posted_((pool.size() + 63) / 64, 0),
-      slot_(stats::acquire_link_slot(group->id())) {
+      slot_(stats::acquire_link_slot(facts.group_id)) {
   stats::set(slot_->rq_depth, recv_depth);
   stats::set(slot_->rq_low_water, recv_depth);
-  stats::set(slot_->role, group->role() == rdma::Role::kServer ? 1 : 0);
-  stats::set(slot_->device, group->device().caps().kind == rdma::DeviceKind::kShm
-                                ? stats::kDeviceShm
-                                : stats::kDeviceVerbs);
+  stats::set(slot_->role, facts.role == rdma::Role::kServer ? 1 : 0);
+  stats::set(slot_->device,
+             facts.device == rdma::DeviceKind::kShm ? stats::kDeviceShm : stats::kDeviceVerbs);
   stats::set(slot_->local_qp_num, qp_->local_endpoint().qp_num);
   stats::set(slot_->state, stats::kLinkActivating);
   stats::add(stats::segment().process.links_total);
@@ -231,21 +230,9 @@ bool Link::progress(Reaper reaper) {
     // a peer process that closed its connections and exited loses nothing, and that is
     // no warning (flushed receives are how every peer's exit looks).
     if (backlog_ != nullptr) backlog_->wait_all_applied();
-    const size_t connections = group_->connection_count();
-    const size_t open = group_->open_connection_count();
-    const char* why = flushed ? "peer gone" : "queue pair error";
-    if (connections == 0) {
-      SMC_LOG_INFO("link: down ({}), no connection on it", why);
-    } else if (open == 0) {
-      SMC_LOG_INFO("link: down ({}); its {} connection(s) had been closed in order", why,
-                   connections);
-    } else {
-      SMC_LOG_WARN("link: down ({}); {} open connection(s) reset; work completion errors: {}", why,
-                   open, error_summary());
-    }
     events_.wake();
     polling_.clear(std::memory_order_release);
-    group_->on_link_down(reaper == Reaper::kApplication);
+    owner_.on_link_down(flushed ? "peer gone" : "queue pair error", reaper == Reaper::kApplication);
     return true;
   }
   polling_.clear(std::memory_order_release);
@@ -257,7 +244,16 @@ void Link::handle_send_completion(const rdma::WorkCompletion& wc, Reaper reaper)
     count_error("send", wc.status);
     error_pending_.store(true, std::memory_order_release);
   } else if (wc.wr_id & kCdcWrFlag) {
-    group_->on_send_complete(wc.wr_id, reaper == Reaper::kApplication);
+    // The connection's send buffer is free up to that CDC.
+    if (auto connection = owner_.find_connection(cdc_wr_token(wc.wr_id))) {
+      const uint64_t flow = connection->flow_hash();
+      dispatch(backlog_,
+               BacklogItem{.connection = std::move(connection),
+                           .flow_hash = flow,
+                           .wr_id = wc.wr_id,
+                           .kind = BacklogItem::Kind::kSendComplete},
+               pool_, reaper == Reaper::kApplication);
+    }
   } else if (wc.wr_id == kDeleteLinkWrId) {
     fail("DELETE LINK sent");
   } else if (wc.wr_id == kFlushWrId) {
@@ -265,7 +261,7 @@ void Link::handle_send_completion(const rdma::WorkCompletion& wc, Reaper reaper)
   }
 }
 
-void Link::publish_stats(size_t connections) {
+void Link::publish_stats(size_t connections, uint32_t peer_qp_num) {
   const rdma::QpCounters& c = qp_->counters();
   stats::set(slot_->rnr_events, c.rnr_events.load(std::memory_order_relaxed));
   stats::set(slot_->rnr_retries, c.rnr_retries.load(std::memory_order_relaxed));
@@ -274,7 +270,7 @@ void Link::publish_stats(size_t connections) {
   stats::set(slot_->write_bytes, c.write_bytes.load(std::memory_order_relaxed));
   stats::set(slot_->recvs, c.recvs.load(std::memory_order_relaxed));
   stats::set(slot_->connections, connections);
-  stats::set(slot_->peer_qp_num, group_->peer_qp_num());
+  stats::set(slot_->peer_qp_num, peer_qp_num);
 }
 
 std::string Link::error_summary() const {
@@ -311,19 +307,13 @@ bool Link::handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool 
   const std::span<const uint8_t> bytes(data, length);
   uint32_t token;
   if (!cdc::peek_token(bytes, &token)) {
-    // Dropped, as Linux drops a CDC of the wrong length: the connection goes on.
-    if (log_this_one(malformed_cdc_)) {
-      SMC_LOG_WARN(
-          "link: malformed CDC message dropped: {} bytes, type {:#04x}, length byte {} ({} so "
-          "far)",
-          length, data[0], length > 1 ? data[1] : 0,
-          malformed_cdc_.load(std::memory_order_relaxed));
-    }
+    drop_malformed_cdc(fmt::format("{} bytes, type {:#04x}, length byte {}", length, data[0],
+                                   length > 1 ? data[1] : 0));
     return false;
   }
-  auto connection = group_->find_connection(token);
+  auto connection = owner_.find_connection(token);
   if (!connection) {
-    SMC_LOG_DEBUG("link group {}: CDC for unknown token {:#x} dropped", group_->id(), token);
+    SMC_LOG_DEBUG("link group {}: CDC for unknown token {:#x} dropped", group_id_, token);
     return false;
   }
   if (backlog_ != nullptr) {
@@ -365,7 +355,7 @@ void Link::handle_llc(const uint8_t* data, uint32_t length) {
         confirmed_.store(true, std::memory_order_release);
         stats::set(slot_->state, stats::kLinkActive);
       } else {
-        llc::ConfirmLink reply = group_->make_confirm_link(true);
+        llc::ConfirmLink reply = owner_.make_confirm_link(true);
         uint8_t out[kWrMessageSize];
         llc::encode(reply, std::span<uint8_t, kWrMessageSize>(out));
         {
@@ -452,7 +442,7 @@ bool Link::flush_sends(int64_t deadline_ns) {
 }
 
 bool Link::send_confirm_link_request() {
-  llc::ConfirmLink msg = group_->make_confirm_link(false);
+  llc::ConfirmLink msg = owner_.make_confirm_link(false);
   uint8_t out[kWrMessageSize];
   llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
   std::lock_guard lock(send_mutex_);

@@ -11,14 +11,15 @@
 #include <string>
 #include <vector>
 
+#include "core/connection_events.h"
 #include "core/stats/layout.h"
 #include "core/wait.h"
+#include "core/wire/llc.h"
 #include "rdma/device.h"
 
 namespace smcpre::core {
 
 class Backlog;
-class LinkGroup;
 class RecvPool;
 
 inline constexpr uint32_t kWrMessageSize = 44;  // CDC and LLC messages
@@ -44,13 +45,38 @@ inline uint32_t cdc_wr_token(uint64_t wr_id) {
 inline constexpr uint64_t kDeleteLinkWrId = 1;
 inline constexpr uint64_t kFlushWrId = 2;
 
+// What a link asks of the link group that owns it (LinkGroup implements it): the link
+// knows its queue pair and the message types; the connections and the group's identity
+// are the group's.
+class LinkOwner {
+ public:
+  // The connection our alert token `token` names, or null.
+  virtual std::shared_ptr<ConnectionEvents> find_connection(uint32_t token) = 0;
+  // The link is down and what arrived before has been applied: the group says so and
+  // resets its connections (`may_run_here`: see Reaper).
+  virtual void on_link_down(const char* why, bool may_run_here) = 0;
+  // Our CONFIRM LINK, request or response.
+  virtual llc::ConfirmLink make_confirm_link(bool response) const = 0;
+
+ protected:
+  ~LinkOwner() = default;
+};
+
+// What the published counters say about a link from its start.
+struct LinkFacts {
+  uint32_t group_id = 0;
+  rdma::Role role = rdma::Role::kClient;
+  rdma::DeviceKind device = rdma::DeviceKind::kShm;
+};
+
 class Link {
  public:
   // `pool_region`: the receive pool registered with the link's protection domain.
   // `backlog`: the process's workers, nullptr in inline mode (the reaper applies CDC
   // messages itself and re-posts the same buffer afterwards, as the kernel's SMC does).
-  Link(LinkGroup* group, std::unique_ptr<rdma::QueuePair> qp, RecvPool& pool,
-       std::unique_ptr<rdma::MemoryRegion> pool_region, uint32_t recv_depth, Backlog* backlog);
+  Link(LinkOwner& owner, const LinkFacts& facts, std::unique_ptr<rdma::QueuePair> qp,
+       RecvPool& pool, std::unique_ptr<rdma::MemoryRegion> pool_region, uint32_t recv_depth,
+       Backlog* backlog);
   ~Link();
   Link(const Link&) = delete;
   Link& operator=(const Link&) = delete;
@@ -69,7 +95,7 @@ class Link {
   // come back soon, as buffers return, instead of sleeping on the notification.
   bool needs_refill() const { return posted_count_.load(std::memory_order_relaxed) < recv_depth_; }
   // Copies the queue pair's counters into the published slot (progress thread).
-  void publish_stats(size_t connections);
+  void publish_stats(size_t connections, uint32_t peer_qp_num);
   stats::LinkSlot& stats() { return *slot_; }
   Backlog* backlog() const { return backlog_; }
   RecvPool& pool() const { return pool_; }
@@ -140,7 +166,8 @@ class Link {
   void refill();
   void give_back_posted();
 
-  LinkGroup* group_;
+  LinkOwner& owner_;
+  const uint32_t group_id_;
   std::unique_ptr<rdma::QueuePair> qp_;
   RecvPool& pool_;
   std::unique_ptr<rdma::MemoryRegion> pool_region_;
@@ -161,8 +188,7 @@ class Link {
   std::atomic<bool> flush_done_{false};
   WaitQueue events_;
   std::atomic<uint64_t> wc_errors_[rdma::kWcStatusCount] = {};
-  // Messages dropped or ignored, counted so that their log lines thin out (1, 2, 4...).
-  std::atomic<uint64_t> malformed_cdc_{0};
+  // LLC messages ignored, counted so that their log lines thin out (1, 2, 4...).
   std::atomic<uint64_t> ignored_llc_{0};
 };
 

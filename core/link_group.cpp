@@ -6,8 +6,6 @@
 
 #include "config/log.h"
 #include "core/backlog.h"
-#include "core/connection.h"
-#include "core/progress.h"
 #include "core/recv_pool.h"
 
 namespace smcpre::core {
@@ -52,7 +50,8 @@ std::shared_ptr<LinkGroup> LinkGroup::create(rdma::Device& device, rdma::Role ro
   }
   auto pool_region = group->pd_->register_local(pool->base(), pool->bytes(), error);
   if (!pool_region) return nullptr;
-  group->link_ = std::make_unique<Link>(group.get(), std::move(qp), *pool, std::move(pool_region),
+  const LinkFacts facts{.group_id = group->id_, .role = role, .device = device.caps().kind};
+  group->link_ = std::make_unique<Link>(*group, facts, std::move(qp), *pool, std::move(pool_region),
                                         config.rq_depth, Backlog::get());
   // Receive buffers go up before the peer can send anything (it learns our QP from CLC).
   if (!group->link_->post_all_receives(error)) return nullptr;
@@ -62,10 +61,6 @@ std::shared_ptr<LinkGroup> LinkGroup::create(rdma::Device& device, rdma::Role ro
 bool LinkGroup::connect(const rdma::QpEndpoint& remote, int timeout_ms, std::string* error) {
   if (!link_->qp().connect(remote, role_, timeout_ms, error)) return false;
   peer_qp_num_ = remote.qp_num;
-  if (!progress_thread().add_link(shared_from_this())) {
-    *error = "cannot start the progress thread";
-    return false;
-  }
   return true;
 }
 
@@ -73,7 +68,7 @@ void LinkGroup::set_active() {
   active_.store(true, std::memory_order_release);
 }
 
-uint32_t LinkGroup::add_connection(const std::shared_ptr<Connection>& connection) {
+uint32_t LinkGroup::add_connection(const std::shared_ptr<ConnectionEvents>& connection) {
   std::lock_guard lock(table_mutex_);
   if (retired_.load(std::memory_order_relaxed)) return 0;
   size_t index = 0;
@@ -94,7 +89,7 @@ uint32_t LinkGroup::add_connection(const std::shared_ptr<Connection>& connection
 }
 
 void LinkGroup::remove_connection(uint32_t token) {
-  std::shared_ptr<Connection> removed;  // destroyed outside the lock
+  std::shared_ptr<ConnectionEvents> removed;  // destroyed outside the lock
   std::lock_guard lock(table_mutex_);
   const size_t index = (token & 0xffff) - 1;
   if (index >= connections_.size() || !connections_[index]) return;
@@ -103,7 +98,7 @@ void LinkGroup::remove_connection(uint32_t token) {
   --live_connections_;
 }
 
-std::shared_ptr<Connection> LinkGroup::find_connection(uint32_t token) {
+std::shared_ptr<ConnectionEvents> LinkGroup::find_connection(uint32_t token) {
   std::lock_guard lock(table_mutex_);
   const size_t index = (token & 0xffff) - 1;
   if (index >= connections_.size() || !connections_[index]) return nullptr;
@@ -197,20 +192,19 @@ void LinkGroup::maintain(int64_t now, const config::Config& config) {
   }
 }
 
-void LinkGroup::on_send_complete(uint64_t wr_id, bool may_run_here) {
-  auto connection = find_connection(cdc_wr_token(wr_id));
-  if (!connection) return;
-  const uint64_t flow = connection->flow_hash();
-  dispatch(link_->backlog(),
-           BacklogItem{.connection = std::move(connection),
-                       .flow_hash = flow,
-                       .wr_id = wr_id,
-                       .kind = BacklogItem::Kind::kSendComplete},
-           link_->pool(), may_run_here);
-}
-
-void LinkGroup::on_link_down(bool may_run_here) {
-  std::vector<std::shared_ptr<Connection>> all;
+void LinkGroup::on_link_down(const char* why, bool may_run_here) {
+  const size_t connections = connection_count();
+  const size_t open = open_connection_count();
+  if (connections == 0) {
+    SMC_LOG_INFO("link: down ({}), no connection on it", why);
+  } else if (open == 0) {
+    SMC_LOG_INFO("link: down ({}); its {} connection(s) had been closed in order", why,
+                 connections);
+  } else {
+    SMC_LOG_WARN("link: down ({}); {} open connection(s) reset; work completion errors: {}", why,
+                 open, link_->error_summary());
+  }
+  std::vector<std::shared_ptr<ConnectionEvents>> all;
   {
     std::lock_guard lock(table_mutex_);
     for (auto& c : connections_) {
@@ -230,7 +224,7 @@ void LinkGroup::on_link_down(bool may_run_here) {
 }
 
 void LinkGroup::close_all_at_exit() {
-  std::vector<std::shared_ptr<Connection>> all;
+  std::vector<std::shared_ptr<ConnectionEvents>> all;
   {
     std::lock_guard lock(table_mutex_);
     for (auto& c : connections_) {

@@ -20,8 +20,6 @@
 
 namespace smcpre::core {
 
-class Connection;
-
 struct PeerIdentity {
   std::array<uint8_t, 8> peer_id{};
   rdma::Gid gid{};
@@ -29,7 +27,7 @@ struct PeerIdentity {
   bool operator==(const PeerIdentity&) const = default;
 };
 
-class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
+class LinkGroup final : public LinkOwner, public std::enable_shared_from_this<LinkGroup> {
  public:
   // Creates the protection domain, the queue pair and its receive buffers; the link is
   // connected later by connect().
@@ -45,7 +43,8 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   uint32_t peer_qp_num() const { return peer_qp_num_; }
   rdma::QpEndpoint local_endpoint() const { return link_->qp().local_endpoint(); }
 
-  // INIT -> RTR -> RTS towards the peer and the receive buffers posted.
+  // INIT -> RTR -> RTS towards the peer. Then the link is the progress thread's to watch
+  // (ProgressThread::add_link).
   bool connect(const rdma::QpEndpoint& remote, int timeout_ms, std::string* error);
   // First contact completed (CONFIRM LINK exchanged): later connections may reuse it.
   void set_active();
@@ -64,9 +63,10 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   bool retired() const { return retired_.load(std::memory_order_acquire) || link_->failed(); }
 
   // Connections by alert token (the token is ours: CDCs addressed to us carry it).
-  uint32_t add_connection(const std::shared_ptr<Connection>& connection);
+  // add_connection gives the connection its token (0: the group takes no more).
+  uint32_t add_connection(const std::shared_ptr<ConnectionEvents>& connection);
   void remove_connection(uint32_t token);
-  std::shared_ptr<Connection> find_connection(uint32_t token);
+  std::shared_ptr<ConnectionEvents> find_connection(uint32_t token) override;
   size_t connection_count();
   // Connections still open both ways (neither end has closed or aborted them): those a
   // link failure resets.
@@ -80,13 +80,11 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   std::unique_ptr<rdma::MemoryRegion> take_buffer(uint32_t size, std::string* error);
   void give_back_buffer(std::unique_ptr<rdma::MemoryRegion> buffer, bool quarantine);
 
-  // Called by the link (receive processing, any polling thread). With backlog workers,
-  // connection work goes to the connection's worker (`may_run_here`: see Reaper).
-  // A signaled CDC of a connection completed: its send buffer is free up to that CDC.
-  void on_send_complete(uint64_t wr_id, bool may_run_here);
-  void on_link_down(bool may_run_here);
+  // The link went down (LinkOwner): each connection is told after its queued messages
+  // (`may_run_here`: see Reaper).
+  void on_link_down(const char* why, bool may_run_here) override;
   void close_all_at_exit();
-  llc::ConfirmLink make_confirm_link(bool response) const;
+  llc::ConfirmLink make_confirm_link(bool response) const override;
 
   uint32_t id() const { return id_; }
   // The descriptors of the link (its queue pair's) and of its first memory area,
@@ -114,7 +112,7 @@ class LinkGroup : public std::enable_shared_from_this<LinkGroup> {
   int64_t delete_sent_ns_ = 0;
 
   std::mutex table_mutex_;
-  std::vector<std::shared_ptr<Connection>> connections_;  // index = (token & 0xffff) - 1
+  std::vector<std::shared_ptr<ConnectionEvents>> connections_;  // index = (token & 0xffff) - 1
   std::vector<uint16_t> token_generation_;
   size_t live_connections_ = 0;
 

@@ -13,8 +13,8 @@
 #include "config/sys.h"
 #include "core/abandoned.h"
 #include "core/backlog.h"
-#include "core/connection.h"
-#include "core/handshake.h"
+#include "core/clc_stream.h"
+#include "core/connection_events.h"
 #include "core/link_group.h"
 #include "core/recv_pool.h"
 #include "core/stats/segment.h"
@@ -167,13 +167,13 @@ int64_t ProgressThread::run_deadlines() {
   return next;
 }
 
-void ProgressThread::watch_close(std::weak_ptr<Connection> connection, int64_t deadline_ns) {
+void ProgressThread::watch_close(std::weak_ptr<ConnectionEvents> connection, int64_t deadline_ns) {
   std::lock_guard lock(mutex_);
   if (!ensure_started()) return;
   closing_.push_back({std::move(connection), deadline_ns});
 }
 
-uint64_t ProgressThread::watch_tcp(std::weak_ptr<Connection> connection, int fd) {
+uint64_t ProgressThread::watch_tcp(std::weak_ptr<ConnectionEvents> connection, int fd) {
   {
     std::lock_guard lock(mutex_);
     if (!ensure_started()) {
@@ -207,7 +207,7 @@ void ProgressThread::unwatch_tcp(uint64_t id) {
 }
 
 void ProgressThread::on_tcp_event(uint64_t id) {
-  std::shared_ptr<Connection> connection;
+  std::shared_ptr<ConnectionEvents> connection;
   {
     std::lock_guard lock(watch_mutex_);
     auto it = tcp_watches_.find(id);
@@ -225,7 +225,7 @@ void ProgressThread::on_tcp_event(uint64_t id) {
 void ProgressThread::reap_tcp_ended() {
   const int64_t now = now_ns();
   for (auto it = tcp_ended_.begin(); it != tcp_ended_.end();) {
-    std::shared_ptr<Connection> connection = it->connection.lock();
+    std::shared_ptr<ConnectionEvents> connection = it->connection.lock();
     if (connection && now < it->deadline_ns && !connection->peer_gone_or_closed()) {
       ++it;
       continue;
@@ -238,7 +238,7 @@ void ProgressThread::reap_tcp_ended() {
 void ProgressThread::reap_closing() {
   const int64_t now = now_ns();
   for (auto it = closing_.begin(); it != closing_.end();) {
-    std::shared_ptr<Connection> connection = it->connection.lock();
+    std::shared_ptr<ConnectionEvents> connection = it->connection.lock();
     if (connection && !connection->finished() && now < it->deadline_ns) {
       ++it;
       continue;
@@ -320,7 +320,7 @@ void ProgressThread::run() {
           busy = true;
         }
         group.maintain(now, config::current());
-        link.publish_stats(group.connection_count());
+        link.publish_stats(group.connection_count(), group.peer_qp_num());
         // A queue short of buffers (the pool ran empty) is topped up as they come back:
         // look again soon rather than sleep until a completion that may not come.
         if (link.needs_refill() && !link.failed()) app_polling = true;

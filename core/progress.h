@@ -1,4 +1,4 @@
-// The background progress thread and the adaptive wait that application threads use.
+// The background progress thread.
 //
 // Latency on this kind of machine is decided by wake-ups (doc/design.md §6.1): a futex or eventfd
 // wake per message costs as much as the whole kernel TCP path. So a waiting application
@@ -22,7 +22,7 @@
 #include "core/wait.h"
 
 namespace smcpre::core {
-class Connection;
+class ConnectionEvents;
 class LinkGroup;
 }  // namespace smcpre::core
 
@@ -58,12 +58,12 @@ class ProgressThread {
   void linger_close(int fd, int64_t deadline_ns);
   // A connection the application closed: if the peer has not closed its side by the
   // deadline, the connection is torn down (like TCP's timeout for orphaned sockets).
-  void watch_close(std::weak_ptr<Connection> connection, int64_t deadline_ns);
+  void watch_close(std::weak_ptr<ConnectionEvents> connection, int64_t deadline_ns);
   // Watches an SMC connection's TCP socket (`fd`, a private duplicate that the watch
   // owns and closes) for its end: a peer process that dies cannot send an SMC close, but
   // its kernel closes its TCP socket. Returns the watch id for unwatch_tcp(), 0 on failure
   // (fd closed then). On the event the connection's on_tcp_ended() runs.
-  uint64_t watch_tcp(std::weak_ptr<Connection> connection, int fd);
+  uint64_t watch_tcp(std::weak_ptr<ConnectionEvents> connection, int fd);
   // Ends a watch and closes its fd. Safe from any thread, including inside a callback.
   void unwatch_tcp(uint64_t id);
   // Calls owner->on_deadline() at the deadline (unless the owner is gone by then).
@@ -95,12 +95,12 @@ class ProgressThread {
   };
   std::vector<Lingering> lingering_;
   struct Closing {
-    std::weak_ptr<Connection> connection;
+    std::weak_ptr<ConnectionEvents> connection;
     int64_t deadline_ns;
   };
   std::vector<Closing> closing_;
   struct TcpWatch {
-    std::weak_ptr<Connection> connection;
+    std::weak_ptr<ConnectionEvents> connection;
     int fd;
   };
   // Its own lock: unwatch_tcp() is called from connection teardown, which may run on the
@@ -112,7 +112,7 @@ class ProgressThread {
   // Connections whose TCP connection ended: judged after a grace period, so that SMC
   // messages the peer sent before its FIN (on another path) are in first.
   struct TcpEnded {
-    std::weak_ptr<Connection> connection;
+    std::weak_ptr<ConnectionEvents> connection;
     int64_t deadline_ns;
   };
   std::vector<TcpEnded> tcp_ended_;  // under mutex_
@@ -138,59 +138,5 @@ ProgressThread& progress_thread();
 // The progress thread if one was created (no SMC link ever existed otherwise).
 ProgressThread* existing_progress_thread();
 void reset_progress_thread_after_fork();
-
-enum class WaitResult { kReady, kTimeout, kInterrupted, kLinkDown };
-
-// Per waiter: whether polling is worth it. It keeps a moving average of how long this
-// waiter's waits took. While waits are shorter than the polling budget (a ping-pong, a
-// stream), it polls for the whole budget, which also pulls a pair of peers that were
-// both sleeping back into polling (their sleep-mode round trip is shorter than the
-// budget). When waits are long (an idle connection) it does not poll at all, so an idle
-// connection costs no CPU.
-class SpinBudget {
- public:
-  int64_t spin_ns(int64_t max_ns) const {
-    return average_ns_.load(std::memory_order_relaxed) < max_ns ? max_ns : 0;
-  }
-  void record(int64_t waited_ns, int64_t max_ns);
-
- private:
-  std::atomic<int64_t> average_ns_{0};
-};
-
-WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,
-                              bool (*pred)(void*), void* ctx);
-
-// Between two looks of a polling loop that has gone on for `polled_ns` (a waiting
-// application thread, or the progress thread reaping busy links): a few pause
-// instructions at first, then the CPU is yielded between looks.
-void pause_polling(int64_t polled_ns);
-
-// An application thread reaps `link` in passing (it is about to use the connection, not
-// to wait): applied here when its worker is idle, and the background thread stays unarmed
-// as it does while application threads poll.
-void reap_here(Link& link);
-
-// Waits until pred() holds, the deadline (CLOCK_MONOTONIC ns, -1 = none) passes, a signal
-// interrupts the sleep, or the link fails.
-template <typename Pred>
-WaitResult wait_adaptive(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,
-                         Pred&& pred) {
-  if (pred()) return WaitResult::kReady;
-  return wait_adaptive_impl(
-      link, queue, budget, deadline_ns,
-      [](void* ctx) { return (*static_cast<std::remove_reference_t<Pred>*>(ctx))(); }, &pred);
-}
-
-// For an application thread about to wait in the kernel for readiness (epoll_wait, poll,
-// select) while the process has SMC links: data for SMC sockets reaches their readiness
-// mirrors only when somebody reaps the links. Left to the progress thread, that is a
-// wake-up and a thread hop per message, which on a busy event loop costs more than the
-// whole kernel TCP path (doc/design.md §6.2). So the waiting thread reaps every link itself,
-// asks the kernel without blocking, polls on for an adaptive budget while nothing is
-// ready, and only then blocks in the kernel with the progress thread's notifications
-// armed. `kernel_wait(ctx, timeout_ms)` is the real call (0: do not block); its result is
-// returned as soon as it is not 0. `deadline_ns`: CLOCK_MONOTONIC, -1 = none.
-int wait_readiness_adaptive(int64_t deadline_ns, int (*kernel_wait)(void*, int), void* ctx);
 
 }  // namespace smcpre::core

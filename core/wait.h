@@ -3,6 +3,7 @@
 #pragma once
 
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -17,6 +18,17 @@ inline int64_t now_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// Milliseconds from now until deadline_ns, for poll() and epoll_wait(): -1 without a
+// deadline (deadline_ns < 0), 0 once it has passed, rounded up so that a wait never ends
+// before its deadline.
+inline int timeout_ms_until(int64_t deadline_ns) {
+  if (deadline_ns < 0) return -1;
+  const int64_t left_ns = deadline_ns - now_ns();
+  if (left_ns <= 0) return 0;
+  const int64_t ms = (left_ns + 999'999) / 1'000'000;
+  return ms > INT32_MAX ? INT32_MAX : static_cast<int>(ms);
 }
 
 inline void cpu_relax() {
@@ -75,6 +87,42 @@ class WaitQueue {
   static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
   std::atomic<uint32_t> seq_{0};
   std::atomic<int32_t> sleepers_{0};
+};
+
+// Between two looks of a polling loop that has gone on for `polled_ns` (a waiting
+// application thread, or the progress thread reaping busy links): a few pause
+// instructions at first; after 5 µs the CPU is yielded between looks, as the peer may need
+// this very CPU (more runnable threads than cores).
+inline void pause_polling(int64_t polled_ns) {
+  constexpr int64_t kYieldAfterNs = 5'000;
+  if (polled_ns < kYieldAfterNs) {
+    for (int i = 0; i < 8; ++i) cpu_relax();
+  } else {
+    sched_yield();
+  }
+}
+
+// Per waiter: whether polling is worth it. It keeps a moving average of how long this
+// waiter's waits took. While waits are shorter than the polling budget (a ping-pong, a
+// stream), it polls for the whole budget, which also pulls a pair of peers that were
+// both sleeping back into polling (their sleep-mode round trip is shorter than the
+// budget). When waits are long (an idle connection) it does not poll at all, so an idle
+// connection costs no CPU.
+class SpinBudget {
+ public:
+  int64_t spin_ns(int64_t max_ns) const {
+    return average_ns_.load(std::memory_order_relaxed) < max_ns ? max_ns : 0;
+  }
+  // Long waits count as a few budgets at most, so a waiter that turns busy again starts
+  // polling after a handful of waits.
+  void record(int64_t waited_ns, int64_t max_ns) {
+    const int64_t sample = waited_ns < 4 * max_ns ? waited_ns : 4 * max_ns;
+    const int64_t avg = average_ns_.load(std::memory_order_relaxed);
+    average_ns_.store(avg + (sample - avg) / 8, std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<int64_t> average_ns_{0};
 };
 
 }  // namespace smcpre::core

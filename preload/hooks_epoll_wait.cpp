@@ -10,7 +10,7 @@
 
 #include <climits>
 
-#include "core/progress.h"
+#include "core/readiness_wait.h"
 #include "core/wait.h"
 #include "preload/epoll_sets.h"
 #include "preload/interpose.h"
