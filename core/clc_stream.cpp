@@ -6,9 +6,10 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "config/log.h"
 #include "config/sys.h"
+#include "core/datapath/wait.h"
 #include "core/low_water.h"
-#include "core/wait.h"
 
 namespace smcpre::core {
 ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* message,
@@ -70,6 +71,37 @@ ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* m
 bool bytes_waiting(int fd) {
   uint8_t b;
   return sys::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+namespace {
+
+class LateClcSwallower final : public Lingerer {
+ public:
+  LateClcSwallower(int fd, int64_t deadline_ns) : fd_(fd), deadline_ns_(deadline_ns) {}
+  ~LateClcSwallower() override { sys::close(fd_); }
+  LateClcSwallower(const LateClcSwallower&) = delete;
+  LateClcSwallower& operator=(const LateClcSwallower&) = delete;
+
+  bool linger(int64_t now) override {
+    std::vector<uint8_t> message;
+    clc::Header header;
+    ClcRead read;
+    while ((read = read_clc(fd_, -1, false, &message, &header, 0)) == ClcRead::kMessage) {
+      SMC_LOG_DEBUG("closed socket: swallowed a late CLC message (type {})",
+                    static_cast<int>(header.type));
+    }
+    return read == ClcRead::kNeedMore && now < deadline_ns_;
+  }
+
+ private:
+  const int fd_;
+  const int64_t deadline_ns_;
+};
+
+}  // namespace
+
+std::unique_ptr<Lingerer> swallow_late_clc(int fd, int64_t deadline_ns) {
+  return std::make_unique<LateClcSwallower>(fd, deadline_ns);
 }
 
 }  // namespace smcpre::core

@@ -5,8 +5,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
+#include "core/datapath/progress.h"
 #include "core/wire/clc.h"
 
 namespace smcpre::core {
@@ -32,5 +34,12 @@ ClcRead read_clc(int fd, int64_t deadline_ns, bool wait, std::vector<uint8_t>* m
 
 // Whether any byte waits in the socket (a partial message, say) right now.
 bool bytes_waiting(int fd);
+
+// Takes over a TCP socket (`fd`, ours to close) that the application closed while the
+// peer may still send CLC messages (a late Proposal, an Accept that crossed our Decline):
+// they are consumed so that the close stays an orderly FIN instead of a RST over unread
+// bytes. The socket is closed when they have come, on other data or EOF, or at the
+// deadline. For ProgressThread::linger.
+std::unique_ptr<Lingerer> swallow_late_clc(int fd, int64_t deadline_ns);
 
 }  // namespace smcpre::core

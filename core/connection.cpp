@@ -12,10 +12,10 @@
 #include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
-#include "core/abandoned.h"
-#include "core/backlog.h"
-#include "core/link_group.h"
-#include "core/progress.h"
+#include "core/datapath/abandoned.h"
+#include "core/datapath/backlog.h"
+#include "core/datapath/link_group.h"
+#include "core/datapath/progress.h"
 
 namespace smcpre::core {
 namespace {

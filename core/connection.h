@@ -19,11 +19,11 @@
 #include <string>
 
 #include "config/fd_budget.h"
-#include "core/connection_events.h"
-#include "core/readiness_mirror.h"
+#include "core/datapath/connection_events.h"
+#include "core/datapath/readiness_mirror.h"
 #include "core/socket.h"
 #include "core/stats/connection_counters.h"
-#include "core/wait.h"
+#include "core/datapath/wait.h"
 #include "core/wire/cdc.h"
 #include "core/wire/cursor.h"
 #include "rdma/device.h"

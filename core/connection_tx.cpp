@@ -13,11 +13,11 @@
 #include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
-#include "core/backlog.h"
+#include "core/datapath/backlog.h"
 #include "core/connection.h"
 #include "core/connection_ring.h"
-#include "core/link_group.h"
-#include "core/waiting.h"
+#include "core/datapath/link_group.h"
+#include "core/datapath/waiting.h"
 
 namespace smcpre::core {
 

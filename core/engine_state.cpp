@@ -6,7 +6,7 @@
 #include <chrono>
 
 #include "config/log.h"
-#include "core/abandoned.h"
+#include "core/datapath/abandoned.h"
 #include "core/connection.h"
 #include "core/local_address.h"
 #include "core/stats/segment.h"

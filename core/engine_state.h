@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "config/config.h"
-#include "core/link_group.h"
+#include "core/datapath/link_group.h"
 #include "rdma/device.h"
 #include "rdma/port_select.h"
 

@@ -18,12 +18,12 @@
 #include "core/connection.h"
 #include "core/engine_state.h"
 #include "core/handshake_common.h"
-#include "core/link_group.h"
+#include "core/datapath/link_group.h"
 #include "core/local_address.h"
 #include "core/low_water.h"
-#include "core/progress.h"
-#include "core/wait.h"
-#include "core/waiting.h"
+#include "core/datapath/progress.h"
+#include "core/datapath/wait.h"
+#include "core/datapath/waiting.h"
 #include "core/wire/decline.h"
 
 namespace smcpre::core {

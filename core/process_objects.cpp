@@ -1,10 +1,10 @@
 #include "core/process_objects.h"
 
-#include "core/backlog.h"
+#include "core/datapath/backlog.h"
 #include "core/connection.h"
 #include "core/engine_state.h"
-#include "core/progress.h"
-#include "core/recv_pool.h"
+#include "core/datapath/progress.h"
+#include "core/datapath/recv_pool.h"
 #include "core/socket.h"
 #include "core/stats/exit_summary.h"
 #include "core/stats/segment.h"

@@ -5,9 +5,9 @@
 
 #include "config/config.h"
 #include "core/connection.h"
-#include "core/link_group.h"
-#include "core/progress.h"
-#include "core/waiting.h"
+#include "core/datapath/link_group.h"
+#include "core/datapath/progress.h"
+#include "core/datapath/waiting.h"
 
 namespace smcpre::core {
 namespace {

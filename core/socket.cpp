@@ -29,14 +29,15 @@
 #include "config/policy.h"
 #include "config/registry.h"
 #include "config/sys.h"
-#include "core/backlog.h"
+#include "core/clc_stream.h"
 #include "core/connection.h"
+#include "core/datapath/backlog.h"
+#include "core/datapath/link_group.h"
+#include "core/datapath/progress.h"
 #include "core/engine_state.h"
 #include "core/handshake.h"
-#include "core/link_group.h"
 #include "core/local_address.h"
 #include "core/low_water.h"
-#include "core/progress.h"
 #include "core/smc_socket.h"
 #include "core/stats/connection_counters.h"
 #include "core/stats/segment.h"
@@ -285,8 +286,8 @@ class SmcSocket final : public Socket,
     const int held = sys::dup_high(fd);
     if (held < 0) return;
     sys::shutdown(held, SHUT_WR);
-    progress_thread().linger_close(
-        held, now_ns() + int64_t{engine->config().handshake_timeout_ms} * 1'000'000);
+    progress_thread().linger(swallow_late_clc(
+        held, now_ns() + int64_t{engine->config().handshake_timeout_ms} * 1'000'000));
   }
 
   bool usable() const { return connection_ && current(); }

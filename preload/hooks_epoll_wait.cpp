@@ -11,7 +11,7 @@
 #include <climits>
 
 #include "core/readiness_wait.h"
-#include "core/wait.h"
+#include "core/datapath/wait.h"
 #include "preload/epoll_sets.h"
 #include "preload/interpose.h"
 

@@ -23,7 +23,7 @@
 #include <cstdlib>
 
 #include "config/log.h"
-#include "core/readiness_mirror.h"
+#include "core/datapath/readiness_mirror.h"
 #include "preload/interpose.h"
 
 namespace smcpre::preload {

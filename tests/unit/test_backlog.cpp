@@ -13,10 +13,10 @@
 #include <thread>
 #include <vector>
 
-#include "core/backlog.h"
-#include "core/recv_pool.h"
+#include "core/datapath/backlog.h"
+#include "core/datapath/recv_pool.h"
 #include "core/stats/segment.h"
-#include "core/wait.h"
+#include "core/datapath/wait.h"
 
 using smcpre::core::Backlog;
 using smcpre::core::BacklogItem;

@@ -13,8 +13,8 @@
 
 #include "core/engine_state.h"
 #include "core/process_objects.h"
-#include "core/progress.h"
-#include "core/recv_pool.h"
+#include "core/datapath/progress.h"
+#include "core/datapath/recv_pool.h"
 #include "tests/unit/child_check.h"
 
 using namespace smcpre::core;

@@ -24,7 +24,7 @@
 #include <thread>
 #include <vector>
 
-#include "core/readiness_mirror.h"
+#include "core/datapath/readiness_mirror.h"
 
 using smcpre::core::MirrorState;
 using smcpre::core::ReadinessMirror;

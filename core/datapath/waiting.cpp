@@ -1,13 +1,13 @@
 // Waiting adaptively on one link (doc/design.md §3.4); readiness waits over every link are
 // readiness_wait.cpp, the progress thread itself progress.cpp.
-#include "core/waiting.h"
+#include "core/datapath/waiting.h"
 
 #include <algorithm>
 #include <cerrno>
 
 #include "config/config.h"
-#include "core/backlog.h"
-#include "core/progress.h"
+#include "core/datapath/backlog.h"
+#include "core/datapath/progress.h"
 
 namespace smcpre::core {
 void reap_here(Link& link) {

@@ -1,4 +1,4 @@
-#include "core/link.h"
+#include "core/datapath/link.h"
 
 #include <fmt/format.h>
 #include <sched.h>
@@ -7,8 +7,8 @@
 #include <cstring>
 
 #include "config/log.h"
-#include "core/backlog.h"
-#include "core/recv_pool.h"
+#include "core/datapath/backlog.h"
+#include "core/datapath/recv_pool.h"
 #include "core/stats/segment.h"
 #include "core/wire/cdc.h"
 #include "core/wire/llc.h"

@@ -1,4 +1,4 @@
-#include "core/backlog.h"
+#include "core/datapath/backlog.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -10,8 +10,8 @@
 
 #include "config/config.h"
 #include "config/log.h"
-#include "core/abandoned.h"
-#include "core/recv_pool.h"
+#include "core/datapath/abandoned.h"
+#include "core/datapath/recv_pool.h"
 #include "core/stats/segment.h"
 #include "core/wire/cdc.h"
 

@@ -23,9 +23,9 @@
 #include <thread>
 #include <vector>
 
-#include "core/connection_events.h"
+#include "core/datapath/connection_events.h"
 #include "core/stats/layout.h"
-#include "core/wait.h"
+#include "core/datapath/wait.h"
 
 namespace smcpre::core {
 

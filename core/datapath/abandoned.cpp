@@ -1,4 +1,4 @@
-#include "core/abandoned.h"
+#include "core/datapath/abandoned.h"
 
 #include <atomic>
 #include <new>

@@ -1,4 +1,4 @@
-#include "core/progress.h"
+#include "core/datapath/progress.h"
 
 #include <sched.h>
 #include <sys/epoll.h>
@@ -11,12 +11,11 @@
 #include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
-#include "core/abandoned.h"
-#include "core/backlog.h"
-#include "core/clc_stream.h"
-#include "core/connection_events.h"
-#include "core/link_group.h"
-#include "core/recv_pool.h"
+#include "core/datapath/abandoned.h"
+#include "core/datapath/backlog.h"
+#include "core/datapath/connection_events.h"
+#include "core/datapath/link_group.h"
+#include "core/datapath/recv_pool.h"
 #include "core/stats/segment.h"
 
 namespace smcpre::core {
@@ -114,13 +113,10 @@ bool ProgressThread::add_link(std::shared_ptr<LinkGroup> group) {
   return true;
 }
 
-void ProgressThread::linger_close(int fd, int64_t deadline_ns) {
+void ProgressThread::linger(std::unique_ptr<Lingerer> what) {
   std::lock_guard lock(mutex_);
-  if (!ensure_started()) {
-    sys::close(fd);
-    return;
-  }
-  lingering_.push_back({fd, deadline_ns});
+  if (!ensure_started()) return;
+  lingering_.push_back(std::move(what));
   uint64_t one = 1;
   sys::write(kick_fd_, &one, sizeof one);
 }
@@ -250,21 +246,7 @@ void ProgressThread::reap_closing() {
 
 void ProgressThread::reap_lingering() {
   const int64_t now = now_ns();
-  for (auto it = lingering_.begin(); it != lingering_.end();) {
-    std::vector<uint8_t> message;
-    clc::Header header;
-    ClcRead read;
-    while ((read = read_clc(it->fd, -1, false, &message, &header, 0)) == ClcRead::kMessage) {
-      SMC_LOG_DEBUG("closed socket: swallowed a late CLC message (type {})",
-                    static_cast<int>(header.type));
-    }
-    if (read == ClcRead::kNeedMore && now < it->deadline_ns) {
-      ++it;
-      continue;
-    }
-    sys::close(it->fd);
-    it = lingering_.erase(it);
-  }
+  std::erase_if(lingering_, [now](const std::unique_ptr<Lingerer>& l) { return !l->linger(now); });
 }
 
 void ProgressThread::publish_links_locked() {

@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "core/link.h"
-#include "core/wait.h"
+#include "core/datapath/link.h"
+#include "core/datapath/wait.h"
 
 namespace smcpre::core {
 

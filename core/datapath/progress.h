@@ -18,8 +18,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/link.h"
-#include "core/wait.h"
+#include "core/datapath/link.h"
+#include "core/datapath/wait.h"
 
 namespace smcpre::core {
 class ConnectionEvents;
@@ -38,6 +38,15 @@ class DeadlineOwner {
   virtual int64_t on_deadline(int64_t now_ns) = 0;
 };
 
+// Something the progress thread looks at every 10 ms until it is done, and then destroys
+// (a closed socket that swallows the peer's late CLC messages: clc_stream.h).
+class Lingerer {
+ public:
+  virtual ~Lingerer() = default;
+  // Returns whether to look again.
+  virtual bool linger(int64_t now_ns) = 0;
+};
+
 class ProgressThread {
  public:
   ProgressThread();
@@ -51,11 +60,8 @@ class ProgressThread {
   // An application thread stops polling and goes to sleep: make sure the background
   // thread watches with notifications armed.
   void on_app_sleep();
-  // Takes over a TCP socket the application closed while the peer may still send CLC
-  // messages (a late Proposal, an Accept that crossed our Decline): they are consumed so
-  // that the close stays an orderly FIN instead of a RST over unread bytes. The socket is
-  // closed when they have come, on other data or EOF, or at the deadline.
-  void linger_close(int fd, int64_t deadline_ns);
+  // Looks at `what` every 10 ms until it is done.
+  void linger(std::unique_ptr<Lingerer> what);
   // A connection the application closed: if the peer has not closed its side by the
   // deadline, the connection is torn down (like TCP's timeout for orphaned sockets).
   void watch_close(std::weak_ptr<ConnectionEvents> connection, int64_t deadline_ns);
@@ -89,11 +95,7 @@ class ProgressThread {
   std::shared_ptr<const LinkGroups> snapshot_;  // under snapshot_mutex_
   // Devices whose asynchronous event fd is watched (they live as long as the process).
   std::vector<rdma::Device*> devices_;
-  struct Lingering {
-    int fd;
-    int64_t deadline_ns;
-  };
-  std::vector<Lingering> lingering_;
+  std::vector<std::unique_ptr<Lingerer>> lingering_;
   struct Closing {
     std::weak_ptr<ConnectionEvents> connection;
     int64_t deadline_ns;

@@ -13,7 +13,7 @@
 
 #include "config/config.h"
 #include "config/fd_budget.h"
-#include "core/link.h"
+#include "core/datapath/link.h"
 #include "core/wire/cdc.h"
 #include "core/wire/llc.h"
 #include "rdma/device.h"

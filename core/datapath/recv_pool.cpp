@@ -1,4 +1,4 @@
-#include "core/recv_pool.h"
+#include "core/datapath/recv_pool.h"
 
 #include <sys/mman.h>
 
@@ -9,7 +9,7 @@
 
 #include "config/config.h"
 #include "config/log.h"
-#include "core/abandoned.h"
+#include "core/datapath/abandoned.h"
 #include "core/stats/segment.h"
 
 namespace smcpre::core {

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "core/connection_events.h"
+#include "core/datapath/connection_events.h"
 #include "core/stats/layout.h"
-#include "core/wait.h"
+#include "core/datapath/wait.h"
 #include "core/wire/llc.h"
 #include "rdma/device.h"
 

@@ -1,12 +1,12 @@
-#include "core/link_group.h"
+#include "core/datapath/link_group.h"
 
 #include <sys/random.h>
 
 #include <cerrno>
 
 #include "config/log.h"
-#include "core/backlog.h"
-#include "core/recv_pool.h"
+#include "core/datapath/backlog.h"
+#include "core/datapath/recv_pool.h"
 
 namespace smcpre::core {
 namespace {

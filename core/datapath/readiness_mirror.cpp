@@ -1,4 +1,4 @@
-#include "core/readiness_mirror.h"
+#include "core/datapath/readiness_mirror.h"
 
 #include <poll.h>
 #include <sys/socket.h>
