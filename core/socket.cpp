@@ -308,7 +308,8 @@ class SmcSocket final : public Socket,
   void publish_smc() {
     if (!stats_) return;
     LinkGroup& group = connection_->group();
-    stats_->on_smc(group.device().caps().kind != rdma::DeviceKind::kShm, group.id(),
+    const rdma::DeviceCaps& caps = group.device().caps();
+    stats_->on_smc(caps.kind != rdma::DeviceKind::kShm, caps.reports_rnr, group.id(),
                    connection_->local_token());
     connection_->attach_stats(stats_);
   }

@@ -220,9 +220,9 @@ void print_show_text(const Snapshot& s) {
            ratio(l[&LinkSlot::rq_posted], l[&LinkSlot::rq_depth]), num(l[&LinkSlot::rq_low_water]),
            num(l[&LinkSlot::rq_refill_short]), num(l[&LinkSlot::cdc_received]),
            ratio(l[&LinkSlot::llc_received], l[&LinkSlot::llc_sent]),
-           l[&LinkSlot::device] == smcpre::stats::kDeviceVerbs
-               ? std::string("-")  // the adapter retries RNR in hardware, uncounted
-               : ratio(l[&LinkSlot::rnr_events], l[&LinkSlot::rnr_retries]),
+           l[&LinkSlot::rnr_counted] != 0
+               ? ratio(l[&LinkSlot::rnr_events], l[&LinkSlot::rnr_retries])
+               : std::string("-"),  // the adapter retries RNR in hardware, uncounted
            num(l[&LinkSlot::sends]), num(l[&LinkSlot::writes]), num(l[&LinkSlot::write_bytes]),
            num(l[&LinkSlot::recvs]), num(l[&LinkSlot::connections])});
     }

@@ -45,6 +45,7 @@ Link::Link(LinkOwner& owner, const LinkFacts& facts, std::unique_ptr<rdma::Queue
   stats::set(slot_->role, facts.role == rdma::Role::kServer ? 1 : 0);
   stats::set(slot_->device,
              facts.device == rdma::DeviceKind::kShm ? stats::kDeviceShm : stats::kDeviceVerbs);
+  stats::set(slot_->rnr_counted, facts.reports_rnr ? 1 : 0);
   stats::set(slot_->local_qp_num, qp_->local_endpoint().qp_num);
   stats::set(slot_->state, stats::kLinkActivating);
   stats::add(stats::segment().process.links_total);

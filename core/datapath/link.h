@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "core/datapath/connection_events.h"
-#include "core/stats/layout.h"
 #include "core/datapath/wait.h"
+#include "core/stats/layout.h"
 #include "core/wire/llc.h"
 #include "rdma/device.h"
 
@@ -67,6 +67,7 @@ struct LinkFacts {
   uint32_t group_id = 0;
   rdma::Role role = rdma::Role::kClient;
   rdma::DeviceKind device = rdma::DeviceKind::kShm;
+  bool reports_rnr = false;  // rdma::DeviceCaps::reports_rnr
 };
 
 class Link {

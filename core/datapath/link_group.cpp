@@ -50,7 +50,10 @@ std::shared_ptr<LinkGroup> LinkGroup::create(rdma::Device& device, rdma::Role ro
   }
   auto pool_region = group->pd_->register_local(pool->base(), pool->bytes(), error);
   if (!pool_region) return nullptr;
-  const LinkFacts facts{.group_id = group->id_, .role = role, .device = device.caps().kind};
+  const LinkFacts facts{.group_id = group->id_,
+                        .role = role,
+                        .device = device.caps().kind,
+                        .reports_rnr = device.caps().reports_rnr};
   group->link_ = std::make_unique<Link>(*group, facts, std::move(qp), *pool, std::move(pool_region),
                                         config.rq_depth, Backlog::get());
   // Receive buffers go up before the peer can send anything (it learns our QP from CLC).

@@ -35,8 +35,10 @@ ConnectionStats::~ConnectionStats() {
   stats::release_connection_slot(slot_);
 }
 
-void ConnectionStats::on_smc(bool verbs_device, uint64_t link_group, uint32_t local_token) {
+void ConnectionStats::on_smc(bool verbs_device, bool rnr_counted, uint64_t link_group,
+                             uint32_t local_token) {
   stats::set(slot_->path, verbs_device ? stats::kPathSmcVerbs : stats::kPathSmcShm);
+  stats::set(slot_->rnr_counted, rnr_counted ? 1 : 0);
   stats::set(slot_->link_group, link_group);
   stats::set(slot_->local_token, local_token);
   stats::set(slot_->state, stats::kConnActive);

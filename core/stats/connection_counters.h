@@ -28,7 +28,8 @@ class ConnectionStats {
   ConnectionStats& operator=(const ConnectionStats&) = delete;
 
   // The handshake moved the connection onto SMC.
-  void on_smc(bool verbs_device, uint64_t link_group, uint32_t local_token);
+  // `rnr_counted`: the device tells which message met RNR (rdma::DeviceCaps::reports_rnr).
+  void on_smc(bool verbs_device, bool rnr_counted, uint64_t link_group, uint32_t local_token);
   // The connection stays on TCP for `reason` (core/wire/decline.h); counted once.
   void on_fallback(uint32_t reason);
   void set_state(stats::ConnectionState state) { stats::set(slot_->state, state); }

@@ -15,7 +15,7 @@
 namespace smcpre::stats {
 
 inline constexpr uint64_t kStatsMagic = 0x31545354'45525043;  // "CPRESTT1", little-endian
-inline constexpr uint32_t kStatsVersion = 2;
+inline constexpr uint32_t kStatsVersion = 3;
 inline constexpr size_t kMaxLinkSlots = 256;
 inline constexpr size_t kMaxWorkerSlots = 64;
 // Connections shown one per line by smcpre-stat. The file is sparse: a slot costs memory
@@ -88,6 +88,10 @@ struct alignas(64) LinkSlot {
   Counter local_qp_num;
   Counter state;     // LinkState
   Counter llc_sent;  // LLC messages we sent (the other SENDs are CDC messages)
+  // 1 when the device tells which SEND met RNR (rnr_events/rnr_retries mean something);
+  // 0 for an RDMA adapter, which retries RNR in hardware and tells nobody (its own
+  // hw_counters in sysfs count them).
+  Counter rnr_counted;
 };
 
 enum LinkState : uint64_t { kLinkActivating = 0, kLinkActive = 1, kLinkDown = 2 };
@@ -107,7 +111,7 @@ struct alignas(64) ConnectionSlot {
   Counter local_token;
   Counter bytes_sent;
   Counter bytes_received;
-  Counter rnr;  // our CDC messages that met an empty receive queue at the peer (shm device)
+  Counter rnr;  // our CDC messages that met an empty receive queue at the peer (rnr_counted)
   Counter opened_realtime_ns;
   Counter local_family_port;  // family << 16 | port
   Counter local_addr_hi;
@@ -115,6 +119,7 @@ struct alignas(64) ConnectionSlot {
   Counter peer_family_port;
   Counter peer_addr_hi;
   Counter peer_addr_lo;
+  Counter rnr_counted;  // 1 when its device counts RNR per message (LinkSlot::rnr_counted)
 };
 
 enum ConnectionState : uint64_t {
@@ -208,6 +213,7 @@ inline constexpr CounterField<LinkSlot> kLinkFields[] = {
     {"local_qp_num", &LinkSlot::local_qp_num},
     {"state", &LinkSlot::state},
     {"llc_sent", &LinkSlot::llc_sent},
+    {"rnr_counted", &LinkSlot::rnr_counted},
 };
 
 inline constexpr CounterField<ConnectionSlot> kConnectionFields[] = {
@@ -228,6 +234,7 @@ inline constexpr CounterField<ConnectionSlot> kConnectionFields[] = {
     {"peer_family_port", &ConnectionSlot::peer_family_port},
     {"peer_addr_hi", &ConnectionSlot::peer_addr_hi},
     {"peer_addr_lo", &ConnectionSlot::peer_addr_lo},
+    {"rnr_counted", &ConnectionSlot::rnr_counted},
 };
 
 inline constexpr CounterField<WorkerSlot> kWorkerFields[] = {

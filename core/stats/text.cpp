@@ -84,9 +84,7 @@ Totals totals(const Snapshot& s) {
   t.rnr_events = p[&ProcessCounters::closed_links_rnr_events];
   t.rnr_retries = p[&ProcessCounters::closed_links_rnr_retries];
   for (const auto& l : s.links) {
-    // An RDMA adapter retries RNR in hardware and tells nobody which send met it: the
-    // verbs device's links count none (the adapter's own hw_counters in sysfs do).
-    if (l[&LinkSlot::device] == kDeviceVerbs) ++t.verbs_links;
+    if (l[&LinkSlot::rnr_counted] == 0) ++t.rnr_uncounted_links;
     t.cdc_received += l[&LinkSlot::cdc_received];
     t.llc_received += l[&LinkSlot::llc_received];
     t.llc_sent += l[&LinkSlot::llc_sent];
@@ -223,9 +221,9 @@ void add_connections(Table& table, const Snapshot& s, bool with_process) {
         role_name(c[&ConnectionSlot::role]), local_address_text(c), peer_address_text(c),
         state_name(c[&ConnectionSlot::state]), path_text(c), num(c[&ConnectionSlot::bytes_sent]),
         num(c[&ConnectionSlot::bytes_received]),
-        // The verbs device cannot tell (see summary_text).
-        c[&ConnectionSlot::path] == kPathSmcVerbs ? std::string("-")
-                                                  : num(c[&ConnectionSlot::rnr])};
+        // An RDMA adapter cannot tell (see summary_text).
+        on_smc(c) && c[&ConnectionSlot::rnr_counted] == 0 ? std::string("-")
+                                                          : num(c[&ConnectionSlot::rnr])};
     if (with_process) row.insert(row.begin(), {num(s.pid), s.comm});
     table.add(std::move(row));
   }
@@ -280,11 +278,11 @@ std::string summary_text(const Snapshot& s, const std::string& title) {
   line("messages", "CDC " + num(t.cdc_sent) + " sent, " + num(t.cdc_received) + " received; LLC " +
                        num(t.llc_sent) + " sent, " + num(t.llc_received) + " received");
   const uint64_t rq_low = p[&ProcessCounters::rq_low_water];
-  line("links", num(s.links.size()) + " open, " + num(p[&ProcessCounters::links_total]) +
-                    " ever; RNR " + num(t.rnr_events) + " events, " + num(t.rnr_retries) +
-                    (t.verbs_links != 0 ? " (shm links only)" : "") +
-                    " retries; receive queue low water " +
-                    (rq_low == kNoLowWater ? std::string("-") : num(rq_low)));
+  line("links",
+       num(s.links.size()) + " open, " + num(p[&ProcessCounters::links_total]) + " ever; RNR " +
+           num(t.rnr_events) + " events, " + num(t.rnr_retries) + " retries" +
+           (t.rnr_uncounted_links != 0 ? " (not counted on RDMA adapter links)" : "") +
+           "; receive queue low water " + (rq_low == kNoLowWater ? std::string("-") : num(rq_low)));
   line("pool", num(p[&ProcessCounters::pool_size]) + " buffers, " +
                    num(p[&ProcessCounters::pool_free]) + " free, low water " +
                    num(p[&ProcessCounters::pool_low_water]) + ", exhausted " +

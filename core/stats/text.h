@@ -44,7 +44,7 @@ struct Totals {
   uint64_t llc_sent = 0;
   uint64_t rnr_events = 0;
   uint64_t rnr_retries = 0;
-  uint64_t verbs_links = 0;  // open links whose RNR events nobody counts
+  uint64_t rnr_uncounted_links = 0;  // open links whose RNR events nobody counts
   uint64_t worker_queue_max = 0;
   uint64_t worker_sleeps = 0;
 };

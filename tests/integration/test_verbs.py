@@ -523,7 +523,7 @@ sys.stdin.read()
         table = run_stat("connections", str(cli.pid))
         self.assertRegex(table, r"client\s+%s:\d+\s+%s:%s\s+active\s+SMC-R/verbs\s+5\s+5\s+-"
                          % (re.escape(CLIENT_ADDR), re.escape(SERVER_ADDR), m.group(1)))
-        self.assertIn("(shm links only)", run_stat("show", str(cli.pid)))
+        self.assertIn("(not counted on RDMA adapter links)", run_stat("show", str(cli.pid)))
         self.release(srv, cli)
 
 

@@ -24,6 +24,7 @@
 #include "config/high_fd.h"
 #include "core/stats/reader.h"
 #include "core/stats/segment.h"
+#include "core/stats/text.h"
 #include "tests/unit/child_check.h"
 
 using namespace smcpre::stats;
@@ -285,6 +286,18 @@ TEST_CASE("a reader sees counters updated after it looked first", "[stats]") {
   r = read_self();
   REQUIRE(r.status == ReadStatus::kOk);
   CHECK(r.snapshot.links[0][&LinkSlot::rnr_events] == 3);
+
+  // RNR figures mean something only for links whose device counts them (rnr_counted):
+  // the summary says when some link's are missing.
+  const std::string uncounted = "(not counted on RDMA adapter links)";
+  CHECK(summary_text(r.snapshot, "t").find("RNR 3 events") != std::string::npos);
+  CHECK(summary_text(r.snapshot, "t").find(uncounted) != std::string::npos);
+  for (LinkSlot& slot : s.links) {
+    if (slot.in_use.load() != 0) set(slot.rnr_counted, 1);
+  }
+  r = read_self();
+  REQUIRE(r.status == ReadStatus::kOk);
+  CHECK(summary_text(r.snapshot, "t").find(uncounted) == std::string::npos);
 
   std::vector<uint32_t> pids;
   std::string error;
