@@ -13,7 +13,6 @@
 #include "config/log.h"
 #include "config/sys.h"
 #include "core/datapath/abandoned.h"
-#include "core/datapath/backlog.h"
 #include "core/datapath/link_group.h"
 #include "core/datapath/progress.h"
 

@@ -12,11 +12,11 @@
 #include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
-#include "core/datapath/backlog.h"
 #include "core/connection.h"
 #include "core/connection_ring.h"
 #include "core/datapath/link_group.h"
 #include "core/datapath/progress.h"
+#include "core/datapath/waiting.h"
 
 namespace smcpre::core {
 
@@ -124,10 +124,7 @@ void Connection::watch_tcp(int fd) {
 void Connection::on_tcp_ended() {
   tcp_watch_.store(0);  // the watch is gone with the event
   // What the peer sent before it went is delivered first: its close, if it sent one.
-  group_->link().progress();
-  if (Backlog* backlog = group_->link().backlog()) {
-    backlog->wait_applied(flow_hash_, now_ns() + 100'000'000);
-  }
+  apply_arrived(group_->link(), flow_hash_, now_ns() + 100'000'000);
   if (peer_gone_or_closed()) return;
   // A user-space peer can only have died (or timed out its own close): whatever it
   // wrote last may never have left its machine, so this is a reset, not an end of file.

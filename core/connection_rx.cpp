@@ -12,7 +12,6 @@
 #include "config/high_fd.h"
 #include "config/log.h"
 #include "config/sys.h"
-#include "core/datapath/backlog.h"
 #include "core/connection.h"
 #include "core/connection_ring.h"
 #include "core/datapath/link_group.h"

@@ -10,6 +10,11 @@
 #include "core/datapath/progress.h"
 
 namespace smcpre::core {
+void apply_arrived(Link& link, uint64_t flow_hash, int64_t deadline_ns) {
+  link.progress();
+  if (Backlog* backlog = link.backlog()) backlog->wait_applied(flow_hash, deadline_ns);
+}
+
 void reap_here(Link& link) {
   if (link.progress(Reaper::kApplication)) {
     link.last_app_poll_ns.store(now_ns(), std::memory_order_relaxed);

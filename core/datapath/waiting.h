@@ -16,6 +16,12 @@ enum class WaitResult { kReady, kTimeout, kInterrupted, kLinkDown };
 WaitResult wait_adaptive_impl(Link& link, WaitQueue& queue, SpinBudget& budget, int64_t deadline_ns,
                               bool (*pred)(void*), void* ctx);
 
+// Reaps `link` (as the background poller: see Reaper) and waits, until deadline_ns at the
+// latest, until the backlog worker of the connection with `flow_hash` has applied
+// everything that arrived for it so far: for whoever judges a connection after its
+// messages (its TCP connection ended: did the peer's SMC close come first?).
+void apply_arrived(Link& link, uint64_t flow_hash, int64_t deadline_ns);
+
 // An application thread reaps `link` in passing (it is about to use the connection, not
 // to wait): applied here when its worker is idle, and the background thread stays unarmed
 // as it does while application threads poll.
