@@ -3,15 +3,14 @@
 // The kernel does the wait itself (an SMC socket is registered as its readiness mirror,
 // see epoll_ctl), but a mirror changes only when somebody reaps the SMC links. Here the
 // waiting thread does that first and polls adaptively before it blocks
-// (core::wait_readiness_adaptive), so a busy event loop gets its data without a wake-up
+// (core::Engine::wait_readiness), so a busy event loop gets its data without a wake-up
 // and a thread hop per message. Sets without SMC sockets go straight to the kernel.
 #include <sys/epoll.h>
 #include <time.h>
 
 #include <climits>
 
-#include "core/progress.h"
-#include "core/wait.h"
+#include "core/engine.h"
 #include "preload/epoll_sets.h"
 #include "preload/interpose.h"
 
@@ -41,7 +40,7 @@ int kernel_epoll_wait(void* ctx, int timeout_ms) {
 int epoll_wait_common(const EpollCall& call, int64_t deadline_ns) {
   SavedErrno saved;
   const int n =
-      core::wait_readiness_adaptive(deadline_ns, kernel_epoll_wait, const_cast<EpollCall*>(&call));
+      core::Engine::wait_readiness(deadline_ns, kernel_epoll_wait, const_cast<EpollCall*>(&call));
   if (n >= 0) saved.restore();
   return n;
 }

@@ -32,7 +32,7 @@
 #include <vector>
 
 #include "config/log.h"
-#include "core/connection.h"
+#include "core/engine.h"
 #include "preload/epoll_sets.h"
 #include "preload/interpose.h"
 
@@ -240,7 +240,7 @@ int poll_common(pollfd* pfds, nfds_t nfds, const Deadline& deadline, const sigse
   }
   saved.restore();
   if (mirror_fds.size() == members.size()) {
-    smcpre::core::flush_stale_mirrors();
+    smcpre::core::Engine::flush_stale_mirrors();
     for (size_t i = 0; i < members.size(); ++i) pfds[members[i].index].fd = mirror_fds[i];
     const int rc = unchanged();
     const int error = errno;
@@ -453,7 +453,7 @@ int select_mirrored(int nfds, fd_set* rd, fd_set* wr, fd_set* ex,
   auto as_set = [&](int k) {
     return ask[k].empty() ? nullptr : reinterpret_cast<fd_set*>(ask[k].data());
   };
-  smcpre::core::flush_stale_mirrors();
+  smcpre::core::Engine::flush_stale_mirrors();
   const int rc = real_pselect(top + 1, as_set(0), as_set(1), as_set(2), timeout, sigmask);
   if (rc < 0) return -1;
   // The answer in the caller's terms: mirrors reported as their sockets, never themselves.
@@ -583,7 +583,7 @@ SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept
       return -1;
     }
     // ADD and MOD look at the mirror's state at once: it must not be stale.
-    if (op != EPOLL_CTL_DEL) smcpre::core::flush_stale_mirrors();
+    if (op != EPOLL_CTL_DEL) smcpre::core::Engine::flush_stale_mirrors();
     saved.restore();
     return r.epoll_ctl(epfd, op, mirror, event);
   }
