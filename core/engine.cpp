@@ -1,7 +1,7 @@
 // The engine's entry points (core/engine.h): a listener is published, a destination
 // judged eligible, a connection made, accepted or inherited, and listeners renewed across
 // fork. Fork and exit of the process objects: core/process_objects.cpp. The sockets
-// themselves are socket.cpp's. The waits' entry points at the end only forward, so that
+// themselves are smc_socket.cpp's. The waits' entry points at the end only forward, so that
 // preload/ sees neither the connection nor the progress headers.
 #include "core/engine.h"
 

@@ -7,7 +7,7 @@
 // kTcpSwallow exists because after a fallback the peer may still have CLC messages in
 // flight (a Proposal that arrived after our application spoke, an Accept that crossed our
 // Decline); they are consumed, never shown to the application.
-#include "core/socket.h"
+#include "core/smc_socket.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -37,7 +37,7 @@
 #include "core/local_address.h"
 #include "core/low_water.h"
 #include "core/progress.h"
-#include "core/smc_socket.h"
+#include "core/socket.h"
 #include "core/stats/connection_counters.h"
 #include "core/stats/segment.h"
 #include "core/stream_start.h"
