@@ -1,6 +1,5 @@
-// poll and ppoll over tracked sockets (and epoll_ctl): an SMC socket's readiness mirror
-// stands in for it in the caller's pollfd array, or, without one, the polling loop of
-// poll_common.h serves.
+// poll and ppoll over tracked sockets: an SMC socket's readiness mirror stands in for it
+// in the caller's pollfd array, or, without one, the polling loop of poll_common.h serves.
 
 // The hooks define the very names glibc's headers may wrap: no _FORTIFY_SOURCE inline
 // wrappers, and no _FILE_OFFSET_BITS=64 redirects (fcntl -> fcntl64, sendfile ->
@@ -10,7 +9,6 @@
 
 #include <poll.h>
 #include <signal.h>
-#include <sys/epoll.h>
 #include <time.h>
 
 #include <algorithm>
@@ -19,7 +17,6 @@
 #include <vector>
 
 #include "core/engine.h"
-#include "preload/epoll_sets.h"
 #include "preload/interpose.h"
 #include "preload/poll_common.h"
 
@@ -174,65 +171,4 @@ SMCPRE_HOOK int poll(pollfd* pfds, nfds_t nfds, int timeout) {
 
 SMCPRE_HOOK int ppoll(pollfd* pfds, nfds_t nfds, const timespec* timeout, const sigset_t* sigmask) {
   return ppoll_impl(pfds, nfds, timeout, sigmask);
-}
-
-// An SMC socket takes part in epoll through its readiness mirror: the mirror is what
-// gets added, modified or deleted, with the application's own event mask and data, so
-// that the kernel's epoll (level/edge, ONESHOT, several sets and threads) works unchanged.
-// An undecided server socket is registered as the kernel socket it still is (the
-// Proposal makes it readable); the registration is recorded and moves to the mirror when
-// the application's read turns the socket SMC.
-SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
-  const auto& r = real();
-  if (r.epoll_ctl == nullptr) return enosys();
-  std::shared_ptr<Tracked> t = fds().any() ? tracked_socket(fd) : nullptr;
-  if (t == nullptr) return r.epoll_ctl(epfd, op, fd, event);
-  if (op != EPOLL_CTL_DEL) epoll_sets().mark(epfd);
-  SavedErrno saved;
-  // Held throughout: a call on the same socket from another thread (a re-arm right after
-  // the handshake another thread's read completed) waits until this registration is
-  // recorded, so it finds it either on the kernel socket or moved to the mirror.
-  std::unique_lock lock(t->epoll_mutex);
-  settle_epoll_registrations_locked(*t, fd);
-  if (t->socket->is_smc()) {
-    if (event != nullptr && (event->events & EPOLLET)) t->socket->want_readiness_edges();
-    const int mirror = t->socket->readiness_fd();
-    if (mirror < 0) {
-      errno = ENOMEM;  // as the kernel says when it cannot watch one more fd
-      return -1;
-    }
-    // ADD and MOD look at the mirror's state at once: it must not be stale.
-    if (op != EPOLL_CTL_DEL) smcpre::core::Engine::flush_stale_mirrors();
-    saved.restore();
-    return r.epoll_ctl(epfd, op, mirror, event);
-  }
-  saved.restore();
-  const int rc = r.epoll_ctl(epfd, op, fd, event);
-  if (rc != 0) return rc;
-  // Recorded even when another thread decided the socket during the call above (its
-  // Proposal may be what this registration reported to it at once): settled below.
-  auto& regs = t->epoll_registrations;
-  auto it = std::find_if(regs.begin(), regs.end(),
-                         [&](const Tracked::EpollRegistration& reg) { return reg.epfd == epfd; });
-  if (op == EPOLL_CTL_DEL) {
-    if (it != regs.end()) regs.erase(it);
-  } else if (event != nullptr) {
-    try {
-      if (it != regs.end()) {
-        it->event = *event;
-      } else {
-        regs.push_back({epfd, *event});
-      }
-    } catch (const std::bad_alloc&) {
-      r.epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
-      errno = ENOMEM;
-      return -1;
-    }
-  }
-  t->epoll_pending.store(!regs.empty(), std::memory_order_seq_cst);
-  // Either the deciding thread's settle (after its decision) sees the record above, or
-  // this look sees the decision (both sequentially consistent): a registration made on
-  // the kernel socket never stays there once the socket is SMC.
-  settle_epoll_registrations_locked(*t, fd);
-  return rc;
 }
