@@ -1,7 +1,10 @@
-// The engine's entry points (core/socket.h's Engine): a listener is published, a
-// destination judged eligible, a connection made, accepted or inherited, and listeners
-// renewed across fork. Fork and exit of the process objects: core/process_objects.cpp.
-// The sockets themselves are socket.cpp's.
+// The engine's entry points (core/engine.h): a listener is published, a destination
+// judged eligible, a connection made, accepted or inherited, and listeners renewed across
+// fork. Fork and exit of the process objects: core/process_objects.cpp. The sockets
+// themselves are smc_socket.cpp's. The waits' entry points at the end only forward, so that
+// preload/ sees neither the connection nor the progress headers.
+#include "core/engine.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -19,11 +22,13 @@
 #include "config/log.h"
 #include "config/policy.h"
 #include "config/registry.h"
+#include "core/connection.h"
+#include "core/datapath/readiness_mirror.h"
 #include "core/engine_state.h"
 #include "core/handshake.h"
 #include "core/local_address.h"
+#include "core/readiness_wait.h"
 #include "core/smc_socket.h"
-#include "core/socket.h"
 #include "core/stats/segment.h"
 #include "core/stream_start.h"
 #include "core/wire/decline.h"
@@ -222,10 +227,22 @@ void Engine::renew_listeners_in_fork_child() {
 }
 
 void Engine::after_fork_in_parent() {
+  // First of all: from here on, resetting a mirror made before the fork shuts its engine
+  // end down, since the child may hold a copy of it.
+  ReadinessMirror::note_fork();
   note_other_process();
   std::lock_guard lock(g_listeners_mutex);
   for (auto& weak : g_listeners) {
     if (auto listener = weak.lock()) listener->after_fork_in_parent();
   }
 }
+
+void Engine::flush_stale_mirrors() {
+  core::flush_stale_mirrors();
+}
+
+int Engine::wait_readiness(int64_t deadline_ns, int (*kernel_wait)(void*, int), void* ctx) {
+  return wait_readiness_adaptive(deadline_ns, kernel_wait, ctx);
+}
+
 }  // namespace smcpre::core

@@ -1,11 +1,11 @@
 #include "core/process_objects.h"
 
-#include "core/datapath/backlog.h"
 #include "core/connection.h"
-#include "core/engine_state.h"
+#include "core/datapath/backlog.h"
 #include "core/datapath/progress.h"
 #include "core/datapath/recv_pool.h"
-#include "core/socket.h"
+#include "core/engine.h"
+#include "core/engine_state.h"
 #include "core/stats/exit_summary.h"
 #include "core/stats/segment.h"
 
@@ -53,7 +53,7 @@ void run_process_objects_at_exit() {
   }
 }
 
-// The engine's fork and exit entry points (core/socket.h) are the table's two passes.
+// The engine's fork and exit entry points (core/engine.h) are the table's two passes.
 void Engine::after_fork_in_child() {
   reset_process_objects_in_fork_child();
 }

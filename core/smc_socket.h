@@ -1,4 +1,4 @@
-// The sockets socket.cpp makes for the engine's entry points (engine.cpp).
+// The sockets smc_socket.cpp makes for the engine's entry points (engine.cpp).
 #pragma once
 
 #include <memory>

@@ -34,7 +34,7 @@
 #include <new>
 #include <utility>
 
-#include "core/datapath/wait.h"
+#include "core/engine.h"
 
 namespace smcpre::preload {
 

@@ -26,7 +26,7 @@
 
 #include "config/log.h"
 #include "config/sys.h"
-#include "core/datapath/wait.h"
+#include "core/engine.h"
 #include "preload/interpose.h"
 
 namespace smcpre::preload {

@@ -23,7 +23,6 @@
 #include <cstdlib>
 
 #include "config/log.h"
-#include "core/datapath/readiness_mirror.h"
 #include "preload/interpose.h"
 
 namespace smcpre::preload {
@@ -55,7 +54,6 @@ void on_fork_child() {
 }
 
 void on_fork_parent() {
-  smcpre::core::ReadinessMirror::note_fork();
   SavedErrno saved;
   engine_call("after_fork_in_parent", 0, [] {
     core::Engine::after_fork_in_parent();

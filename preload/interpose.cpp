@@ -9,7 +9,7 @@
 
 #include "config/log.h"
 #include "config/sys.h"
-#include "core/connection.h"
+#include "core/engine.h"
 
 namespace smcpre::preload {
 
@@ -94,7 +94,7 @@ void settle_epoll_registrations_locked(Tracked& t, int fd) noexcept {
     const int mirror = engine_call("readiness_fd", -1, [&] {
       if (edges) t.socket->want_readiness_edges();
       const int fd = t.socket->readiness_fd();
-      smcpre::core::flush_stale_mirrors();
+      smcpre::core::Engine::flush_stale_mirrors();
       return fd;
     });
     for (Tracked::EpollRegistration& reg : t.epoll_registrations) {

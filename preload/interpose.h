@@ -18,7 +18,7 @@
 #include <mutex>
 #include <vector>
 
-#include "core/socket.h"
+#include "core/engine.h"
 #include "preload/fd_table.h"
 #include "preload/real.h"
 

@@ -18,8 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/engine.h"
 #include "core/engine_state.h"
-#include "core/socket.h"
 #include "core/wire/clc.h"
 
 using smcpre::core::Engine;

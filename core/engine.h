@@ -1,0 +1,87 @@
+// The engine's face towards the interposer, and the one core header preload/ includes
+// (doc/design.md §1.7, checked by scripts/check-layers): the process-wide entry points
+// (Engine), the per-socket interface they hand out (core/socket.h), and the clock and
+// spin hint the hooks' own waits use (core/wait.h). Everything behind it -- connections,
+// link groups, the progress thread, readiness mirrors -- may change shape without
+// preload/ noticing.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "core/datapath/wait.h"
+#include "core/socket.h"
+
+namespace smcpre::core {
+
+class Listener;
+
+// Process-wide entry points. All of them are cheap no-ops (returning nullptr) when
+// smcpre is disabled for the process.
+class Engine {
+ public:
+  // listen() succeeded on a TCP socket: publish it in the host-wide listener registry.
+  // The object unpublishes itself when destroyed (the listener's last fd was closed).
+  static std::shared_ptr<Listener> on_listen(int fd);
+
+  // Before a blocking connect() of socket `fd` to `addr`: may this connection propose SMC
+  // (doc/design.md §2.1: a same-host server whose listening socket -- the one the kernel would
+  // connect fd to, in fd's network namespace -- is published, or an SMCPRE_PEERS match,
+  // never an excluded port)? Decided before the connect, because a server may accept,
+  // close its listener and unpublish it before connect() returns on our side.
+  // If not, *reason says why (core/wire/decline.h: PEER_UNKNOWN, EXCLUDED, POLICY, DISABLED).
+  static bool eligible_destination(int fd, const sockaddr* addr, socklen_t len, uint32_t* reason);
+  // A connect() to a destination that was not eligible succeeded (or is in progress): it
+  // counts as a fallback for that reason.
+  static void on_not_proposed(uint32_t reason);
+
+  // A *blocking* connect() on `fd` to an eligible destination succeeded: runs the client
+  // CLC handshake (blocking, bounded by the handshake timeout) and returns the socket, on
+  // SMC or fallen back to TCP (nullptr when smcpre is disabled).
+  static std::shared_ptr<Socket> on_connected(int fd);
+
+  // accept()/accept4() on a published listener returned `fd`. The server side decides
+  // lazily, on the first data call, whether the peer proposed SMC (doc/design.md §2.2).
+  static std::shared_ptr<Socket> on_accepted(int fd, const std::shared_ptr<Listener>& listener);
+
+  // A connected TCP socket this process got from another one, with no smcpre state: an
+  // fd inherited across exec() or received by SCM_RIGHTS. If nobody has read from or
+  // written to it yet (core/stream_start.h), it is an undecided server socket, to be
+  // decided here on the first data call; else nullptr (it stays the kernel's).
+  static std::shared_ptr<Socket> on_inherited(int fd);
+
+  // Another process holds (or will hold after its exec) this process's descriptors: a
+  // posix_spawn() or a vfork child. Sockets that existed before are shared from now on.
+  static void note_other_process();
+  // Called in the child after fork(): engine threads are gone there; inherited
+  // connections stay owned by the parent and become inert in the child, except undecided
+  // ones (Socket::after_fork_in_child).
+  static void after_fork_in_child();
+  // Listeners renew their registry entries in the child (one of the process objects).
+  static void renew_listeners_in_fork_child();
+  // Called in the parent after fork(), before fork() returns there and before anything
+  // else the parent does about it: readiness mirrors that existed then may have a copy in
+  // the child (their reset must shut them down explicitly), sockets that existed before
+  // are held by the child too (note_other_process), and listeners take a registry lock of
+  // their own, the one they shared with the child staying the child's.
+  static void after_fork_in_parent();
+
+  // The process exits (library destructor): connections it left open get the orderly
+  // close the kernel would give their TCP sockets.
+  static void at_exit();
+
+  // Before any kernel wait on readiness mirrors (poll, select, an epoll_ctl that
+  // registers one): mirrors left readable after a read drained their connection are
+  // brought up to date, so that no wait sees a stale IN. Cheap when there are none.
+  static void flush_stale_mirrors();
+
+  // epoll_wait on a set that watches SMC sockets' mirrors: the calling thread reaps the
+  // SMC links itself and polls adaptively before it blocks (doc/design.md §3.6, §6.2).
+  // `kernel_wait(ctx, timeout_ms)` is the real call (0: do not block); its result is
+  // returned as soon as it is not 0. `deadline_ns`: CLOCK_MONOTONIC (now_ns()), -1 = none.
+  static int wait_readiness(int64_t deadline_ns, int (*kernel_wait)(void*, int), void* ctx);
+};
+
+}  // namespace smcpre::core

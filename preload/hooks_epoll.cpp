@@ -1,0 +1,165 @@
+// epoll over tracked sockets: epoll_ctl registers an SMC socket's readiness mirror in its
+// place and marks the set (epoll_sets.h); epoll_wait, epoll_pwait and epoll_pwait2 on a
+// set so marked reap the SMC links before they wait.
+//
+// The kernel does the wait itself (an SMC socket is registered as its readiness mirror,
+// see epoll_ctl), but a mirror changes only when somebody reaps the SMC links. Here the
+// waiting thread does that first and polls adaptively before it blocks
+// (core::Engine::wait_readiness), so a busy event loop gets its data without a wake-up
+// and a thread hop per message. Sets without SMC sockets go straight to the kernel.
+#include <sys/epoll.h>
+#include <time.h>
+
+#include <algorithm>
+#include <climits>
+#include <memory>
+#include <mutex>
+#include <new>
+
+#include "core/engine.h"
+#include "preload/epoll_sets.h"
+#include "preload/interpose.h"
+
+namespace smcpre::preload {
+
+EpollSets& epoll_sets() noexcept {
+  static constinit EpollSets sets;
+  return sets;
+}
+
+namespace {
+
+struct EpollCall {
+  int epfd;
+  epoll_event* events;
+  int maxevents;
+  const sigset_t* sigmask;
+};
+
+int kernel_epoll_wait(void* ctx, int timeout_ms) {
+  const auto* call = static_cast<const EpollCall*>(ctx);
+  return real().epoll_pwait(call->epfd, call->events, call->maxevents, timeout_ms, call->sigmask);
+}
+
+// deadline_ns: CLOCK_MONOTONIC, -1 = none, 0 = do not block (the links are still reaped
+// once: a loop that only ever polls with timeout 0 sees SMC data without a thread hop).
+int epoll_wait_common(const EpollCall& call, int64_t deadline_ns) {
+  SavedErrno saved;
+  const int n =
+      core::Engine::wait_readiness(deadline_ns, kernel_epoll_wait, const_cast<EpollCall*>(&call));
+  if (n >= 0) saved.restore();
+  return n;
+}
+
+int64_t deadline_of_ms(int timeout_ms) {
+  if (timeout_ms < 0) return -1;
+  if (timeout_ms == 0) return 0;
+  return core::now_ns() + int64_t{timeout_ms} * 1'000'000;
+}
+
+}  // namespace
+
+}  // namespace smcpre::preload
+
+using namespace smcpre::preload;  // NOLINT: the hooks below are C symbols
+
+SMCPRE_HOOK int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout) {
+  const auto& r = real();
+  if (r.epoll_pwait == nullptr) return enosys();
+  if (!epoll_sets().watches_smc(epfd)) {
+    return r.epoll_pwait(epfd, events, maxevents, timeout, nullptr);
+  }
+  return epoll_wait_common({epfd, events, maxevents, nullptr}, deadline_of_ms(timeout));
+}
+
+SMCPRE_HOOK int epoll_pwait(int epfd, epoll_event* events, int maxevents, int timeout,
+                            const sigset_t* sigmask) {
+  const auto& r = real();
+  if (r.epoll_pwait == nullptr) return enosys();
+  if (!epoll_sets().watches_smc(epfd)) {
+    return r.epoll_pwait(epfd, events, maxevents, timeout, sigmask);
+  }
+  return epoll_wait_common({epfd, events, maxevents, sigmask}, deadline_of_ms(timeout));
+}
+
+SMCPRE_HOOK int epoll_pwait2(int epfd, epoll_event* events, int maxevents, const timespec* timeout,
+                             const sigset_t* sigmask) {
+  const auto& r = real();
+  if (r.epoll_pwait2 == nullptr) return enosys();
+  const bool valid = timeout == nullptr || (timeout->tv_sec >= 0 && timeout->tv_nsec >= 0 &&
+                                            timeout->tv_nsec < 1'000'000'000);
+  if (!epoll_sets().watches_smc(epfd) || !valid) {
+    return r.epoll_pwait2(epfd, events, maxevents, timeout, sigmask);
+  }
+  // Millisecond steps inside (epoll_pwait): the kernel rounds a nanosecond timeout up to
+  // its timer slack anyway, and the deadline below keeps the total exact.
+  int64_t deadline_ns = -1;
+  if (timeout != nullptr && timeout->tv_sec == 0 && timeout->tv_nsec == 0) {
+    deadline_ns = 0;
+  } else if (timeout != nullptr) {
+    const int64_t ns = int64_t{timeout->tv_sec} * 1'000'000'000 + timeout->tv_nsec;
+    deadline_ns = smcpre::core::now_ns() + std::min<int64_t>(ns, INT64_MAX / 2);
+  }
+  return epoll_wait_common({epfd, events, maxevents, sigmask}, deadline_ns);
+}
+
+// An SMC socket takes part in epoll through its readiness mirror: the mirror is what
+// gets added, modified or deleted, with the application's own event mask and data, so
+// that the kernel's epoll (level/edge, ONESHOT, several sets and threads) works unchanged.
+// An undecided server socket is registered as the kernel socket it still is (the
+// Proposal makes it readable); the registration is recorded and moves to the mirror when
+// the application's read turns the socket SMC.
+SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
+  const auto& r = real();
+  if (r.epoll_ctl == nullptr) return enosys();
+  std::shared_ptr<Tracked> t = fds().any() ? tracked_socket(fd) : nullptr;
+  if (t == nullptr) return r.epoll_ctl(epfd, op, fd, event);
+  if (op != EPOLL_CTL_DEL) epoll_sets().mark(epfd);
+  SavedErrno saved;
+  // Held throughout: a call on the same socket from another thread (a re-arm right after
+  // the handshake another thread's read completed) waits until this registration is
+  // recorded, so it finds it either on the kernel socket or moved to the mirror.
+  std::unique_lock lock(t->epoll_mutex);
+  settle_epoll_registrations_locked(*t, fd);
+  if (t->socket->is_smc()) {
+    if (event != nullptr && (event->events & EPOLLET)) t->socket->want_readiness_edges();
+    const int mirror = t->socket->readiness_fd();
+    if (mirror < 0) {
+      errno = ENOMEM;  // as the kernel says when it cannot watch one more fd
+      return -1;
+    }
+    // ADD and MOD look at the mirror's state at once: it must not be stale.
+    if (op != EPOLL_CTL_DEL) smcpre::core::Engine::flush_stale_mirrors();
+    saved.restore();
+    return r.epoll_ctl(epfd, op, mirror, event);
+  }
+  saved.restore();
+  const int rc = r.epoll_ctl(epfd, op, fd, event);
+  if (rc != 0) return rc;
+  // Recorded even when another thread decided the socket during the call above (its
+  // Proposal may be what this registration reported to it at once): settled below.
+  auto& regs = t->epoll_registrations;
+  auto it = std::find_if(regs.begin(), regs.end(),
+                         [&](const Tracked::EpollRegistration& reg) { return reg.epfd == epfd; });
+  if (op == EPOLL_CTL_DEL) {
+    if (it != regs.end()) regs.erase(it);
+  } else if (event != nullptr) {
+    try {
+      if (it != regs.end()) {
+        it->event = *event;
+      } else {
+        regs.push_back({epfd, *event});
+      }
+    } catch (const std::bad_alloc&) {
+      r.epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
+      errno = ENOMEM;
+      return -1;
+    }
+  }
+  t->epoll_pending.store(!regs.empty(), std::memory_order_seq_cst);
+  // Either the deciding thread's settle (after its decision) sees the record above, or
+  // this look sees the decision (both sequentially consistent): a registration made on
+  // the kernel socket never stays there once the socket is SMC.
+  settle_epoll_registrations_locked(*t, fd);
+  return rc;
+}

@@ -1,0 +1,123 @@
+// What poll/ppoll (hooks_poll.cpp) and select/pselect (hooks_select.cpp) share when the
+// caller's set holds SMC sockets.
+//
+// If no tracked socket in a set is on SMC, the real call runs unchanged (an undecided
+// server socket is polled as the kernel socket it still is). An SMC socket's kernel TCP
+// socket says nothing about SMC data; its readiness mirror (an fd whose poll mask the engine
+// keeps equal to what TCP would report) takes its place, and the kernel does the waiting.
+// Only when a mirror cannot be had (fd limit) do poll and select fall back to
+// Socket::poll_state() and the real call in a loop: first with timeout 0, then with short
+// waits growing from 50us to 1ms, until something is ready or the caller's timeout expires.
+//
+// Signals: for the whole loop signals are blocked except inside the real waits,
+// which run with the caller's mask (or ppoll/pselect's sigmask). A signal can thus only
+// arrive inside a wait, which then returns EINTR exactly as one long wait would.
+//
+// Include it after the hooks' #undef of _FORTIFY_SOURCE and _FILE_OFFSET_BITS.
+#pragma once
+
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "core/engine.h"
+#include "preload/interpose.h"
+
+namespace smcpre::preload {
+
+inline constexpr int64_t kNsPerSec = 1'000'000'000;
+inline constexpr int64_t kFirstSliceNs = 50'000;
+inline constexpr int64_t kMaxSliceNs = 1'000'000;
+// Timeouts beyond this (~31 years) are treated as infinite, so no arithmetic overflows.
+inline constexpr int64_t kInfiniteSec = 1'000'000'000;
+
+// The caller's timeout as an absolute CLOCK_MONOTONIC deadline.
+class Deadline {
+ public:
+  static Deadline infinite() { return Deadline(-1); }
+  static Deadline after(int64_t sec, int64_t nsec) {
+    if (sec >= kInfiniteSec) return infinite();
+    return Deadline(core::now_ns() + sec * kNsPerSec + nsec);
+  }
+
+  bool is_infinite() const { return at_ns_ < 0; }
+  int64_t remaining_ns() const {
+    if (is_infinite()) return INT64_MAX;
+    return std::max<int64_t>(0, at_ns_ - core::now_ns());
+  }
+  bool expired() const { return remaining_ns() == 0; }
+
+ private:
+  explicit Deadline(int64_t at_ns) : at_ns_(at_ns) {}
+  int64_t at_ns_;
+};
+
+// The wait between two looks at the SMC sockets: 0, then 50us doubling up to 1ms, never
+// beyond the deadline; 0 as soon as something is known to be ready.
+class Slices {
+ public:
+  timespec next(bool ready, const Deadline& deadline) {
+    const int64_t ns = ready ? 0 : std::min(slice_ns_, deadline.remaining_ns());
+    slice_ns_ = slice_ns_ == 0 ? kFirstSliceNs : std::min(slice_ns_ * 2, kMaxSliceNs);
+    return timespec{static_cast<time_t>(ns / kNsPerSec), static_cast<long>(ns % kNsPerSec)};
+  }
+
+ private:
+  int64_t slice_ns_ = 0;
+};
+
+// Blocks the asynchronous signals for its lifetime (glibc keeps its cancellation
+// signal usable); wait_mask() is the mask for the real waits. Fault signals stay
+// unblocked: should anything crash inside the loop, the application's crash handler
+// must still run.
+class SignalsBlocked {
+ public:
+  SignalsBlocked() {
+    sigset_t async;
+    sigfillset(&async);
+    for (int fault : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT}) {
+      sigdelset(&async, fault);
+    }
+    blocked_ = pthread_sigmask(SIG_BLOCK, &async, &original_) == 0;
+  }
+  ~SignalsBlocked() {
+    if (blocked_) pthread_sigmask(SIG_SETMASK, &original_, nullptr);
+  }
+  SignalsBlocked(const SignalsBlocked&) = delete;
+  SignalsBlocked& operator=(const SignalsBlocked&) = delete;
+
+  const sigset_t* wait_mask(const sigset_t* caller_mask) const {
+    if (caller_mask != nullptr) return caller_mask;
+    return blocked_ ? &original_ : nullptr;
+  }
+
+ private:
+  sigset_t original_;
+  bool blocked_ = false;
+};
+
+inline core::Readiness poll_state(core::Socket& s) {
+  return engine_call("poll_state", core::Readiness{}, [&] { return s.poll_state(); });
+}
+
+// A tracked SMC socket in the caller's set: where it is and what it refers to.
+struct SmcMember {
+  size_t index;  // pollfd index, or fd for select
+  std::shared_ptr<Tracked> tracked;
+  int tracked_fd = -1;  // poll: the application's fd at that index
+};
+
+inline bool valid_timespec(const timespec* ts) {
+  return ts == nullptr || (ts->tv_sec >= 0 && ts->tv_nsec >= 0 && ts->tv_nsec < kNsPerSec);
+}
+
+inline Deadline deadline_of(const timespec* ts) {
+  return ts == nullptr ? Deadline::infinite() : Deadline::after(ts->tv_sec, ts->tv_nsec);
+}
+
+}  // namespace smcpre::preload
