@@ -1,7 +1,7 @@
 // The engine's face towards the interposer, and the one core header preload/ includes
 // (doc/design.md §1.7, checked by scripts/check-layers): the process-wide entry points
 // (Engine), the per-socket interface they hand out (core/socket.h), and the clock and
-// spin hint the hooks' own waits use (core/wait.h). Everything behind it -- connections,
+// spin hint the hooks' own waits use (core/datapath/wait.h). Everything behind it -- connections,
 // link groups, the progress thread, readiness mirrors -- may change shape without
 // preload/ noticing.
 #pragma once

@@ -82,7 +82,7 @@ class Socket {
   // bytes written but not yet in the peer's ring. False when the kernel socket answers.
   virtual bool queue_sizes(uint64_t* inq, uint64_t* outq) = 0;
 
-  // An SMC-path socket's readiness mirror (core/readiness_mirror.h), which poll and epoll
+  // An SMC-path socket's readiness mirror (core/datapath/readiness_mirror.h), which poll and epoll
   // watch in its place; -1 if it is not on SMC or no mirror can be made.
   virtual int readiness_fd() = 0;
   // The mirror is (about to be) watched edge-triggered: see Connection::want_readiness_edges.

@@ -1,5 +1,5 @@
 // Waiting adaptively on one link (doc/design.md §3.4); readiness waits over every link are
-// readiness_wait.cpp, the progress thread itself progress.cpp.
+// core/readiness_wait.cpp, the progress thread itself progress.cpp.
 #include "core/datapath/waiting.h"
 
 #include <algorithm>

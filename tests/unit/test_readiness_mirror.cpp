@@ -1,4 +1,4 @@
-// The readiness mirror (core/readiness_mirror.h): in every state an SMC connection can be
+// The readiness mirror (core/datapath/readiness_mirror.h): in every state an SMC connection can be
 // in, its poll and epoll masks must equal those of a kernel TCP socket in the same state
 // (each checked against a real loopback TCP pair driven through the same steps), and the
 // kernel's epoll machinery (edges, EPOLLONESHOT, several sets, removal on close) must work
