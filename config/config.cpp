@@ -503,21 +503,6 @@ std::map<std::string, std::string> smcpre_environment() {
   return env;
 }
 
-const Loaded& loaded() {
-  // Heap-allocated and never freed: engine threads may still read the configuration while
-  // static destructors run at exit.
-  static const Loaded* const instance = [] {
-    auto* l = new Loaded;
-    Environment env;
-    env.variables = smcpre_environment();
-    env.program = program_invocation_short_name;
-    env.secure = ::getauxval(AT_SECURE) != 0;
-    l->config = load(env, &l->error);
-    return l;
-  }();
-  return *instance;
-}
-
 void write_stderr(const std::string& line) {
   size_t done = 0;
   while (done < line.size()) {
@@ -528,12 +513,42 @@ void write_stderr(const std::string& line) {
   }
 }
 
-void report(const Loaded& l) {
-  if (!l.error.empty()) {
+// SMCPRE_LOG's canonical names (parse_log stores no other) as the logger's levels.
+spdlog::level::level_enum log_level(const std::string& name) {
+  if (name == "trace") return spdlog::level::trace;
+  if (name == "debug") return spdlog::level::debug;
+  if (name == "info") return spdlog::level::info;
+  if (name == "warn") return spdlog::level::warn;
+  if (name == "error") return spdlog::level::err;
+  if (name == "critical") return spdlog::level::critical;
+  return spdlog::level::off;
+}
+
+const Loaded& loaded() {
+  // Heap-allocated and never freed: engine threads may still read the configuration while
+  // static destructors run at exit.
+  static const Loaded* const instance = [] {
+    auto* l = new Loaded;
+    Environment env;
+    env.variables = smcpre_environment();
+    env.program = program_invocation_short_name;
+    env.secure = ::getauxval(AT_SECURE) != 0;
+    l->config = load(env, &l->error);
     // Always visible, whatever SMCPRE_LOG says: the user asked for smcpre and gets TCP.
-    write_stderr("smcpre: " + l.error + "; smcpre disabled\n");
-    // Also into the log file, if any (stderr already has it).
-    if (!l.config.log_file.empty()) SMC_LOG_ERROR("{}; smcpre disabled", l.error);
+    // Before the logger's setup, so that this line comes first on stderr (a log file
+    // that cannot be opened adds a line of its own).
+    if (!l->error.empty()) write_stderr("smcpre: " + l->error + "; smcpre disabled\n");
+    // Before any caller gets the configuration: whoever holds it logs at its level.
+    log::init(log_level(l->config.log_level), l->config.log_file);
+    return l;
+  }();
+  return *instance;
+}
+
+void report(const Loaded& l) {
+  // The error is on stderr already (loaded()); into the log file too, if there is one.
+  if (!l.error.empty() && !l.config.log_file.empty()) {
+    SMC_LOG_ERROR("{}; smcpre disabled", l.error);
   }
   for (const std::string& name : l.config.unknown_variables) {
     SMC_LOG_WARN("unknown variable {} ignored", name);
@@ -625,16 +640,9 @@ std::vector<std::string> describe(const Config& c) {
   return lines;
 }
 
-namespace detail {
-const Config& parsed_environment() {
-  return loaded().config;
-}
-}  // namespace detail
-
 const Config& current() {
   const Loaded& l = loaded();
-  // Reported by exactly one caller; the others need not wait for it. Logging from here
-  // is safe: the logger's setup reads detail::parsed_environment(), not current().
+  // Reported by exactly one caller; the others need not wait for it.
   static std::atomic<bool> reported{false};
   if (!reported.load(std::memory_order_acquire) &&
       !reported.exchange(true, std::memory_order_acq_rel)) {

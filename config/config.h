@@ -156,17 +156,12 @@ Config load(const Environment& env, std::string* error);
 std::vector<std::string> describe(const Config& c);
 
 // The process's configuration, loaded once from environ and the policy file on first use
-// (thread-safe). The first call reports problems: a bad value or file goes to stderr as
-// "smcpre: <error>; smcpre disabled" whatever SMCPRE_LOG says (and to the log too when
-// SMCPRE_LOG_FILE is set); unknown variables are logged as warnings; at debug level,
-// describe()'s lines are logged.
+// (thread-safe), which also sets the log up (log::init) with SMCPRE_LOG and
+// SMCPRE_LOG_FILE: nothing is logged before the first call. The first call reports
+// problems: a bad value or file goes to stderr as "smcpre: <error>; smcpre disabled"
+// whatever SMCPRE_LOG says (and to the log too when SMCPRE_LOG_FILE is set); unknown
+// variables are logged as warnings; at debug level, describe()'s lines are logged.
 const Config& current();
-
-namespace detail {
-// current() without the reporting, for the logger's own lazy setup: the report logs, and
-// logging must be able to read the configuration without recursing into the report.
-const Config& parsed_environment();
-}  // namespace detail
 
 // Default runtime dir: /run/smcpre for root, else $XDG_RUNTIME_DIR/smcpre, else
 // /tmp/smcpre-<uid>.

@@ -600,6 +600,26 @@ TEST_CASE("log goes to SMCPRE_LOG_FILE, also from a fork child", "[log]") {
   unlink(err.c_str());
 }
 
+// Run by "the log takes its level from init() alone" in a fresh process.
+TEST_CASE("log child: init", "[.][log_child_init]") {
+  SMC_LOG_ERROR("before init");
+  smcpre::log::init(spdlog::level::warn, "");
+  SMC_LOG_INFO("below the level");
+  SMC_LOG_WARN("after init");
+}
+
+TEST_CASE("the log takes its level from init() alone", "[log]") {
+  const std::string err = temp_path("init.err");
+  // SMCPRE_LOG is the configuration's: the log does not read it.
+  REQUIRE(run_self("[log_child_init]", {"SMCPRE_LOG=off"}, err) == 0);
+  std::string text = read_file(err);
+  INFO(text);
+  CHECK(text.find("before init") == std::string::npos);  // off until init()
+  CHECK(text.find("below the level") == std::string::npos);
+  CHECK(text.find("warning: after init") != std::string::npos);
+  unlink(err.c_str());
+}
+
 TEST_CASE("log child: plain", "[.][log_child_plain]") {
   smcpre::config::current();
   SMC_LOG_ERROR("an error line");
