@@ -18,6 +18,7 @@
 
 #include "config/log.h"
 #include "config/policy.h"
+#include "config/runtime_dir.h"
 #include "config/sys.h"
 #include "config/value_syntax.h"
 
@@ -454,7 +455,7 @@ Config disabled_config(Config c) {
 Config apply(const std::map<std::string, Given>& given, const std::string& file_path,
              std::string* first_error) {
   Config defaults;
-  defaults.runtime_dir = runtime_dir_default();
+  defaults.runtime_dir = runtime_dir::default_path();
   Config c;
   for (const auto& [name, g] : given) {
     if (!std::string_view(name).starts_with(kPrefix)) continue;
@@ -649,15 +650,6 @@ const Config& current() {
     report(l);
   }
   return l.config;
-}
-
-std::string runtime_dir_default() {
-  const uid_t uid = geteuid();
-  if (uid == 0) return "/run/smcpre";
-  // secure_getenv: a set-user-ID program must not let its caller choose the directory.
-  const char* xdg = secure_getenv("XDG_RUNTIME_DIR");
-  if (xdg != nullptr && xdg[0] == '/') return std::string(xdg) + "/smcpre";
-  return "/tmp/smcpre-" + std::to_string(uid);
 }
 
 }  // namespace smcpre::config

@@ -74,7 +74,7 @@ struct Config {
   // After our close, how long the peer may keep its side open before the connection is
   // torn down (TCP's tcp_fin_timeout for orphaned sockets is 60 s).
   uint32_t close_timeout_ms = 60000;       // SMCPRE_CLOSE_TIMEOUT_MS, 1..3600000
-  std::string runtime_dir;                 // SMCPRE_RUNTIME_DIR (default: see runtime_dir_default)
+  std::string runtime_dir;                 // SMCPRE_RUNTIME_DIR (default: see runtime_dir.h)
   std::vector<PeerRule> peers;             // SMCPRE_PEERS
   std::vector<PortRange> exclude_ports;    // SMCPRE_EXCLUDE
   std::vector<uint32_t> shm_allowed_uids;  // SMCPRE_SHM_UIDS: uids besides our own and root
@@ -162,10 +162,6 @@ std::vector<std::string> describe(const Config& c);
 // whatever SMCPRE_LOG says (and to the log too when SMCPRE_LOG_FILE is set); unknown
 // variables are logged as warnings; at debug level, describe()'s lines are logged.
 const Config& current();
-
-// Default runtime dir: /run/smcpre for root, else $XDG_RUNTIME_DIR/smcpre, else
-// /tmp/smcpre-<uid>.
-std::string runtime_dir_default();
 
 // Parses one SMCPRE_PEERS rule (ADDR[/PREFIX][:PORTS], [IPV6][/PREFIX][:PORTS] or
 // *[:PORTS]; PORTS is P, P-Q or *). Returns "" on success, else what was expected.

@@ -15,6 +15,7 @@
 
 #include "config/config.h"
 #include "config/log.h"
+#include "config/runtime_dir.h"
 #include "tests/unit/inet_addr.h"
 
 using smcpre::config::Config;
@@ -65,7 +66,7 @@ TEST_CASE("defaults", "[config]") {
   CHECK(c.rmb_size == 512 * 1024);
   CHECK(c.log_level == "off");
   CHECK(c.handshake_timeout_ms == 2000);
-  CHECK(c.runtime_dir == smcpre::config::runtime_dir_default());
+  CHECK(c.runtime_dir == smcpre::runtime_dir::default_path());
   CHECK_FALSE(c.backlog_cpus.has_value());
   CHECK_FALSE(c.backlog_inline);
   CHECK(c.peers.empty());
@@ -164,8 +165,8 @@ TEST_CASE("SMCPRE_RUNTIME_DIR", "[config]") {
   bad("SMCPRE_RUNTIME_DIR", "/" + std::string(4000, 'x'));
 }
 
-TEST_CASE("runtime_dir_default", "[config]") {
-  std::string d = smcpre::config::runtime_dir_default();
+TEST_CASE("runtime_dir::default_path", "[config]") {
+  std::string d = smcpre::runtime_dir::default_path();
   REQUIRE_FALSE(d.empty());
   CHECK(d.front() == '/');
   if (geteuid() == 0) {

@@ -16,6 +16,7 @@
 
 #include "config/config.h"
 #include "config/policy.h"
+#include "config/runtime_dir.h"
 #include "tests/unit/inet_addr.h"
 
 using namespace std::string_literals;
@@ -471,7 +472,7 @@ TEST_CASE("describe lists what differs from the defaults", "[policy]") {
         std::vector<std::string>{"policy file: none"});
   // The runtime dir given as its default value is no change either; another one is.
   c = smcpre::config::parse(
-      {{"SMCPRE_RUNTIME_DIR", smcpre::config::runtime_dir_default() + "/"}, {"SMCPRE_LOG", "OFF"}},
+      {{"SMCPRE_RUNTIME_DIR", smcpre::runtime_dir::default_path() + "/"}, {"SMCPRE_LOG", "OFF"}},
       &error);
   CHECK(smcpre::config::describe(c) == std::vector<std::string>{"policy file: none"});
   c = good_file("smc * * *\nSMCPRE_RUNTIME_DIR=/run/elsewhere\n");
