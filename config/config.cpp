@@ -17,6 +17,7 @@
 #include <limits>
 
 #include "config/log.h"
+#include "config/peer_rules.h"
 #include "config/policy.h"
 #include "config/runtime_dir.h"
 #include "config/sys.h"

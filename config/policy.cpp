@@ -11,6 +11,7 @@
 #include <system_error>
 #include <vector>
 
+#include "config/peer_rules.h"
 #include "config/sys.h"
 
 namespace smcpre::config {

@@ -17,7 +17,7 @@
 #include <string>
 #include <string_view>
 
-#include "config/config.h"
+#include "config/config_types.h"
 
 namespace smcpre::config {
 

@@ -17,6 +17,7 @@
 
 #include "config/listener_lookup.h"
 #include "config/log.h"
+#include "config/peer_rules.h"
 #include "config/policy.h"
 #include "config/registry.h"
 #include "config/runtime_dir.h"

@@ -15,6 +15,7 @@
 
 #include "config/config.h"
 #include "config/log.h"
+#include "config/peer_rules.h"
 #include "config/runtime_dir.h"
 #include "tests/unit/inet_addr.h"
 
