@@ -1,6 +1,7 @@
-// The SMCPRE_* environment (doc/design.md §1.1) and the policy file's settings and rules
-// (smcpre.conf(5)) merged into one Config, each value checked by the settings table. The
-// first bad variable (in name order) or the first malformed file line is reported.
+// The SMCPRE_* environment (doc/design.md §1.1) and the policy file (policy_file.h)
+// merged into one Config, each value checked by the settings table (settings_table.h); the
+// first bad variable (in name order) or the first malformed file line is reported. Also
+// the process's own configuration, loaded once, which sets the log up.
 #include "config/config.h"
 
 #include <errno.h>
@@ -10,7 +11,7 @@
 #include <atomic>
 
 #include "config/log.h"
-#include "config/policy.h"
+#include "config/policy_file.h"
 #include "config/runtime_dir.h"
 #include "config/settings_table.h"
 #include "config/sys.h"
@@ -22,110 +23,6 @@ namespace smcpre::config {
 namespace {
 
 using syntax::quote_value;
-
-// --- the policy file -----------------------------------------------------------------------
-
-// A value and where it was given.
-struct Given {
-  std::string value;
-  int line = 0;  // line in the policy file; 0: the environment
-};
-
-// Blanks around a line, a setting's name and its value. '\r' too: a file written on
-// Windows ends its lines with "\r\n".
-std::string_view trim(std::string_view s) {
-  constexpr std::string_view kBlank = " \t\r";
-  size_t start = s.find_first_not_of(kBlank);
-  if (start == std::string_view::npos) return {};
-  return s.substr(start, s.find_last_not_of(kBlank) - start + 1);
-}
-
-// A setting line "NAME = VALUE", checked against the settings before it; "" if good.
-std::string check_file_setting(std::string_view line, const std::map<std::string, Given>& seen,
-                               std::string* name_out, std::string_view* value_out) {
-  const size_t eq = line.find('=');
-  const std::string name(trim(line.substr(0, eq)));
-  const std::string_view value = trim(line.substr(eq + 1));
-  if (name.empty()) return "expected a setting name before =";
-  if (name == "SMCPRE_CONFIG") {
-    return "SMCPRE_CONFIG can only be set in the environment (it names this file)";
-  }
-  const Variable* var = find_variable(name);
-  if (var == nullptr) {
-    return "unknown setting " + quote_value(name) +
-           " (expected an SMCPRE_* variable name, as in the environment)";
-  }
-  if (auto it = seen.find(name); it != seen.end()) {
-    return name + " given twice (first on line " + std::to_string(it->second.line) + ")";
-  }
-  // Everything after '=' is the value: quotes would be taken literally, which a shell user
-  // would not expect (SMCPRE_LOG_FILE="/tmp/x" would name a relative file with quotes).
-  if (!value.empty() && (value.front() == '"' || value.front() == '\'')) {
-    return name + "=" + quote_value(value) + ": expected the value without quotes";
-  }
-  Config scratch;
-  if (std::string expected = var->parse(value, scratch); !expected.empty()) {
-    return name + "=" + quote_value(value) + ": " + expected;
-  }
-  *name_out = name;
-  *value_out = value;
-  return {};
-}
-
-// Parses the whole file: its settings (checked, not yet applied) into *settings, its rules
-// whose PROGRAM matches `program` into *rules. "" on success, else the first problem as
-// "<path>:<line>: ..." (or "<path>: ..." for the file as a whole).
-std::string parse_file(const FileSource& file, std::string_view program,
-                       std::map<std::string, Given>* settings, std::vector<PolicyRule>* rules) {
-  if (file.text.size() > kMaxPolicyFileBytes) {
-    return file.path + ": larger than 1 MiB (" + std::to_string(kMaxPolicyFileBytes) + " bytes)";
-  }
-  const std::string_view text = file.text;
-  int line_no = 0;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    ++line_no;
-    const size_t nl = text.find('\n', pos);
-    const std::string_view raw =
-        text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
-    pos = nl == std::string_view::npos ? text.size() : nl + 1;
-    auto at = [&](const std::string& what) {
-      return file.path + ":" + std::to_string(line_no) + ": " + what;
-    };
-    if (raw.size() > kMaxPolicyLineBytes) {
-      return at("line longer than " + std::to_string(kMaxPolicyLineBytes) + " bytes");
-    }
-    if (raw.find('\0') != std::string_view::npos) return at("a NUL byte (not a text file?)");
-    const std::string_view line = trim(raw);
-    // Control characters have no place in any field; in a message they would break the
-    // line. Tabs separate fields.
-    for (char ch : line) {
-      const auto byte = static_cast<unsigned char>(ch);
-      if ((byte < 0x20 && ch != '\t') || byte == 0x7f) {
-        return at("a control character (" + quote_value(std::string_view(&ch, 1)) + ")");
-      }
-    }
-    if (line.empty() || line.front() == '#') continue;
-
-    const std::string_view first = line.substr(0, line.find_first_of(" \t"));
-    if (first != "smc" && first != "tcp" && line.find('=') != std::string_view::npos) {
-      std::string name;
-      std::string_view value;
-      std::string problem = check_file_setting(line, *settings, &name, &value);
-      if (!problem.empty()) return at(problem);
-      (*settings)[name] = Given{std::string(value), line_no};
-      continue;
-    }
-    PolicyRule rule;
-    if (std::string problem = parse_policy_rule(line, &rule); !problem.empty()) {
-      return at(problem);
-    }
-    rule.line = line_no;
-    // Every rule is checked, but only this program's are kept: the others can never match.
-    if (policy_program_matches(rule, program)) rules->push_back(std::move(rule));
-  }
-  return {};
-}
 
 // The configuration smcpre runs with after an error: disabled, with defaults, but keeping
 // what is needed to report the problem where the user looks for smcpre's messages.
@@ -260,7 +157,7 @@ Config parse(const std::map<std::string, std::string>& env, const FileSource* fi
   std::vector<PolicyRule> rules;
   std::string first_error;
   if (file != nullptr) {
-    first_error = parse_file(*file, program, &given, &rules);
+    first_error = parse_policy_file(*file, program, &given, &rules);
     // Never half-applied: a malformed file contributes nothing.
     if (!first_error.empty()) {
       given.clear();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "config/config_types.h"
+#include "config/policy_file.h"
 
 namespace smcpre::config {
 

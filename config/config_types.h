@@ -1,7 +1,7 @@
 // The configuration's data: Config and the types of its fields, with no code. A header of
-// its own so that what config.h's parser is built from (the peer rules, the policy rules)
-// can name these types without including config.h: config.cpp includes them, and nothing
-// in them includes config.h back.
+// its own so that what config.h's parser is built from (the peer rules, the policy rules,
+// the settings table, the policy file) can name these types without including config.h:
+// config.cpp includes them, and nothing in them includes config.h back.
 #pragma once
 
 #include <netinet/in.h>
@@ -107,12 +107,6 @@ struct Config {
   std::vector<std::string> unknown_variables;
 
   bool operator==(const Config&) const = default;
-};
-
-// A policy file's path and contents, as read (config/policy.h: read_policy_file).
-struct FileSource {
-  std::string path;
-  std::string text;
 };
 
 }  // namespace smcpre::config
