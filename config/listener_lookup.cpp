@@ -14,6 +14,7 @@
 #include <netinet/tcp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -34,6 +35,22 @@ namespace {
 constexpr uint32_t kLoopbackIfindex = 1;  // lo is always ifindex 1 (LOOPBACK_IFINDEX)
 constexpr int kTcpListen = 10;            // TCP_LISTEN in the kernel's tcp_states.h
 constexpr int kMaxDatagrams = 4;          // stale replies skipped before giving up
+
+// NLMSG_OK and NLMSG_NEXT over an unsigned count of the bytes left: the macros take a
+// signed int and compare it with the header's unsigned nlmsg_len (-Wsign-compare).
+
+// True if a whole message starts at `h`, within the `left` bytes from there.
+bool message_ok(const nlmsghdr* h, size_t left) {
+  return left >= sizeof(nlmsghdr) && h->nlmsg_len >= sizeof(nlmsghdr) && h->nlmsg_len <= left;
+}
+
+// The message after `h`, which message_ok() accepted; *left becomes the bytes from there.
+const nlmsghdr* next_message(const nlmsghdr* h, size_t* left) {
+  // The last message's alignment padding may reach past the datagram: then nothing is left.
+  const size_t step = std::min<size_t>(NLMSG_ALIGN(h->nlmsg_len), *left);
+  *left -= step;
+  return reinterpret_cast<const nlmsghdr*>(reinterpret_cast<const char*>(h) + step);
+}
 
 int open_diag_socket() {
   return sys::move_fd_high(
@@ -129,8 +146,9 @@ Lookup ask(int nl, const sockaddr_storage& dest, FoundListener* out) {
   for (int datagram = 0; datagram < kMaxDatagrams; ++datagram) {
     const ssize_t n = receive(nl, reply, sizeof reply);
     if (n <= 0) return Lookup::kError;
-    int left = static_cast<int>(n);
-    for (auto* h = reinterpret_cast<nlmsghdr*>(reply); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+    size_t left = static_cast<size_t>(n);
+    for (auto* h = reinterpret_cast<const nlmsghdr*>(reply); message_ok(h, left);
+         h = next_message(h, &left)) {
       if (h->nlmsg_seq != seq) continue;
       if (h->nlmsg_type == NLMSG_ERROR) {
         if (h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) return Lookup::kError;
@@ -217,9 +235,9 @@ DiagHandler probe_diag_handler(uint8_t family, uint8_t protocol) {
     for (int datagram = 0; datagram < kMaxDatagrams && !done; ++datagram) {
       const ssize_t n = receive(nl, reply, sizeof reply);
       if (n <= 0) break;
-      int left = static_cast<int>(n);
-      for (auto* h = reinterpret_cast<nlmsghdr*>(reply); NLMSG_OK(h, left) && !done;
-           h = NLMSG_NEXT(h, left)) {
+      size_t left = static_cast<size_t>(n);
+      for (auto* h = reinterpret_cast<const nlmsghdr*>(reply); message_ok(h, left) && !done;
+           h = next_message(h, &left)) {
         if (h->nlmsg_seq != seq) continue;
         int code = 0;
         if (h->nlmsg_type == NLMSG_ERROR) {

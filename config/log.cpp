@@ -1,4 +1,4 @@
-// The logger's lazy setup and its fork-safe sink.
+// The logger's setup and its fork-safe sink.
 //
 // The sink is spdlog's thread-safe console sink (stdout_sink_base, which formats, writes
 // and flushes each message under a mutex) instantiated with our own mutex type, for one
@@ -24,14 +24,13 @@
 #include <string>
 #include <system_error>
 
-#include "config/config.h"
 #include "config/high_fd.h"
 #include "config/sys.h"
 
 namespace smcpre::log {
 
 namespace detail {
-constinit std::atomic<int> g_threshold{-1};
+constinit std::atomic<int> g_threshold{static_cast<int>(spdlog::level::off)};
 }  // namespace detail
 
 namespace {
@@ -76,16 +75,6 @@ void reinit_sink_mutex_in_child() {
   pthread_mutex_init(&g_sink_mutex, nullptr);
 }
 
-spdlog::level::level_enum level_from_name(const std::string& name) {
-  if (name == "trace") return spdlog::level::trace;
-  if (name == "debug") return spdlog::level::debug;
-  if (name == "info") return spdlog::level::info;
-  if (name == "warn") return spdlog::level::warn;
-  if (name == "error") return spdlog::level::err;
-  if (name == "critical") return spdlog::level::critical;
-  return spdlog::level::off;  // config::parse() admits no other names
-}
-
 void write_stderr(const std::string& line) {
   size_t done = 0;
   while (done < line.size()) {
@@ -96,7 +85,7 @@ void write_stderr(const std::string& line) {
   }
 }
 
-// Opens SMCPRE_LOG_FILE for appending, close-on-exec (our fds never leak into exec'd
+// Opens the log file for appending, close-on-exec (our fds never leak into exec'd
 // programs, which spdlog's own file sink cannot promise). nullptr and errno on failure.
 FILE* open_log_file(const std::string& path) {
   int fd = sys::move_fd_high(
@@ -114,18 +103,16 @@ FILE* open_log_file(const std::string& path) {
 std::once_flag g_once;
 spdlog::logger* g_logger = nullptr;
 
-void create_logger() {
-  // Not config::current(): that reports configuration problems through this logger.
-  const config::Config& cfg = config::detail::parsed_environment();
-  const spdlog::level::level_enum level = level_from_name(cfg.log_level);
-
+void create_logger(spdlog::level::level_enum level, const std::string& file) {
   FILE* out = stderr;
   std::string fallback_warning;
   // With logging off, the file would only ever be created empty: leave it alone.
-  if (!cfg.log_file.empty() && level != spdlog::level::off) {
-    out = open_log_file(cfg.log_file);
+  if (!file.empty() && level != spdlog::level::off) {
+    out = open_log_file(file);
     if (out == nullptr) {
-      fallback_warning = "smcpre: cannot open SMCPRE_LOG_FILE \"" + cfg.log_file +
+      // The file is named by SMCPRE_LOG_FILE, the only way to give one: the message
+      // names the variable the user set.
+      fallback_warning = "smcpre: cannot open SMCPRE_LOG_FILE \"" + file +
                          "\": " + std::generic_category().message(errno) + "; logging to stderr\n";
       out = stderr;
     }
@@ -149,8 +136,14 @@ void create_logger() {
 
 }  // namespace
 
+void init(spdlog::level::level_enum level, const std::string& file) {
+  std::call_once(g_once, create_logger, level, file);
+}
+
 spdlog::logger& get() {
-  std::call_once(g_once, create_logger);
+  // Reached before init() only by set_level_for_tests(): the macros stay below the
+  // threshold until then.
+  std::call_once(g_once, create_logger, spdlog::level::off, std::string());
   return *g_logger;
 }
 

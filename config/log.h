@@ -1,23 +1,31 @@
-// smcpre's log: one spdlog logger, off by default (SMCPRE_LOG), writing to stderr or to
-// SMCPRE_LOG_FILE. The SMC_LOG_* macros cost one relaxed atomic load when the level is
-// disabled: no logger is created, no argument is evaluated, nothing is allocated.
+// smcpre's log: one spdlog logger, writing to stderr or to a file. It knows nothing of the
+// configuration: whoever reads SMCPRE_LOG and SMCPRE_LOG_FILE hands them to init()
+// (config::current() does, before it gives the configuration to anyone). The SMC_LOG_*
+// macros cost one relaxed atomic load when the level is disabled: no argument is
+// evaluated, nothing is allocated.
 #pragma once
 
 #include <spdlog/logger.h>
 
 #include <atomic>
+#include <string>
 
 namespace smcpre::log {
 
-// The logger, created on first use from config::current()'s SMCPRE_LOG/SMCPRE_LOG_FILE.
+// Sets the logger up, once per process: lines at `level` and above go to `file`, appended
+// to, or to stderr if `file` is "" or cannot be opened (said once on stderr). Only the
+// first call counts. Before it the level is off, the configuration's default: nothing is
+// logged.
+void init(spdlog::level::level_enum level, const std::string& file);
+
+// The logger init() made, or one that logs nothing if init() has not been called.
 spdlog::logger& get();
 
 // Overrides the level (and the macros' cached threshold) for tests.
 void set_level_for_tests(spdlog::level::level_enum level);
 
 namespace detail {
-// The lowest level that may be logged: -1 until get() has set the logger up (so the first
-// macro use goes through get()), then the logger's level.
+// The lowest level that may be logged: off until init(), then the logger's level.
 extern std::atomic<int> g_threshold;
 }  // namespace detail
 

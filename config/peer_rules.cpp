@@ -1,12 +1,13 @@
 // SMCPRE_PEERS and the policy file's address rules: their syntax (parse_peer_rule) and
-// whether a destination matches them (config.h).
+// whether a destination matches them.
+#include "config/peer_rules.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
 #include <algorithm>
 #include <cstring>
 
-#include "config/config.h"
 #include "config/value_syntax.h"
 
 namespace smcpre::config {

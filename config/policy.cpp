@@ -1,17 +1,12 @@
-// Policy rules: parsing one rule line, matching, and reading the file.
+// Policy rules: parsing one rule line, and matching.
 #include "config/policy.h"
 
-#include <fcntl.h>
 #include <fnmatch.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include <algorithm>
-#include <cerrno>
-#include <system_error>
+#include <utility>
 #include <vector>
 
-#include "config/sys.h"
+#include "config/peer_rules.h"
 
 namespace smcpre::config {
 namespace {
@@ -43,10 +38,6 @@ std::string shown(std::string_view field) {
   }
   if (field.size() > kMaxShown) out += "...";
   return out + "\"";
-}
-
-std::string errno_text(int err) {
-  return std::generic_category().message(err);
 }
 
 }  // namespace
@@ -104,53 +95,6 @@ PolicyAction policy_decide(const Config& c, PolicyRole role, const sockaddr* add
     if (peer_rule_matches(r.address, addr)) return r.action;
   }
   return PolicyAction::kNone;
-}
-
-FileStatus read_policy_file(const std::string& path, FileSource* out, std::string* error) {
-  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is rejected below); it
-  // changes nothing for a regular file.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  if (fd < 0) {
-    if (errno == ENOENT) return FileStatus::kMissing;
-    *error = path + ": cannot open: " + errno_text(errno);
-    return FileStatus::kError;
-  }
-  auto fail = [&](const std::string& why) {
-    sys::close(fd);
-    *error = path + ": " + why;
-    return FileStatus::kError;
-  };
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) return fail("cannot stat: " + errno_text(errno));
-  if (!S_ISREG(st.st_mode)) return fail("not a regular file");
-  // The file can set SMCPRE_LOG_FILE: whoever may write it chooses which file a process
-  // appends to, as that process's user. Only root and the user itself may.
-  if (st.st_uid != 0 && st.st_uid != ::geteuid()) {
-    return fail("owned by uid " + std::to_string(st.st_uid) +
-                ", expected root or this process's user");
-  }
-  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
-    return fail("writable by group or others (chmod go-w)");
-  }
-  // In steps, so that a small file costs a small buffer; one byte past the limit tells
-  // parse() that the file is too large.
-  constexpr size_t kStep = 64 * 1024;
-  std::string text;
-  while (text.size() <= kMaxPolicyFileBytes) {
-    const size_t old_size = text.size();
-    const size_t want = std::min(kStep, kMaxPolicyFileBytes + 1 - old_size);
-    text.resize(old_size + want);
-    const ssize_t n = sys::read(fd, text.data() + old_size, want);
-    const int err = errno;
-    text.resize(old_size + static_cast<size_t>(n > 0 ? n : 0));
-    if (n < 0 && err == EINTR) continue;
-    if (n < 0) return fail("cannot read: " + errno_text(err));
-    if (n == 0) break;
-  }
-  sys::close(fd);
-  out->path = path;
-  out->text = std::move(text);
-  return FileStatus::kRead;
 }
 
 }  // namespace smcpre::config

@@ -8,22 +8,18 @@
 // Client rules match the connect() destination; server rules match the listener's local
 // address and port, so a listener on 0.0.0.0 or :: matches only rules whose subnet
 // contains that address (`*`, 0.0.0.0/0, [::]/0). Accepted sockets follow their listener.
-// The file itself is read and merged with the environment by config/config.h's load().
+// The file itself is read by config/policy_file.h, and merged with the environment by
+// config/config.h's load().
 #pragma once
 
 #include <sys/socket.h>
 
-#include <cstddef>
 #include <string>
 #include <string_view>
 
-#include "config/config.h"
+#include "config/config_types.h"
 
 namespace smcpre::config {
-
-// Limits on the file: larger files and longer lines are rejected (never truncated).
-inline constexpr size_t kMaxPolicyFileBytes = size_t{1} << 20;
-inline constexpr size_t kMaxPolicyLineBytes = 4096;
 
 // Parses one rule line (leading and trailing blanks already removed): exactly four fields
 // separated by blanks. Returns "" on success, else what was expected; out->line is 0 (the
@@ -37,17 +33,5 @@ bool policy_program_matches(const PolicyRule& rule, std::string_view program);
 // `role` whose address matches `addr`, a sockaddr_in or sockaddr_in6 (an IPv4-mapped IPv6
 // address matches IPv4 rules); kNone if none matches or `addr` is of another family.
 PolicyAction policy_decide(const Config& c, PolicyRole role, const sockaddr* addr);
-
-enum class FileStatus { kRead, kMissing, kError };
-
-// Reads the policy file at `path` into *out. kMissing: it does not exist (ENOENT).
-// kError (*error says why, naming the path): it cannot be opened or read, is not a regular
-// file, or is writable by someone other than its owner, or owned by someone other than
-// root or this process's effective user (it could then change where a root process logs).
-// Reads at most kMaxPolicyFileBytes + 1 bytes; parse() rejects a longer text.
-//
-// Runs inside the preloaded library, at the process's first socket call: it uses open
-// and fstat (not interposed) and sys::read/sys::close, so the interposer never sees it.
-FileStatus read_policy_file(const std::string& path, FileSource* out, std::string* error);
 
 }  // namespace smcpre::config

@@ -29,11 +29,10 @@ constexpr size_t kChunk = 4096;
 constexpr size_t kMaxBytes = size_t{4} << 20;
 
 // Ranks of a listener for the destination; higher wins, as in the kernel's lookup.
-constexpr int kExact = 4;          // the destination's own address, same family
-constexpr int kExactMapped = 3;    // IPv4 destination: [::ffff:a.b.c.d] in tcp6
-constexpr int kWildcard = 2;       // 0.0.0.0, or [::] for an IPv6 destination
-constexpr int kDualStack = 1;      // IPv4 destination: [::] in tcp6, assumed not V6ONLY
-constexpr int kSectionEnded = -1;  // this file's listeners are all seen
+constexpr int kExact = 4;        // the destination's own address, same family
+constexpr int kExactMapped = 3;  // IPv4 destination: [::ffff:a.b.c.d] in tcp6
+constexpr int kWildcard = 2;     // 0.0.0.0, or [::] for an IPv6 destination
+constexpr int kDualStack = 1;    // IPv4 destination: [::] in tcp6, assumed not V6ONLY
 
 struct Token {
   const char* p = nullptr;

@@ -4,9 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <system_error>
-
-#include "config/config.h"
 
 namespace smcpre::runtime_dir {
 
@@ -19,6 +18,15 @@ void set_error(std::string* error, std::string text) {
   if (error != nullptr) *error = std::move(text);
 }
 }  // namespace
+
+std::string default_path() {
+  const uid_t uid = ::geteuid();
+  if (uid == 0) return "/run/smcpre";
+  // secure_getenv: a set-user-ID program must not let its caller choose the directory.
+  const char* xdg = ::secure_getenv("XDG_RUNTIME_DIR");
+  if (xdg != nullptr && xdg[0] == '/') return std::string(xdg) + "/smcpre";
+  return "/tmp/smcpre-" + std::to_string(uid);
+}
 
 bool fd_is_at_path(int fd, const std::string& path) {
   struct stat by_fd;
@@ -95,7 +103,7 @@ bool ensure(const std::string& runtime_dir, std::string* error) {
   // could make our clients send CLC proposals to servers that do not speak SMC, or read
   // which programs run.
   const uid_t uid = ::geteuid();
-  const bool per_user = uid != 0 && runtime_dir == config::runtime_dir_default();
+  const bool per_user = uid != 0 && runtime_dir == default_path();
   if (!make_directory(runtime_dir, per_user ? 0700 : 0755, false, error)) return false;
   if (per_user && !owned_privately(runtime_dir, uid, error)) return false;
   // Best effort: whoever comes first makes both shared dirs, so that a later user who

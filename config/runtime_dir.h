@@ -14,6 +14,10 @@
 
 namespace smcpre::runtime_dir {
 
+// The runtime dir when SMCPRE_RUNTIME_DIR is not set: /run/smcpre for root, else
+// $XDG_RUNTIME_DIR/smcpre, else /tmp/smcpre-<uid>.
+std::string default_path();
+
 // Makes `runtime_dir` (and its parents), and the shared listeners/ and stats/ in it, so
 // that a user who comes later can make its subtrees even if it cannot write the runtime
 // dir itself. The per-user default (which may lie in /tmp) must end up a directory owned

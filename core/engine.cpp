@@ -20,8 +20,10 @@
 
 #include "config/listener_lookup.h"
 #include "config/log.h"
+#include "config/peer_rules.h"
 #include "config/policy.h"
 #include "config/registry.h"
+#include "config/runtime_dir.h"
 #include "core/connection.h"
 #include "core/datapath/readiness_mirror.h"
 #include "core/engine_state.h"
@@ -80,7 +82,7 @@ std::vector<std::weak_ptr<Listener>>& g_listeners = *new std::vector<std::weak_p
 namespace {
 
 std::string runtime_dir(const config::Config& config) {
-  return config.runtime_dir.empty() ? config::runtime_dir_default() : config.runtime_dir;
+  return config.runtime_dir.empty() ? runtime_dir::default_path() : config.runtime_dir;
 }
 
 uint16_t port_of(const sockaddr_storage& a) {

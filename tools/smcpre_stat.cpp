@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "config/runtime_dir.h"
 #include "tools/stat_commands.h"
 
 namespace {
@@ -158,7 +159,7 @@ bool parse_endpoint(const std::string& text, sockaddr_storage* out, std::string*
 bool default_runtime_dir(std::string* dir, std::string* error) {
   const char* value = std::getenv("SMCPRE_RUNTIME_DIR");
   if (value == nullptr) {
-    *dir = smcpre::config::runtime_dir_default();
+    *dir = smcpre::runtime_dir::default_path();
     return true;
   }
   const smcpre::config::Config c = smcpre::config::parse({{"SMCPRE_RUNTIME_DIR", value}}, error);

@@ -116,7 +116,10 @@ class VerbsLocalRegion final : public MemoryRegion {
       *error = "cannot register an empty region";
       return nullptr;
     }
-    ibv_mr* mr = ::ibv_reg_mr(pd->pd, addr, length, IBV_ACCESS_LOCAL_WRITE);
+    // An int, not the enumerator: ibv_reg_mr() is a macro that ands the flags with
+    // IBV_ACCESS_OPTIONAL_RANGE, of another enum type (an enum mix C++20 deprecates).
+    constexpr int kAccess = IBV_ACCESS_LOCAL_WRITE;
+    ibv_mr* mr = ::ibv_reg_mr(pd->pd, addr, length, kAccess);
     if (mr == nullptr) {
       *error = errno_text("ibv_reg_mr", errno);
       SMC_LOG_WARN("verbs: registering {} bytes of receive buffers failed: {}", length, *error);

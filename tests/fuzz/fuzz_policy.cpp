@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "config/peer_rules.h"
 #include "config/policy.h"
 #include "tests/fuzz/fuzz_check.h"
 

@@ -362,8 +362,8 @@ class RunTest(ToolTestCase):
         self.assert_smc(srv.records(), cli.records(), (srv, cli))
 
     def test_man_pages_and_help_agree(self):
-        """Every option --help lists is in the man page, every variable config.cpp parses
-        is in smcpre(7), and the pages format without warnings."""
+        """Every option --help lists is in the man page, every variable the settings table
+        parses is in smcpre(7), and the pages format without warnings."""
         for tool, page in ((RUN, "smcpre-run.1"), (SYSTEMD, "smcpre-systemd.8")):
             text = read(os.path.join(MAN, page))
             helptext = self.run_tool([tool, "--help"]).stdout
@@ -371,7 +371,7 @@ class RunTest(ToolTestCase):
             self.assertGreater(len(options), 20, helptext)
             for option in options:
                 self.assertIn(option.replace("-", "\\-"), text, "%s: %s" % (page, option))
-        with open(os.path.join(REPO, "config", "config.cpp")) as f:
+        with open(os.path.join(REPO, "config", "settings_table.cpp")) as f:
             variables = set(re.findall(r'^\s*\{"(SMCPRE_[A-Z_]+)",', f.read(), re.M))
         self.assertGreater(len(variables), 20)
         overview = read(os.path.join(MAN, "smcpre.7"))

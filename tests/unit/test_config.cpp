@@ -15,6 +15,8 @@
 
 #include "config/config.h"
 #include "config/log.h"
+#include "config/peer_rules.h"
+#include "config/runtime_dir.h"
 #include "tests/unit/inet_addr.h"
 
 using smcpre::config::Config;
@@ -65,7 +67,7 @@ TEST_CASE("defaults", "[config]") {
   CHECK(c.rmb_size == 512 * 1024);
   CHECK(c.log_level == "off");
   CHECK(c.handshake_timeout_ms == 2000);
-  CHECK(c.runtime_dir == smcpre::config::runtime_dir_default());
+  CHECK(c.runtime_dir == smcpre::runtime_dir::default_path());
   CHECK_FALSE(c.backlog_cpus.has_value());
   CHECK_FALSE(c.backlog_inline);
   CHECK(c.peers.empty());
@@ -164,8 +166,8 @@ TEST_CASE("SMCPRE_RUNTIME_DIR", "[config]") {
   bad("SMCPRE_RUNTIME_DIR", "/" + std::string(4000, 'x'));
 }
 
-TEST_CASE("runtime_dir_default", "[config]") {
-  std::string d = smcpre::config::runtime_dir_default();
+TEST_CASE("runtime_dir::default_path", "[config]") {
+  std::string d = smcpre::runtime_dir::default_path();
   REQUIRE_FALSE(d.empty());
   CHECK(d.front() == '/');
   if (geteuid() == 0) {
@@ -597,6 +599,26 @@ TEST_CASE("log goes to SMCPRE_LOG_FILE, also from a fork child", "[log]") {
         text.substr(last, text.find('/', last) - last));
   CHECK(read_file(err).empty());
   unlink(log.c_str());
+  unlink(err.c_str());
+}
+
+// Run by "the log takes its level from init() alone" in a fresh process.
+TEST_CASE("log child: init", "[.][log_child_init]") {
+  SMC_LOG_ERROR("before init");
+  smcpre::log::init(spdlog::level::warn, "");
+  SMC_LOG_INFO("below the level");
+  SMC_LOG_WARN("after init");
+}
+
+TEST_CASE("the log takes its level from init() alone", "[log]") {
+  const std::string err = temp_path("init.err");
+  // SMCPRE_LOG is the configuration's: the log does not read it.
+  REQUIRE(run_self("[log_child_init]", {"SMCPRE_LOG=off"}, err) == 0);
+  std::string text = read_file(err);
+  INFO(text);
+  CHECK(text.find("before init") == std::string::npos);  // off until init()
+  CHECK(text.find("below the level") == std::string::npos);
+  CHECK(text.find("warning: after init") != std::string::npos);
   unlink(err.c_str());
 }
 

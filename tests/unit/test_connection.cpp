@@ -536,8 +536,8 @@ TEST_CASE("a peer process that dies mid-stream ends the connection with ECONNRES
   auto s = Engine::on_accepted(fd, listener);
   std::vector<uint8_t> buf(65536);
   ssize_t n;
-  uint64_t total = 0;
-  while ((n = sock_recv(*s, fd, buf.data(), buf.size())) > 0) total += static_cast<uint64_t>(n);
+  while ((n = sock_recv(*s, fd, buf.data(), buf.size())) > 0) {
+  }
   REQUIRE(s->is_smc());
   REQUIRE(n == -1);
   REQUIRE(errno == ECONNRESET);

@@ -1,8 +1,9 @@
-// Tests for config/policy.h and the policy file side of config/config.h: rule parsing (every
-// form and every malformed form), first match, program globs, roles, address families and
-// ports, settings from the file and the environment overriding them, the file ignored as a
-// whole on any malformed line, reading the file (missing, not regular, too large, foreign
-// owner, SMCPRE_CONFIG), and the debug listing of what differs from the defaults.
+// Tests for config/policy.h, config/policy_file.h and the policy file side of
+// config/config.h: rule parsing (every form and every malformed form), first match, program
+// globs, roles, address families and ports, settings from the file and the environment
+// overriding them, the file ignored as a whole on any malformed line, reading the file
+// (missing, not regular, too large, foreign owner, SMCPRE_CONFIG), and the debug listing of
+// what differs from the defaults.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -16,6 +17,8 @@
 
 #include "config/config.h"
 #include "config/policy.h"
+#include "config/policy_file.h"
+#include "config/runtime_dir.h"
 #include "tests/unit/inet_addr.h"
 
 using namespace std::string_literals;
@@ -471,7 +474,7 @@ TEST_CASE("describe lists what differs from the defaults", "[policy]") {
         std::vector<std::string>{"policy file: none"});
   // The runtime dir given as its default value is no change either; another one is.
   c = smcpre::config::parse(
-      {{"SMCPRE_RUNTIME_DIR", smcpre::config::runtime_dir_default() + "/"}, {"SMCPRE_LOG", "OFF"}},
+      {{"SMCPRE_RUNTIME_DIR", smcpre::runtime_dir::default_path() + "/"}, {"SMCPRE_LOG", "OFF"}},
       &error);
   CHECK(smcpre::config::describe(c) == std::vector<std::string>{"policy file: none"});
   c = good_file("smc * * *\nSMCPRE_RUNTIME_DIR=/run/elsewhere\n");

@@ -25,10 +25,10 @@
 #include <string>
 #include <vector>
 
-#include "config/config.h"
 #include "config/listener_lookup.h"
 #include "config/proc_listeners.h"
 #include "config/registry.h"
+#include "config/runtime_dir.h"
 
 using smcpre::registry::destination_published;
 using smcpre::registry::is_published;
@@ -755,7 +755,7 @@ TEST_CASE("the default per-user runtime dir is private", "[registry]") {
   if (pid == 0) {
     if (setgid(nobody) != 0 || setuid(nobody) != 0) _exit(10);
     if (setenv("XDG_RUNTIME_DIR", xdg.c_str(), 1) != 0) _exit(11);
-    const std::string dir = smcpre::config::runtime_dir_default();
+    const std::string dir = smcpre::runtime_dir::default_path();
     if (dir != xdg + "/smcpre") _exit(20);
     std::string error;
     Listening l("127.0.0.1", 0);
@@ -767,7 +767,7 @@ TEST_CASE("the default per-user runtime dir is private", "[registry]") {
     }
     // Someone else's directory at the default place is refused.
     if (setenv("XDG_RUNTIME_DIR", squatted.c_str(), 1) != 0) _exit(12);
-    const std::string theirs = smcpre::config::runtime_dir_default();
+    const std::string theirs = smcpre::runtime_dir::default_path();
     if (ListenerRegistration::publish(theirs, l.fd, &error)) _exit(23);
     if (error.find("owned by uid 65534") == std::string::npos) _exit(24);
     _exit(0);
