@@ -19,11 +19,12 @@
 #include "core/engine.h"
 #include "preload/epoll_sets.h"
 #include "preload/interpose.h"
+#include "preload/preconnect_epoll.h"
 
 namespace smcpre::preload {
 
-EpollSets& epoll_sets() noexcept {
-  static constinit EpollSets sets;
+FdBits& epoll_sets() noexcept {
+  static constinit FdBits sets;
   return sets;
 }
 
@@ -66,7 +67,7 @@ using namespace smcpre::preload;  // NOLINT: the hooks below are C symbols
 SMCPRE_HOOK int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout) {
   const auto& r = real();
   if (r.epoll_pwait == nullptr) return enosys();
-  if (!epoll_sets().watches_smc(epfd)) {
+  if (!epoll_sets().test(epfd)) {
     return r.epoll_pwait(epfd, events, maxevents, timeout, nullptr);
   }
   return epoll_wait_common({epfd, events, maxevents, nullptr}, deadline_of_ms(timeout));
@@ -76,7 +77,7 @@ SMCPRE_HOOK int epoll_pwait(int epfd, epoll_event* events, int maxevents, int ti
                             const sigset_t* sigmask) {
   const auto& r = real();
   if (r.epoll_pwait == nullptr) return enosys();
-  if (!epoll_sets().watches_smc(epfd)) {
+  if (!epoll_sets().test(epfd)) {
     return r.epoll_pwait(epfd, events, maxevents, timeout, sigmask);
   }
   return epoll_wait_common({epfd, events, maxevents, sigmask}, deadline_of_ms(timeout));
@@ -88,7 +89,7 @@ SMCPRE_HOOK int epoll_pwait2(int epfd, epoll_event* events, int maxevents, const
   if (r.epoll_pwait2 == nullptr) return enosys();
   const bool valid = timeout == nullptr || (timeout->tv_sec >= 0 && timeout->tv_nsec >= 0 &&
                                             timeout->tv_nsec < 1'000'000'000);
-  if (!epoll_sets().watches_smc(epfd) || !valid) {
+  if (!epoll_sets().test(epfd) || !valid) {
     return r.epoll_pwait2(epfd, events, maxevents, timeout, sigmask);
   }
   // Millisecond steps inside (epoll_pwait): the kernel rounds a nanosecond timeout up to
@@ -113,7 +114,15 @@ SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept
   const auto& r = real();
   if (r.epoll_ctl == nullptr) return enosys();
   std::shared_ptr<Tracked> t = fds().any() ? tracked_socket(fd) : nullptr;
-  if (t == nullptr) return r.epoll_ctl(epfd, op, fd, event);
+  if (t == nullptr) {
+    const int rc = r.epoll_ctl(epfd, op, fd, event);
+    if (rc == 0) {
+      SavedErrno saved;
+      note_preconnect_registration(epfd, op, fd, event);
+      saved.restore();
+    }
+    return rc;
+  }
   if (op != EPOLL_CTL_DEL) epoll_sets().mark(epfd);
   SavedErrno saved;
   // Held throughout: a call on the same socket from another thread (a re-arm right after

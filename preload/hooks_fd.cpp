@@ -25,6 +25,7 @@
 #include "config/sys.h"
 #include "preload/epoll_sets.h"
 #include "preload/interpose.h"
+#include "preload/preconnect_epoll.h"
 
 namespace smcpre::preload {
 namespace {
@@ -158,6 +159,7 @@ SMCPRE_HOOK int close(int fd) {
   const auto& r = real();
   if (r.close == nullptr) return enosys();
   epoll_sets().forget(fd);
+  forget_fresh_socket(fd);
   // The lookup first: in_owner_process() costs a syscall, paid only for tracked fds.
   if (fds().any() && fds().lookup(fd) != nullptr) {
     SavedErrno saved;

@@ -18,6 +18,7 @@
 #include "config/config.h"
 #include "config/sys.h"
 #include "preload/interpose.h"
+#include "preload/preconnect_epoll.h"
 
 namespace smcpre::preload {
 namespace {
@@ -110,6 +111,11 @@ SMCPRE_HOOK int socket(int domain, int type, int protocol) noexcept {
     forget_stale(fd);
     saved.restore();
   }
+  // SOCK_NONBLOCK and SOCK_CLOEXEC ride in the type's high bits.
+  if (fd >= 0 && (domain == AF_INET || domain == AF_INET6) && (type & 0xf) == SOCK_STREAM &&
+      (protocol == 0 || protocol == IPPROTO_TCP)) {
+    note_fresh_tcp_socket(fd);
+  }
   return fd;
 }
 
@@ -145,6 +151,11 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   const uint64_t cookie = eligible ? socket_cookie(fd) : 0;
   int rc = r.connect(fd, addr, len);
   if (!eligible) {
+    if (inet_tcp) {
+      SavedErrno saved;
+      forget_fresh_socket(fd);  // TCP for good: its registrations stay where they are
+      saved.restore();
+    }
     if (inet_tcp && (rc == 0 || errno == EINPROGRESS)) {
       SavedErrno saved;
       engine_call("on_not_proposed", 0, [&] {
@@ -183,8 +194,16 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   if (std::shared_ptr<Tracked> entry = prepare_entry(fd); entry != nullptr) {
     entry->socket = engine_call("on_connected", std::shared_ptr<smcpre::core::Socket>{},
                                 [&] { return smcpre::core::Engine::on_connected(fd); });
-    if (entry->socket != nullptr) track(fd, std::move(entry));
+    if (entry->socket != nullptr) {
+      // Registrations the application made before connect() follow the socket onto its
+      // readiness mirror (preconnect_epoll.h).
+      entry->epoll_registrations = take_preconnect_registrations(fd);
+      entry->epoll_pending.store(!entry->epoll_registrations.empty(), std::memory_order_seq_cst);
+      track(fd, entry);
+      settle_epoll_registrations(*entry, fd);
+    }
   }
+  forget_fresh_socket(fd);
   saved.restore();
   return rc;
 }
@@ -195,6 +214,7 @@ SMCPRE_HOOK int listen(int fd, int backlog) noexcept {
   const int rc = r.listen(fd, backlog);
   if (rc != 0) return rc;
   SavedErrno saved;
+  forget_fresh_socket(fd);
   // listen() again on a published listener only changes the backlog.
   std::shared_ptr<Tracked> existing = fds().any() ? fds().lookup(fd) : nullptr;
   if ((existing == nullptr || existing->listener == nullptr) && is_inet_tcp(fd)) {

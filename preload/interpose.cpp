@@ -10,6 +10,7 @@
 #include "config/log.h"
 #include "config/sys.h"
 #include "core/engine.h"
+#include "preload/epoll_sets.h"
 
 namespace smcpre::preload {
 
@@ -107,6 +108,9 @@ void settle_epoll_registrations_locked(Tracked& t, int fd) noexcept {
         event.events &= EPOLLONESHOT | EPOLLET | EPOLLWAKEUP;
       }
       real().epoll_ctl(reg.epfd, EPOLL_CTL_DEL, fd, nullptr);
+      // Its waits reap the links from now on (a registration made before connect() never
+      // passed the tracked path of epoll_ctl, which marks the set).
+      epoll_sets().mark(reg.epfd);
       if (mirror < 0 || real().epoll_ctl(reg.epfd, EPOLL_CTL_ADD, mirror, &event) != 0) {
         log_safely([&] {
           SMC_LOG_WARN("preload: fd {} turned SMC but cannot be watched in epoll set {}", fd,

@@ -164,17 +164,18 @@ class EventsTest(SmcTestCase):
         self.finish(srv, 10, 1, [cli])
         self.assertIn("data mismatch", srv.records()[0]["error"])
 
-    def asyncio_pair(self, preload):
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps",
-                              "asyncio_echo.py")
-        conns, size = 4, 4 * 1024 * 1024 + 5
-        srv = self.start([sys.executable, script, "server", "--port", "0", "--conns",
-                          str(conns)], preload, name="server")
+    def echo_pair(self, preload, client, client_args, conns, size, timeout=60):
+        """An asyncio_echo.py server and `client` (a script in tests/apps) echoing `size`
+        bytes on each of `conns` connections; both must exit 0 with intact records."""
+        apps = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps")
+        srv = self.start([sys.executable, os.path.join(apps, "asyncio_echo.py"), "server",
+                          "--port", "0", "--conns", str(conns)], preload, name="server")
         m = srv.wait_stderr(r"^listening (\d+)$", 20)
         self.assertIsNotNone(m, srv.describe())
-        cli = self.start([sys.executable, script, "client", "--port", m.group(1), "--bytes",
-                          str(size), "--conns", str(conns)], preload, name="client")
-        self.finish(cli, 60, 0, [srv])
+        cli = self.start([sys.executable, os.path.join(apps, client), "--port", m.group(1),
+                          "--bytes", str(size), "--conns", str(conns)] + list(client_args),
+                         preload, name="client")
+        self.finish(cli, timeout, 0, [srv])
         self.finish(srv, 20, 0, [cli])
         srec, crec = srv.records(), cli.records()
         self.assertEqual((len(srec), len(crec)), (conns, conns))
@@ -183,6 +184,9 @@ class EventsTest(SmcTestCase):
             self.assertEqual(r["bytes_received"], size, r)
         return srv, cli, srec, crec
 
+    def asyncio_pair(self, preload):
+        return self.echo_pair(preload, "asyncio_echo.py", ["client"], 4, 4 * MIB + 5)
+
     def test_asyncio_both_ends(self):
         """Python's asyncio on both ends (epoll, non-blocking connect and accept, reads
         paused and resumed for flow control): an echo of 4 MiB on 4 connections."""
@@ -190,6 +194,21 @@ class EventsTest(SmcTestCase):
         self.assert_smc(srec, crec, (srv, cli))
         srv, cli, srec, crec = self.asyncio_pair(False)
         self.assert_tcp(srec, crec, (srv, cli))
+
+    def test_registered_before_connect(self):
+        """A proxy's upstream: the socket joins the epoll set (IN|OUT|RDHUP, edge- and
+        level-triggered) before its non-blocking connect() and is then driven by readiness
+        alone. The registration follows the connection onto SMC; the same run on plain TCP
+        is the control."""
+        for level in (False, True):
+            with self.subTest(level=level):
+                args = ["--timeout", str(CLIENT_TIMEOUT)] + (["--level"] if level else [])
+                srv, cli, srec, crec = self.echo_pair(True, "preconnect_client.py", args, 3,
+                                                      2 * MIB + 7, CLIENT_TIMEOUT + 10)
+                self.assert_smc(srec, crec, (srv, cli))
+                srv, cli, srec, crec = self.echo_pair(False, "preconnect_client.py", args, 3,
+                                                      2 * MIB + 7, CLIENT_TIMEOUT + 10)
+                self.assert_tcp(srec, crec, (srv, cli))
 
     def prefork(self, extra, conns):
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps",
