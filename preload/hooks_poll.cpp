@@ -55,6 +55,20 @@ class HiddenFds {
   bool shown_ = false;
 };
 
+// The kernel's poll over the set in which mirrors stand in for the SMC sockets, for
+// core::Engine::wait_readiness.
+struct PollCall {
+  pollfd* pfds;
+  nfds_t nfds;
+  const sigset_t* sigmask;
+};
+
+int kernel_poll(void* ctx, int timeout_ms) {
+  const auto* call = static_cast<const PollCall*>(ctx);
+  const timespec ts = timespec_of_ms(timeout_ms);
+  return real().ppoll(call->pfds, call->nfds, timeout_ms < 0 ? nullptr : &ts, call->sigmask);
+}
+
 int poll_smc(pollfd* pfds, nfds_t nfds, const std::vector<SmcMember>& members,
              const Deadline& deadline, const sigset_t* sigmask) {
   const auto real_ppoll = real().ppoll;
@@ -125,10 +139,10 @@ int poll_common(pollfd* pfds, nfds_t nfds, const Deadline& deadline, const sigse
     mirror_fds.push_back(mirror);
   }
   saved.restore();
-  if (mirror_fds.size() == members.size()) {
-    smcpre::core::Engine::flush_stale_mirrors();
+  if (mirror_fds.size() == members.size() && real().ppoll != nullptr) {
     for (size_t i = 0; i < members.size(); ++i) pfds[members[i].index].fd = mirror_fds[i];
-    const int rc = unchanged();
+    PollCall call{pfds, nfds, sigmask};
+    const int rc = core::Engine::wait_readiness(deadline.engine_ns(), kernel_poll, &call);
     const int error = errno;
     for (const SmcMember& m : members) pfds[m.index].fd = static_cast<int>(m.tracked_fd);
     errno = error;

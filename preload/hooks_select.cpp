@@ -150,10 +150,34 @@ int select_smc(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, const std::vector<S
   }
 }
 
+// The kernel's pselect over the sets in which mirrors stand in for the SMC sockets, for
+// core::Engine::wait_readiness. pselect overwrites its sets, so each call starts from the
+// sets as asked.
+struct SelectCall {
+  int nfds;
+  std::vector<__fd_mask>* ask;          // [3], what pselect is given and overwrites
+  const std::vector<__fd_mask>* asked;  // [3], what was asked
+  const sigset_t* sigmask;
+};
+
+int kernel_select(void* ctx, int timeout_ms) {
+  const auto* call = static_cast<const SelectCall*>(ctx);
+  fd_set* sets[3] = {};
+  for (int k = 0; k < 3; ++k) {
+    if (call->asked[k].empty()) continue;
+    std::copy(call->asked[k].begin(), call->asked[k].end(), call->ask[k].begin());
+    sets[k] = reinterpret_cast<fd_set*>(call->ask[k].data());
+  }
+  const timespec ts = timespec_of_ms(timeout_ms);
+  return real().pselect(call->nfds, sets[0], sets[1], sets[2], timeout_ms < 0 ? nullptr : &ts,
+                        call->sigmask);
+}
+
 // select over readiness mirrors: copies of the sets, sized for the largest fd, in which
 // each SMC socket's mirror stands in for it (in the read and write sets; TCP has no
-// exceptional condition but urgent data, which SMC never carries), and one real pselect
-// with the caller's deadline and signal mask. Returns -2 if some socket has no mirror.
+// exceptional condition but urgent data, which SMC never carries), waited on through the
+// engine's readiness wait with the caller's deadline and signal mask. Returns -2 if some
+// socket has no mirror.
 int select_mirrored(int nfds, fd_set* rd, fd_set* wr, fd_set* ex,
                     const std::vector<SmcMember>& members, const Deadline& deadline,
                     const sigset_t* sigmask) {
@@ -213,18 +237,15 @@ int select_mirrored(int nfds, fd_set* rd, fd_set* wr, fd_set* ex,
       if (wanted[i] & (1 << k)) set(k, mirrors[i], true);
     }
   }
-  timespec wait{};
-  timespec* timeout = nullptr;
-  if (!deadline.is_infinite()) {
-    const int64_t ns = deadline.remaining_ns();
-    wait = timespec{static_cast<time_t>(ns / kNsPerSec), static_cast<long>(ns % kNsPerSec)};
-    timeout = &wait;
+  std::vector<__fd_mask> asked[3];
+  try {
+    for (int k = 0; k < 3; ++k) asked[k] = ask[k];
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+    return -1;
   }
-  auto as_set = [&](int k) {
-    return ask[k].empty() ? nullptr : reinterpret_cast<fd_set*>(ask[k].data());
-  };
-  smcpre::core::Engine::flush_stale_mirrors();
-  const int rc = real_pselect(top + 1, as_set(0), as_set(1), as_set(2), timeout, sigmask);
+  SelectCall call{top + 1, ask, asked, sigmask};
+  const int rc = core::Engine::wait_readiness(deadline.engine_ns(), kernel_select, &call);
   if (rc < 0) return -1;
   // The answer in the caller's terms: mirrors reported as their sockets, never themselves.
   std::vector<uint8_t> ready(members.size());

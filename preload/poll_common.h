@@ -4,7 +4,11 @@
 // If no tracked socket in a set is on SMC, the real call runs unchanged (an undecided
 // server socket is polled as the kernel socket it still is). An SMC socket's kernel TCP
 // socket says nothing about SMC data; its readiness mirror (an fd whose poll mask the engine
-// keeps equal to what TCP would report) takes its place, and the kernel does the waiting.
+// keeps equal to what TCP would report) takes its place, and the kernel answers. A mirror
+// changes only as the links are reaped, so the wait goes through the engine's readiness
+// wait (core::Engine::wait_readiness, doc/design.md §6.2), as epoll_wait does: it reaps
+// the links in the calling thread, asks the kernel without blocking, polls on for its
+// adaptive budget while nothing is ready, and only then blocks in the kernel.
 // Only when a mirror cannot be had (fd limit) do poll and select fall back to
 // Socket::poll_state() and the real call in a loop: first with timeout 0, then with short
 // waits growing from 50us to 1ms, until something is ready or the caller's timeout expires.
@@ -42,6 +46,7 @@ class Deadline {
   static Deadline infinite() { return Deadline(-1); }
   static Deadline after(int64_t sec, int64_t nsec) {
     if (sec >= kInfiniteSec) return infinite();
+    if (sec == 0 && nsec == 0) return Deadline(0);  // do not block
     return Deadline(core::now_ns() + sec * kNsPerSec + nsec);
   }
 
@@ -51,6 +56,8 @@ class Deadline {
     return std::max<int64_t>(0, at_ns_ - core::now_ns());
   }
   bool expired() const { return remaining_ns() == 0; }
+  // As core::Engine::wait_readiness takes it: -1 none, 0 do not block, else CLOCK_MONOTONIC.
+  int64_t engine_ns() const { return at_ns_; }
 
  private:
   explicit Deadline(int64_t at_ns) : at_ns_(at_ns) {}
@@ -111,6 +118,12 @@ struct SmcMember {
   std::shared_ptr<Tracked> tracked;
   int tracked_fd = -1;  // poll: the application's fd at that index
 };
+
+// A kernel wait's timeout in milliseconds (-1: none) as ppoll and pselect take it.
+inline timespec timespec_of_ms(int timeout_ms) {
+  return timespec{static_cast<time_t>(timeout_ms / 1000),
+                  static_cast<long>(timeout_ms % 1000) * 1'000'000};
+}
 
 inline bool valid_timespec(const timespec* ts) {
   return ts == nullptr || (ts->tv_sec >= 0 && ts->tv_nsec >= 0 && ts->tv_nsec < kNsPerSec);
