@@ -27,13 +27,13 @@ using namespace smcpre::rdma;
 constexpr int kTimeoutMs = 10000;
 constexpr uint32_t kSlot = 64;  // receive buffer size
 
-int64_t now_ms() {
+inline int64_t now_ms() {
   timespec ts{};
   ::clock_gettime(CLOCK_MONOTONIC, &ts);
   return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
 }
 
-void sleep_ms(int ms) {
+inline void sleep_ms(int ms) {
   const timespec t{ms / 1000, (ms % 1000) * 1'000'000L};
   ::nanosleep(&t, nullptr);
 }
@@ -188,15 +188,15 @@ struct PeerInfo {
   RemoteRegion region;
 };
 
-PeerInfo info_of(const DeviceSide& side) {
+inline PeerInfo info_of(const DeviceSide& side) {
   return PeerInfo{side.qp->local_endpoint(),
                   RemoteRegion{side.region->remote_addr(), side.region->rkey(),
                                static_cast<uint32_t>(side.region->length())}};
 }
 
 // Polls until `count` completions arrived (or the deadline).
-std::vector<WorkCompletion> reap(QueuePair& qp, bool send, size_t count,
-                                 int timeout_ms = kTimeoutMs) {
+inline std::vector<WorkCompletion> reap(QueuePair& qp, bool send, size_t count,
+                                        int timeout_ms = kTimeoutMs) {
   std::vector<WorkCompletion> got;
   const int64_t deadline = now_ms() + timeout_ms;
   WorkCompletion wc[16];
@@ -208,8 +208,8 @@ std::vector<WorkCompletion> reap(QueuePair& qp, bool send, size_t count,
 }
 
 // Receives `count` messages, reposting each buffer; returns their bytes in order.
-std::vector<std::vector<uint8_t>> receive(DeviceSide& side, size_t count,
-                                          int timeout_ms = kTimeoutMs) {
+inline std::vector<std::vector<uint8_t>> receive(DeviceSide& side, size_t count,
+                                                 int timeout_ms = kTimeoutMs) {
   std::vector<std::vector<uint8_t>> messages;
   const int64_t deadline = now_ms() + timeout_ms;
   WorkCompletion wc[16];
@@ -225,7 +225,7 @@ std::vector<std::vector<uint8_t>> receive(DeviceSide& side, size_t count,
   return messages;
 }
 
-bool readable(int fd, int timeout_ms) {
+inline bool readable(int fd, int timeout_ms) {
   pollfd p{fd, POLLIN, 0};
   return ::poll(&p, 1, timeout_ms) == 1;
 }
