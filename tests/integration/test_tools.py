@@ -1,57 +1,33 @@
 #!/usr/bin/env python3
-"""smcpre-run and smcpre-systemd, on live processes under the preload.
+"""smcpre-run, on live processes under the preload.
 
-smcpre-run: the program keeps smcpre-run's pid (exec), LD_PRELOAD gets the library
-appended (an existing preload kept, never twice, another copy refused), the tuning
-variables reach the program (its environ, and smcpre-stat's view of its pool), an SMC
-connection between two programs started by it (proven by TCP_INFO and the log), bad
-values refused before anything runs with the variable named (exit 125), env(1)'s exit
-codes (126, 127), and where it finds the library: SMCPRE_LIBRARY, the build tree, and an
-installation made with `meson install --destdir` (the man pages installed with it).
-
-smcpre-systemd: enable/status/disable on a scratch root (--root) holding unit files; the
-drop-in's content and quoting, `systemd-analyze verify --root`, a unit's own LD_PRELOAD
-kept, templates, foreign files left alone, and the drop-in's environment applied to a live
-server that a smcpre-run client reaches over SMC.
+The program keeps smcpre-run's pid (exec), LD_PRELOAD gets the library appended (an
+existing preload kept, never twice, another copy refused), the tuning variables reach the
+program (its environ, and smcpre-stat's view of its pool), an SMC connection between two
+programs started by it (proven by TCP_INFO and the log), bad values refused before
+anything runs with the variable named (exit 125), env(1)'s exit codes (126, 127), and where
+it finds the library: SMCPRE_LIBRARY, the build tree, and an installation made with
+`meson install --destdir` (the man pages installed with it). smcpre-systemd's tests are in
+test_systemd.py; what both share is in toolcase.py.
 
 Environment (tests/integration/meson.build): SMCPRE_RUN, SMCPRE_SYSTEMD, SMCPRE_STAT (the
 executables; default: tools/ of SMCPRE_LIB's build dir), and harness.py's.
 """
 
-import glob
 import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
-import tempfile
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-from harness import MIB, REPO, SmcTestCase, app, main  # noqa: E402
+from harness import REPO, app, main  # noqa: E402
+from toolcase import BUILD, LIB, RUN, STAT, SYSTEMD, ToolTestCase, mapped_files, read  # noqa: E402
 
-BUILD = os.path.dirname(os.path.dirname(os.path.abspath(harness.LIB)))
-RUN = os.environ.get("SMCPRE_RUN") or os.path.join(BUILD, "tools", "smcpre-run")
-SYSTEMD = os.environ.get("SMCPRE_SYSTEMD") or os.path.join(BUILD, "tools", "smcpre-systemd")
-STAT = os.environ.get("SMCPRE_STAT") or os.path.join(BUILD, "tools", "smcpre-stat")
-LIB = os.path.realpath(harness.LIB)
 MAN = os.path.join(REPO, "doc", "man")
 
 USAGE = 125  # smcpre-run's own failures, as env(1)
-
-
-def test_env_options():
-    """SMCPRE_TEST_ENV (a whole file run in another mode) as smcpre-run options."""
-    out = []
-    for pair in filter(None, os.environ.get("SMCPRE_TEST_ENV", "").split(",")):
-        key, _, value = pair.partition("=")
-        if value == "@last-cpu":
-            value = str(max(os.sched_getaffinity(0)))
-        out += ["--set", "%s=%s" % (key, value)]
-    return out
 
 
 def proc_environ(pid):
@@ -60,94 +36,9 @@ def proc_environ(pid):
     return dict(e.decode().split("=", 1) for e in entries if b"=" in e)
 
 
-def mapped_files(pid):
-    with open("/proc/%d/maps" % pid) as f:
-        return {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
-
-
-def read(path):
-    with open(path) as f:
-        return f.read()
-
-
 def parse_print_env(text):
     """smcpre-run --print-env's NAME=VALUE lines (values here are never quoted)."""
     return dict(line.split("=", 1) for line in text.splitlines())
-
-
-class ToolTestCase(SmcTestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        missing = [p for p in (RUN, SYSTEMD) if not os.path.exists(p)]
-        if missing:
-            raise unittest.SkipTest("not built: " + ", ".join(missing))
-
-    def setUp(self):
-        super().setUp()
-        self.scratch = tempfile.mkdtemp(prefix="smcpre-tools-")
-
-    def tearDown(self):
-        super().tearDown()
-        shutil.rmtree(self.scratch, ignore_errors=True)
-
-    def tool_env(self, extra=None, library=LIB):
-        """A tool's environment: no SMCPRE_* of the caller, no LD_PRELOAD; this test's
-        runtime dir; SMCPRE_LIBRARY as given (None: unset)."""
-        extra = dict(extra or {})
-        extra.setdefault("SMCPRE_LIBRARY", library)
-        return self.env(False, extra)
-
-    def skip_launch_under_sanitizer(self, argv):
-        """A program the tools launch gets LD_PRELOAD with libsmcpre.so alone, as a user's
-        does; an ASan build of the library refuses to run without its runtime in front
-        (the harness adds it only where it sets LD_PRELOAD itself). The tools' parsing
-        and printing still run (--print-env, errors, unit files)."""
-        if harness.SANITIZER_RUNTIME and "--" in argv:
-            self.skipTest("launching through the tools needs a build without sanitizers")
-
-    def run_tool(self, argv, env=None, cwd=None, timeout=30):
-        self.skip_launch_under_sanitizer(argv)
-        return subprocess.run(argv, env=env if env is not None else self.tool_env(), cwd=cwd,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              timeout=timeout)
-
-    def start_held(self, runner, options, role, args, env=None, name=None):
-        """tcpapp ROLE ... --hold started through `runner` (a smcpre-run) with `options`."""
-        argv = [runner, "--log", "info"] + test_env_options() + list(options) + [
-            "--", app("tcpapp"), role] + list(args) + ["--hold", "--timeout", "60"]
-        self.skip_launch_under_sanitizer(argv)
-        return self.start(argv, False, env if env is not None else self.tool_env(),
-                          name or role, stdin_pipe=True)
-
-    def held_pair(self, runner=RUN, server_options=(), client_options=(), server_env=None,
-                  server_argv_prefix=None, nbytes=MIB):
-        """A sink transfer between a server and a client that stay alive when done; the
-        server is started through `runner` unless server_argv_prefix (a full argv head)
-        says otherwise. Returns (server, client) once both printed 'done'."""
-        sargs = ["--port", "0", "--mode", "sink", "--bytes", str(nbytes)]
-        if server_argv_prefix is None:
-            srv = self.start_held(runner, server_options, "server", sargs, server_env)
-        else:
-            srv = self.start(server_argv_prefix + [app("tcpapp"), "server"] + sargs +
-                             ["--hold", "--timeout", "60"], False, server_env, "server",
-                             stdin_pipe=True)
-        m = srv.wait_stderr(r"^listening (\d+)$", 15)
-        self.assertIsNotNone(m, "server did not listen\n" + srv.describe())
-        cli = self.start_held(RUN, client_options, "client",
-                              ["--host", "127.0.0.1", "--port", m.group(1), "--mode", "sink",
-                               "--bytes", str(nbytes)])
-        for p in (srv, cli):
-            self.assertIsNotNone(p.wait_stderr(r"^done$", 60),
-                                 "no 'done'\n" + self.describe_all(srv, cli))
-        return srv, cli
-
-    def stat_show(self, pid):
-        out = self.run_tool([STAT, "show", "--json", "--runtime-dir", self.runtime_dir,
-                             str(pid)])
-        self.assertEqual(out.returncode, 0, "smcpre-stat: %s%s" % (out.stdout, out.stderr))
-        return json.loads(out.stdout)["processes"][0]
 
 
 class RunTest(ToolTestCase):
@@ -390,253 +281,6 @@ def shlex_quote(value):
     if value and re.fullmatch(r"[A-Za-z0-9@%+=:,./_-]+", value):
         return value
     return "'" + value.replace("'", "'\\''") + "'"
-
-
-UNIT = """[Unit]
-Description=smcpre-systemd test unit
-DefaultDependencies=no
-
-[Service]
-ExecStart=/usr/bin/demo-daemon --serve
-Environment=OTHER=1 \\
-  "LD_PRELOAD=%s"
-"""
-
-
-def environment_lines(text):
-    """The drop-in's Environment= assignments as systemd reads the quoting we write:
-    one double-quoted word per line, \\\\ and \\" escaped, %% for %."""
-    out = {}
-    for line in text.splitlines():
-        if not line.startswith("Environment="):
-            continue
-        word = line[len("Environment="):]
-        assert word.startswith('"') and word.endswith('"'), line
-        value = re.sub(r'\\(.)', r"\1", word[1:-1]).replace("%%", "%")
-        name, _, value = value.partition("=")
-        out[name] = value
-    return out
-
-
-class SystemdTest(ToolTestCase):
-
-    LIBRARY = "/opt/smcpre/lib/libsmcpre.so"  # the library's path inside the root
-
-    def setUp(self):
-        super().setUp()
-        self.root = os.path.join(self.scratch, "root")
-        self.units = os.path.join(self.root, "etc", "systemd", "system")
-        os.makedirs(self.units)
-        os.makedirs(os.path.join(self.root, "usr", "bin"))
-        shutil.copy("/bin/true", os.path.join(self.root, "usr", "bin", "demo-daemon"))
-        os.makedirs(os.path.dirname(self.root + self.LIBRARY))
-        shutil.copy(LIB, self.root + self.LIBRARY)
-
-    def write_unit(self, name, preload=None, where=None):
-        path = os.path.join(where or self.units, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        text = UNIT % preload if preload else UNIT.replace(' \\\n  "LD_PRELOAD=%s"', "")
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
-    def dropin(self, unit):
-        return os.path.join(self.units, unit + ".d", "smcpre.conf")
-
-    def systemd(self, *args, expect_rc=0, root=True):
-        argv = [SYSTEMD] + list(args) + (["--root", self.root] if root else [])
-        out = self.run_tool(argv)
-        self.assertEqual(out.returncode, expect_rc, "%s: %s%s" % (
-            " ".join(argv), out.stdout, out.stderr))
-        return out
-
-    def verify(self, unit):
-        analyze = shutil.which("systemd-analyze")
-        if analyze is None:
-            self.skipTest("systemd-analyze is not installed (Debian: apt-get install systemd)")
-        out = self.run_tool([analyze, "verify", "--root=" + self.root, "--man=no", unit])
-        self.assertEqual((out.returncode, out.stdout + out.stderr), (0, ""),
-                         "systemd-analyze verify %s" % unit)
-
-    def test_enable_status_disable(self):
-        self.write_unit("demo.service", preload="/usr/lib/libown.so")
-        out = self.systemd("enable", "demo", "--library", self.LIBRARY, "--pool-size", "32K",
-                           "--log", "info", "--backlog-cpus", "none")
-        path = self.dropin("demo.service")
-        self.assertIn("wrote " + path, out.stdout)
-        self.assertIn("systemctl daemon-reload && systemctl restart demo.service", out.stdout)
-        self.assertEqual(out.stderr, "")
-        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o644)
-        self.assertEqual(os.listdir(os.path.dirname(path)), ["smcpre.conf"])  # no temp file
-        text = read(path)
-        self.assertTrue(text.startswith("# Generated by smcpre-systemd"), text)
-        self.assertIn("smcpre-systemd disable demo.service", text)
-        self.assertIn("\n[Service]\n", text)
-        self.assertEqual(environment_lines(text), {
-            "LD_PRELOAD": "/usr/lib/libown.so:" + self.LIBRARY,
-            "SMCPRE_POOL_SIZE": "32K",
-            "SMCPRE_LOG": "info",
-            "SMCPRE_BACKLOG_CPUS": "none",
-        })
-        self.verify("demo.service")
-
-        out = self.systemd("status", "demo.service")
-        self.assertIn("smcpre is enabled for demo.service by " + path, out.stdout)
-        self.assertIn(text, out.stdout)
-        self.assertEqual(out.stderr, "")
-
-        # Enabling again replaces the file: the library is not appended twice.
-        out = self.systemd("enable", "demo", "--library", self.LIBRARY, "-q")
-        self.assertEqual(out.stdout, "")
-        self.assertEqual(environment_lines(read(path)),
-                         {"LD_PRELOAD": "/usr/lib/libown.so:" + self.LIBRARY})
-
-        out = self.systemd("disable", "demo")
-        self.assertIn("removed " + path, out.stdout)
-        self.assertFalse(os.path.exists(os.path.dirname(path)), "empty UNIT.d left behind")
-        self.assertTrue(os.path.exists(os.path.join(self.units, "demo.service")))
-        out = self.systemd("status", "demo", expect_rc=3)
-        self.assertIn("not enabled", out.stdout)
-        self.systemd("disable", "demo")  # nothing to do: no error
-        self.verify("demo.service")
-
-    def test_values_are_quoted_for_systemd(self):
-        self.write_unit("demo.service")
-        odd = '/var/log/smc "x" \\y %i.log'
-        self.systemd("enable", "demo", "--library", self.LIBRARY, "--log-file", odd,
-                     "--set", "SMCPRE_PEERS=10.0.0.0/8:5000,*:6379")
-        text = read(self.dropin("demo.service"))
-        self.assertIn('Environment="SMCPRE_LOG_FILE=/var/log/smc \\"x\\" \\\\y %%i.log"\n',
-                      text)
-        self.assertEqual(environment_lines(text)["SMCPRE_LOG_FILE"], odd)
-        self.assertEqual(environment_lines(text)["LD_PRELOAD"], self.LIBRARY)
-        self.verify("demo.service")
-
-    def test_unit_preload_from_drop_ins_and_overrides(self):
-        self.write_unit("web-app.service", preload="/usr/lib/libunit.so")
-        # A vendor drop-in (lower-priority directory, sorted before smcpre.conf) wins over
-        # the unit file; one sorted after smcpre.conf replaces our value: a warning.
-        vendor = os.path.join(self.root, "usr", "lib", "systemd", "system", "web-.service.d")
-        os.makedirs(vendor)
-        with open(os.path.join(vendor, "10-alloc.conf"), "w") as f:
-            f.write("[Service]\nEnvironment=LD_PRELOAD=/usr/lib/libjemalloc.so.2\n")
-        later = os.path.join(self.units, "web-app.service.d")
-        os.makedirs(later)
-        with open(os.path.join(later, "zz-log.conf"), "w") as f:
-            f.write("[Service]\nEnvironment=SMCPRE_LOG=off\n")
-        out = self.systemd("enable", "web-app", "--library", self.LIBRARY, "--log", "info")
-        values = environment_lines(read(self.dropin("web-app.service")))
-        self.assertEqual(values["LD_PRELOAD"], "/usr/lib/libjemalloc.so.2:" + self.LIBRARY)
-        self.assertIn("10-alloc.conf:2", out.stdout)
-        self.assertIn("zz-log.conf:2: sets SMCPRE_LOG after smcpre.conf", out.stderr)
-        self.verify("web-app.service")
-        # disable leaves the other drop-in and its directory alone.
-        self.systemd("disable", "web-app")
-        self.assertEqual(os.listdir(later), ["zz-log.conf"])
-
-    def test_templates_and_instances(self):
-        self.write_unit("worker@.service", preload="/usr/lib/libown.so")
-        self.systemd("enable", "worker@blue", "--library", self.LIBRARY)
-        values = environment_lines(read(self.dropin("worker@blue.service")))
-        self.assertEqual(values["LD_PRELOAD"], "/usr/lib/libown.so:" + self.LIBRARY)
-        self.verify("worker@blue.service")
-        self.systemd("enable", "worker@.service", "--library", self.LIBRARY)
-        self.assertTrue(os.path.exists(self.dropin("worker@.service")))
-        self.verify("worker@green.service")
-
-    def test_refusals(self):
-        self.write_unit("demo.service")
-        for args, rc, expected in [
-            (["enable", "a b"], 2, "bad unit name"),
-            (["enable", "@x"], 2, "nothing before the @"),
-            (["enable", "x" * 250], 2, "longer than 255"),
-            (["enable", "demo.socket"], 2, "services only"),
-            (["enable"], 2, "needs a UNIT"),
-            (["start", "demo"], 2, "unknown command"),
-            (["disable", "demo", "--pool-size", "1"], 2, "option of enable"),
-            (["enable", "demo", "--pool-size", "0"], 2, "SMCPRE_POOL_SIZE"),
-            (["enable", "demo", "--log-file", "rel.log"], 2, "expected an absolute path"),
-            (["enable", "demo", "--library", "rel.so"], 2, "not an absolute path"),
-            (["enable", "demo", "--library", "/opt/none/libsmcpre.so"], 1, "does not exist"),
-            (["enable", "nosuch", "--library", self.LIBRARY], 1, "no unit file for nosuch"),
-        ]:
-            with self.subTest(args=args):
-                out = self.systemd(*args, expect_rc=rc)
-                self.assertIn(expected, out.stderr)
-        self.assertFalse(os.path.exists(self.dropin("demo.service")))
-        self.assertFalse(os.path.exists(os.path.join(self.units, "nosuch.service.d")))
-        # A unit that is not there yet (a generator's): with --force.
-        self.systemd("enable", "nosuch", "--library", self.LIBRARY, "--force")
-        self.assertTrue(os.path.exists(self.dropin("nosuch.service")))
-        # A masked unit: only with --force.
-        os.symlink("/dev/null", os.path.join(self.units, "masked.service"))
-        out = self.systemd("enable", "masked", "--library", self.LIBRARY, expect_rc=1)
-        self.assertIn("masked", out.stderr)
-
-        # A policy file is checked inside the root, as the service will read it.
-        policy = os.path.join(self.root, "etc", "smcpre-demo.conf")
-        with open(policy, "w") as f:
-            f.write("tcp * client *:22\nsmc * sideways *:80\n")
-        out = self.systemd("enable", "demo", "--library", self.LIBRARY, "--config",
-                           "/etc/smcpre-demo.conf", expect_rc=2)
-        self.assertIn(policy + ":2", out.stderr)
-        self.assertFalse(os.path.exists(self.dropin("demo.service")))
-        with open(policy, "w") as f:
-            f.write("tcp * client *:22\n")
-        self.systemd("enable", "demo", "--library", self.LIBRARY, "--config",
-                     "/etc/smcpre-demo.conf")
-        self.assertEqual(environment_lines(read(self.dropin("demo.service")))["SMCPRE_CONFIG"],
-                         "/etc/smcpre-demo.conf")
-        self.systemd("disable", "demo")
-
-        # A smcpre.conf someone else wrote is neither replaced nor removed without --force.
-        foreign = self.dropin("demo.service")
-        os.makedirs(os.path.dirname(foreign))
-        with open(foreign, "w") as f:
-            f.write("[Service]\nEnvironment=MINE=1\n")
-        out = self.systemd("enable", "demo", "--library", self.LIBRARY, expect_rc=1)
-        self.assertIn("not written by smcpre-systemd", out.stderr)
-        out = self.systemd("disable", "demo", expect_rc=1)
-        self.assertIn("not written by smcpre-systemd", out.stderr)
-        self.assertEqual(read(foreign), "[Service]\nEnvironment=MINE=1\n")
-        self.systemd("disable", "demo", "--force")
-        self.assertFalse(os.path.exists(foreign))
-
-    def test_root_defaults_to_the_installed_library_path(self):
-        """With --root and no --library, the drop-in names the configured installation
-        path, which must exist inside the root (not on this system)."""
-        meson = shutil.which("meson")
-        if meson is None or not os.path.isdir(os.path.join(BUILD, "meson-private")):
-            self.skipTest("no meson, or %s is no meson build dir" % BUILD)
-        info = json.loads(self.run_tool([meson, "introspect", BUILD, "--buildoptions"]).stdout)
-        opts = {o["name"]: o["value"] for o in info}
-        installed = os.path.join(opts["prefix"], opts["libdir"], "libsmcpre.so")
-        self.write_unit("demo.service")
-        out = self.systemd("enable", "demo", expect_rc=1)
-        self.assertIn(self.root + installed + " does not exist", out.stderr)
-        os.makedirs(os.path.dirname(self.root + installed))
-        shutil.copy(LIB, self.root + installed)
-        self.systemd("enable", "demo", "-q")
-        values = environment_lines(read(self.dropin("demo.service")))
-        self.assertEqual(values["LD_PRELOAD"], installed)  # without the root
-
-    def test_drop_in_environment_on_a_live_server(self):
-        """The drop-in's variables, given to a live server as systemd would give them
-        (paths inside the root mapped to it), preload smcpre with its settings: a client
-        started by smcpre-run reaches it over SMC."""
-        self.write_unit("demo.service", preload="libm.so.6")
-        self.systemd("enable", "demo", "--library", self.LIBRARY, "--pool-size", "3K",
-                     "--log", "info")
-        values = environment_lines(read(self.dropin("demo.service")))
-        values["LD_PRELOAD"] = " ".join(
-            self.root + e if e.startswith("/") else e for e in values["LD_PRELOAD"].split(":"))
-        self.skip_launch_under_sanitizer(["--"])
-        srv, cli = self.held_pair(server_argv_prefix=[], server_env=self.env(False, values))
-        self.assertIn(self.root + self.LIBRARY, mapped_files(srv.pid))
-        if os.path.exists(STAT):
-            self.assertEqual(self.stat_show(srv.pid)["process"]["pool_size"], 3072)
-        self.release(srv, cli)
-        self.assert_smc(srv.records(), cli.records(), (srv, cli))
 
 
 if __name__ == "__main__":
