@@ -1,10 +1,11 @@
-"""The real programs' rows of scripts/bench: redis-benchmark against redis-server and iperf3,
-in a private network namespace whose kernel IP counters prove that an SMC run's TCP
+"""The real programs' rows of scripts/bench: redis-benchmark against redis-server, iperf3
+and sockperf (when installed), in a private network namespace whose kernel IP counters prove that an SMC run's TCP
 connections carried only their handshakes.
 """
 
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -102,6 +103,31 @@ def iperf_once(lib, smc, args, seconds):
     return report["end"]["sum_received"]["bits_per_second"] / 1e9, run.close()
 
 
+SOCKPERF_PERCENTILE = re.compile(r"percentile (\d+)\.000 =\s*([0-9.]+)")
+SOCKPERF_RATE = re.compile(r"Message Rate is (\d+)")
+
+
+def sockperf_once(lib, smc, mode, seconds):
+    """sockperf over TCP with 64-byte messages: for ping-pong {"p50": µs, "p99": µs} of the
+    one-way latency (half the round trip, as sockperf reports it); for throughput
+    {"rate": messages/s}."""
+    run = AppRun(lib, smc)
+    port = netns.free_port()
+    run.serve(["sockperf", "server", "--tcp", "-i", "127.0.0.1", "-p", str(port)], port)
+    out = run.client(["sockperf", mode, "--tcp", "-i", "127.0.0.1", "-p", str(port), "-m", "64",
+                      "-t", str(seconds)], seconds + 60)
+    if mode == "ping-pong":
+        found = {int(p): float(v) for p, v in SOCKPERF_PERCENTILE.findall(out)}
+        result = {"p50": found.get(50), "p99": found.get(99)}
+    else:
+        m = SOCKPERF_RATE.search(out)
+        result = {"rate": float(m.group(1)) if m else None}
+    if None in result.values():
+        run.close()
+        die("unexpected sockperf output:\n" + out[-2000:])
+    return result, run.close()
+
+
 def app_rows(lib, reps, seconds, quick):
     """The real programs' rows, or ([], why not)."""
     missing = [p for p in ("redis-server", "redis-benchmark", "iperf3") if not shutil.which(p)]
@@ -119,6 +145,12 @@ def app_rows(lib, reps, seconds, quick):
     cases += [("iperf3 %s(Gbit/s)" % (" ".join(a) + " " if a else "-P 1 "),
                lambda smc, a=a: iperf_once(lib, smc, a, iperf_seconds), None)
               for a in ([], ["-P", "4"], ["-R"])]
+    if shutil.which("sockperf"):
+        cases += [("sockperf ping-pong 64 B: one-way latency, %s (µs)" % key,
+                   lambda smc: sockperf_once(lib, smc, "ping-pong", iperf_seconds), key)
+                  for key in ("p50", "p99")]
+        cases += [("sockperf throughput 64 B (messages/s)",
+                   lambda smc: sockperf_once(lib, smc, "throughput", iperf_seconds), "rate")]
     values, problems = {}, []
     for rep in range(reps):
         order = (False, True) if rep % 2 == 0 else (True, False)
@@ -128,7 +160,7 @@ def app_rows(lib, reps, seconds, quick):
                 print("scripts/bench: rep %d/%d %s %s" % (rep + 1, reps, label,
                                                          "smc" if smc else "tcp"),
                       file=sys.stderr)
-                # One redis-benchmark run measures SET and GET: reuse it for both rows.
+                # One redis-benchmark (or sockperf ping-pong) run measures several rows.
                 cache_key = (label.split(":")[0], smc)
                 if key is not None and cache_key in done:
                     result, problem = done[cache_key], None
@@ -142,6 +174,10 @@ def app_rows(lib, reps, seconds, quick):
     for label, _, _ in cases:
         t = statistics.median(values[(label, False)])
         s = statistics.median(values[(label, True)])
-        digits = 0 if "requests" in label else 2
-        rows.append((label, fmt(t, digits), fmt(s, digits), "%.2f× (SMC / TCP)" % (s / t)))
+        digits = 0 if "requests" in label or "messages" in label else 2
+        if "latency" in label:
+            ratio = "%.2f× (TCP / SMC latency)" % (t / s)
+        else:
+            ratio = "%.2f× (SMC / TCP)" % (s / t)
+        rows.append((label, fmt(t, digits), fmt(s, digits), ratio))
     return rows, None, problems
