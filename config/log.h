@@ -8,6 +8,7 @@
 #include <spdlog/logger.h>
 
 #include <atomic>
+#include <cstdint>
 #include <string>
 
 namespace smcpre::log {
@@ -28,6 +29,12 @@ namespace detail {
 // The lowest level that may be logged: off until init(), then the logger's level.
 extern std::atomic<int> g_threshold;
 }  // namespace detail
+
+// Whether the n-th occurrence (from 1) of a repeated event is logged: the 1st, 2nd, 4th,
+// 8th..., so that a peer or a flood that repeats it a million times is heard, not echoed.
+inline bool thinned(uint64_t n) {
+  return n != 0 && (n & (n - 1)) == 0;
+}
 
 inline bool should_log(spdlog::level::level_enum level) {
   return static_cast<int>(level) >= detail::g_threshold.load(std::memory_order_relaxed);

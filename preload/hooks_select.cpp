@@ -181,8 +181,7 @@ int kernel_select(void* ctx, int timeout_ms) {
 int select_mirrored(int nfds, fd_set* rd, fd_set* wr, fd_set* ex,
                     const std::vector<SmcMember>& members, const Deadline& deadline,
                     const sigset_t* sigmask) {
-  const auto real_pselect = real().pselect;
-  if (real_pselect == nullptr) return enosys();
+  if (real().pselect == nullptr) return enosys();
   std::vector<int> mirrors;
   int top = nfds - 1;
   try {

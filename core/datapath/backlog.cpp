@@ -320,7 +320,7 @@ void apply_item(BacklogItem& item, RecvPool& pool, bool return_buffer) {
 
 void drop_malformed_cdc(std::string_view what) {
   const uint64_t n = g_malformed_cdc.fetch_add(1, std::memory_order_relaxed) + 1;
-  if ((n & (n - 1)) == 0) {
+  if (log::thinned(n)) {
     SMC_LOG_WARN("malformed CDC message dropped: {} ({} so far)", what, n);
   }
 }

@@ -20,8 +20,7 @@ constexpr int kPollBatch = 16;
 // Counts one more event of a kind and says whether to log it: the 1st, 2nd, 4th, 8th...
 // so that a peer that sends the same bad thing a million times is heard, not echoed.
 bool log_this_one(std::atomic<uint64_t>& count) {
-  const uint64_t n = count.fetch_add(1, std::memory_order_relaxed) + 1;
-  return (n & (n - 1)) == 0;
+  return log::thinned(count.fetch_add(1, std::memory_order_relaxed) + 1);
 }
 // Receive completions one pass reaps at most before it turns to the send queue (at least
 // the whole receive queue): bounded so that sends are reaped too.

@@ -222,7 +222,7 @@ void DeviceState::accept_locked(int64_t now) {
       const uint64_t n = ++counts_.refused_uid;
       last_refused_uid_ = cred.uid;
       last_refused_ns_ = now;
-      if ((n & (n - 1)) == 0) {  // 1, 2, 4, 8...: a flood does not flood the log
+      if (log::thinned(n)) {
         SMC_LOG_WARN(
             "shm: rendezvous from pid {} uid {} refused: uid not allowed (SMCPRE_SHM_UIDS); "
             "{} refused so far",
@@ -262,7 +262,7 @@ void DeviceState::evict_locked(uint32_t uid, size_t held) {
                                [&](const PendingRendezvous& p) { return p.uid == victim_uid; });
   if (it == pending_.end()) return;
   const uint64_t n = ++counts_.evicted;
-  if ((n & (n - 1)) == 0) {
+  if (log::thinned(n)) {
     SMC_LOG_WARN(
         "shm: too many rendezvous connections pending (uid {} holds the most; at most {} per "
         "uid, {} in all): dropping its oldest; {} dropped so far",
@@ -327,7 +327,7 @@ void DeviceState::read_hellos_locked() {
     if (status == RecvStatus::kEof) why = "closed before its hello";
     // 1, 2, 4, 8...: a flood of garbage does not flood the log.
     const uint64_t n = ++counts_.dropped;
-    if ((n & (n - 1)) == 0) {
+    if (log::thinned(n)) {
       SMC_LOG_WARN("shm: rendezvous connection from pid {} dropped: {}; {} dropped so far", it->pid,
                    why, n);
     }
