@@ -222,6 +222,7 @@ Readiness Connection::readiness() {
   r.writable = m.writable || m.reset;
   r.error = pending_error_.load() != 0;
   r.hangup = m.closed || m.reset;
+  r.rdhup = m.peer_done || m.closed || m.reset;
   return r;
 }
 
@@ -265,45 +266,82 @@ std::atomic<bool> g_any_stale{false};
 }  // namespace
 
 void Connection::sync_mirror(bool new_data, bool lazy) {
-  if (mirror_.load(std::memory_order_acquire) == nullptr) return;
+  ReadinessMirror* mirror = mirror_.load(std::memory_order_acquire);
+  if (mirror == nullptr) return;
+  if (new_data && mirror_edges_.load(std::memory_order_relaxed)) {
+    mirror_edge_owed_.store(true, std::memory_order_relaxed);
+  }
+  if (!mirror->must_show_now()) {
+    list_stale_mirror();
+    // Looked at again after listing: a waiter that entered its kernel wait meanwhile may
+    // have flushed the list before the connection was on it.
+    if (!mirror->must_show_now()) return;
+  }
+  apply_mirror(lazy && !mirror->watched_elsewhere());
+}
+
+void Connection::apply_mirror(bool lazy) {
   bool deferred = false;
   {
     // The state is read inside the mirror's lock: two threads syncing at once cannot
     // leave it showing the older of their two views.
     std::lock_guard lock(mirror_mutex_);
     if (!mirror_owner_) return;
-    mirror_owner_->apply(mirror_state(), new_data && mirror_edges_.load(std::memory_order_relaxed),
-                         lazy, &deferred);
+    const bool edge = mirror_edge_owed_.exchange(false, std::memory_order_relaxed);
+    mirror_owner_->apply(mirror_state(), edge, lazy, &deferred);
   }
-  if (deferred && !mirror_stale_.exchange(true)) {
-    std::lock_guard lock(g_stale_mutex);
-    try {
-      g_stale->push_back(shared_from_this());
-      g_any_stale.store(true, std::memory_order_release);
-    } catch (const std::exception&) {
-      // No memory for the list (or no owner): bring the mirror up to date right away.
-      mirror_stale_.store(false);
-      std::lock_guard mirror_lock(mirror_mutex_);
-      if (mirror_owner_) mirror_owner_->apply(mirror_state(), false);
+  if (deferred) list_stale_mirror();
+}
+
+void Connection::show_send_blocked() {
+  std::lock_guard lock(mirror_mutex_);
+  if (!mirror_owner_) return;
+  MirrorState state = mirror_state();
+  state.writable = false;
+  mirror_owner_->apply(state, false);
+}
+
+void Connection::list_stale_mirror() {
+  // The flag goes up only once the connection is on the list, both under the list's
+  // lock: a flag seen up means the next flush settles this mirror. (A flag raised before
+  // the push let a flush run in between, find the list without this connection, and a
+  // wait see its mirror stale: wrk read EAGAIN after an EPOLLIN.) The fence orders the
+  // change just made before the look at the flag, against the flush's store and look at
+  // the state (flush_stale_mirrors): either this thread sees the flag down and lists the
+  // connection again, or the flush sees the change.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (mirror_stale_.load(std::memory_order_relaxed)) return;
+  std::lock_guard lock(g_stale_mutex);
+  if (mirror_stale_.load(std::memory_order_relaxed)) return;
+  try {
+    g_stale->push_back(shared_from_this());
+    mirror_stale_.store(true, std::memory_order_relaxed);
+    g_any_stale.store(true, std::memory_order_seq_cst);
+  } catch (const std::exception&) {
+    // No memory for the list (or no owner): bring the mirror up to date right away.
+    std::lock_guard mirror_lock(mirror_mutex_);
+    if (mirror_owner_) {
+      mirror_owner_->apply(mirror_state(), mirror_edge_owed_.exchange(false));
     }
   }
 }
 
 void flush_stale_mirrors() {
-  if (!g_any_stale.load(std::memory_order_acquire)) return;
+  if (!g_any_stale.load(std::memory_order_seq_cst)) return;
   // The lock is held until every listed mirror is settled, and the flag stays up until
   // then: a thread about to wait must not find the list empty while another thread is
   // still settling the mirrors it took from it.
   std::lock_guard lock(g_stale_mutex);
-  while (!g_stale->empty()) {
-    std::vector<std::shared_ptr<Connection>> stale;
-    stale.swap(*g_stale);
-    for (const auto& c : stale) {
-      // Cleared first: a read racing with this flush lists the connection again.
-      c->mirror_stale_.store(false);
-      c->sync_mirror(false, false);
-    }
+  // Nobody lists a connection meanwhile (that takes the lock): the list is settled in
+  // place and keeps its memory for the next round.
+  for (const auto& c : *g_stale) {
+    // Cleared first, then the state looked at (see list_stale_mirror): a change racing
+    // with this flush is either shown now or lists the connection again.
+    c->mirror_stale_.store(false, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    c->apply_mirror(false);
   }
+  g_stale->clear();
   g_any_stale.store(false, std::memory_order_release);
 }
 

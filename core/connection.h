@@ -21,9 +21,9 @@
 #include "config/fd_budget.h"
 #include "core/datapath/connection_events.h"
 #include "core/datapath/readiness_mirror.h"
+#include "core/datapath/wait.h"
 #include "core/socket.h"
 #include "core/stats/connection_counters.h"
-#include "core/datapath/wait.h"
 #include "core/wire/cdc.h"
 #include "core/wire/cursor.h"
 #include "rdma/device.h"
@@ -145,11 +145,18 @@ class Connection final : public ConnectionEvents, public std::enable_shared_from
   int post_writes(std::unique_lock<std::mutex>& send_lock, const iovec* iov, int iov_index,
                   size_t iov_offset, uint64_t prod, size_t length);
   ssize_t fail_send(int error, int flags);
-  // Brings the readiness mirror, if there is one, up to date (any thread, after a change).
-  // lazy: a mirror that would only stop being readable is left readable and the
-  // connection put on the stale list instead (flush_stale_mirrors), so that a reader that
-  // drains the ring pays no syscall if more data comes before anyone waits.
+  // After a change (any thread): brings the readiness mirror, if there is one, up to date,
+  // or, while nobody may be blocked on it (ReadinessMirror::must_show_now), only puts the
+  // connection on the stale list (flush_stale_mirrors), so that a busy connection's
+  // mirror costs no syscall per message. new_data: an edge is owed to EPOLLET watchers.
+  // lazy: a mirror that would only stop being readable is left readable and listed
+  // instead, so that a reader that drains the ring pays no syscall if more data comes
+  // before anyone waits.
   void sync_mirror(bool new_data = false, bool lazy = false);
+  // Shows the current state on the mirror now (with the edge owed, if any).
+  void apply_mirror(bool lazy);
+  // Puts the connection on the stale list (once).
+  void list_stale_mirror();
   friend void flush_stale_mirrors();
   friend void forget_stale_mirrors_after_fork();
   void drop_mirror();
@@ -157,10 +164,17 @@ class Connection final : public ConnectionEvents, public std::enable_shared_from
   // Syncs the mirror when a recv/send returns, whichever way it returns.
   struct MirrorSync {
     Connection* c;
+    bool send_blocked = false;  // a non-blocking send found the ring full
     ~MirrorSync() {
-      if (c->mirror_.load(std::memory_order_acquire) != nullptr) c->sync_mirror(false, true);
+      if (c->mirror_.load(std::memory_order_acquire) == nullptr) return;
+      if (send_blocked) c->show_send_blocked();
+      c->sync_mirror(false, true);
     }
   };
+  // A non-blocking send found the ring full: the mirror shows that at once. TCP gives an
+  // EPOLLET waiter for OUT an edge when space comes back; the mirror gives one only if it
+  // went unwritable first, which a change noted while nobody blocks would not show.
+  void show_send_blocked();
   ssize_t end_with_reset(size_t copied);
   // A recv() or send() that has waited, until it returns: a close() meanwhile is deferred
   // to its end (see close()).
@@ -229,7 +243,8 @@ class Connection final : public ConnectionEvents, public std::enable_shared_from
   std::unique_ptr<ReadinessMirror> mirror_owner_;  // under mirror_mutex_
   std::atomic<ReadinessMirror*> mirror_{nullptr};
   std::atomic<bool> mirror_edges_{false};
-  std::atomic<bool> mirror_stale_{false};  // on the stale list
+  std::atomic<bool> mirror_stale_{false};      // on the stale list
+  std::atomic<bool> mirror_edge_owed_{false};  // data came since the mirror last showed it
   // Kept by stats_owner_ (set once, before stats_ is published); read through stats_,
   // which receive processing may load while attach_stats() runs.
   std::shared_ptr<ConnectionStats> stats_owner_;

@@ -137,7 +137,10 @@ ssize_t Connection::send(const iovec* iov, int iovcnt, int flags, bool nonblocki
   while (sent < total) {
     uint64_t space = tx_space();
     if (space == 0) {
-      if (dontwait) break;
+      if (dontwait) {
+        sync.send_blocked = true;
+        break;
+      }
       if (!announced_blocked) {
         // Ask the peer for a consumer-cursor update as soon as it consumes.
         send_cdc(CdcContext::kApplication, true);

@@ -243,8 +243,13 @@ void Engine::flush_stale_mirrors() {
   core::flush_stale_mirrors();
 }
 
-int Engine::wait_readiness(int64_t deadline_ns, int (*kernel_wait)(void*, int), void* ctx) {
-  return wait_readiness_adaptive(deadline_ns, kernel_wait, ctx);
+int Engine::wait_ready(int64_t deadline_ns, ReadinessSet& set) {
+  return wait_ready_adaptive(deadline_ns, set);
+}
+
+void Engine::mirrors_watched_unseen() {
+  ReadinessMirror::watched_unseen();
+  core::flush_stale_mirrors();  // what was only noted before shows now
 }
 
 }  // namespace smcpre::core

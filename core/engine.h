@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "core/datapath/wait.h"
+#include "core/readiness_set.h"
 #include "core/socket.h"
 
 namespace smcpre::core {
@@ -77,11 +78,17 @@ class Engine {
   // brought up to date, so that no wait sees a stale IN. Cheap when there are none.
   static void flush_stale_mirrors();
 
-  // epoll_wait on a set that watches SMC sockets' mirrors: the calling thread reaps the
-  // SMC links itself and polls adaptively before it blocks (doc/design.md §3.6, §6.2).
-  // `kernel_wait(ctx, timeout_ms)` is the real call (0: do not block); its result is
-  // returned as soon as it is not 0. `deadline_ns`: CLOCK_MONOTONIC (now_ns()), -1 = none.
-  static int wait_readiness(int64_t deadline_ns, int (*kernel_wait)(void*, int), void* ctx);
+  // poll, select or epoll_wait on a set with SMC sockets: the engine's one wait loop
+  // (core/readiness_wait.h, doc/design.md §6.2) reaps the links in the calling thread,
+  // evaluates the SMC members in user memory, polls adaptively, asks the kernel only for
+  // what only the kernel knows, and blocks last. `deadline_ns`: CLOCK_MONOTONIC
+  // (now_ns()), -1 = none, 0 = do not block. Returns the number ready or -1 with errno.
+  static int wait_ready(int64_t deadline_ns, ReadinessSet& set);
+
+  // A readiness mirror may be watched where smcpre cannot see the wait (an epoll set
+  // nested in another, polled, or shared with another process): from now on every
+  // mirror shows each change at once (ReadinessMirror::must_show_now).
+  static void mirrors_watched_unseen();
 };
 
 }  // namespace smcpre::core

@@ -189,7 +189,7 @@ bool SmcSocket::take_so_error(int* error) {
 }
 
 Readiness SmcSocket::poll_state() {
-  if (!usable()) return Readiness{true, true, true, true};
+  if (!usable()) return Readiness{true, true, true, true, true};
   return connection_->readiness();
 }
 

@@ -24,6 +24,7 @@ struct Readiness {
   bool readable = false;  // data, EOF or error pending
   bool writable = false;  // send space or error pending
   bool hangup = false;    // both directions closed / reset
+  bool rdhup = false;     // no more data will come (peer done writing, reading shut, reset)
   bool error = false;
 };
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 namespace smcpre::preload {
@@ -18,6 +19,21 @@ class FdBits {
   void forget(int fd) noexcept {
     if (in_range(fd) && (word(fd).load(std::memory_order_relaxed) & bit(fd)) != 0) {
       word(fd).fetch_and(~bit(fd), std::memory_order_relaxed);
+    }
+  }
+  // `to` gets `from`'s bit (dup2 of `from` onto `to`).
+  void copy(int from, int to) noexcept {
+    if (test(from)) {
+      mark(to);
+    } else {
+      forget(to);
+    }
+  }
+  // Every bit set in `other` is set here too.
+  void merge(const FdBits& other) noexcept {
+    for (size_t w = 0; w < kMaxFds / 64; ++w) {
+      const uint64_t bits = other.words_[w].load(std::memory_order_relaxed);
+      if (bits != 0) words_[w].fetch_or(bits, std::memory_order_relaxed);
     }
   }
   bool test(int fd) const noexcept {

@@ -5,8 +5,9 @@
 // The kernel does the wait itself (an SMC socket is registered as its readiness mirror,
 // see epoll_ctl), but a mirror changes only when somebody reaps the SMC links. Here the
 // waiting thread does that first and polls adaptively before it blocks
-// (core::Engine::wait_readiness), so a busy event loop gets its data without a wake-up
+// (core::Engine::wait_ready), so a busy event loop gets its data without a wake-up
 // and a thread hop per message. Sets without SMC sockets go straight to the kernel.
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <time.h>
 
@@ -19,6 +20,7 @@
 #include "core/engine.h"
 #include "preload/epoll_sets.h"
 #include "preload/interpose.h"
+#include "preload/poll_common.h"
 #include "preload/preconnect_epoll.h"
 
 namespace smcpre::preload {
@@ -28,26 +30,81 @@ FdBits& epoll_sets() noexcept {
   return sets;
 }
 
+FdBits& epoll_instances() noexcept {
+  static constinit FdBits instances;
+  return instances;
+}
+
+FdBits& shared_epoll_sets() noexcept {
+  static constinit FdBits shared;
+  return shared;
+}
+
+void copy_epoll_bits(int oldfd, int newfd) noexcept {
+  epoll_sets().copy(oldfd, newfd);
+  epoll_instances().copy(oldfd, newfd);
+  shared_epoll_sets().copy(oldfd, newfd);
+}
+
+void forget_epoll_bits(int fd) noexcept {
+  epoll_sets().forget(fd);
+  epoll_instances().forget(fd);
+  shared_epoll_sets().forget(fd);
+}
+
+void note_fork_for_epoll_sets() noexcept {
+  shared_epoll_sets().merge(epoll_instances());
+}
+
+// A new epoll set: known as one, and, should the process fork, known as shared. The fork
+// handler is the epoll sets' own, not the engine's: a program that makes an epoll set
+// but no SMC socket must not wake the engine at fork or exit.
+void note_epoll_instance(int epfd) noexcept {
+  epoll_instances().mark(epfd);
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  SavedErrno saved;
+  pthread_once(&once,
+               [] { pthread_atfork(nullptr, note_fork_for_epoll_sets, note_fork_for_epoll_sets); });
+  saved.restore();
+}
+
+void note_nested_wait(int fd) noexcept {
+  if (epoll_instances().test(fd)) core::Engine::mirrors_watched_unseen();
+}
+
 namespace {
 
-struct EpollCall {
-  int epfd;
-  epoll_event* events;
-  int maxevents;
-  const sigset_t* sigmask;
-};
+// An epoll set whose SMC members are registered as their readiness mirrors, as the
+// engine's wait loop sees it (core/readiness_set.h): the kernel answers for everything,
+// so the loop asks it after each pass that reaped something.
+class EpollWait final : public core::ReadinessSet {
+ public:
+  EpollWait(int epfd, epoll_event* events, int maxevents, const sigset_t* sigmask)
+      : epfd_(epfd), events_(events), maxevents_(maxevents), sigmask_(sigmask) {}
 
-int kernel_epoll_wait(void* ctx, int timeout_ms) {
-  const auto* call = static_cast<const EpollCall*>(ctx);
-  return real().epoll_pwait(call->epfd, call->events, call->maxevents, timeout_ms, call->sigmask);
-}
+  int smc_ready() override { return 0; }
+  int kernel_wait(int timeout_ms, bool) override {
+    return real().epoll_pwait(epfd_, events_, maxevents_, timeout_ms, signals_.wait_mask(sigmask_));
+  }
+  bool has_kernel_fds() const override { return true; }
+  bool smc_through_kernel() const override { return true; }
+  void before_polling() override { signals_.block(); }
+
+ private:
+  int epfd_;
+  epoll_event* events_;
+  int maxevents_;
+  const sigset_t* sigmask_;
+  SignalsWhilePolling signals_;
+};
 
 // deadline_ns: CLOCK_MONOTONIC, -1 = none, 0 = do not block (the links are still reaped
 // once: a loop that only ever polls with timeout 0 sees SMC data without a thread hop).
-int epoll_wait_common(const EpollCall& call, int64_t deadline_ns) {
+int epoll_wait_common(int epfd, epoll_event* events, int maxevents, const sigset_t* sigmask,
+                      int64_t deadline_ns) {
   SavedErrno saved;
-  const int n =
-      core::Engine::wait_readiness(deadline_ns, kernel_epoll_wait, const_cast<EpollCall*>(&call));
+  EpollWait wait(epfd, events, maxevents, sigmask);
+  const int n = core::Engine::wait_ready(deadline_ns, wait);
   if (n >= 0) saved.restore();
   return n;
 }
@@ -64,13 +121,29 @@ int64_t deadline_of_ms(int timeout_ms) {
 
 using namespace smcpre::preload;  // NOLINT: the hooks below are C symbols
 
+SMCPRE_HOOK int epoll_create(int size) noexcept {
+  const auto& r = real();
+  if (r.epoll_create == nullptr) return enosys();
+  const int epfd = r.epoll_create(size);
+  if (epfd >= 0) note_epoll_instance(epfd);
+  return epfd;
+}
+
+SMCPRE_HOOK int epoll_create1(int flags) noexcept {
+  const auto& r = real();
+  if (r.epoll_create1 == nullptr) return enosys();
+  const int epfd = r.epoll_create1(flags);
+  if (epfd >= 0) note_epoll_instance(epfd);
+  return epfd;
+}
+
 SMCPRE_HOOK int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout) {
   const auto& r = real();
   if (r.epoll_pwait == nullptr) return enosys();
   if (!epoll_sets().test(epfd)) {
     return r.epoll_pwait(epfd, events, maxevents, timeout, nullptr);
   }
-  return epoll_wait_common({epfd, events, maxevents, nullptr}, deadline_of_ms(timeout));
+  return epoll_wait_common(epfd, events, maxevents, nullptr, deadline_of_ms(timeout));
 }
 
 SMCPRE_HOOK int epoll_pwait(int epfd, epoll_event* events, int maxevents, int timeout,
@@ -80,7 +153,7 @@ SMCPRE_HOOK int epoll_pwait(int epfd, epoll_event* events, int maxevents, int ti
   if (!epoll_sets().test(epfd)) {
     return r.epoll_pwait(epfd, events, maxevents, timeout, sigmask);
   }
-  return epoll_wait_common({epfd, events, maxevents, sigmask}, deadline_of_ms(timeout));
+  return epoll_wait_common(epfd, events, maxevents, sigmask, deadline_of_ms(timeout));
 }
 
 SMCPRE_HOOK int epoll_pwait2(int epfd, epoll_event* events, int maxevents, const timespec* timeout,
@@ -101,7 +174,7 @@ SMCPRE_HOOK int epoll_pwait2(int epfd, epoll_event* events, int maxevents, const
     const int64_t ns = int64_t{timeout->tv_sec} * 1'000'000'000 + timeout->tv_nsec;
     deadline_ns = smcpre::core::now_ns() + std::min<int64_t>(ns, INT64_MAX / 2);
   }
-  return epoll_wait_common({epfd, events, maxevents, sigmask}, deadline_ns);
+  return epoll_wait_common(epfd, events, maxevents, sigmask, deadline_ns);
 }
 
 // An SMC socket takes part in epoll through its readiness mirror: the mirror is what
@@ -118,12 +191,17 @@ SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept
     const int rc = r.epoll_ctl(epfd, op, fd, event);
     if (rc == 0) {
       SavedErrno saved;
+      if (op == EPOLL_CTL_ADD) note_nested_wait(fd);
       note_preconnect_registration(epfd, op, fd, event);
       saved.restore();
     }
     return rc;
   }
-  if (op != EPOLL_CTL_DEL) epoll_sets().mark(epfd);
+  if (op != EPOLL_CTL_DEL) {
+    epoll_sets().mark(epfd);
+    // A set another process may wait on: its mirrors must not wait for our waits.
+    if (shared_epoll_sets().test(epfd)) smcpre::core::Engine::mirrors_watched_unseen();
+  }
   SavedErrno saved;
   // Held throughout: a call on the same socket from another thread (a re-arm right after
   // the handshake another thread's read completed) waits until this registration is

@@ -55,7 +55,11 @@ bool share_entry(int oldfd, int newfd) {
 // failing dup2 (EBADF, EINTR, EBUSY) from disturbing anything.
 int dup2_common(int oldfd, int newfd, int flags, bool is_dup3) {
   const auto& r = real();
-  auto real_call = [&] { return is_dup3 ? r.dup3(oldfd, newfd, flags) : r.dup2(oldfd, newfd); };
+  auto real_call = [&] {
+    const int rc = is_dup3 ? r.dup3(oldfd, newfd, flags) : r.dup2(oldfd, newfd);
+    if (rc >= 0 && oldfd != newfd) copy_epoll_bits(oldfd, newfd);
+    return rc;
+  };
   if (is_dup3 ? r.dup3 == nullptr : r.dup2 == nullptr) return enosys();
   if (!fds().any() || oldfd == newfd) return real_call();
 
@@ -106,6 +110,7 @@ int dup2_common(int oldfd, int newfd, int flags, bool is_dup3) {
 // F_DUPFD / F_DUPFD_CLOEXEC through fcntl or fcntl64.
 int fcntl_dupfd(decltype(&::fcntl) real_fcntl, int fd, int cmd, int arg) {
   const int nfd = real_fcntl(fd, cmd, arg);
+  if (nfd >= 0) copy_epoll_bits(fd, nfd);
   if (nfd < 0 || !fds().any()) return nfd;
   SavedErrno saved;
   if (!share_entry(fd, nfd)) return -1;
@@ -158,7 +163,7 @@ using namespace smcpre::preload;  // NOLINT: the hooks below are C symbols
 SMCPRE_HOOK int close(int fd) {
   const auto& r = real();
   if (r.close == nullptr) return enosys();
-  epoll_sets().forget(fd);
+  forget_epoll_bits(fd);
   forget_fresh_socket(fd);
   // The lookup first: in_owner_process() costs a syscall, paid only for tracked fds.
   if (fds().any() && fds().lookup(fd) != nullptr) {
@@ -197,6 +202,7 @@ SMCPRE_HOOK int dup(int oldfd) noexcept {
   const auto& r = real();
   if (r.dup == nullptr) return enosys();
   const int nfd = r.dup(oldfd);
+  if (nfd >= 0) copy_epoll_bits(oldfd, nfd);
   if (nfd < 0 || !fds().any()) return nfd;
   SavedErrno saved;
   if (!share_entry(oldfd, nfd)) return -1;

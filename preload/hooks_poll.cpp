@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/engine.h"
+#include "preload/epoll_sets.h"
 #include "preload/interpose.h"
 #include "preload/poll_common.h"
 
@@ -27,7 +28,8 @@ short poll_revents(short events, const core::Readiness& st) {
   short revents = 0;
   if (st.readable) revents |= events & (POLLIN | POLLRDNORM);
   if (st.writable) revents |= events & (POLLOUT | POLLWRNORM);
-  if (st.hangup) revents |= POLLHUP | (events & POLLRDHUP);
+  if (st.rdhup) revents |= events & POLLRDHUP;
+  if (st.hangup) revents |= POLLHUP;
   if (st.error) revents |= POLLERR;
   return revents;
 }
@@ -39,62 +41,124 @@ class HiddenFds {
   HiddenFds(pollfd* pfds, const std::vector<SmcMember>& members) : pfds_(pfds), members_(members) {
     for (const SmcMember& m : members_) pfds_[m.index].fd = ~pfds_[m.index].fd;
   }
-  ~HiddenFds() { show(); }
+  ~HiddenFds() {
+    for (const SmcMember& m : members_) pfds_[m.index].fd = ~pfds_[m.index].fd;
+  }
   HiddenFds(const HiddenFds&) = delete;
   HiddenFds& operator=(const HiddenFds&) = delete;
-
-  void show() {
-    if (shown_) return;
-    for (const SmcMember& m : members_) pfds_[m.index].fd = ~pfds_[m.index].fd;
-    shown_ = true;
-  }
 
  private:
   pollfd* pfds_;
   const std::vector<SmcMember>& members_;
-  bool shown_ = false;
 };
 
-// The kernel's poll over the set in which mirrors stand in for the SMC sockets, for
-// core::Engine::wait_readiness.
-struct PollCall {
-  pollfd* pfds;
-  nfds_t nfds;
-  const sigset_t* sigmask;
-};
-
-int kernel_poll(void* ctx, int timeout_ms) {
-  const auto* call = static_cast<const PollCall*>(ctx);
-  const timespec ts = timespec_of_ms(timeout_ms);
-  return real().ppoll(call->pfds, call->nfds, timeout_ms < 0 ? nullptr : &ts, call->sigmask);
-}
-
-int poll_smc(pollfd* pfds, nfds_t nfds, const std::vector<SmcMember>& members,
-             const Deadline& deadline, const sigset_t* sigmask) {
-  const auto real_ppoll = real().ppoll;
-  if (real_ppoll == nullptr) return enosys();
-  std::vector<short> smc_revents(members.size());
-  SignalsBlocked blocked;
-  HiddenFds hidden(pfds, members);
-  Slices slices;
-  for (;;) {
-    bool smc_ready = false;
-    for (size_t k = 0; k < members.size(); ++k) {
-      const pollfd& p = pfds[members[k].index];
-      smc_revents[k] = poll_revents(p.events, poll_state(*members[k].tracked->socket));
-      smc_ready = smc_ready || smc_revents[k] != 0;
-    }
-    timespec wait = slices.next(smc_ready, deadline);
-    const int rc = real_ppoll(pfds, nfds, &wait, blocked.wait_mask(sigmask));
-    if (rc < 0) return -1;
-    if (rc > 0 || smc_ready || deadline.expired()) {
-      hidden.show();
-      for (size_t k = 0; k < members.size(); ++k) pfds[members[k].index].revents = smc_revents[k];
-      return static_cast<int>(
-          std::count_if(pfds, pfds + nfds, [](const pollfd& p) { return p.revents != 0; }));
-    }
+// Puts each SMC member's readiness mirror in its place for the kernel's blocking wait,
+// and the application's fds back on destruction.
+class MirrorsInPlace {
+ public:
+  MirrorsInPlace(pollfd* pfds, const std::vector<SmcMember>& members,
+                 const std::vector<int>& mirrors)
+      : pfds_(pfds), members_(members) {
+    for (size_t k = 0; k < members_.size(); ++k) pfds_[members_[k].index].fd = mirrors[k];
   }
-}
+  ~MirrorsInPlace() {
+    for (const SmcMember& m : members_) pfds_[m.index].fd = m.tracked_fd;
+  }
+  MirrorsInPlace(const MirrorsInPlace&) = delete;
+  MirrorsInPlace& operator=(const MirrorsInPlace&) = delete;
+
+ private:
+  pollfd* pfds_;
+  const std::vector<SmcMember>& members_;
+};
+
+// The caller's pollfd array as the engine's wait loop sees it (core/readiness_set.h).
+class PollWait final : public core::ReadinessSet {
+ public:
+  PollWait(pollfd* pfds, nfds_t nfds, const std::vector<SmcMember>& members,
+           const sigset_t* sigmask)
+      : pfds_(pfds), nfds_(nfds), members_(members), sigmask_(sigmask) {}
+
+  // False (errno ENOMEM) if the lists cannot be allocated.
+  bool init() {
+    try {
+      smc_revents_.assign(members_.size(), 0);
+      mirrors_.reserve(members_.size());
+    } catch (const std::bad_alloc&) {
+      errno = ENOMEM;
+      return false;
+    }
+    for (const SmcMember& m : members_) {
+      const int mirror = m.tracked->socket->readiness_fd();
+      if (mirror < 0) break;
+      mirrors_.push_back(mirror);
+    }
+    // Until the kernel answers, nothing of its is ready.
+    for (nfds_t i = 0; i < nfds_; ++i) pfds_[i].revents = 0;
+    has_kernel_fds_ = kernel_fd_count() > 0;
+    return true;
+  }
+
+  int smc_ready() override {
+    int ready = 0;
+    for (size_t k = 0; k < members_.size(); ++k) {
+      const pollfd& p = pfds_[members_[k].index];
+      smc_revents_[k] = poll_revents(p.events, poll_state(*members_[k].tracked->socket));
+      ready += smc_revents_[k] != 0;
+    }
+    return ready;
+  }
+
+  int kernel_wait(int timeout_ms, bool block) override {
+    const auto real_ppoll = real().ppoll;
+    timespec storage;
+    int rc;
+    if (block && mirrors_.size() == members_.size()) {
+      MirrorsInPlace in_place(pfds_, members_, mirrors_);
+      rc = real_ppoll(pfds_, nfds_, wait_timeout(timeout_ms, -1, &storage),
+                      signals_.wait_mask(sigmask_));
+      if (rc > 0) {
+        // The mirrors' answers are not the caller's: smc_ready() gives those.
+        for (const SmcMember& m : members_) rc -= pfds_[m.index].revents != 0;
+        for (const SmcMember& m : members_) pfds_[m.index].revents = 0;
+      }
+    } else {
+      HiddenFds hidden(pfds_, members_);
+      const int64_t cap = block ? slices_.next_ns() : 0;
+      rc = real_ppoll(pfds_, nfds_, wait_timeout(timeout_ms, cap, &storage),
+                      signals_.wait_mask(sigmask_));
+    }
+    return rc;
+  }
+
+  bool has_kernel_fds() const override { return has_kernel_fds_; }
+  void before_polling() override { signals_.block(); }
+
+  // The answer in the caller's array; the number of entries with events.
+  int finish() {
+    for (size_t k = 0; k < members_.size(); ++k) pfds_[members_[k].index].revents = smc_revents_[k];
+    return static_cast<int>(
+        std::count_if(pfds_, pfds_ + nfds_, [](const pollfd& p) { return p.revents != 0; }));
+  }
+
+ private:
+  // Entries the kernel answers for: non-negative fds that are not SMC members.
+  size_t kernel_fd_count() const {
+    const auto valid =
+        std::count_if(pfds_, pfds_ + nfds_, [](const pollfd& p) { return p.fd >= 0; });
+    return static_cast<size_t>(valid) - members_.size();
+  }
+
+  pollfd* pfds_;
+  nfds_t nfds_;
+  const std::vector<SmcMember>& members_;
+  const sigset_t* sigmask_;
+  std::vector<short> smc_revents_;
+  std::vector<int> mirrors_;
+  bool has_kernel_fds_ = false;
+  SliceCap slices_;
+  SignalsWhilePolling signals_;
+};
 
 // The SMC members of a poll set.
 // False (errno ENOMEM) only if the list cannot be allocated.
@@ -103,6 +167,7 @@ bool scan_pollfds(const pollfd* pfds, nfds_t nfds, std::vector<SmcMember>* membe
     const int fd = pfds[i].fd;
     if (fd < 0) continue;
     std::shared_ptr<Tracked> t = tracked_socket(fd);
+    if (t == nullptr) note_nested_wait(fd);
     if (t == nullptr || !t->socket->is_smc()) continue;
     try {
       members->push_back(SmcMember{i, std::move(t), fd});
@@ -123,34 +188,14 @@ int poll_common(pollfd* pfds, nfds_t nfds, const Deadline& deadline, const sigse
   if (!scan_pollfds(pfds, nfds, &members)) return -1;
   saved.restore();
   if (members.empty()) return unchanged();
-  // Each SMC socket's readiness mirror stands in for it, and the kernel does the whole
-  // wait: exact poll semantics, no busy loop. Only if a mirror cannot be had (fd limit)
-  // does the polling loop below serve.
-  std::vector<int> mirror_fds;
-  try {
-    mirror_fds.reserve(members.size());
-  } catch (const std::bad_alloc&) {
-    errno = ENOMEM;
-    return -1;
-  }
-  for (const SmcMember& m : members) {
-    const int mirror = m.tracked->socket->readiness_fd();
-    if (mirror < 0) break;
-    mirror_fds.push_back(mirror);
-  }
+  if (real().ppoll == nullptr) return enosys();
+  PollWait wait(pfds, nfds, members, sigmask);
+  if (!wait.init()) return -1;
   saved.restore();
-  if (mirror_fds.size() == members.size() && real().ppoll != nullptr) {
-    for (size_t i = 0; i < members.size(); ++i) pfds[members[i].index].fd = mirror_fds[i];
-    PollCall call{pfds, nfds, sigmask};
-    const int rc = core::Engine::wait_readiness(deadline.engine_ns(), kernel_poll, &call);
-    const int error = errno;
-    for (const SmcMember& m : members) pfds[m.index].fd = static_cast<int>(m.tracked_fd);
-    errno = error;
-    return rc;
-  }
-  const int rc = poll_smc(pfds, nfds, members, deadline, sigmask);
-  if (rc >= 0) saved.restore();
-  return rc;
+  const int rc = core::Engine::wait_ready(deadline.engine_ns(), wait);
+  if (rc < 0) return -1;
+  saved.restore();
+  return wait.finish();
 }
 
 }  // namespace

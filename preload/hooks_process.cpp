@@ -23,6 +23,7 @@
 #include <cstdlib>
 
 #include "config/log.h"
+#include "preload/epoll_sets.h"
 #include "preload/interpose.h"
 
 namespace smcpre::preload {

@@ -2,20 +2,17 @@
 // caller's set holds SMC sockets.
 //
 // If no tracked socket in a set is on SMC, the real call runs unchanged (an undecided
-// server socket is polled as the kernel socket it still is). An SMC socket's kernel TCP
-// socket says nothing about SMC data; its readiness mirror (an fd whose poll mask the engine
-// keeps equal to what TCP would report) takes its place, and the kernel answers. A mirror
-// changes only as the links are reaped, so the wait goes through the engine's readiness
-// wait (core::Engine::wait_readiness, doc/design.md §6.2), as epoll_wait does: it reaps
-// the links in the calling thread, asks the kernel without blocking, polls on for its
-// adaptive budget while nothing is ready, and only then blocks in the kernel.
-// Only when a mirror cannot be had (fd limit) do poll and select fall back to
-// Socket::poll_state() and the real call in a loop: first with timeout 0, then with short
-// waits growing from 50us to 1ms, until something is ready or the caller's timeout expires.
+// server socket is polled as the kernel socket it still is). Otherwise the call goes
+// through the engine's wait loop (core::Engine::wait_ready, doc/design.md §6.2): the SMC
+// members are evaluated from their connections in user memory (Socket::poll_state), the
+// kernel is asked (timeout 0, SMC members hidden) only about the other fds and only now
+// and then, and the final blocking wait has each SMC member's readiness mirror in its
+// place, so that a change wakes it. A member without a mirror (fd limit) caps that wait
+// at a short slice instead (SliceCap), and the loop looks again.
 //
-// Signals: for the whole loop signals are blocked except inside the real waits,
-// which run with the caller's mask (or ppoll/pselect's sigmask). A signal can thus only
-// arrive inside a wait, which then returns EINTR exactly as one long wait would.
+// Signals: once the loop polls, signals are blocked except inside the real waits, which
+// run with the caller's mask (or ppoll/pselect's sigmask). A signal can thus only arrive
+// inside a wait, which then returns EINTR exactly as one long wait would.
 //
 // Include it after the hooks' #undef of _FORTIFY_SOURCE and _FILE_OFFSET_BITS.
 #pragma once
@@ -28,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "core/engine.h"
 #include "preload/interpose.h"
@@ -64,18 +62,18 @@ class Deadline {
   int64_t at_ns_;
 };
 
-// The wait between two looks at the SMC sockets: 0, then 50us doubling up to 1ms, never
-// beyond the deadline; 0 as soon as something is known to be ready.
-class Slices {
+// The longest kernel wait while an SMC member has no readiness mirror (fd limit), so that
+// its changes are seen: 50us at first, doubling up to 1ms.
+class SliceCap {
  public:
-  timespec next(bool ready, const Deadline& deadline) {
-    const int64_t ns = ready ? 0 : std::min(slice_ns_, deadline.remaining_ns());
-    slice_ns_ = slice_ns_ == 0 ? kFirstSliceNs : std::min(slice_ns_ * 2, kMaxSliceNs);
-    return timespec{static_cast<time_t>(ns / kNsPerSec), static_cast<long>(ns % kNsPerSec)};
+  int64_t next_ns() {
+    const int64_t ns = slice_ns_;
+    slice_ns_ = std::min(slice_ns_ * 2, kMaxSliceNs);
+    return ns;
   }
 
  private:
-  int64_t slice_ns_ = 0;
+  int64_t slice_ns_ = kFirstSliceNs;
 };
 
 // Blocks the asynchronous signals for its lifetime (glibc keeps its cancellation
@@ -108,6 +106,21 @@ class SignalsBlocked {
   bool blocked_ = false;
 };
 
+// SignalsBlocked from the first pass of polling on (core::ReadinessSet::before_polling):
+// a call answered at the first look pays no syscall for it.
+class SignalsWhilePolling {
+ public:
+  void block() {
+    if (!blocked_) blocked_.emplace();
+  }
+  const sigset_t* wait_mask(const sigset_t* caller_mask) const {
+    return blocked_ ? blocked_->wait_mask(caller_mask) : caller_mask;
+  }
+
+ private:
+  std::optional<SignalsBlocked> blocked_;
+};
+
 inline core::Readiness poll_state(core::Socket& s) {
   return engine_call("poll_state", core::Readiness{}, [&] { return s.poll_state(); });
 }
@@ -123,6 +136,16 @@ struct SmcMember {
 inline timespec timespec_of_ms(int timeout_ms) {
   return timespec{static_cast<time_t>(timeout_ms / 1000),
                   static_cast<long>(timeout_ms % 1000) * 1'000'000};
+}
+
+// A kernel wait's timeout: timeout_ms (-1: none), no longer than cap_ns if that is >= 0.
+// nullptr for none, else `storage` filled in.
+inline const timespec* wait_timeout(int timeout_ms, int64_t cap_ns, timespec* storage) {
+  int64_t ns = timeout_ms < 0 ? -1 : int64_t{timeout_ms} * 1'000'000;
+  if (cap_ns >= 0 && (ns < 0 || cap_ns < ns)) ns = cap_ns;
+  if (ns < 0) return nullptr;
+  *storage = timespec{static_cast<time_t>(ns / kNsPerSec), static_cast<long>(ns % kNsPerSec)};
+  return storage;
 }
 
 inline bool valid_timespec(const timespec* ts) {

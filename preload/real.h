@@ -61,6 +61,8 @@ namespace smcpre::preload {
   X(ppoll)                       \
   X(select)                      \
   X(pselect)                     \
+  X(epoll_create)                \
+  X(epoll_create1)               \
   X(epoll_ctl)                   \
   X(epoll_pwait)                 \
   X(epoll_pwait2)                \

@@ -44,6 +44,28 @@ void ReadinessMirror::note_fork() noexcept {
   g_forks.fetch_add(1, std::memory_order_acq_rel);
 }
 
+namespace {
+std::atomic<int> g_kernel_waiters{0};
+std::atomic<bool> g_watched_unseen{false};
+}  // namespace
+
+bool ReadinessMirror::must_show_now() const noexcept {
+  return g_kernel_waiters.load(std::memory_order_seq_cst) > 0 || watched_elsewhere();
+}
+
+bool ReadinessMirror::watched_elsewhere() const noexcept {
+  return g_watched_unseen.load(std::memory_order_relaxed) ||
+         g_forks.load(std::memory_order_relaxed) != forks_at_creation_;
+}
+
+void ReadinessMirror::count_kernel_waiter(int delta) noexcept {
+  g_kernel_waiters.fetch_add(delta, std::memory_order_seq_cst);
+}
+
+void ReadinessMirror::watched_unseen() noexcept {
+  g_watched_unseen.store(true, std::memory_order_seq_cst);
+}
+
 std::unique_ptr<ReadinessMirror> ReadinessMirror::create(std::string* error) {
   int sv[2];
   if (::syscall(SYS_socketpair, AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {

@@ -91,6 +91,25 @@ class ReadinessMirror {
   // engine_fd in the child, so a reset must shut it down explicitly (see do_reset).
   static void note_fork() noexcept;
 
+  // Whether a change must show at once (doc/design.md §6.2). A mirror matters only to a
+  // thread blocked in the kernel on it: an application's own waits look at the
+  // connections themselves while they poll (core/readiness_wait.h). So while no thread of
+  // the process is in such a kernel wait, a change is only noted, and a waiter about to
+  // block first brings every noted mirror up to date (flush_stale_mirrors). Exceptions
+  // are the waits smcpre cannot see: a mirror that existed at a fork (the child holds a
+  // copy of the sets it is in), and any mirror once one may be watched from a nested
+  // epoll set or from a set another process shares (watched_unseen).
+  bool must_show_now() const noexcept;
+  // Whether another process or a wait smcpre cannot see may be watching: then not even a
+  // drained connection's IN may linger (Connection::sync_mirror's lazy).
+  bool watched_elsewhere() const noexcept;
+  // A thread enters (+1) or leaves (-1) a kernel wait that may watch mirrors. Sequentially
+  // consistent with the stale list's flag: a change noted while a waiter enters is either
+  // found by the waiter's flush or shown at once by the changer, who looks again.
+  static void count_kernel_waiter(int delta) noexcept;
+  // From now on every mirror of the process shows each change at once.
+  static void watched_unseen() noexcept;
+
  private:
   // What app_fd shows. `readable` is the bytes queued to app_fd being > 0.
   uint64_t forks_at_creation_ = 0;
