@@ -43,9 +43,10 @@ def record(role, conn, sent, received, sock, ok, error):
 async def server(args):
     done = asyncio.Event()
     served = 0
+    finished = 0  # the server ends when this many have finished, not been accepted
 
     async def handle(reader, writer):
-        nonlocal served
+        nonlocal served, finished
         conn, total = served, 0
         served += 1
         while True:
@@ -58,7 +59,8 @@ async def server(args):
         record("server", conn, total, total, writer.get_extra_info("socket"), True, None)
         writer.close()
         await writer.wait_closed()
-        if served == args.conns:
+        finished += 1
+        if finished == args.conns:
             done.set()
 
     # A backlog for every expected connection: with asyncio's default of 100, 900 clients

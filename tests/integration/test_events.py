@@ -210,6 +210,28 @@ class EventsTest(SmcTestCase):
                                                       2 * MIB + 7, CLIENT_TIMEOUT + 10)
                 self.assert_tcp(srec, crec, (srv, cli))
 
+    def test_waits_smcpre_cannot_see(self):
+        """Waits on an SMC socket's readiness that smcpre cannot run itself: an epoll set
+        nested in another epoll set, or waited on by poll or select; a set the process
+        shares with a forked child that waits on it (the socket registered before the
+        fork, or after it in a set made before); two epoll sets holding the socket with
+        EPOLLEXCLUSIVE. Each drives a 200-round ping-pong; plain TCP is the control."""
+        shapes = ["nested-epoll", "nested-poll", "nested-select", "fork-shared", "fork-late",
+                  "exclusive"]
+        args = ["--timeout", str(CLIENT_TIMEOUT)]
+        for shape in shapes:
+            args += ["--shape", shape]
+        for preload in (True, False):
+            with self.subTest(preload=preload):
+                srv, cli, srec, crec = self.echo_pair(
+                    preload, "wait_shapes.py", args, len(shapes), 200 * 1000,
+                    CLIENT_TIMEOUT + 10)
+                self.assertEqual([r["shape"] for r in crec], shapes)
+                if preload:
+                    self.assert_smc(srec, crec, (srv, cli))
+                else:
+                    self.assert_tcp(srec, crec, (srv, cli))
+
     def prefork(self, extra, conns):
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps",
                               "prefork.py")
