@@ -1,51 +1,72 @@
-"""The real programs' rows of scripts/bench: redis-benchmark against redis-server, iperf3
-and sockperf (when installed), in a private network namespace whose kernel IP counters prove that an SMC run's TCP
-connections carried only their handshakes.
+"""The real programs' runs of scripts/bench, in a private network namespace whose kernel
+IP counters prove that an SMC run's TCP connections carried only their handshakes:
+redis-benchmark against redis-server, iperf3 and sockperf (web.py: nginx and a reverse
+proxy with wrk). Each run returns a dict of its figures, "ops" (the operations the
+client's tool reported, for syscalls per operation) and "op" (what one is called).
 """
 
 import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from .common import die, fmt
+from . import syscalls
+from .common import die
 import netns  # tests/integration, on the path once .common is imported
 
 
 class AppRun:
-    """One real-program run in the private namespace: a server, clients, the proof."""
+    """One real-program run in the private namespace: servers, a client, the proof, and
+    (count_syscalls) the servers' syscalls while the client runs."""
 
-    def __init__(self, lib, smc):
+    def __init__(self, lib, smc, count_syscalls=False, env=None):
         self.smc = smc
         self.runtime = tempfile.mkdtemp(prefix="smcpre-bench-")
         self.env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
         self.env["SMCPRE_RUNTIME_DIR"] = self.runtime
+        self.env.update(env or {})
         if smc:
             self.env["LD_PRELOAD"] = lib
-        self.server = None
+        self.servers = []
+        self.count_syscalls = count_syscalls
+        self.syscalls = None  # {name: count} of the servers while the client ran
         self.start_counters = netns.counters()
 
-    def serve(self, argv, port):
-        self.server = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       start_new_session=True)
+    def serve(self, argv, port, children=0):
+        """Starts a server and waits until it listens on port (and has forked `children`
+        worker processes)."""
+        server = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        self.servers.append(server)
         deadline = time.monotonic() + 20
-        while not netns.listening(port):
-            if self.server.poll() is not None or time.monotonic() > deadline:
+        while not netns.listening(port) or len(syscalls.children(server.pid)) < children:
+            if server.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 die("%s did not start" % argv[0])
             time.sleep(0.02)
 
     def client(self, argv, timeout):
+        """Runs the client to completion (counting the servers' syscalls meanwhile, if
+        asked); returns its stdout."""
+        counter = None
+        if self.count_syscalls:
+            counter = syscalls.Counter([q for s in self.servers
+                                        for q in [s.pid] + syscalls.children(s.pid)])
         try:
             out = subprocess.run(argv, env=self.env, capture_output=True, text=True,
                                  timeout=timeout)
         except subprocess.TimeoutExpired:
+            out = None
+        if counter is not None:
+            self.syscalls, problem = counter.stop()
+            if problem:
+                print("scripts/bench: no syscall counts: " + problem, file=sys.stderr)
+        if out is None:
             self.close()
             die("%s timed out" % " ".join(argv))
         if out.returncode != 0:
@@ -54,15 +75,23 @@ class AppRun:
                                                out.stderr[-2000:]))
         return out.stdout
 
+    def result(self, figures, ops, op):
+        """(figures with the operation count and this run's syscalls, the proof problem
+        or None); stops the servers."""
+        figures.update(ops=ops, op=op, syscalls=self.syscalls)
+        return figures, self.close()
+
     def close(self):
-        """Stops the server; returns the proof problem of an SMC run, or None."""
-        if self.server is not None and self.server.poll() is None:
-            self.server.terminate()
-            try:
-                self.server.wait(20)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+        """Stops the servers; returns the proof problem of an SMC run, or None."""
+        for server in self.servers:
+            if server.poll() is None:
+                server.terminate()
+                try:
+                    server.wait(20)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+        self.servers = []
         shutil.rmtree(self.runtime, ignore_errors=True)
         octets, opens = (b - a for a, b in zip(self.start_counters, netns.counters()))
         if self.smc and octets > netns.smc_bound(opens):
@@ -70,9 +99,9 @@ class AppRun:
         return None
 
 
-def redis_once(lib, smc, pipeline, requests):
+def redis_once(lib, smc, pipeline, requests, count_syscalls=False):
     """{"SET": requests/s, "GET": requests/s} of one redis-benchmark run."""
-    run = AppRun(lib, smc)
+    run = AppRun(lib, smc, count_syscalls)
     port = netns.free_port()
     run.serve(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--dir", run.runtime], port)
@@ -86,12 +115,13 @@ def redis_once(lib, smc, pipeline, requests):
     if set(rps) != {"SET", "GET"}:
         run.close()
         die("unexpected redis-benchmark output:\n" + out[-2000:])
-    return rps, run.close()
+    return run.result(rps, 2 * requests, "request")
 
 
-def iperf_once(lib, smc, args, seconds):
-    """Gbit/s the iperf3 receiver counted in one run."""
-    run = AppRun(lib, smc)
+def iperf_once(lib, smc, args, seconds, count_syscalls=False):
+    """{"gbit": Gbit/s the iperf3 receiver counted} of one run; an operation is one of the
+    server's reads (its writes with -R) of a block (128 KiB)."""
+    run = AppRun(lib, smc, count_syscalls)
     port = netns.free_port()
     run.serve(["iperf3", "-s", "-1", "-p", str(port)], port)
     out = run.client(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-J", "-t",
@@ -100,18 +130,23 @@ def iperf_once(lib, smc, args, seconds):
     if report.get("error"):
         run.close()
         die("iperf3: " + report["error"])
-    return report["end"]["sum_received"]["bits_per_second"] / 1e9, run.close()
+    end, block = report["end"], report["start"]["test_start"]["blksize"]
+    reverse = "-R" in args
+    moved = end["sum_sent" if reverse else "sum_received"]["bytes"]
+    return run.result({"gbit": end["sum_received"]["bits_per_second"] / 1e9}, moved / block,
+                      "%d KiB %s" % (block // 1024, "write" if reverse else "read"))
 
 
 SOCKPERF_PERCENTILE = re.compile(r"percentile (\d+)\.000 =\s*([0-9.]+)")
 SOCKPERF_RATE = re.compile(r"Message Rate is (\d+)")
+SOCKPERF_SENT = re.compile(r"\[Total Run\].*SentMessages=(\d+)|Total of (\d+) messages sent")
 
 
-def sockperf_once(lib, smc, mode, seconds):
+def sockperf_once(lib, smc, mode, seconds, count_syscalls=False):
     """sockperf over TCP with 64-byte messages: for ping-pong {"p50": µs, "p99": µs} of the
     one-way latency (half the round trip, as sockperf reports it); for throughput
-    {"rate": messages/s}."""
-    run = AppRun(lib, smc)
+    {"rate": messages/s}. An operation is a message the server received."""
+    run = AppRun(lib, smc, count_syscalls)
     port = netns.free_port()
     run.serve(["sockperf", "server", "--tcp", "-i", "127.0.0.1", "-p", str(port)], port)
     out = run.client(["sockperf", mode, "--tcp", "-i", "127.0.0.1", "-p", str(port), "-m", "64",
@@ -122,62 +157,10 @@ def sockperf_once(lib, smc, mode, seconds):
     else:
         m = SOCKPERF_RATE.search(out)
         result = {"rate": float(m.group(1)) if m else None}
-    if None in result.values():
+    sent = SOCKPERF_SENT.search(out)
+    if None in result.values() or not sent:
         run.close()
         die("unexpected sockperf output:\n" + out[-2000:])
-    return result, run.close()
+    return run.result(result, int(sent.group(1) or sent.group(2)), "message")
 
 
-def app_rows(lib, reps, seconds, quick):
-    """The real programs' rows, or ([], why not)."""
-    missing = [p for p in ("redis-server", "redis-benchmark", "iperf3") if not shutil.which(p)]
-    if missing:
-        return [], "not installed: " + ", ".join(missing), []
-    why_not = netns.enter_private_netns()
-    if why_not:
-        return [], why_not, []
-    # Runs of a few seconds: shorter ones measure connection set-up more than requests.
-    requests = {1: 50000 if quick else 200000, 16: 500000 if quick else 2000000}
-    cases = [("redis-benchmark -c 50 -P %d: %s (requests/s)" % (p, op),
-              lambda smc, p=p: redis_once(lib, smc, p, requests[p]), op)
-             for p in (1, 16) for op in ("SET", "GET")]
-    iperf_seconds = max(1, int(seconds))
-    cases += [("iperf3 %s(Gbit/s)" % (" ".join(a) + " " if a else "-P 1 "),
-               lambda smc, a=a: iperf_once(lib, smc, a, iperf_seconds), None)
-              for a in ([], ["-P", "4"], ["-R"])]
-    if shutil.which("sockperf"):
-        cases += [("sockperf ping-pong 64 B: one-way latency, %s (µs)" % key,
-                   lambda smc: sockperf_once(lib, smc, "ping-pong", iperf_seconds), key)
-                  for key in ("p50", "p99")]
-        cases += [("sockperf throughput 64 B (messages/s)",
-                   lambda smc: sockperf_once(lib, smc, "throughput", iperf_seconds), "rate")]
-    values, problems = {}, []
-    for rep in range(reps):
-        order = (False, True) if rep % 2 == 0 else (True, False)
-        done = {}
-        for label, fn, key in cases:
-            for smc in order:
-                print("scripts/bench: rep %d/%d %s %s" % (rep + 1, reps, label,
-                                                         "smc" if smc else "tcp"),
-                      file=sys.stderr)
-                # One redis-benchmark (or sockperf ping-pong) run measures several rows.
-                cache_key = (label.split(":")[0], smc)
-                if key is not None and cache_key in done:
-                    result, problem = done[cache_key], None
-                else:
-                    result, problem = fn(smc)
-                    done[cache_key] = result
-                    if problem:
-                        problems.append("%s rep %d: %s" % (label, rep + 1, problem))
-                values.setdefault((label, smc), []).append(result[key] if key else result)
-    rows = []
-    for label, _, _ in cases:
-        t = statistics.median(values[(label, False)])
-        s = statistics.median(values[(label, True)])
-        digits = 0 if "requests" in label or "messages" in label else 2
-        if "latency" in label:
-            ratio = "%.2f× (TCP / SMC latency)" % (t / s)
-        else:
-            ratio = "%.2f× (SMC / TCP)" % (s / t)
-        rows.append((label, fmt(t, digits), fmt(s, digits), ratio))
-    return rows, None, problems

@@ -1,8 +1,9 @@
 """What every part of scripts/bench uses: the repository root, the build, the log line that
-proves an SMC connection, the error exit and number formatting.
+proves an SMC connection, the error exit, number formatting and table rows.
 """
 
 import os
+import statistics
 import subprocess
 import sys
 
@@ -30,3 +31,23 @@ def build():
 
 def fmt(x, digits):
     return "%.*f" % (digits, x)
+
+
+def spread(values, digits):
+    return "%s–%s" % (fmt(min(values), digits), fmt(max(values), digits))
+
+
+def row(label, tcp, smc, lower_is_better, digits):
+    """A table row from the runs' values of both paths, paired by repetition: the medians,
+    the ratio of the medians (the larger over the smaller when smcpre does better), and
+    the spread: each path's lowest and highest run and the range of the repetitions'
+    ratios."""
+    t, s = statistics.median(tcp), statistics.median(smc)
+    if lower_is_better:
+        ratio = "%.2f× (TCP / SMC latency)" % (t / s)
+        each = [a / b for a, b in zip(tcp, smc)]
+    else:
+        ratio = "%.2f× (SMC / TCP throughput)" % (s / t)
+        each = [b / a for a, b in zip(tcp, smc)]
+    return (label, fmt(t, digits), fmt(s, digits), ratio, "TCP %s, SMC %s; ratio %s×" % (
+        spread(tcp, digits), spread(smc, digits), spread(each, 2)))

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Real programs nobody here wrote, under the preload on both ends: redis-server
 with redis-benchmark and redis-cli, nginx (master + worker processes, sendfile) with curl
-and wrk, iperf3, sockperf and socat. (A Python asyncio server and client run in
-test_events.py.)
+and wrk, directly and through a second nginx as a reverse proxy, iperf3, sockperf and
+socat. (A Python asyncio server and client run in test_events.py.)
 
 Every case runs twice, under the preload and as plain TCP, and checks that the outputs
 agree (file contents, key counts, command counts, stream counts, message accounting).
@@ -19,7 +19,6 @@ shows the check can fail.
 
 import json
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -29,14 +28,20 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import MIB, SANITIZER_RUNTIME, SMC_ESTABLISHED, SmcTestCase, main  # noqa: E402
+from harness import KIB, MIB, SANITIZER_RUNTIME, SMC_ESTABLISHED, SmcTestCase, main  # noqa: E402
 
-# A plain HTTP GET to a file, for the sanitizer build: curl hangs at start under the ASan
-# runtime alone (without smcpre), so there Python fetches the file instead.
+# A plain HTTP GET to a file (the status line and headers to a third file if named), for the
+# sanitizer build: curl hangs at start under the ASan runtime alone (without smcpre), so
+# there Python fetches the file instead.
 FETCH = ("import shutil, sys, urllib.request\n"
          "with urllib.request.urlopen(sys.argv[1], timeout=60) as r, open(sys.argv[2], 'wb') as f:\n"
-         "    shutil.copyfileobj(r, f, 1 << 20)\n")
+         "    shutil.copyfileobj(r, f, 1 << 20)\n"
+         "    if len(sys.argv) > 3:\n"
+         "        with open(sys.argv[3], 'w') as h:\n"
+         "            h.write('HTTP/1.1 %d %s\\n' % (r.status, r.reason))\n"
+         "            h.writelines('%s: %s\\n' % kv for kv in r.getheaders())\n")
 from netns import counters, enter_private_netns, free_port, listening, smc_bound  # noqa: E402
+from nginx_conf import WORKERS, nginx_argv, worker_uid  # noqa: E402
 
 FULL = "--full" in sys.argv
 if FULL:
@@ -224,65 +229,136 @@ class AppsTest(SmcTestCase):
 
     # ---- nginx ------------------------------------------------------------------------
 
-    def nginx(self, preload, port, root):
-        conf = os.path.join(self.work, "nginx.conf")
-        user = "user nobody nogroup;" if os.geteuid() == 0 else ""
-        with open(conf, "w") as f:
-            f.write("""daemon off; master_process on; worker_processes 2; %s
-pid %s/nginx.pid; error_log stderr info;
-events { worker_connections 1024; }
-http {
-  access_log off; sendfile on; keepalive_requests 100000;
-  client_body_temp_path %s/cb; proxy_temp_path %s/px; fastcgi_temp_path %s/fc;
-  uwsgi_temp_path %s/uw; scgi_temp_path %s/sc;
-  server { listen 127.0.0.1:%d; root %s; }
-}
-""" % (user, self.work, self.work, self.work, self.work, self.work, self.work, port, root))
-        os.chmod(self.work, 0o755)
-        return self.server(["nginx", "-c", conf, "-p", self.work], port, preload,
-                           name="nginx")
+    def nginx(self, preload, port, root=None, upstream=None, name="nginx"):
+        """nginx serving `root`, or proxying to the port `upstream` (nginx_conf.py)."""
+        return self.server(nginx_argv(self.work, name, port, root, upstream), port, preload,
+                           name=name)
+
+    def www(self, files):
+        """A document root for nginx's workers with files {name: size} of random bytes;
+        returns (root, {name: path})."""
+        root = os.path.join(self.work, "www")
+        os.mkdir(root)
+        os.chmod(root, 0o755)
+        paths = {}
+        for name, nbytes in files.items():
+            paths[name] = os.path.join(root, name)
+            with open(paths[name], "wb") as f:
+                for start in range(0, nbytes, MIB):
+                    f.write(os.urandom(min(MIB, nbytes - start)))
+            os.chmod(paths[name], 0o644)
+        return root, paths
+
+    def fetch(self, url, got, preload, env, others, headers=None):
+        """Fetches url into the file got, and the response's status line and headers into
+        the file `headers` if given (curl; Python in a sanitizer build)."""
+        if SANITIZER_RUNTIME:
+            argv = [sys.executable, "-c", FETCH, url, got] + ([headers] if headers else [])
+        else:
+            argv = (["curl", "-sS", "--fail", "-o", got] +
+                    (["-D", headers] if headers else []) + [url])
+        return self.run_client(argv, preload, env, others=others)
+
+    def wrk(self, url, conns, seconds, preload, env, others):
+        """wrk -c conns against url; returns (its process, requests, bytes read, socket
+        errors and non-2xx lines)."""
+        wrk = self.run_client(["wrk", "-t", "2" if conns > 1 else "1", "-c", str(conns),
+                               "-d", "%ds" % seconds, "--timeout", "30s", url],
+                              preload, env, others=others)
+        text = "\n".join(wrk.stdout_lines)
+        m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)([KMGT]?B) read", text)
+        self.assertIsNotNone(m, text)
+        read = float(m.group(2)) * 1024 ** ["B", "KB", "MB", "GB", "TB"].index(m.group(3))
+        return wrk, int(m.group(1)), read, re.findall(r"Socket errors:.*|Non-2xx.*", text)
 
     def test_nginx_curl_and_wrk(self):
         """nginx with two worker processes (fork; they run as nobody when we are root)
         serves a 100 MiB file to curl (sendfile on the SMC socket) and to wrk."""
         self.need("nginx", "curl", "wrk")
-        root = os.path.join(self.work, "www")
-        os.mkdir(root)
-        os.chmod(root, 0o755)
-        big = os.path.join(root, "big.bin")
-        with open(big, "wb") as f:
-            for _ in range(size("nginx_file") // MIB):
-                f.write(os.urandom(MIB))
-        os.chmod(big, 0o644)
+        root, files = self.www({"big.bin": size("nginx_file")})
         # The workers' uid must be allowed to attach over shm by the clients.
-        client_env = {"SMCPRE_SHM_UIDS": str(pwd.getpwnam("nobody").pw_uid)}
+        client_env = {"SMCPRE_SHM_UIDS": str(worker_uid())}
 
         def run(preload):
             port = free_port()
             srv = self.nginx(preload, port, root)
             url = "http://127.0.0.1:%d/big.bin" % port
             got = os.path.join(self.work, "got-%d" % preload)
-            fetch = ([sys.executable, "-c", FETCH, url, got] if SANITIZER_RUNTIME else
-                     ["curl", "-sS", "--fail", "-o", got, url])
-            curl = self.run_client(fetch, preload, client_env, others=[srv])
-            same = subprocess.run(["cmp", "-s", got, big]).returncode == 0
+            curl = self.fetch(url, got, preload, client_env, [srv])
+            same = subprocess.run(["cmp", "-s", got, files["big.bin"]]).returncode == 0
             os.unlink(got)
-            wrk = self.run_client(["wrk", "-t", "2", "-c", "4", "-d",
-                                   "%ds" % size("wrk_seconds"), "--timeout", "30s", url],
-                                  preload, client_env, others=[srv])
-            text = "\n".join(wrk.stdout_lines)
-            m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)([KMGT]?B) read", text)
-            self.assertIsNotNone(m, text)
-            read = float(m.group(2)) * 1024 ** ["B", "KB", "MB", "GB", "TB"].index(m.group(3))
+            wrk, requests, read, problems = self.wrk(url, 4, size("wrk_seconds"), preload,
+                                                     client_env, [srv])
             # Whole files served (a slow machine may finish few in the time given).
-            served = int(m.group(1)) > 0 and read >= size("nginx_file")
-            problems = re.findall(r"Socket errors:.*|Non-2xx.*", text)
+            served = requests > 0 and read >= size("nginx_file")
             self.stop(srv)
             return (same, served, problems), [srv, curl, wrk]
 
         got = self.both_paths(run)
         self.assertEqual(got[True], (True, True, []), "over SMC")
         self.assertEqual(got[True], got[False])
+
+    def test_nginx_proxy(self):
+        """A reverse proxy in front of a server: nginx with proxy_pass and upstream
+        keepalive before a backend nginx, both preloaded. curl fetches a 4 MiB and a 1 KiB
+        file through the proxy (same bytes, same response headers as over TCP) and wrk the
+        small one with 4 connections; the proxy reuses its backend connections. Both hops
+        move over SMC: the IP counters stay within the handshakes of every connection of
+        both hops, and two more runs with one hop on TCP (plain clients; a plain backend)
+        show that either hop alone would exceed that bound."""
+        self.need("nginx", "curl", "wrk")
+        root, files = self.www({"big.bin": 4 * MIB, "small.bin": KIB})
+        client_env = {"SMCPRE_SHM_UIDS": str(worker_uid())}
+        # The proxy's workers (nobody) look the backend up in the listener registry.
+        os.chmod(self.runtime_dir, 0o755)
+
+        def run(clients, proxy, backend, seconds):
+            """One run with the clients (curl, wrk), the proxy and the backend preloaded
+            or not; returns ((contents equal, headers, wrk served and clean), procs)."""
+            bport, pport = free_port(), free_port()
+            back = self.nginx(backend, bport, root=root, name="nginx-backend")
+            front = self.nginx(proxy, pport, upstream=bport, name="nginx-proxy")
+            procs, same, headers = [back, front], [], []
+            for name in ("big.bin", "small.bin"):
+                got = os.path.join(self.work, "got")
+                procs.append(self.fetch("http://127.0.0.1:%d/%s" % (pport, name), got,
+                                        clients, client_env, procs[:2], headers=got + ".h"))
+                same.append(subprocess.run(["cmp", "-s", got, files[name]]).returncode == 0)
+                with open(got + ".h") as f:
+                    # Date differs between runs; the rest comes from the backend.
+                    headers.append(sorted(l.strip() for l in f
+                                          if l.strip() and not l.startswith("Date:")))
+                os.unlink(got)
+                os.unlink(got + ".h")
+            (wrk, requests, _, problems), _, opens = self.measured(lambda: self.wrk(
+                "http://127.0.0.1:%d/small.bin" % pport, 4, seconds, clients, client_env,
+                procs[:2]))
+            procs.append(wrk)
+            # Upstream keepalive: wrk's 4 connections, and at most a few to the backend
+            # per proxy worker, not one per request.
+            self.assertLessEqual(opens, 4 + 4 * WORKERS, "the proxy did not reuse its "
+                                 "backend connections\n" + self.describe_all(procs))
+            self.stop(front)
+            self.stop(back)
+            return (same, headers, requests >= 100, problems), procs
+
+        got = self.both_paths(lambda preload: run(preload, preload, preload,
+                                                  size("wrk_seconds")))
+        self.assertEqual(got[True][0], [True, True], "over SMC")
+        self.assertEqual(got[True][2:], (True, []), "over SMC")
+        self.assertEqual(got[True], got[False])
+        # Either hop left on TCP breaks the bound above, so the bound proves both hops.
+        for clients, backend, hop in ((False, True, "client -> proxy"),
+                                      (True, False, "proxy -> backend")):
+            with self.subTest(tcp_hop=hop):
+                (result, procs), octets, opens = self.measured(
+                    lambda: run(clients, True, backend, 1))
+                sys.stderr.write("  %s on TCP: %d TCP connections, %d IP bytes\n"
+                                 % (hop, opens, octets))
+                self.assertEqual(result, got[False])
+                self.assertGreater(octets, smc_bound(opens), "with %s on TCP the IP counters "
+                                   "stay within the SMC bound: the proof would not see it\n%s"
+                                   % (hop, self.describe_all(procs)))
 
     # ---- iperf3 -----------------------------------------------------------------------
 
