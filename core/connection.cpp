@@ -237,6 +237,7 @@ int Connection::readiness_fd() {
       return -1;
     }
     mirror_owner_->apply(mirror_state(), false);
+    mirror_forks_.store(mirror_owner_->forks_at_creation(), std::memory_order_relaxed);
     mirror_.store(mirror_owner_.get(), std::memory_order_release);
   }
   return mirror_owner_->app_fd();
@@ -266,18 +267,19 @@ std::atomic<bool> g_any_stale{false};
 }  // namespace
 
 void Connection::sync_mirror(bool new_data, bool lazy) {
-  ReadinessMirror* mirror = mirror_.load(std::memory_order_acquire);
-  if (mirror == nullptr) return;
+  if (mirror_.load(std::memory_order_acquire) == nullptr) return;
+  // The copy, not the mirror: close() may be destroying the mirror meanwhile.
+  const uint64_t forks = mirror_forks_.load(std::memory_order_relaxed);
   if (new_data && mirror_edges_.load(std::memory_order_relaxed)) {
     mirror_edge_owed_.store(true, std::memory_order_relaxed);
   }
-  if (!mirror->must_show_now()) {
+  if (!ReadinessMirror::must_show_now(forks)) {
     list_stale_mirror();
     // Looked at again after listing: a waiter that entered its kernel wait meanwhile may
     // have flushed the list before the connection was on it.
-    if (!mirror->must_show_now()) return;
+    if (!ReadinessMirror::must_show_now(forks)) return;
   }
-  apply_mirror(lazy && !mirror->watched_elsewhere());
+  apply_mirror(lazy && !ReadinessMirror::watched_elsewhere(forks));
 }
 
 void Connection::apply_mirror(bool lazy) {

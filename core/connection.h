@@ -243,8 +243,10 @@ class Connection final : public ConnectionEvents, public std::enable_shared_from
   std::unique_ptr<ReadinessMirror> mirror_owner_;  // under mirror_mutex_
   std::atomic<ReadinessMirror*> mirror_{nullptr};
   std::atomic<bool> mirror_edges_{false};
-  std::atomic<bool> mirror_stale_{false};      // on the stale list
-  std::atomic<bool> mirror_edge_owed_{false};  // data came since the mirror last showed it
+  std::atomic<bool> mirror_stale_{false};  // on the stale list
+  std::atomic<bool> mirror_edge_owed_{false};
+  std::atomic<uint64_t> mirror_forks_{0};  // the mirror's forks_at_creation(), set before mirror_
+                                           // // data came since the mirror last showed it
   // Kept by stats_owner_ (set once, before stats_ is published); read through stats_,
   // which receive processing may load while attach_stats() runs.
   std::shared_ptr<ConnectionStats> stats_owner_;

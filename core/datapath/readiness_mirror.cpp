@@ -49,13 +49,14 @@ std::atomic<int> g_kernel_waiters{0};
 std::atomic<bool> g_watched_unseen{false};
 }  // namespace
 
-bool ReadinessMirror::must_show_now() const noexcept {
-  return g_kernel_waiters.load(std::memory_order_seq_cst) > 0 || watched_elsewhere();
+bool ReadinessMirror::must_show_now(uint64_t forks_at_creation) noexcept {
+  return g_kernel_waiters.load(std::memory_order_seq_cst) > 0 ||
+         watched_elsewhere(forks_at_creation);
 }
 
-bool ReadinessMirror::watched_elsewhere() const noexcept {
+bool ReadinessMirror::watched_elsewhere(uint64_t forks_at_creation) noexcept {
   return g_watched_unseen.load(std::memory_order_relaxed) ||
-         g_forks.load(std::memory_order_relaxed) != forks_at_creation_;
+         g_forks.load(std::memory_order_relaxed) != forks_at_creation;
 }
 
 void ReadinessMirror::count_kernel_waiter(int delta) noexcept {

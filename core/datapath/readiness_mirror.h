@@ -99,10 +99,13 @@ class ReadinessMirror {
   // are the waits smcpre cannot see: a mirror that existed at a fork (the child holds a
   // copy of the sets it is in), and any mirror once one may be watched from a nested
   // epoll set or from a set another process shares (watched_unseen).
-  bool must_show_now() const noexcept;
+  // forks_at_creation: forks_at_creation() of the mirror in question, a copy kept by its
+  // owner (a syncing thread must not touch a mirror another thread may be destroying).
+  static bool must_show_now(uint64_t forks_at_creation) noexcept;
   // Whether another process or a wait smcpre cannot see may be watching: then not even a
   // drained connection's IN may linger (Connection::sync_mirror's lazy).
-  bool watched_elsewhere() const noexcept;
+  static bool watched_elsewhere(uint64_t forks_at_creation) noexcept;
+  uint64_t forks_at_creation() const noexcept { return forks_at_creation_; }
   // A thread enters (+1) or leaves (-1) a kernel wait that may watch mirrors. Sequentially
   // consistent with the stale list's flag: a change noted while a waiter enters is either
   // found by the waiter's flush or shown at once by the changer, who looks again.
