@@ -59,13 +59,16 @@ void note_fork_for_epoll_sets() noexcept {
 // A new epoll set: known as one, and, should the process fork, known as shared. The fork
 // handler is the epoll sets' own, not the engine's: a program that makes an epoll set
 // but no SMC socket must not wake the engine at fork or exit.
-void note_epoll_instance(int epfd) noexcept {
+// Returns epfd (the real call's result; -1 is passed through).
+int note_epoll_instance(int epfd) noexcept {
+  if (epfd < 0) return epfd;
   epoll_instances().mark(epfd);
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   SavedErrno saved;
   pthread_once(&once,
                [] { pthread_atfork(nullptr, note_fork_for_epoll_sets, note_fork_for_epoll_sets); });
   saved.restore();
+  return epfd;
 }
 
 void note_nested_wait(int fd) noexcept {
@@ -124,17 +127,13 @@ using namespace smcpre::preload;  // NOLINT: the hooks below are C symbols
 SMCPRE_HOOK int epoll_create(int size) noexcept {
   const auto& r = real();
   if (r.epoll_create == nullptr) return enosys();
-  const int epfd = r.epoll_create(size);
-  if (epfd >= 0) note_epoll_instance(epfd);
-  return epfd;
+  return note_epoll_instance(r.epoll_create(size));
 }
 
 SMCPRE_HOOK int epoll_create1(int flags) noexcept {
   const auto& r = real();
   if (r.epoll_create1 == nullptr) return enosys();
-  const int epfd = r.epoll_create1(flags);
-  if (epfd >= 0) note_epoll_instance(epfd);
-  return epfd;
+  return note_epoll_instance(r.epoll_create1(flags));
 }
 
 SMCPRE_HOOK int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout) {

@@ -53,7 +53,6 @@ class Deadline {
     if (is_infinite()) return INT64_MAX;
     return std::max<int64_t>(0, at_ns_ - core::now_ns());
   }
-  bool expired() const { return remaining_ns() == 0; }
   // As core::Engine::wait_readiness takes it: -1 none, 0 do not block, else CLOCK_MONOTONIC.
   int64_t engine_ns() const { return at_ns_; }
 
@@ -131,12 +130,6 @@ struct SmcMember {
   std::shared_ptr<Tracked> tracked;
   int tracked_fd = -1;  // poll: the application's fd at that index
 };
-
-// A kernel wait's timeout in milliseconds (-1: none) as ppoll and pselect take it.
-inline timespec timespec_of_ms(int timeout_ms) {
-  return timespec{static_cast<time_t>(timeout_ms / 1000),
-                  static_cast<long>(timeout_ms % 1000) * 1'000'000};
-}
 
 // A kernel wait's timeout: timeout_ms (-1: none), no longer than cap_ns if that is >= 0.
 // nullptr for none, else `storage` filled in.
