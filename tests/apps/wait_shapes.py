@@ -12,6 +12,8 @@ one connection after another per shape):
                  through a pipe and the parent reads the echo
   fork-late      the epoll set is made before the fork, the socket made, connected and
                  registered after it (in the parent); the child waits as above
+  dup-epoll      the socket's epoll set is duplicated (dup) and the program waits on the
+                 copy only
   exclusive      two threads, each with its own epoll set holding the socket with
                  EPOLLEXCLUSIVE; whichever wakes reads
 
@@ -38,7 +40,7 @@ import time
 TCP_INFO_LEN = 232
 BYTES_ACKED_AT = 120  # struct tcp_info: u64 tcpi_bytes_acked, then u64 tcpi_bytes_received
 SHAPES = ("nested-epoll", "nested-poll", "nested-select", "fork-shared", "fork-late",
-          "exclusive")
+          "dup-epoll", "exclusive")
 
 
 class Failed(Exception):
@@ -211,6 +213,12 @@ def run_shape(shape, args):
     if shape.startswith("nested-"):
         sock = connect(args.port)
         return nested(sock, args, shape.split("-")[1]), sock
+    if shape == "dup-epoll":
+        sock = connect(args.port)
+        ep = select.epoll()
+        ep.register(sock.fileno(), select.EPOLLIN)
+        copy = select.epoll.fromfd(os.dup(ep.fileno()))
+        return rounds_with(sock, args, lambda left: bool(copy.poll(left))), sock
     if shape == "exclusive":
         sock = connect(args.port)
         return exclusive(sock, args), sock

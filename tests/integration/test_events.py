@@ -214,23 +214,23 @@ class EventsTest(SmcTestCase):
         """Waits on an SMC socket's readiness that smcpre cannot run itself: an epoll set
         nested in another epoll set, or waited on by poll or select; a set the process
         shares with a forked child that waits on it (the socket registered before the
-        fork, or after it in a set made before); two epoll sets holding the socket with
-        EPOLLEXCLUSIVE. Each drives a 200-round ping-pong; plain TCP is the control."""
-        shapes = ["nested-epoll", "nested-poll", "nested-select", "fork-shared", "fork-late",
-                  "exclusive"]
-        args = ["--timeout", str(CLIENT_TIMEOUT)]
-        for shape in shapes:
-            args += ["--shape", shape]
-        for preload in (True, False):
-            with self.subTest(preload=preload):
-                srv, cli, srec, crec = self.echo_pair(
-                    preload, "wait_shapes.py", args, len(shapes), 200 * 1000,
-                    CLIENT_TIMEOUT + 10)
-                self.assertEqual([r["shape"] for r in crec], shapes)
-                if preload:
-                    self.assert_smc(srec, crec, (srv, cli))
-                else:
-                    self.assert_tcp(srec, crec, (srv, cli))
+        fork, or after it in a set made before); a duplicated epoll set; two epoll sets
+        holding the socket with EPOLLEXCLUSIVE. Each drives a 200-round ping-pong in a
+        process of its own (one such wait makes every later mirror of the process show
+        each change at once, which would hide the next shape's failure); plain TCP is
+        the control."""
+        for shape in ("nested-epoll", "nested-poll", "nested-select", "fork-shared",
+                      "fork-late", "dup-epoll", "exclusive"):
+            for preload in (True, False):
+                with self.subTest(shape=shape, preload=preload):
+                    args = ["--timeout", str(CLIENT_TIMEOUT), "--shape", shape]
+                    srv, cli, srec, crec = self.echo_pair(preload, "wait_shapes.py", args, 1,
+                                                          200 * 1000, CLIENT_TIMEOUT + 10)
+                    self.assertEqual(crec[0]["shape"], shape)
+                    if preload:
+                        self.assert_smc(srec, crec, (srv, cli))
+                    else:
+                        self.assert_tcp(srec, crec, (srv, cli))
 
     def prefork(self, extra, conns):
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps",
