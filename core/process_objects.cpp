@@ -8,6 +8,7 @@
 #include "core/engine_state.h"
 #include "core/stats/exit_summary.h"
 #include "core/stats/segment.h"
+#include "rdma/device.h"
 
 namespace smcpre::core {
 namespace {
@@ -26,6 +27,7 @@ void summarize_and_unpublish_at_exit() {
 // by the exiting thread; the counters are summed up and withdrawn last, when nothing
 // counts any more. In a fork child the resets are independent of each other.
 constexpr ProcessObject kObjects[] = {
+    {"device keys", rdma::reset_devices_after_fork, nullptr},
     {"backlog workers", Backlog::reset_after_fork, Backlog::stop_at_exit},
     {"engine state", EngineState::reset_after_fork, close_connections_at_exit},
     {"progress thread", reset_progress_thread_after_fork, nullptr},

@@ -222,6 +222,11 @@ struct ShmOptions {
 // The same-host shared-memory device. One per process.
 std::unique_ptr<Device> open_shm_device(const ShmOptions& options, std::string* error);
 
+// In a fork child, before anything else touches a device: the process-wide state the
+// parent's threads may have been changing at the fork (the shm device's memory keys) starts
+// afresh, so the child's first device does not wait on a lock nobody here will release.
+void reset_devices_after_fork();
+
 // rdma-core device `name` (empty: first active port), port 0 = first active, gid_index
 // -1 = the port's RoCEv2 IPv4 GID if any, else its first valid GID.
 std::unique_ptr<Device> open_verbs_device(const std::string& name, int port, int gid_index,

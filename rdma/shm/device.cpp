@@ -39,22 +39,23 @@ constexpr uint8_t kGidPrefix[8] = {0xfe, 0x80, 0, 0, 0, 0, 0, 0};
 // a peer cannot guess another PD's key and a stale key never aliases a new region.
 std::mutex g_keys_mutex;
 // Heap-allocated and never freed: engine threads may still release keys (a link torn down
-// because the peer exited) while static destructors run at exit.
-std::unordered_set<uint32_t>& g_keys = *new std::unordered_set<uint32_t>;
+// because the peer exited) while static destructors run at exit. A fork child gets a
+// fresh set (reset_keys_after_fork): a parent thread may have been changing this one.
+std::unordered_set<uint32_t>* g_keys = new std::unordered_set<uint32_t>;
 
 uint32_t allocate_key() {
   std::lock_guard lock(g_keys_mutex);
   for (int attempt = 0; attempt < 64; ++attempt) {
     const uint32_t key = random_nonzero(32);
     if (key == 0) return 0;
-    if (g_keys.insert(key).second) return key;
+    if (g_keys->insert(key).second) return key;
   }
   return 0;
 }
 
 void release_key(uint32_t key) {
   std::lock_guard lock(g_keys_mutex);
-  g_keys.erase(key);
+  g_keys->erase(key);
 }
 
 bool parse_mac(const char* text, Mac* mac) {
@@ -94,6 +95,13 @@ bool host_mac(Mac* mac) {
 }
 
 }  // namespace
+
+void reset_keys_after_fork() {
+  // The parent's regions are abandoned in the child, never released, so their keys need
+  // not stay reserved: keys are unique within a PD, and the child's PDs are all new.
+  new (&g_keys_mutex) std::mutex();
+  g_keys = new std::unordered_set<uint32_t>;
+}
 
 bool peer_uid_allowed(uint32_t uid, uint32_t own_uid, std::span<const uint32_t> allowed) {
   return uid == own_uid || uid == 0 ||
