@@ -1,8 +1,6 @@
 // Device-independent parts of the rdma/ interface.
 #include "rdma/device.h"
 
-#include "rdma/shm/state.h"
-
 namespace smcpre::rdma {
 
 const char* to_string(WcStatus status) {
@@ -25,10 +23,6 @@ const char* to_string(WcStatus status) {
       return "general error";
   }
   return "unknown status";
-}
-
-void reset_devices_after_fork() {
-  shm::reset_keys_after_fork();
 }
 
 }  // namespace smcpre::rdma

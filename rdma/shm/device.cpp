@@ -40,7 +40,7 @@ constexpr uint8_t kGidPrefix[8] = {0xfe, 0x80, 0, 0, 0, 0, 0, 0};
 std::mutex g_keys_mutex;
 // Heap-allocated and never freed: engine threads may still release keys (a link torn down
 // because the peer exited) while static destructors run at exit. A fork child gets a
-// fresh set (reset_keys_after_fork): a parent thread may have been changing this one.
+// fresh set (reset_devices_after_fork): a parent thread may have been changing this one.
 std::unordered_set<uint32_t>* g_keys = new std::unordered_set<uint32_t>;
 
 uint32_t allocate_key() {
@@ -95,13 +95,6 @@ bool host_mac(Mac* mac) {
 }
 
 }  // namespace
-
-void reset_keys_after_fork() {
-  // The parent's regions are abandoned in the child, never released, so their keys need
-  // not stay reserved: keys are unique within a PD, and the child's PDs are all new.
-  new (&g_keys_mutex) std::mutex();
-  g_keys = new std::unordered_set<uint32_t>;
-}
 
 bool peer_uid_allowed(uint32_t uid, uint32_t own_uid, std::span<const uint32_t> allowed) {
   return uid == own_uid || uid == 0 ||
@@ -537,6 +530,13 @@ class ShmDevice final : public Device {
 
 }  // namespace
 }  // namespace shm
+
+void reset_devices_after_fork() {
+  // The parent's regions are abandoned in the child, never released, so their keys need
+  // not stay reserved: keys are unique within a PD, and the child's PDs are all new.
+  new (&shm::g_keys_mutex) std::mutex();
+  shm::g_keys = new std::unordered_set<uint32_t>;
+}
 
 std::unique_ptr<Device> open_shm_device(const ShmOptions& options, std::string* error) {
   auto state = shm::DeviceState::create(options, error);

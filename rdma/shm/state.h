@@ -27,9 +27,6 @@ class ShmQp;
 // can read our memory anyway), or one listed in ShmOptions::allowed_uids.
 bool peer_uid_allowed(uint32_t uid, uint32_t own_uid, std::span<const uint32_t> allowed);
 
-// For rdma::reset_devices_after_fork().
-void reset_keys_after_fork();
-
 // GID layout: fe80:0000:0000:0000 followed by the device's 64-bit instance id.
 Gid gid_for_instance(uint64_t instance_id);
 // False if `gid` is not an shm device GID.
