@@ -171,9 +171,7 @@ void Connection::on_cdc(const cdc::Message& msg) {
   if (msg.peer_done_writing) peer_done_writing_.store(true, std::memory_order_release);
   if (msg.peer_conn_closed) peer_closed_.store(true, std::memory_order_release);
   queue_.wake();
-  if (mirror_.load(std::memory_order_acquire) != nullptr) {
-    sync_mirror(rx_peer_prod_.load(std::memory_order_relaxed) > old_prod);
-  }
+  sync_mirror(rx_peer_prod_.load(std::memory_order_relaxed) > old_prod);
 
   // A blocked writer on the other side waits for our consumer cursor: send it now if we
   // consumed since the last announcement (the reader may be asleep waiting for more).
@@ -266,7 +264,37 @@ std::atomic<bool> g_any_stale{false};
 
 }  // namespace
 
+void Connection::add_watcher(std::weak_ptr<ReadinessWatcher> watcher) {
+  std::lock_guard lock(watchers_mutex_);
+  // Expired ones (their sets closed) go now, so the list stays as long as the live ones.
+  std::erase_if(watchers_, [](const auto& w) { return w.expired(); });
+  watchers_.push_back(std::move(watcher));
+  any_watchers_.store(true, std::memory_order_seq_cst);
+}
+
+void Connection::drop_watchers() {
+  std::vector<std::weak_ptr<ReadinessWatcher>> dropped;
+  {
+    std::lock_guard lock(watchers_mutex_);
+    dropped.swap(watchers_);
+    any_watchers_.store(false, std::memory_order_relaxed);
+  }
+  for (const auto& w : dropped) {
+    if (auto watcher = w.lock()) watcher->socket_released();
+  }
+}
+
+void Connection::notify_watchers() {
+  std::lock_guard lock(watchers_mutex_);
+  for (const auto& w : watchers_) {
+    if (auto watcher = w.lock()) watcher->readiness_changed();
+  }
+}
+
 void Connection::sync_mirror(bool new_data, bool lazy) {
+  // A read or send returning (lazy) only takes readiness away: the watchers' harvest
+  // looks at the state anyway.
+  if (!lazy && any_watchers_.load(std::memory_order_seq_cst)) notify_watchers();
   if (mirror_.load(std::memory_order_acquire) == nullptr) return;
   // The copy, not the mirror: close() may be destroying the mirror meanwhile.
   const uint64_t forks = mirror_forks_.load(std::memory_order_relaxed);

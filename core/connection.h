@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "config/fd_budget.h"
 #include "core/datapath/connection_events.h"
@@ -73,6 +74,9 @@ class Connection final : public ConnectionEvents, public std::enable_shared_from
   // of data. Level-triggered watchers (poll, select, plain epoll) do not, which saves a
   // syscall per arrival while the connection is readable anyway.
   void want_readiness_edges() { mirror_edges_.store(true, std::memory_order_relaxed); }
+  // User-space epoll members (core/epoll_set.h): told of each change, from sync_mirror.
+  void add_watcher(std::weak_ptr<ReadinessWatcher> watcher);
+  void drop_watchers();
 
   // Receive processing: ConnectionEvents.
   void on_cdc(const cdc::Message& message) override;
@@ -153,6 +157,7 @@ class Connection final : public ConnectionEvents, public std::enable_shared_from
   // instead, so that a reader that drains the ring pays no syscall if more data comes
   // before anyone waits.
   void sync_mirror(bool new_data = false, bool lazy = false);
+  void notify_watchers();
   // Shows the current state on the mirror now (with the edge owed, if any).
   void apply_mirror(bool lazy);
   // Puts the connection on the stale list (once).
@@ -247,6 +252,9 @@ class Connection final : public ConnectionEvents, public std::enable_shared_from
   std::atomic<bool> mirror_edge_owed_{false};
   std::atomic<uint64_t> mirror_forks_{0};  // the mirror's forks_at_creation(), set before mirror_
                                            // // data came since the mirror last showed it
+  std::mutex watchers_mutex_;
+  std::vector<std::weak_ptr<ReadinessWatcher>> watchers_;  // under watchers_mutex_
+  std::atomic<bool> any_watchers_{false};
   // Kept by stats_owner_ (set once, before stats_ is published); read through stats_,
   // which receive processing may load while attach_stats() runs.
   std::shared_ptr<ConnectionStats> stats_owner_;

@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "core/datapath/wait.h"
+#include "core/epoll_set.h"
 #include "core/readiness_set.h"
 #include "core/socket.h"
 

@@ -24,6 +24,10 @@ class ReadinessSet {
   // which mirrors stand in for the SMC sockets): every look then asks the kernel, and
   // mirrors must be up to date before each.
   virtual bool smc_through_kernel() const { return false; }
+  // Whether a look that found SMC members ready asks the kernel too. poll and select
+  // report every ready fd, so they do; epoll may report some and the rest next time, and
+  // asks only now and then, so that the kernel's fds are not starved.
+  virtual bool kernel_look_due() { return true; }
   // Called once, before the first pass of polling: from here until the call returns
   // signals must arrive only inside kernel_wait, as if the whole call were one kernel
   // wait (poll_common.h's SignalsBlocked).

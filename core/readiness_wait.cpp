@@ -40,7 +40,7 @@ void note_app_polled(const Groups* groups, int64_t when) {
 // A look: the SMC members from user memory, and, if `kernel`, the kernel's fds.
 int look(ReadinessSet& set, bool kernel) {
   int n = set.smc_ready();
-  if (!kernel || !set.has_kernel_fds()) return n;
+  if (!kernel || !set.has_kernel_fds() || (n > 0 && !set.kernel_look_due())) return n;
   // Mirrors stand in for SMC sockets in the kernel's answer: they must be up to date.
   if (set.smc_through_kernel()) flush_stale_mirrors();
   const int k = set.kernel_wait(0, false);
@@ -70,7 +70,9 @@ int wait_ready_adaptive(int64_t deadline_ns, ReadinessSet& set) {
 
   // Whatever already arrived: one pass, then the answer if there is one.
   reap_all(groups);
-  int n = look(set, true);
+  // The kernel too unless the set says it can wait (epoll with user-space members): a
+  // wait that will poll looks at the kernel's fds within kKernelCheckEvery passes anyway.
+  int n = look(set, deadline_ns == 0 || set.kernel_look_due());
   if (n != 0 || deadline_ns == 0) {
     note_app_polled(groups, now_ns());
     return n;

@@ -207,6 +207,16 @@ void SmcSocket::want_readiness_edges() {
   if (is_smc() && usable()) connection_->want_readiness_edges();
 }
 
+bool SmcSocket::add_readiness_watcher(std::weak_ptr<ReadinessWatcher> watcher) {
+  if (!is_smc() || !usable()) return false;
+  connection_->add_watcher(std::move(watcher));
+  return true;
+}
+
+void SmcSocket::drop_readiness_watchers() {
+  if (connection_) connection_->drop_watchers();
+}
+
 bool SmcSocket::queue_sizes(uint64_t* inq, uint64_t* outq) {
   if (!is_smc() || !usable()) return false;
   *inq = connection_->bytes_readable();

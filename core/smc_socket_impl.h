@@ -71,6 +71,8 @@ class SmcSocket final : public Socket,
   bool undecided() const override;
   int readiness_fd() override;
   void want_readiness_edges() override;
+  bool add_readiness_watcher(std::weak_ptr<ReadinessWatcher> watcher) override;
+  void drop_readiness_watchers() override;
   bool queue_sizes(uint64_t* inq, uint64_t* outq) override;
   void on_status_flags(int flags) override;
   void on_sockopt(int level, int name, const void* value, socklen_t length) override;

@@ -14,6 +14,7 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <memory>
 
 namespace smcpre::core {
 
@@ -26,6 +27,18 @@ struct Readiness {
   bool hangup = false;    // both directions closed / reset
   bool rdhup = false;     // no more data will come (peer done writing, reading shut, reset)
   bool error = false;
+};
+
+// Hears of every change of an SMC socket's readiness (any thread, possibly with engine
+// locks held: it must only note the change). core/epoll_set.h's members are the ones.
+class ReadinessWatcher {
+ public:
+  virtual void readiness_changed() noexcept = 0;
+  // The application closed the socket's last fd: the watcher is forgotten.
+  virtual void socket_released() noexcept = 0;
+
+ protected:
+  ~ReadinessWatcher() = default;
 };
 
 class Socket {
@@ -88,6 +101,13 @@ class Socket {
   virtual int readiness_fd() = 0;
   // The mirror is (about to be) watched edge-triggered: see Connection::want_readiness_edges.
   virtual void want_readiness_edges() = 0;
+
+  // SMC path: `watcher` hears of each change of this socket's readiness from now on, until
+  // it expires or drop_readiness_watchers(). False if the socket is not on SMC.
+  virtual bool add_readiness_watcher(std::weak_ptr<ReadinessWatcher> watcher) = 0;
+  // The application's last fd is being closed: every watcher is told and forgotten (as
+  // the kernel drops a closed file from its epoll sets).
+  virtual void drop_readiness_watchers() = 0;
 
   // The application changed the file status flags (fcntl F_SETFL, ioctl FIONBIO):
   // O_NONBLOCK decides whether SMC-path calls wait.

@@ -1,12 +1,14 @@
-// epoll over tracked sockets: epoll_ctl registers an SMC socket's readiness mirror in its
-// place and marks the set (epoll_sets.h); epoll_wait, epoll_pwait and epoll_pwait2 on a
-// set so marked reap the SMC links before they wait.
+// epoll over tracked sockets. An SMC socket's registration lives in user memory
+// (core/epoll_set.h, preload/user_epoll.cpp) when smcpre sees every wait on the set:
+// epoll_ctl then makes no syscall, and epoll_wait harvests the SMC members from user
+// memory and asks the kernel only for the other fds, and to block. Elsewhere (a nested
+// set, a set shared with another process) the socket is registered as its readiness
+// mirror, and the kernel answers for it.
 //
-// The kernel does the wait itself (an SMC socket is registered as its readiness mirror,
-// see epoll_ctl), but a mirror changes only when somebody reaps the SMC links. Here the
-// waiting thread does that first and polls adaptively before it blocks
-// (core::Engine::wait_ready), so a busy event loop gets its data without a wake-up
-// and a thread hop per message. Sets without SMC sockets go straight to the kernel.
+// Either way a wait on a set with SMC members reaps the links in the calling thread and
+// polls adaptively before it blocks (core::Engine::wait_ready), so a busy event loop gets
+// its data without a wake-up and a thread hop per message. Sets without SMC sockets go
+// straight to the kernel.
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <time.h>
@@ -65,38 +67,72 @@ int note_epoll_instance(int epfd) noexcept {
   epoll_instances().mark(epfd);
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   SavedErrno saved;
-  pthread_once(&once,
-               [] { pthread_atfork(nullptr, note_fork_for_epoll_sets, note_fork_for_epoll_sets); });
+  // Before the fork, the user-space members move to the kernel: the child shares the sets.
+  pthread_once(&once, [] {
+    pthread_atfork(move_all_user_epoll_sets_to_kernel, note_fork_for_epoll_sets,
+                   note_fork_for_epoll_sets);
+  });
   saved.restore();
   return epfd;
 }
 
 void note_nested_wait(int fd) noexcept {
-  if (epoll_instances().test(fd)) core::Engine::mirrors_watched_unseen();
+  if (!epoll_instances().test(fd)) return;
+  core::Engine::mirrors_watched_unseen();
+  move_user_epoll_set_to_kernel(fd);
 }
 
 namespace {
 
-// An epoll set whose SMC members are registered as their readiness mirrors, as the
-// engine's wait loop sees it (core/readiness_set.h): the kernel answers for everything,
-// so the loop asks it after each pass that reaped something.
+// An epoll set as the engine's wait loop sees it (core/readiness_set.h). With user-space
+// members, their events come first, harvested from user memory, and the kernel's fill
+// the rest of the array; a blocking wait arms the set's notification first. Without
+// (the SMC members are mirrors), the kernel answers for everything, and the loop asks it
+// after each pass that reaped something.
 class EpollWait final : public core::ReadinessSet {
  public:
-  EpollWait(int epfd, epoll_event* events, int maxevents, const sigset_t* sigmask)
-      : epfd_(epfd), events_(events), maxevents_(maxevents), sigmask_(sigmask) {}
+  EpollWait(int epfd, std::shared_ptr<core::EpollSet> user, epoll_event* events, int maxevents,
+            const sigset_t* sigmask)
+      : epfd_(epfd),
+        user_(std::move(user)),
+        events_(events),
+        maxevents_(maxevents),
+        sigmask_(sigmask) {}
 
-  int smc_ready() override { return 0; }
-  int kernel_wait(int timeout_ms, bool) override {
-    return real().epoll_pwait(epfd_, events_, maxevents_, timeout_ms, signals_.wait_mask(sigmask_));
+  int smc_ready() override {
+    if (user_ == nullptr) return 0;
+    const int n = user_->harvest(events_ + filled_, maxevents_ - filled_);
+    filled_ += n;
+    return n;
+  }
+  int kernel_wait(int timeout_ms, bool block) override {
+    if (maxevents_ > 0 && filled_ >= maxevents_) return 0;
+    const bool arm = block && user_ != nullptr;
+    // Something queued already: the harvest that follows finds it.
+    if (arm && !user_->begin_blocking()) {
+      user_->end_blocking();
+      return 0;
+    }
+    int k = real().epoll_pwait(epfd_, events_ + filled_, maxevents_ - filled_, timeout_ms,
+                               signals_.wait_mask(sigmask_));
+    if (arm) user_->end_blocking();
+    // Harvested events are answered: their one-shot and edge state is spent already.
+    if (k < 0 && filled_ > 0) return 0;
+    if (k > 0 && user_ != nullptr) k = user_->filter_notifications(events_ + filled_, k);
+    if (k > 0) filled_ += k;
+    return k;
   }
   bool has_kernel_fds() const override { return true; }
-  bool smc_through_kernel() const override { return true; }
+  bool smc_through_kernel() const override { return user_ == nullptr; }
+  bool kernel_look_due() override { return user_ == nullptr || user_->kernel_look_due(); }
   void before_polling() override { signals_.block(); }
 
  private:
   int epfd_;
+  std::shared_ptr<core::EpollSet> user_;
   epoll_event* events_;
   int maxevents_;
+  int filled_ = 0;  // events_ entries already answered (user members first)
   const sigset_t* sigmask_;
   SignalsWhilePolling signals_;
 };
@@ -106,7 +142,8 @@ class EpollWait final : public core::ReadinessSet {
 int epoll_wait_common(int epfd, epoll_event* events, int maxevents, const sigset_t* sigmask,
                       int64_t deadline_ns) {
   SavedErrno saved;
-  EpollWait wait(epfd, events, maxevents, sigmask);
+  EpollWait wait(epfd, maxevents > 0 ? user_epoll_set(epfd, false) : nullptr, events, maxevents,
+                 sigmask);
   const int n = core::Engine::wait_ready(deadline_ns, wait);
   if (n >= 0) saved.restore();
   return n;
@@ -176,12 +213,13 @@ SMCPRE_HOOK int epoll_pwait2(int epfd, epoll_event* events, int maxevents, const
   return epoll_wait_common(epfd, events, maxevents, sigmask, deadline_ns);
 }
 
-// An SMC socket takes part in epoll through its readiness mirror: the mirror is what
-// gets added, modified or deleted, with the application's own event mask and data, so
-// that the kernel's epoll (level/edge, ONESHOT, several sets and threads) works unchanged.
-// An undecided server socket is registered as the kernel socket it still is (the
-// Proposal makes it readable); the registration is recorded and moves to the mirror when
-// the application's read turns the socket SMC.
+// An SMC socket takes part in epoll through the set's user-space registrations
+// (core/epoll_set.h) when the set has them, else through its readiness mirror: the mirror
+// is what gets added, modified or deleted, with the application's own event mask and
+// data, so that the kernel's epoll (level/edge, ONESHOT, several sets and threads) works
+// unchanged. An undecided server socket is registered as the kernel socket it still is
+// (the Proposal makes it readable); the registration is recorded and moves to the set's
+// user space or to the mirror when the application's read turns the socket SMC.
 SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
   const auto& r = real();
   if (r.epoll_ctl == nullptr) return enosys();
@@ -204,10 +242,45 @@ SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept
   SavedErrno saved;
   // Held throughout: a call on the same socket from another thread (a re-arm right after
   // the handshake another thread's read completed) waits until this registration is
-  // recorded, so it finds it either on the kernel socket or moved to the mirror.
+  // recorded, so it finds it either on the kernel socket or moved to SMC.
   std::unique_lock lock(t->epoll_mutex);
   settle_epoll_registrations_locked(*t, fd);
   if (t->socket->is_smc()) {
+    if (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD && op != EPOLL_CTL_DEL) {
+      errno = EINVAL;
+      return -1;
+    }
+    if (op != EPOLL_CTL_DEL && event == nullptr) {
+      errno = EFAULT;
+      return -1;
+    }
+    if (auto set = user_epoll_set(epfd, op == EPOLL_CTL_ADD)) {
+      const int rc = engine_call("epoll_ctl", int{ENOMEM}, [&] {
+        switch (op) {
+          case EPOLL_CTL_ADD:
+            return set->add(fd, t->socket, *event);
+          case EPOLL_CTL_MOD:
+            return set->modify(fd, *event);
+          default:
+            return set->remove(fd);
+        }
+      });
+      if (rc == 0) {
+        saved.restore();
+        return 0;
+      }
+      // ENOENT: a registration from before the set kept members in user memory may be
+      // in the kernel (as the mirror); kUseKernel: the set or socket went meanwhile.
+      if (rc != ENOENT && rc != smcpre::core::EpollSet::kUseKernel) {
+        errno = rc;
+        return -1;
+      }
+    }
+    if (op == EPOLL_CTL_ADD && user_epoll_set(epfd, false) != nullptr) {
+      // The set keeps its SMC members in user memory and this one cannot join them (out
+      // of memory): all of them go to the kernel, where this one's mirror joins them.
+      move_user_epoll_set_to_kernel(epfd);
+    }
     if (event != nullptr && (event->events & EPOLLET)) t->socket->want_readiness_edges();
     const int mirror = t->socket->readiness_fd();
     if (mirror < 0) {

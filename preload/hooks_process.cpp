@@ -42,6 +42,7 @@ void on_fork_child() {
     // locks parent threads held at fork() are nobody's here.
     fds().for_each_in_fork_child([](int, Tracked& t) noexcept {
       new (&t.epoll_mutex) std::mutex();
+      if (t.epoll_set != nullptr) t.epoll_set->forget_in_fork_child();
       if (t.socket != nullptr) {
         engine_call("after_fork_in_child", 0, [&] {
           t.socket->after_fork_in_child();

@@ -89,29 +89,23 @@ void settle_epoll_registrations_locked(Tracked& t, int fd) noexcept {
   if (t.socket->undecided()) return;
   SavedErrno saved;
   if (t.socket->is_smc()) {
-    const bool edges = std::any_of(
-        t.epoll_registrations.begin(), t.epoll_registrations.end(),
-        [](const Tracked::EpollRegistration& reg) { return (reg.event.events & EPOLLET) != 0; });
-    const int mirror = engine_call("readiness_fd", -1, [&] {
-      if (edges) t.socket->want_readiness_edges();
-      const int fd = t.socket->readiness_fd();
-      smcpre::core::Engine::flush_stale_mirrors();
-      return fd;
-    });
     for (Tracked::EpollRegistration& reg : t.epoll_registrations) {
-      // The kernel socket will never be ready in an SMC way: its registration goes, the
-      // mirror's comes with the application's own mask and data.
-      // A one-shot registration that has fired stays disarmed on the mirror, until the
-      // application re-arms it (EPOLL_CTL_MOD, which then reaches the mirror).
-      epoll_event event = reg.event;
-      if ((event.events & EPOLLONESHOT) && !oneshot_armed(reg.epfd, fd)) {
-        event.events &= EPOLLONESHOT | EPOLLET | EPOLLWAKEUP;
-      }
+      // The kernel socket will never be ready in an SMC way: its registration goes, and
+      // the socket joins the set's user-space members, or its mirror comes in its place,
+      // with the application's own mask and data. A one-shot registration that has fired
+      // stays disarmed until the application re-arms it (EPOLL_CTL_MOD).
+      const bool armed = !(reg.event.events & EPOLLONESHOT) || oneshot_armed(reg.epfd, fd);
       real().epoll_ctl(reg.epfd, EPOLL_CTL_DEL, fd, nullptr);
       // Its waits reap the links from now on (a registration made before connect() never
       // passed the tracked path of epoll_ctl, which marks the set).
       epoll_sets().mark(reg.epfd);
-      if (mirror < 0 || real().epoll_ctl(reg.epfd, EPOLL_CTL_ADD, mirror, &event) != 0) {
+      if (auto set = user_epoll_set(reg.epfd, true)) {
+        const int rc = engine_call("epoll_ctl", int{ENOMEM},
+                                   [&] { return set->add(fd, t.socket, reg.event, armed); });
+        if (rc == 0) continue;
+        move_user_epoll_set_to_kernel(reg.epfd);
+      }
+      if (!register_mirror(reg.epfd, *t.socket, reg.event, armed)) {
         log_safely([&] {
           SMC_LOG_WARN("preload: fd {} turned SMC but cannot be watched in epoll set {}", fd,
                        reg.epfd);

@@ -28,11 +28,12 @@
 namespace smcpre::preload {
 
 // What an fd refers to. Every fd dup'd from one tracked fd shares one Tracked; exactly
-// one of the two pointers is set.
+// one of the three pointers is set.
 struct Tracked {
-  std::shared_ptr<core::Socket> socket;      // a connection
-  std::shared_ptr<core::Listener> listener;  // a listening socket
-  std::atomic<int> fd_refs{0};               // maintained by FdTable
+  std::shared_ptr<core::Socket> socket;       // a connection
+  std::shared_ptr<core::Listener> listener;   // a listening socket
+  std::shared_ptr<core::EpollSet> epoll_set;  // an epoll set with user-space members
+  std::atomic<int> fd_refs{0};                // maintained by FdTable
 
   // epoll registrations of a socket that may still turn SMC (an undecided server
   // socket): made on the kernel socket, moved to its readiness mirror when it does.

@@ -49,6 +49,8 @@ void dispose(TrackedTable::Removed removed, int release_fd) noexcept {
   std::shared_ptr<core::Socket> socket = removed.entry->socket;
   if (socket == nullptr || release_fd < 0) return;  // listeners unpublish when destroyed
   engine_call("release", 0, [&] {
+    // Out of every user-space epoll set first, as the kernel drops a closed file.
+    socket->drop_readiness_watchers();
     socket->release(release_fd);
     return 0;
   });
