@@ -14,6 +14,7 @@
 #include <string>
 #include <thread>
 
+#include "config/sanitizers.h"
 #include "core/datapath/progress.h"
 #include "core/datapath/recv_pool.h"
 #include "core/engine_state.h"
@@ -135,6 +136,13 @@ TEST_CASE("a fork child opens a device while a parent thread was registering mem
   // The CI failure this pins: the parent's progress thread released a torn-down link's
   // memory keys at the moment a fork-per-connection server forked, and the child's first
   // registration waited forever on the key table's lock.
+  if (SMCPRE_ASAN || SMCPRE_TSAN) {
+    // GCC 12's sanitizer allocators do not lock themselves around fork(): a child forked
+    // while the churning thread allocates can hang in malloc, which is not this test's
+    // subject (glibc's malloc is fork-safe).
+    WARN("skipped under a sanitizer: its allocator is not fork-safe");
+    return;
+  }
   std::string error;
   auto device = smcpre::rdma::open_shm_device({}, &error);
   REQUIRE(device != nullptr);
