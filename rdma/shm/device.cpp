@@ -40,22 +40,27 @@ constexpr uint8_t kGidPrefix[8] = {0xfe, 0x80, 0, 0, 0, 0, 0, 0};
 std::mutex g_keys_mutex;
 // Heap-allocated and never freed: engine threads may still release keys (a link torn down
 // because the peer exited) while static destructors run at exit. A fork child gets a
-// fresh set (reset_devices_after_fork): a parent thread may have been changing this one.
-std::unordered_set<uint32_t>* g_keys = new std::unordered_set<uint32_t>;
+// fresh table (reset_devices_after_fork): a parent thread may have been changing this
+// one, which is kept, abandoned, where the new one points (reachable, not leaked).
+struct KeyTable {
+  std::unordered_set<uint32_t> keys;
+  KeyTable* abandoned = nullptr;
+};
+KeyTable* g_key_table = new KeyTable;
 
 uint32_t allocate_key() {
   std::lock_guard lock(g_keys_mutex);
   for (int attempt = 0; attempt < 64; ++attempt) {
     const uint32_t key = random_nonzero(32);
     if (key == 0) return 0;
-    if (g_keys->insert(key).second) return key;
+    if (g_key_table->keys.insert(key).second) return key;
   }
   return 0;
 }
 
 void release_key(uint32_t key) {
   std::lock_guard lock(g_keys_mutex);
-  g_keys->erase(key);
+  g_key_table->keys.erase(key);
 }
 
 bool parse_mac(const char* text, Mac* mac) {
@@ -535,7 +540,9 @@ void reset_devices_after_fork() {
   // The parent's regions are abandoned in the child, never released, so their keys need
   // not stay reserved: keys are unique within a PD, and the child's PDs are all new.
   new (&shm::g_keys_mutex) std::mutex();
-  shm::g_keys = new std::unordered_set<uint32_t>;
+  auto* fresh = new shm::KeyTable;
+  fresh->abandoned = shm::g_key_table;
+  shm::g_key_table = fresh;
 }
 
 std::unique_ptr<Device> open_shm_device(const ShmOptions& options, std::string* error) {
