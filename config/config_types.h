@@ -83,7 +83,7 @@ struct Config {
   uint32_t rq_depth = 1024;                      // SMCPRE_RQ_DEPTH receive queue depth per link
   uint32_t sq_depth = 256;                       // SMCPRE_SQ_DEPTH
   // Waiting: poll up to this long before sleeping (adaptive below it).
-  uint32_t spin_us = 200;     // SMCPRE_SPIN_US, 0..100000
+  uint32_t spin_us = 400;     // SMCPRE_SPIN_US, 0..100000
   uint8_t rnr_retry = 7;      // SMCPRE_RNR_RETRY 0..7 (7 = forever)
   uint8_t min_rnr_timer = 5;  // SMCPRE_RNR_TIMER IB code 1..31
   // RDMA transport (verbs device). Defaults are the kernel's SMC-R settings.

@@ -186,7 +186,7 @@ TEST_CASE("at debug level the settings and rules in force are logged once", "[lo
   // The program is "test_config" (run_self's argv[0]): the first rule is for it.
   const std::string conf = write_policy("debug.conf",
                                         "# test\n"
-                                        "SMCPRE_SPIN_US = 200\n"
+                                        "SMCPRE_SPIN_US = 400\n"
                                         "SMCPRE_RMB_SIZE = 1M\n"
                                         "smc test_conf* client *:5000\n"
                                         "tcp other server *\n"

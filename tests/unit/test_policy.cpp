@@ -452,7 +452,7 @@ TEST_CASE("the environment overrides the file's settings", "[policy]") {
 TEST_CASE("describe lists what differs from the defaults", "[policy]") {
   Config c = good_file(
       "SMCPRE_RMB_SIZE=1M\n"
-      "SMCPRE_SPIN_US=200\n"  // the default: not listed
+      "SMCPRE_SPIN_US=400\n"  // the default: not listed
       "SMCPRE_ENABLE=yes\n"   // the default too
       "smc myprog server *:6379\n"
       "smc other client *\n"  // not for this program
