@@ -17,8 +17,11 @@ namespace smcpre::core {
 namespace {
 
 // While polling with nothing reaped, the kernel's fds (pipes, timers, plain TCP) are
-// looked at every this many passes.
+// looked at every this many passes, and no more often than every kKernelCheckGapNs: a
+// pass without a syscall takes well under a microsecond, and a look every 16 of them was
+// most of a crowded proxy's epoll_pwait calls (48 per request).
 constexpr int kKernelCheckEvery = 16;
+constexpr int64_t kKernelCheckGapNs = 2'000;
 
 using Groups = ProgressThread::LinkGroups;
 
@@ -71,7 +74,7 @@ int wait_ready_adaptive(int64_t deadline_ns, ReadinessSet& set) {
   // Whatever already arrived: one pass, then the answer if there is one.
   reap_all(groups);
   // The kernel too unless the set says it can wait (epoll with user-space members): a
-  // wait that will poll looks at the kernel's fds within kKernelCheckEvery passes anyway.
+  // wait that will poll looks at the kernel's fds within a few passes anyway.
   int n = look(set, deadline_ns == 0 || set.kernel_look_due());
   if (n != 0 || deadline_ns == 0) {
     note_app_polled(groups, now_ns());
@@ -87,10 +90,14 @@ int wait_ready_adaptive(int64_t deadline_ns, ReadinessSet& set) {
     set.before_polling();
     for (const auto& g : *groups) g->link().app_pollers.fetch_add(1, std::memory_order_relaxed);
     int64_t now = start;
+    int64_t kernel_looked = start;
     for (int round = 1;; ++round) {
       const bool reaped = reap_all(groups);
-      const bool kernel = set.has_kernel_fds() &&
-                          ((reaped && set.smc_through_kernel()) || round % kKernelCheckEvery == 0);
+      const bool kernel =
+          set.has_kernel_fds() &&
+          ((reaped && set.smc_through_kernel()) ||
+           (round % kKernelCheckEvery == 0 && now - kernel_looked >= kKernelCheckGapNs));
+      if (kernel) kernel_looked = now;
       if (reaped || kernel) {
         n = look(set, kernel);
         if (n != 0) break;
