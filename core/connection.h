@@ -248,10 +248,9 @@ class Connection final : public ConnectionEvents, public std::enable_shared_from
   std::unique_ptr<ReadinessMirror> mirror_owner_;  // under mirror_mutex_
   std::atomic<ReadinessMirror*> mirror_{nullptr};
   std::atomic<bool> mirror_edges_{false};
-  std::atomic<bool> mirror_stale_{false};  // on the stale list
-  std::atomic<bool> mirror_edge_owed_{false};
+  std::atomic<bool> mirror_stale_{false};      // on the stale list
+  std::atomic<bool> mirror_edge_owed_{false};  // data came since the mirror last showed it
   std::atomic<uint64_t> mirror_forks_{0};  // the mirror's forks_at_creation(), set before mirror_
-                                           // // data came since the mirror last showed it
   std::mutex watchers_mutex_;
   std::vector<std::weak_ptr<ReadinessWatcher>> watchers_;  // under watchers_mutex_
   std::atomic<bool> any_watchers_{false};

@@ -277,8 +277,9 @@ SMCPRE_HOOK int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept
       }
     }
     if (op == EPOLL_CTL_ADD && user_epoll_set(epfd, false) != nullptr) {
-      // The set keeps its SMC members in user memory and this one cannot join them (out
-      // of memory): all of them go to the kernel, where this one's mirror joins them.
+      // The set keeps its SMC members in user memory but this one could not join them
+      // (its socket cannot be watched there any more): the others go to the kernel too,
+      // so that the set's SMC members are all of one kind.
       move_user_epoll_set_to_kernel(epfd);
     }
     if (event != nullptr && (event->events & EPOLLET)) t->socket->want_readiness_edges();
