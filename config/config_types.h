@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -15,6 +16,10 @@
 namespace smcpre::config {
 
 enum class DeviceChoice { kAuto, kShm, kVerbs, kNone };
+
+inline constexpr const char* kDefaultEid = "SMCPRE";
+inline constexpr size_t kMaxEids = 8;      // the kernel's SMC_CLC_MAX_UEID
+inline constexpr size_t kMaxEidSize = 32;  // SMC_MAX_EID_LEN
 
 // One SMCPRE_PEERS rule, also the ADDRESS of a policy rule: an IPv4/IPv6 subnet and an
 // inclusive port range.
@@ -70,8 +75,13 @@ struct Config {
   uint32_t handshake_timeout_ms = 2000;  // SMCPRE_HANDSHAKE_TIMEOUT_MS, 1..600000
   // After our close, how long the peer may keep its side open before the connection is
   // torn down (TCP's tcp_fin_timeout for orphaned sockets is 60 s).
-  uint32_t close_timeout_ms = 60000;       // SMCPRE_CLOSE_TIMEOUT_MS, 1..3600000
-  std::string runtime_dir;                 // SMCPRE_RUNTIME_DIR (default: see runtime_dir.h)
+  uint32_t close_timeout_ms = 60000;  // SMCPRE_CLOSE_TIMEOUT_MS, 1..3600000
+  std::string runtime_dir;            // SMCPRE_RUNTIME_DIR (default: see runtime_dir.h)
+  // SMCPRE_EID: the user-defined EIDs SMC-Rv2 proposes and accepts (at most 8, each 1..32
+  // of A-Z 0-9 . -, the first alphanumeric, as the kernel's smc_clc_ueid_add requires).
+  // Two SMC-Rv2 ends agree only when they share one; the default lets smcpre's own ends
+  // agree out of the box, a kernel peer needs its UEID set to one of these.
+  std::vector<std::string> eids{std::string(kDefaultEid)};
   std::vector<PeerRule> peers;             // SMCPRE_PEERS
   std::vector<PortRange> exclude_ports;    // SMCPRE_EXCLUDE
   std::vector<uint32_t> shm_allowed_uids;  // SMCPRE_SHM_UIDS: uids besides our own and root

@@ -157,6 +157,34 @@ std::string parse_peers(std::string_view v, Config& c) {
   return {};
 }
 
+// The kernel's rule for a user EID (smc_clc_ueid_add): up to 32 of A-Z 0-9 '.' '-', the
+// first a letter or digit; lower case is refused rather than folded, as the kernel does, so
+// that an EID reads the same in smcpre's settings and in the kernel's table.
+bool valid_eid(std::string_view eid) {
+  if (eid.empty() || eid.size() > kMaxEidSize) return false;
+  auto alnum = [](char ch) { return (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'); };
+  if (!alnum(eid.front())) return false;
+  return std::all_of(eid.begin(), eid.end(),
+                     [&](char ch) { return alnum(ch) || ch == '.' || ch == '-'; });
+}
+
+std::string parse_eids(std::string_view v, Config& c) {
+  std::vector<std::string_view> items;
+  if (!split_list(v, &items) || items.size() > kMaxEids) {
+    return "expected a comma-separated list of 1 to 8 EIDs";
+  }
+  std::vector<std::string> eids;
+  for (std::string_view item : items) {
+    if (!valid_eid(item)) {
+      return "EID " + quote_value(item) +
+             ": expected 1 to 32 of A-Z, 0-9, '.' and '-', the first a letter or digit";
+    }
+    if (std::find(eids.begin(), eids.end(), item) == eids.end()) eids.emplace_back(item);
+  }
+  c.eids = std::move(eids);
+  return {};
+}
+
 std::string parse_exclude(std::string_view v, Config& c) {
   std::vector<std::string_view> items;
   std::vector<PortRange> ranges;
@@ -276,6 +304,7 @@ constexpr Variable kVariables[] = {
     {"SMCPRE_CLOSE_TIMEOUT_MS", parse_ranged<uint32_t, &Config::close_timeout_ms, 1, 3600000>},
     {"SMCPRE_CONFIG", parse_config_path},
     {"SMCPRE_DEVICE", parse_device},
+    {"SMCPRE_EID", parse_eids},
     {"SMCPRE_ENABLE", parse_enable},
     {"SMCPRE_EXCLUDE", parse_exclude},
     {"SMCPRE_HANDSHAKE_TIMEOUT_MS", parse_handshake_timeout},

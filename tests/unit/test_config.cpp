@@ -339,6 +339,23 @@ TEST_CASE("SMCPRE_EXCLUDE", "[config]") {
   }
 }
 
+TEST_CASE("SMCPRE_EID", "[config]") {
+  CHECK(parse({}, nullptr).eids == std::vector<std::string>{"SMCPRE"});
+  CHECK(good("SMCPRE_EID", "SMCPRE-TEST").eids == std::vector<std::string>{"SMCPRE-TEST"});
+  // 32 characters is the longest; duplicates are dropped, the order kept.
+  const std::string longest = "A23456789.123456789-123456789012";
+  CHECK(good("SMCPRE_EID", "B.1," + longest + ",B.1").eids ==
+        std::vector<std::string>{"B.1", longest});
+  CHECK(good("SMCPRE_EID", "1,2,3,4,5,6,7,8").eids.size() == 8);
+  for (const char* v : {"", "smcpre", "-LEADING", ".DOT", "A B", "A_B", "A,,B", "1,2,3,4,5,6,7,8,9",
+                        "A23456789.123456789-1234567890123"}) {
+    bad("SMCPRE_EID", v);
+  }
+  CHECK(bad("SMCPRE_EID", "OK,bad") ==
+        "SMCPRE_EID=\"OK,bad\": EID \"bad\": expected 1 to 32 of A-Z, 0-9, '.' and '-', the "
+        "first a letter or digit");
+}
+
 TEST_CASE("SMCPRE_SHM_UIDS", "[config]") {
   auto uids = good("SMCPRE_SHM_UIDS", "0,1000,4294967294").shm_allowed_uids;
   REQUIRE(uids.size() == 3);
