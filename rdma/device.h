@@ -137,6 +137,13 @@ class QueuePair {
   virtual int post_send_inline(const void* data, uint32_t length, uint64_t wr_id,
                                bool signaled) = 0;
   virtual int post_recv(void* buffer, uint32_t length, uint32_t lkey, uint64_t wr_id) = 0;
+  // A message longer than its receive buffer (SMC-Rv2's LLC messages reach 8 KiB, CDC and
+  // LLC v1 are 44 bytes) continues in one shared overflow region: every receive posted
+  // after this call scatters its bytes past `length` there, and byte_len counts them all.
+  // As in the kernel (one v2 receive buffer per link), the region holds one long message
+  // at a time: the peer's LLC flow control sends one long request or reply, then waits.
+  // false: the device cannot (the caller keeps receives of one buffer).
+  virtual bool set_recv_overflow(void* region, uint32_t length, uint32_t lkey) = 0;
 
   // Reap up to out.size() completions; returns how many (0 when none). For the shm
   // device these calls also drive the emulated HCA (RNR retries that fell due).

@@ -104,6 +104,9 @@ class ShmQp final : public QueuePair {
                  uint32_t rkey, uint64_t wr_id, bool signaled) override;
   int post_send_inline(const void* data, uint32_t length, uint64_t wr_id, bool signaled) override;
   int post_recv(void* buffer, uint32_t length, uint32_t lkey, uint64_t wr_id) override;
+  // shm carries smcpre's own SMC-R v1 only, whose messages are all 44 bytes, and its SENDs
+  // are inline (at most max_inline bytes): it keeps receives of one buffer.
+  bool set_recv_overflow(void*, uint32_t, uint32_t) override { return false; }
   int poll_send(std::span<WorkCompletion> out) override;
   int poll_recv(std::span<WorkCompletion> out) override;
   int notify_fd() const override { return epoll_fd_.get(); }

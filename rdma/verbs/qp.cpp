@@ -82,7 +82,7 @@ class VerbsQp final : public QueuePair {
     attr.cap.max_send_wr = config_.send_depth;
     attr.cap.max_recv_wr = config_.recv_depth;
     attr.cap.max_send_sge = 1;
-    attr.cap.max_recv_sge = 1;
+    attr.cap.max_recv_sge = 2;  // a receive buffer and the overflow region
     attr.cap.max_inline_data = config_.max_inline;
     qp_ = ::ibv_create_qp(pd_->pd, &attr);
     if (qp_ == nullptr) return fail(error, "ibv_create_qp");
@@ -174,11 +174,11 @@ class VerbsQp final : public QueuePair {
     if (error_) return EIO;
     // A full receive queue is the caller's accounting slip, not a broken QP (as on shm).
     if (posted_recvs_.load(std::memory_order_relaxed) >= config_.recv_depth) return ENOMEM;
-    ibv_sge sge{reinterpret_cast<uint64_t>(buffer), length, lkey};
+    ibv_sge sge[2] = {{reinterpret_cast<uint64_t>(buffer), length, lkey}, overflow_};
     ibv_recv_wr wr{};
     wr.wr_id = wr_id;
-    wr.sg_list = &sge;
-    wr.num_sge = 1;
+    wr.sg_list = sge;
+    wr.num_sge = overflow_.length > 0 ? 2 : 1;
     ibv_recv_wr* bad = nullptr;
     const int rc = ::ibv_post_recv(qp_, &wr, &bad);
     if (rc != 0) {
@@ -188,6 +188,11 @@ class VerbsQp final : public QueuePair {
     }
     posted_recvs_.fetch_add(1, std::memory_order_relaxed);
     return 0;
+  }
+
+  bool set_recv_overflow(void* region, uint32_t length, uint32_t lkey) override {
+    overflow_ = {reinterpret_cast<uint64_t>(region), length, lkey};
+    return true;
   }
 
   int poll_send(std::span<WorkCompletion> out) override {
@@ -393,6 +398,8 @@ class VerbsQp final : public QueuePair {
   uint64_t retired_seq_ = 0;
   size_t unsignaled_run_ = 0;
   std::atomic<uint32_t> posted_recvs_{0};
+  // The second scatter element of every receive (set_recv_overflow); length 0: none.
+  ibv_sge overflow_{};
   QpCounters counters_;
 };
 

@@ -231,6 +231,52 @@ TEST_CASE("verbs: sends arrive in order through a small send queue", "[verbs]") 
   CHECK_FALSE(side.qp->in_error());
 }
 
+TEST_CASE("verbs: a message longer than its buffer continues in the overflow region", "[verbs]") {
+  if (!have_device()) return;
+  // SMC-Rv2's long LLC messages: the first kSlot bytes land in the posted buffer, the rest
+  // in the region every receive shares; a short message after it uses its buffer only.
+  constexpr uint32_t kLong = 200;
+  constexpr uint32_t kOverflow = 8192 - kSlot;
+  auto long_message = [] {
+    std::vector<uint8_t> m(kLong);
+    for (size_t k = 0; k < m.size(); ++k) m[k] = static_cast<uint8_t>(k * 13 + 1);
+    return m;
+  };
+  Child child([&](Channel& channel) {
+    Side side;
+    CHILD_CHECK(side.open(small_config()));
+    auto overflow = side.pd->register_memory(kOverflow, &side.error);
+    CHILD_CHECK(overflow != nullptr);
+    CHILD_CHECK(side.qp->set_recv_overflow(overflow->addr(), kOverflow, overflow->lkey()));
+    CHILD_CHECK(side.post_all_recvs());
+    PeerInfo peer;
+    CHILD_CHECK(rendezvous(side, channel, Role::kServer, &peer));
+    const auto wcs = reap(*side.qp, false, 2);
+    CHILD_CHECK(wcs.size() == 2);
+    CHILD_CHECK(wcs[0].status == WcStatus::kSuccess && wcs[0].byte_len == kLong);
+    std::vector<uint8_t> got(side.buffer(wcs[0].wr_id), side.buffer(wcs[0].wr_id) + kSlot);
+    const auto* rest = static_cast<const uint8_t*>(overflow->addr());
+    got.insert(got.end(), rest, rest + (kLong - kSlot));
+    CHILD_CHECK(got == long_message());
+    CHILD_CHECK(wcs[1].status == WcStatus::kSuccess && wcs[1].byte_len == 5);
+    return 0;
+  });
+  Side side;
+  QpConfig config = small_config();
+  config.max_inline = 256;
+  REQUIRE(side.open(config));
+  PeerInfo peer;
+  REQUIRE(rendezvous(side, child.channel(), Role::kClient, &peer));
+  const auto m = long_message();
+  REQUIRE(side.qp->post_send_inline(m.data(), kLong, 1, true) == 0);
+  REQUIRE(side.qp->post_send_inline(m.data(), 5, 2, true) == 0);
+  const auto done = reap(*side.qp, true, 2);
+  REQUIRE(done.size() == 2);
+  CHECK(done[0].status == WcStatus::kSuccess);
+  CHECK(done[1].status == WcStatus::kSuccess);
+  CHECK(child.wait() == 0);
+}
+
 TEST_CASE("verbs: a bad rkey fails the write and puts both QPs in error", "[verbs]") {
   if (!have_device()) return;
   Child child([](Channel& channel) {
