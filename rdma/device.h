@@ -195,6 +195,9 @@ struct DeviceCaps {
   // The peer process's exit takes the link down at once (shm: the rendezvous socket
   // hangs up), so a connection needs no watch on its TCP socket to learn of it.
   bool link_notices_peer_exit = false;
+  // The device's GID is a RoCE v2 one (routable, IPv4-mapped for IPv4): SMC-R version 2,
+  // which carries it in its own CLC field. Version 1 is for RoCE v1 GIDs, and for shm.
+  bool roce_v2_gid = false;
 };
 
 class Device {

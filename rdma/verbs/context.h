@@ -25,6 +25,9 @@ struct Context {
   uint8_t port = 1;
   int gid_index = 0;
   Gid gid{};
+  // A RoCE v2 GID: routable (UDP/IP), what SMC-Rv2 runs on; RoCE v1 and InfiniBand GIDs
+  // are SMC-R v1's.
+  bool roce_v2 = false;
   Mac mac{};
   PathMtu active_mtu = PathMtu::k1024;
   std::string name;

@@ -170,7 +170,8 @@ class VerbsDevice final : public Device {
     return DeviceCaps{.kind = DeviceKind::kVerbs,
                       .reports_rnr = false,
                       .write_from_any_memory = false,
-                      .max_inline = max_inline_};
+                      .max_inline = max_inline_,
+                      .roce_v2_gid = context_->roce_v2};
   }
   Gid gid() const override { return context_->gid; }
   Mac mac() const override { return context_->mac; }
@@ -290,6 +291,7 @@ bool gid_entry(Context* c, int index, ibv_gid_entry* entry) {
 void adopt_gid(Context* c, int index, const ibv_gid_entry& entry) {
   c->gid_index = index;
   std::memcpy(c->gid.data(), entry.gid.raw, c->gid.size());
+  c->roce_v2 = entry.gid_type == IBV_GID_TYPE_ROCE_V2;
   c->mac = netdev_mac(entry.ndev_ifindex);
 }
 

@@ -98,6 +98,8 @@ TEST_CASE("verbs: device and QP parameters", "[verbs]") {
   CHECK_FALSE(side.device->caps().reports_rnr);
   CHECK(side.device->caps().max_inline >= 64);
   CHECK(side.device->gid() != Gid{});
+  // Soft-RoCE has RoCE v2 GIDs only: SMC-R version 2.
+  CHECK(side.device->caps().roce_v2_gid);
   CHECK(reinterpret_cast<uintptr_t>(side.region->addr()) % 4096 == 0);
   const QpEndpoint ep = side.qp->local_endpoint();
   CHECK(ep.gid == side.device->gid());
