@@ -1,7 +1,11 @@
 // Test vectors written as hex text: "e2 d4 c3 d9 01 00 34 10" (spaces and newlines ignored).
 #pragma once
 
+#include <algorithm>
+#include <array>
+#include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -17,5 +21,16 @@ inline Bytes hex(const char* text) {
     out.push_back(static_cast<uint8_t>(std::stoul(std::string(p, 2), nullptr, 16)));
     p += 2;
   }
+  return out;
+}
+
+// A fixed-size field (GID, MAC, EID) written as hex text; the text must hold exactly N
+// bytes.
+template <size_t N>
+std::array<uint8_t, N> hex_array(const char* text) {
+  const Bytes b = hex(text);
+  if (b.size() != N) throw std::logic_error("hex_array: wrong number of bytes");
+  std::array<uint8_t, N> out{};
+  std::copy(b.begin(), b.end(), out.begin());
   return out;
 }

@@ -36,9 +36,9 @@ TEST_CASE("CLC Proposal encodes byte-exact") {
     REQUIRE(clc::parse_proposal(expected, &back, &error));
     CHECK(equal(back, sample_proposal(2)));
   }
-  SECTION("the largest Proposal is kMaxMessageSize") {
+  SECTION("the largest version 1 Proposal is kMaxProposalV1Size") {
     const Bytes b = clc::encode(sample_proposal(clc::kMaxIpv6Prefixes));
-    CHECK(b.size() == clc::kMaxMessageSize);
+    CHECK(b.size() == clc::kMaxProposalV1Size);
     CHECK(b.size() == 228);
     REQUIRE(clc::parse_proposal(b, &back, &error));
     CHECK(equal(back, sample_proposal(clc::kMaxIpv6Prefixes)));

@@ -229,7 +229,10 @@ TEST_CASE("parse_header recognises CLC headers on a byte stream") {
     b[5] = 0x01;  // >= 256: too long for any Decline, known from the first length byte
     CHECK(clc::parse_header(std::span(b.data(), 6), &h) == clc::HeaderResult::kNotClc);
     b = kProposalBytes;
-    b[5] = 0x01;  // >= 256: longer than the largest Proposal
+    b[5] = 0x01;  // >= 256: longer than a version 1 Proposal, not than a version 2 one
+    CHECK(clc::parse_header(std::span(b.data(), 6), &h) == clc::HeaderResult::kNeedMore);
+    CHECK(clc::parse_header(std::span(b.data(), 8), &h) == clc::HeaderResult::kNotClc);
+    b[5] = 0x03;  // >= 768: longer than the largest Proposal of any version
     CHECK(clc::parse_header(std::span(b.data(), 6), &h) == clc::HeaderResult::kNotClc);
     b = kDeclineBytes;
     b[6] = 20;
