@@ -16,14 +16,15 @@
 #include "config/log.h"
 #include "config/sys.h"
 #include "core/connection.h"
+#include "core/datapath/link_group.h"
+#include "core/datapath/progress.h"
+#include "core/datapath/wait.h"
 #include "core/engine_state.h"
 #include "core/handshake.h"
 #include "core/handshake_common.h"
-#include "core/datapath/link_group.h"
+#include "core/handshake_v2.h"
 #include "core/local_address.h"
 #include "core/low_water.h"
-#include "core/datapath/progress.h"
-#include "core/datapath/wait.h"
 #include "core/wire/decline.h"
 
 namespace smcpre::core {
@@ -67,14 +68,27 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
   config::FdReservation fds = reserve_fds(connection_fds(*device), fd);
   if (!fds) return fallback(code(DeclineCode::kNoFds));  // nothing proposed either
 
-  LocalSubnets subnets;
-  local_subnets(fd, &subnets);
-  clc::Proposal proposal;
-  proposal.local = local_info(engine, *device);
-  proposal.ipv4_subnet_be = subnets.ipv4_subnet_be;
-  proposal.ipv4_prefix_len = subnets.ipv4_prefix_len;
-  proposal.ipv6_prefixes = subnets.ipv6_prefixes;
-  if (!send_all(fd, clc::encode(proposal))) return fallback(code(DeclineCode::kIntErr));
+  // SMC-Rv2 where the device has a RoCE v2 GID, as the kernel does; version 1 otherwise.
+  const bool v2 = speaks_v2(*device);
+  std::vector<uint8_t> proposal_bytes;
+  if (v2) {
+    clc::ProposalV2 proposal = proposal_v2(config, *device);
+    // The kernel zeroes the version 1 block when it offers version 2 only; smcpre fills in
+    // its identity there, which a kernel server reads as the client's system id: one per
+    // smcpre process, so that two processes on one host never share a link group.
+    proposal.local = local_info(engine, *device);
+    proposal_bytes = clc::encode(proposal);
+  } else {
+    LocalSubnets subnets;
+    local_subnets(fd, &subnets);
+    clc::Proposal proposal;
+    proposal.local = local_info(engine, *device);
+    proposal.ipv4_subnet_be = subnets.ipv4_subnet_be;
+    proposal.ipv4_prefix_len = subnets.ipv4_prefix_len;
+    proposal.ipv6_prefixes = subnets.ipv6_prefixes;
+    proposal_bytes = clc::encode(proposal);
+  }
+  if (!send_all(fd, proposal_bytes)) return fallback(code(DeclineCode::kIntErr));
 
   const int64_t deadline = deadline_after_ms(config.handshake_timeout_ms);
   const int64_t partial_ns = int64_t{config.handshake_timeout_ms} * 1'000'000;
@@ -114,7 +128,22 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
     return r;
   }
   clc::AcceptConfirm accept;
-  if (header.type != clc::Type::kAccept || !clc::parse_accept(bytes, &accept, &error)) {
+  V2Agreement agreed;
+  bool parsed = false;
+  if (header.type == clc::Type::kAccept && v2) {
+    clc::AcceptConfirmV2 accept_v2;
+    parsed = clc::parse_accept_v2(bytes, &accept_v2, &error);
+    accept = accept_v2.smcr;
+    if (parsed) {
+      if (uint32_t r = check_accept_v2(config, accept_v2, &agreed); r != 0) {
+        send_decline(fd, engine, r);
+        return fallback(r);
+      }
+    }
+  } else if (header.type == clc::Type::kAccept) {
+    parsed = clc::parse_accept(bytes, &accept, &error);
+  }
+  if (!parsed) {
     SMC_LOG_WARN("client: bad CLC answer ({}): declining", error.empty() ? "not an Accept" : error);
     send_decline(fd, engine, code(DeclineCode::kProtocol));
     return fallback(code(DeclineCode::kProtocol));
@@ -179,7 +208,9 @@ HandshakeResult client_handshake(int fd, EngineState& engine) {
   }
   clc::AcceptConfirm confirm =
       describe(engine, *device, *pending.group, *pending.connection, accept.first_contact);
-  if (!send_all(fd, clc::encode_confirm(confirm))) return fallback(code(DeclineCode::kIntErr));
+  const std::vector<uint8_t> confirm_bytes =
+      v2 ? clc::encode_confirm(confirm_v2(agreed, confirm, *device)) : clc::encode_confirm(confirm);
+  if (!send_all(fd, confirm_bytes)) return fallback(code(DeclineCode::kIntErr));
   if (accept.first_contact) {
     // The server confirms the new link over the link itself; we answer (in the link's
     // receive processing) and only then is the link usable.

@@ -17,14 +17,15 @@
 #include "config/log.h"
 #include "config/sys.h"
 #include "core/connection.h"
+#include "core/datapath/link_group.h"
+#include "core/datapath/progress.h"
+#include "core/datapath/wait.h"
 #include "core/engine_state.h"
 #include "core/handshake.h"
 #include "core/handshake_common.h"
-#include "core/datapath/link_group.h"
+#include "core/handshake_v2.h"
 #include "core/local_address.h"
 #include "core/low_water.h"
-#include "core/datapath/progress.h"
-#include "core/datapath/wait.h"
 #include "core/wire/decline.h"
 
 namespace smcpre::core {
@@ -145,6 +146,16 @@ class Slot {
   bool taken_ = false;
 };
 
+// Who the client is, as link groups are found by: its version 1 block when there is one
+// (smcpre fills it in its version 2 Proposals too, one per process), else its RoCE v2 GID
+// (the kernel, one per host, zeroes the block when it offers version 2 only).
+PeerIdentity client_identity(const clc::ProposalV2& proposal) {
+  if (proposal.local != clc::LocalInfo{}) return identity_of(proposal.local);
+  PeerIdentity identity;
+  identity.gid = proposal.v2.roce_gid;
+  return identity;
+}
+
 }  // namespace
 
 // Everything a server handshake holds between its Accept and the client's Confirm.
@@ -159,6 +170,8 @@ struct ServerPending {
   FirstContactTurn turn;
   bool first_contact = false;
   int64_t deadline_ns = 0;
+  bool v2 = false;     // SMC-Rv2 (handshake_v2.h)
+  V2Agreement agreed;  // what our Accept settled, when v2
 };
 
 void ServerPendingDeleter::operator()(ServerPending* p) const {
@@ -176,8 +189,8 @@ PendingServerHandshake server_accept(int fd, EngineState& engine,
   *wait_for_turn = false;
   const config::Config& config = engine.config();
   std::string error;
-  clc::Proposal proposal;
-  if (!clc::parse_proposal(proposal_bytes, &proposal, &error)) {
+  clc::ProposalV2 proposal;
+  if (!clc::parse_any_proposal(proposal_bytes, &proposal, &error)) {
     SMC_LOG_WARN("server: malformed CLC Proposal ({}): declining", error);
     send_decline(fd, engine, code(DeclineCode::kProtocol));
     *result = fallback(code(DeclineCode::kProtocol));
@@ -191,13 +204,29 @@ PendingServerHandshake server_accept(int fd, EngineState& engine,
   uint32_t reason = 0;
   rdma::Device* device = engine.device_for(fd, &reason);
   if (!device) return decline(reason);
-  LocalSubnets subnets;
-  if (!local_subnets(fd, &subnets) || !subnets_match(subnets, proposal)) {
-    SMC_LOG_INFO("server: client subnet does not match ours: declining");
-    return decline(code(DeclineCode::kDiffPrefix));
+  // The version follows our device, as the client's did (handshake_v2.h).
+  const bool v2 = speaks_v2(*device);
+  V2Agreement agreed;
+  if (v2) {
+    if (uint32_t r = agree_v2(config, proposal, &agreed); r != 0) return decline(r);
+  } else if (!clc::offers_r(proposal.v1_type)) {
+    SMC_LOG_INFO("server: client offers no SMC-R version 1, which our device speaks: declining");
+    return decline(code(DeclineCode::kVersMismat));
+  } else {
+    clc::Proposal v1;
+    v1.ipv4_subnet_be = proposal.ipv4_subnet_be;
+    v1.ipv4_prefix_len = proposal.ipv4_prefix_len;
+    v1.ipv6_prefixes = proposal.ipv6_prefixes;
+    LocalSubnets subnets;
+    if (!local_subnets(fd, &subnets) || !subnets_match(subnets, v1)) {
+      SMC_LOG_INFO("server: client subnet does not match ours: declining");
+      return decline(code(DeclineCode::kDiffPrefix));
+    }
   }
-  const PeerIdentity client = identity_of(proposal.local);
+  const PeerIdentity client = client_identity(proposal);
   PendingServerHandshake p(new ServerPending(engine, client, device));
+  p->v2 = v2;
+  p->agreed = agreed;
   const std::string peer = peer_key(fd);
   if (!p->slot.take(peer)) {
     SMC_LOG_INFO("server: too many handshakes pending from this client: declining");
@@ -240,7 +269,8 @@ PendingServerHandshake server_accept(int fd, EngineState& engine,
   p->pending.connection->hold_fds(std::move(p->fds));
   clc::AcceptConfirm accept =
       describe(engine, *device, *p->pending.group, *p->pending.connection, p->first_contact);
-  if (!send_all(fd, clc::encode_accept(accept))) {
+  if (!send_all(fd,
+                v2 ? clc::encode_accept(accept_v2(agreed, accept)) : clc::encode_accept(accept))) {
     *result = fallback(code(DeclineCode::kIntErr));
     return nullptr;
   }
@@ -275,9 +305,27 @@ HandshakeResult server_confirm(int fd, EngineState& engine, ServerPending& p,
     return r;
   }
   clc::AcceptConfirm confirm;
-  if (header.type != clc::Type::kConfirm || !clc::parse_confirm(bytes, &confirm, &error)) {
-    SMC_LOG_WARN("server: bad CLC Confirm ({}): declining", error);
+  bool parsed = false;
+  if (header.type == clc::Type::kConfirm && p.v2) {
+    clc::AcceptConfirmV2 confirm_v2;
+    parsed = clc::parse_confirm_v2(bytes, &confirm_v2, &error);
+    confirm = confirm_v2.smcr;
+    if (parsed) {
+      if (uint32_t r = check_confirm_v2(p.agreed, confirm_v2); r != 0) return decline_late(r);
+    }
+  } else if (header.type == clc::Type::kConfirm) {
+    parsed = clc::parse_confirm(bytes, &confirm, &error);
+  }
+  if (!parsed) {
+    SMC_LOG_WARN("server: bad CLC Confirm ({}): declining",
+                 error.empty() ? "not a Confirm" : error);
     return decline_late(code(DeclineCode::kProtocol));
+  }
+  if (confirm.first_contact != p.first_contact) {
+    SMC_LOG_WARN(
+        "server: the client's Confirm says first contact {}, our Accept said {}: declining",
+        confirm.first_contact, p.first_contact);
+    return decline_late(code(DeclineCode::kSyncErr));
   }
   PendingConnection& pending = p.pending;
   // The link's own steps (connecting a new link, CONFIRM LINK) are bounded by the

@@ -19,6 +19,11 @@ enum class DeclineCode : uint32_t {
   kIpsec = 0x03020000,
   kNoSmcDev = 0x03030000,
   kNoSmcRDev = 0x03030002,
+  kNoV2Ext = 0x03030004,     // the peer's version 2 Proposal has no version 2 extension
+  kNoUeid = 0x03030008,      // no user EID in common
+  kReleaseErr = 0x03030009,  // the version 2 release could not be agreed on
+  kMaxConnErr = 0x0303000a,  // the connections per link group could not be agreed on
+  kMaxLinkErr = 0x0303000b,  // the links per link group could not be agreed on
   kModeUnsupp = 0x03040000,
   kRmbeEc = 0x03050000,
   kOptUnsupp = 0x03060000,

@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "config/config_types.h"
+#include "core/wire/clc_v2.h"
 #include "malpeer.h"
 
 namespace malpeer {
@@ -60,11 +62,25 @@ bool MalPeer::handshake(const char* host, int port,
   }
   random_bytes(local_.peer_id.data(), 2);
   std::copy(local_.mac.begin(), local_.mac.end(), local_.peer_id.begin() + 2);
-  clc::Proposal proposal;
-  proposal.local = local_;
-  proposal.ipv4_subnet_be = subnets.ipv4_subnet_be;
-  proposal.ipv4_prefix_len = subnets.ipv4_prefix_len;
-  const auto proposal_bytes = clc::encode(proposal);
+  // Over verbs (RoCE v2 GIDs) the victim speaks SMC-Rv2, on shm version 1.
+  std::vector<uint8_t> proposal_bytes;
+  if (verbs_) {
+    clc::ProposalV2 proposal;
+    proposal.v1_type = clc::SmcType::kNone;
+    proposal.v2_type = clc::SmcType::kR;
+    proposal.local = local_;
+    proposal.v2.ueids = {*clc::Eid::from_text(config::kDefaultEid, nullptr)};
+    proposal.v2.roce_gid = local_.gid;
+    proposal.v2.max_conns = 255;
+    proposal.v2.max_links = 1;
+    proposal_bytes = clc::encode(proposal);
+  } else {
+    clc::Proposal proposal;
+    proposal.local = local_;
+    proposal.ipv4_subnet_be = subnets.ipv4_subnet_be;
+    proposal.ipv4_prefix_len = subnets.ipv4_prefix_len;
+    proposal_bytes = clc::encode(proposal);
+  }
   send_all(tcp_.get(), proposal_bytes.data(), proposal_bytes.size());
 
   uint8_t header[clc::kHeaderSize];
@@ -77,7 +93,13 @@ bool MalPeer::handshake(const char* host, int port,
     die("short CLC answer");
   }
   if (h.type == clc::Type::kDecline) die("victim declined the Proposal");
-  if (!clc::parse_accept(msg, &accept_, &error)) die("bad Accept: %s", error.c_str());
+  clc::AcceptConfirmV2 accept_v2;
+  if (verbs_) {
+    if (!clc::parse_accept_v2(msg, &accept_v2, &error)) die("bad Accept: %s", error.c_str());
+    accept_ = accept_v2.smcr;
+  } else if (!clc::parse_accept(msg, &accept_, &error)) {
+    die("bad Accept: %s", error.c_str());
+  }
   if (!accept_.first_contact) die("Accept is not a first contact");
   victim_rmb_size_ = clc::rmbe_size_bytes(accept_.rmbe_size_code);
   victim_token_ = accept_.rmbe_alert_token;
@@ -108,7 +130,15 @@ bool MalPeer::handshake(const char* host, int port,
     confirm.rmb_vaddr = verbs_confirm.rmb_vaddr;
   }
   if (tamper) tamper(confirm);
-  const auto confirm_bytes = clc::encode_confirm(confirm);
+  std::vector<uint8_t> confirm_bytes;
+  if (verbs_) {
+    clc::AcceptConfirmV2 confirm_v2 = accept_v2;  // the EID and the agreed limits, repeated
+    confirm_v2.smcr = confirm;
+    confirm_v2.gids = {local_.gid};
+    confirm_bytes = clc::encode_confirm(confirm_v2);
+  } else {
+    confirm_bytes = clc::encode_confirm(confirm);
+  }
   send_all(tcp_.get(), confirm_bytes.data(), confirm_bytes.size());
   return await_link(declined);
 }

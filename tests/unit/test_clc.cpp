@@ -178,7 +178,7 @@ TEST_CASE("Decline codes have names and explanations") {
   CHECK(std::string(decline_explanation(0x01010000)) == "insufficient memory");
   CHECK(std::string(decline_explanation(0x12345678)) == "unknown reason code");
   const auto& codes = all_decline_codes();
-  CHECK(codes.size() == 33);
+  CHECK(codes.size() == 38);
   CHECK(std::string(decline_name(DeclineCode::kPolicy)) == "POLICY");
   CHECK(std::string(decline_name(DeclineCode::kPeerUnknown)) == "PEER_UNKNOWN");
   CHECK(std::string(decline_name(DeclineCode::kExcluded)) == "EXCLUDED");
