@@ -72,6 +72,7 @@ struct Config {
   // torn down (TCP's tcp_fin_timeout for orphaned sockets is 60 s).
   uint32_t close_timeout_ms = 60000;       // SMCPRE_CLOSE_TIMEOUT_MS, 1..3600000
   std::string runtime_dir;                 // SMCPRE_RUNTIME_DIR (default: see runtime_dir.h)
+  std::string bpf_dir;                     // SMCPRE_BPF_DIR ("": the default; "none": unused)
   std::vector<PeerRule> peers;             // SMCPRE_PEERS
   std::vector<PortRange> exclude_ports;    // SMCPRE_EXCLUDE
   std::vector<uint32_t> shm_allowed_uids;  // SMCPRE_SHM_UIDS: uids besides our own and root
