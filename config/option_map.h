@@ -10,7 +10,7 @@
 // that fails -- no BPF, no permission, nothing pinned, a map of another layout -- the
 // program is "not active" for the process: said once at info level, and every call
 // below is then a cheap no-op. No libbpf: the library must not carry it into every
-// program it is preloaded into, and four commands of bpf(2) are all it needs.
+// program it is preloaded into, and five commands of bpf(2) are all it needs.
 //
 // The map is shared memory that any process allowed to open it may write, so nothing read
 // from it is trusted: a record that is not exactly what the program writes counts as
