@@ -77,6 +77,7 @@ struct Config {
   // torn down (TCP's tcp_fin_timeout for orphaned sockets is 60 s).
   uint32_t close_timeout_ms = 60000;  // SMCPRE_CLOSE_TIMEOUT_MS, 1..3600000
   std::string runtime_dir;            // SMCPRE_RUNTIME_DIR (default: see runtime_dir.h)
+  std::string bpf_dir;                // SMCPRE_BPF_DIR ("": the default; "none": unused)
   // SMCPRE_EID: the user-defined EIDs SMC-Rv2 proposes and accepts (at most 8, each 1..32
   // of A-Z 0-9 . -, the first alphanumeric, as the kernel's smc_clc_ueid_add requires).
   // Two SMC-Rv2 ends agree only when they share one; the default lets smcpre's own ends

@@ -41,8 +41,12 @@ void set_error(std::string* error, std::string text) {
   if (error != nullptr) *error = std::move(text);
 }
 
-std::string entry_name(uint16_t port, uint64_t inode) {
-  return "tcp-" + std::to_string(port) + "-" + std::to_string(inode);
+constexpr const char* kClcPrefix = "tcp-";
+constexpr const char* kOptionPrefix = "tcpopt-";
+
+std::string entry_name(uint16_t port, uint64_t inode, bool option_armed) {
+  return (option_armed ? kOptionPrefix : kClcPrefix) + std::to_string(port) + "-" +
+         std::to_string(inode);
 }
 
 // Opens `path` without following a symlink or blocking on a FIFO; -1 unless it is a
@@ -99,7 +103,10 @@ void sweep(const std::string& subtree, const std::string& keep) {
   int seen = 0;
   while (const dirent* e = ::readdir(d)) {
     if (++seen > kSweepLimit) break;
-    if (std::strncmp(e->d_name, "tcp-", 4) != 0) continue;
+    if (std::strncmp(e->d_name, kClcPrefix, std::strlen(kClcPrefix)) != 0 &&
+        std::strncmp(e->d_name, kOptionPrefix, std::strlen(kOptionPrefix)) != 0) {
+      continue;
+    }
     const std::string path = subtree + "/" + e->d_name;
     if (path == keep) continue;
     const int fd = open_regular(path, O_RDONLY, 0);
@@ -122,14 +129,15 @@ bool vouched_by(const std::string& runtime_dir, uid_t uid, const std::string& na
 
 }  // namespace
 
-std::string listener_path(const std::string& runtime_dir, uid_t uid, uint16_t port,
-                          uint64_t inode) {
-  return runtime_dir::subtree_path(runtime_dir, kKind, uid) + "/" + entry_name(port, inode);
+std::string listener_path(const std::string& runtime_dir, uid_t uid, uint16_t port, uint64_t inode,
+                          bool option_armed) {
+  return runtime_dir::subtree_path(runtime_dir, kKind, uid) + "/" +
+         entry_name(port, inode, option_armed);
 }
 
 std::optional<ListenerRegistration> ListenerRegistration::publish(const std::string& runtime_dir,
-                                                                  int listen_fd,
-                                                                  std::string* error) {
+                                                                  int listen_fd, std::string* error,
+                                                                  bool option_armed) {
   sockaddr_storage local{};
   socklen_t len = sizeof local;
   struct stat st;
@@ -165,7 +173,7 @@ std::optional<ListenerRegistration> ListenerRegistration::publish(const std::str
       !runtime_dir::user_subtree(runtime_dir, kKind, kSubtreeMode, &subtree, error)) {
     return std::nullopt;
   }
-  std::string path = subtree + "/" + entry_name(port, st.st_ino);
+  std::string path = subtree + "/" + entry_name(port, st.st_ino, option_armed);
   sweep(subtree, path);
   int fd = lock_shared(path, error);
   if (fd < 0) return std::nullopt;
@@ -241,20 +249,34 @@ bool ListenerRegistration::renew_in_parent_after_fork(std::string* error) {
   return true;
 }
 
-bool is_published(const std::string& runtime_dir, uint16_t port, uint64_t inode, uid_t socket_uid) {
-  if (port == 0) return false;
-  const std::string name = entry_name(port, inode);
-  return vouched_by(runtime_dir, socket_uid, name) ||
-         (socket_uid != 0 && vouched_by(runtime_dir, 0, name));
+Entry published_entry(const std::string& runtime_dir, uint16_t port, uint64_t inode,
+                      uid_t socket_uid) {
+  if (port == 0) return Entry::kNone;
+  for (const bool option_armed : {false, true}) {
+    const std::string name = entry_name(port, inode, option_armed);
+    if (vouched_by(runtime_dir, socket_uid, name) ||
+        (socket_uid != 0 && vouched_by(runtime_dir, 0, name))) {
+      return option_armed ? Entry::kOption : Entry::kClc;
+    }
+  }
+  return Entry::kNone;
 }
 
-bool destination_published(const std::string& runtime_dir, int fd, const sockaddr_storage& dest) {
+bool is_published(const std::string& runtime_dir, uint16_t port, uint64_t inode, uid_t socket_uid) {
+  return published_entry(runtime_dir, port, inode, socket_uid) == Entry::kClc;
+}
+
+Entry destination_entry(const std::string& runtime_dir, int fd, const sockaddr_storage& dest) {
   FoundListener found;
-  if (find_listener(fd, dest, &found) != Lookup::kFound) return false;
+  if (find_listener(fd, dest, &found) != Lookup::kFound) return Entry::kNone;
   const uint16_t port =
       ntohs(dest.ss_family == AF_INET ? reinterpret_cast<const sockaddr_in&>(dest).sin_port
                                       : reinterpret_cast<const sockaddr_in6&>(dest).sin6_port);
-  return is_published(runtime_dir, port, found.inode, found.uid);
+  return published_entry(runtime_dir, port, found.inode, found.uid);
+}
+
+bool destination_published(const std::string& runtime_dir, int fd, const sockaddr_storage& dest) {
+  return destination_entry(runtime_dir, fd, dest) == Entry::kClc;
 }
 
 }  // namespace smcpre::registry

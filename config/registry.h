@@ -3,7 +3,11 @@
 // smcpre published here.
 //
 // An entry is the file <runtime_dir>/listeners/<uid>/tcp-<port>-<inode>, named by the
-// listening socket's inode, in the subtree of the uid that published it (the subtree is
+// listening socket's inode, in the subtree of the uid that published it, or
+// tcpopt-<port>-<inode> for a listener the SMC option program armed (doc/design.md §2.9):
+// that one expects CLC only after a SYN that announced SMC, so a client proposes to it
+// only when its own SYN-ACK announced SMC too (a smcpre that does not know the name never
+// does). The subtree is
 // that uid's, mode 0711, the file 0600: nobody else can add, rename, open or lock
 // entries; listeners/ itself is sticky and world-writable, like /tmp, so that every user
 // of a shared runtime dir can make a subtree of its own). What a client trusts:
@@ -29,14 +33,22 @@
 
 namespace smcpre::registry {
 
+// What a listener's entry says.
+enum class Entry {
+  kNone,    // no trusted entry: not smcpre's
+  kClc,     // tcp-: answers any Proposal
+  kOption,  // tcpopt-: expects CLC only after a SYN that announced SMC
+};
+
 // One published listener: the locked file. Movable, not copyable.
 class ListenerRegistration {
  public:
   // Publishes the listening TCP socket `listen_fd`, creating the directories on demand. A
   // process may publish only a socket of its own uid (root: any socket).
-  // On failure returns nullopt and sets *error (if not null) to one line.
+  // `option_armed`: a tcpopt- entry (see above). On failure returns nullopt and sets
+  // *error (if not null) to one line.
   static std::optional<ListenerRegistration> publish(const std::string& runtime_dir, int listen_fd,
-                                                     std::string* error);
+                                                     std::string* error, bool option_armed = false);
 
   ListenerRegistration(ListenerRegistration&& other) noexcept;
   ListenerRegistration& operator=(ListenerRegistration&& other) noexcept;
@@ -77,17 +89,23 @@ class ListenerRegistration {
   std::string path_;
 };
 
-// True if `runtime_dir` holds a trusted entry for the listening socket `inode` on `port`
-// owned by `socket_uid` (see above). Two lstat()s, four if the socket is not root's and
-// its own subtree has no entry (root may publish any socket).
+// The trusted entry `runtime_dir` holds for the listening socket `inode` on `port` owned
+// by `socket_uid` (see above). Two lstat()s per kind of entry, twice that if the socket
+// is not root's and its own subtree has no entry (root may publish any socket).
+Entry published_entry(const std::string& runtime_dir, uint16_t port, uint64_t inode,
+                      uid_t socket_uid);
+// True for a tcp- entry.
 bool is_published(const std::string& runtime_dir, uint16_t port, uint64_t inode, uid_t socket_uid);
 
-// True if a connection from socket `fd` (-1: the calling thread's namespace) to `dest`
-// (normalized: AF_INET, or AF_INET6 not v4-mapped) would reach a listener published here.
-// One sock_diag request and reply, and is_published() if a listener answers.
+// The entry of the listener a connection from socket `fd` (-1: the calling thread's
+// namespace) to `dest` (normalized: AF_INET, or AF_INET6 not v4-mapped) would reach. One
+// sock_diag request and reply, and published_entry() if a listener answers.
+Entry destination_entry(const std::string& runtime_dir, int fd, const sockaddr_storage& dest);
+// True for a tcp- entry.
 bool destination_published(const std::string& runtime_dir, int fd, const sockaddr_storage& dest);
 
-// <runtime_dir>/listeners/<uid>/tcp-<port>-<inode>
-std::string listener_path(const std::string& runtime_dir, uid_t uid, uint16_t port, uint64_t inode);
+// <runtime_dir>/listeners/<uid>/tcp-<port>-<inode> (tcpopt-... with `option_armed`)
+std::string listener_path(const std::string& runtime_dir, uid_t uid, uint16_t port, uint64_t inode,
+                          bool option_armed = false);
 
 }  // namespace smcpre::registry

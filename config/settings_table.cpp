@@ -128,13 +128,27 @@ std::string parse_handshake_timeout(std::string_view v, Config& c) {
   return {};
 }
 
-std::string parse_runtime_dir(std::string_view v, Config& c) {
-  // Room for "/listeners/tcp-65535" and other per-port names below PATH_MAX.
-  if (!plausible_path(v) || v.front() != '/' || v.size() > 3800) {
-    return "expected an absolute directory path";
-  }
+// An absolute directory, stored without trailing slashes; false (and *out untouched) if
+// `v` is not one. Room is left for the names smcpre makes in it ("/listeners/tcp-65535",
+// "/option_map") below PATH_MAX.
+bool parse_directory(std::string_view v, std::string* out) {
+  if (!plausible_path(v) || v.front() != '/' || v.size() > 3800) return false;
   while (v.size() > 1 && v.back() == '/') v.remove_suffix(1);
-  c.runtime_dir = std::string(v);
+  *out = std::string(v);
+  return true;
+}
+
+std::string parse_runtime_dir(std::string_view v, Config& c) {
+  if (!parse_directory(v, &c.runtime_dir)) return "expected an absolute directory path";
+  return {};
+}
+
+std::string parse_bpf_dir(std::string_view v, Config& c) {
+  if (v == "none") {
+    c.bpf_dir = "none";
+    return {};
+  }
+  if (!parse_directory(v, &c.bpf_dir)) return "expected an absolute directory path, or none";
   return {};
 }
 
@@ -301,6 +315,7 @@ std::string parse_ib_mtu(std::string_view v, Config& c) {
 
 constexpr Variable kVariables[] = {
     {"SMCPRE_BACKLOG_CPUS", parse_backlog_cpus},
+    {"SMCPRE_BPF_DIR", parse_bpf_dir},
     {"SMCPRE_CLOSE_TIMEOUT_MS", parse_ranged<uint32_t, &Config::close_timeout_ms, 1, 3600000>},
     {"SMCPRE_CONFIG", parse_config_path},
     {"SMCPRE_DEVICE", parse_device},

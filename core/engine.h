@@ -20,29 +20,56 @@ namespace smcpre::core {
 
 class Listener;
 
+// What connect() does about a destination (Engine::plan_connect).
+struct ConnectPlan {
+  bool eligible = false;     // the registry, SMCPRE_PEERS or a policy rule say propose
+  bool option_only = false;  // a same-host listener the option program armed: propose
+                             // only if its SYN-ACK announces SMC
+  bool marked = false;       // the option program announces SMC in the SYN; its record decides
+  uint32_t reason = 0;       // why not eligible (core/wire/decline.h)
+  // Whether the connection must be completed and decided after connect().
+  bool decides_after_connect() const { return eligible || marked; }
+};
+
 // Process-wide entry points. All of them are cheap no-ops (returning nullptr) when
 // smcpre is disabled for the process.
 class Engine {
  public:
-  // listen() succeeded on a TCP socket: publish it in the host-wide listener registry.
-  // The object unpublishes itself when destroyed (the listener's last fd was closed).
+  // listen() succeeded on a TCP socket: publish it in the host-wide listener registry,
+  // unless the option program armed it (clients then learn of it from its SYN-ACK, and
+  // one without the program must not propose to it). The object unpublishes itself when
+  // destroyed (the listener's last fd was closed).
   static std::shared_ptr<Listener> on_listen(int fd);
 
-  // Before a blocking connect() of socket `fd` to `addr`: may this connection propose SMC
-  // (doc/design.md §2.1: a same-host server whose listening socket -- the one the kernel would
-  // connect fd to, in fd's network namespace -- is published, or an SMCPRE_PEERS match,
-  // never an excluded port)? Decided before the connect, because a server may accept,
-  // close its listener and unpublish it before connect() returns on our side.
-  // If not, *reason says why (core/wire/decline.h: PEER_UNKNOWN, EXCLUDED, POLICY, DISABLED).
-  static bool eligible_destination(int fd, const sockaddr* addr, socklen_t len, uint32_t* reason);
+  // Before listen() on TCP socket `fd`: unless a policy rule keeps the listener on TCP,
+  // marks it for the option program (doc/design.md §2.9), which then answers SYNs that
+  // announce SMC with a SYN-ACK that does too.
+  static void before_listen(int fd);
+
+  // Before connect() of socket `fd` to `addr` (doc/design.md §2.1, §2.9), decided before
+  // the connect because a server may accept, close its listener and unpublish it before
+  // connect() returns on our side. A destination the policy or SMCPRE_EXCLUDE does not rule
+  // out is marked for the option program when it is active, but a non-blocking connect
+  // only when the destination is known to run smcpre (eligible, or a same-host listener
+  // the program armed): only then does connect() wait for the connection, so that the
+  // record can decide before the application's first byte.
+  static ConnectPlan plan_connect(int fd, const sockaddr* addr, socklen_t len, bool nonblocking);
   // A connect() to a destination that was not eligible succeeded (or is in progress): it
   // counts as a fallback for that reason.
   static void on_not_proposed(uint32_t reason);
+  // A planned connect() that will not reach on_connected (failed, interrupted, or still in
+  // progress after the wait): the option program's mark is taken back.
+  static void on_connect_abandoned(int fd, const ConnectPlan& plan);
 
-  // A *blocking* connect() on `fd` to an eligible destination succeeded: runs the client
-  // CLC handshake (blocking, bounded by the handshake timeout) and returns the socket, on
-  // SMC or fallen back to TCP (nullptr when smcpre is disabled).
-  static std::shared_ptr<Socket> on_connected(int fd);
+  // A connect() on `fd` that `plan` marked or found eligible succeeded (a non-blocking
+  // one completed within the handshake timeout). With
+  // the option program's record, SMC is proposed only if the server's SYN-ACK carried the
+  // option; without one, if the destination was eligible. Proposing runs the client CLC
+  // handshake (blocking, bounded by the handshake timeout) and returns the socket, on SMC
+  // or fallen back to TCP; not proposing returns nullptr and counts the reason (as does a
+  // disabled smcpre).
+  static std::shared_ptr<Socket> on_connected(int fd,
+                                              const ConnectPlan& plan = {true, false, false, 0});
 
   // accept()/accept4() on a published listener returned `fd`. The server side decides
   // lazily, on the first data call, whether the peer proposed SMC (doc/design.md §2.2).

@@ -25,8 +25,10 @@ struct HandshakeResult {
   bool swallow = false;
 };
 
-// Client: after a successful connect() to an eligible server.
-HandshakeResult client_handshake(int fd, EngineState& engine);
+// Client: after a successful connect() to an eligible server. `peer_announced`: the
+// server's SYN-ACK carried the SMC option, so it waits for a CLC message even if we
+// cannot propose (doc/design.md §2.9).
+HandshakeResult client_handshake(int fd, EngineState& engine, bool peer_announced = false);
 
 // The queue pair endpoint that CLC Accept/Confirm carry (GID, MAC, QP number, PSN, MTU):
 // ours into a message, the peer's out of one (the device validates it when connecting).

@@ -60,13 +60,20 @@ ConfirmWait client_wait_link_confirmed(int fd, LinkGroup& group, int64_t deadlin
 
 }  // namespace
 
-HandshakeResult client_handshake(int fd, EngineState& engine) {
+HandshakeResult client_handshake(int fd, EngineState& engine, bool peer_announced) {
   const config::Config& config = engine.config();
+  // Nothing proposed: plain TCP. A server whose SYN-ACK announced SMC waits for our first
+  // CLC message, though (the kernel's would end the connection on application data): it
+  // gets a Decline, as the kernel's client sends one.
+  auto not_proposed = [&](uint32_t reason) {
+    if (peer_announced) send_decline(fd, engine, reason);
+    return fallback(reason);
+  };
   uint32_t reason = 0;
   rdma::Device* device = engine.device_for(fd, &reason);
-  if (!device) return fallback(reason);  // nothing proposed: plain TCP
+  if (!device) return not_proposed(reason);
   config::FdReservation fds = reserve_fds(connection_fds(*device), fd);
-  if (!fds) return fallback(code(DeclineCode::kNoFds));  // nothing proposed either
+  if (!fds) return not_proposed(code(DeclineCode::kNoFds));
 
   // SMC-Rv2 where the device has a RoCE v2 GID, as the kernel does; version 1 otherwise.
   const bool v2 = speaks_v2(*device);

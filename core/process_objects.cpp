@@ -1,5 +1,6 @@
 #include "core/process_objects.h"
 
+#include "config/option_map.h"
 #include "core/connection.h"
 #include "core/datapath/backlog.h"
 #include "core/datapath/progress.h"
@@ -34,6 +35,7 @@ constexpr ProcessObject kObjects[] = {
     {"stale readiness mirrors", forget_stale_mirrors_after_fork, nullptr},
     {"receive pool", RecvPool::reset_after_fork, nullptr},
     {"listeners", Engine::renew_listeners_in_fork_child, nullptr},
+    {"option program map", option::reset_after_fork, nullptr},
     {"published counters", stats::reset_after_fork, summarize_and_unpublish_at_exit},
 };
 

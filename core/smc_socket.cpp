@@ -280,13 +280,18 @@ std::shared_ptr<Socket> make_client_socket(int fd, HandshakeResult& result) {
   return socket;
 }
 
-std::shared_ptr<Socket> make_server_socket(int fd, bool policy_tcp, bool shared) {
+std::shared_ptr<Socket> make_server_socket(int fd, bool policy_tcp, bool shared,
+                                           bool clc_expected) {
   auto socket = std::make_shared<SmcSocket>(SmcSocket::State::kServerUndecided, fd_nonblocking(fd),
                                             ConnectionStats::Role::kServer);
   socket->read_timeouts(fd);
   if (shared) socket->mark_shared();
   if (policy_tcp) socket->decline_with_policy();
   socket->set_stats(ConnectionStats::open(fd, ConnectionStats::Role::kServer));
+  if (!clc_expected) {
+    SMC_LOG_DEBUG("fd {}: the client's SYN did not announce SMC: TCP", fd);
+    socket->without_clc(static_cast<uint32_t>(DeclineCode::kPeerNoSmc));
+  }
   return socket;
 }
 

@@ -50,6 +50,9 @@ class SmcSocket final : public Socket,
   void read_timeouts(int fd);
   // Accepted on a listener the policy keeps on TCP (before the socket is published).
   void decline_with_policy() { policy_tcp_ = true; }
+  // Accepted from a client that did not announce SMC in its SYN: TCP from the first byte,
+  // nothing looked for in the stream, nothing swallowed.
+  void without_clc(uint32_t reason) { finish_tcp(reason, false); }
   // The connection's published line; may be null (then nothing is counted).
   void set_stats(std::shared_ptr<ConnectionStats> stats) { stats_ = std::move(stats); }
   // The client handshake's outcome.

@@ -48,6 +48,12 @@ uint64_t socket_cookie(int fd) {
   return cookie;
 }
 
+// A listener smcpre tracks already (listen() again only changes the backlog).
+bool is_tracked_listener(int fd) {
+  std::shared_ptr<Tracked> existing = fds().lookup(fd);
+  return existing != nullptr && existing->listener != nullptr;
+}
+
 bool is_blocking(int fd) {
   const int flags = sys::fcntl(fd, F_GETFL);
   return flags >= 0 && (flags & O_NONBLOCK) == 0;
@@ -130,10 +136,10 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   if (r.connect == nullptr) return enosys();
   // Eligibility is decided from the destination *before* the connect: a one-connection
   // server may accept, close its listener and unpublish it before our connect() returns.
-  bool eligible = false;
+  // The option program's mark must be on the socket before its SYN leaves, too.
+  smcpre::core::ConnectPlan plan;
   bool nonblocking = false;
   bool inet_tcp = false;
-  uint32_t not_proposed = 0;
   if (addr != nullptr && len >= sizeof(sa_family_t) &&
       (addr->sa_family == AF_INET || addr->sa_family == AF_INET6)) {
     SavedErrno saved;
@@ -142,15 +148,16 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
     if (!tracked && is_inet_tcp(fd)) {
       inet_tcp = true;
       nonblocking = !is_blocking(fd);
-      eligible = engine_call("eligible_destination", false, [&] {
-        return smcpre::core::Engine::eligible_destination(fd, addr, len, &not_proposed);
+      plan = engine_call("plan_connect", smcpre::core::ConnectPlan{}, [&] {
+        return smcpre::core::Engine::plan_connect(fd, addr, len, nonblocking);
       });
     }
     saved.restore();
   }
-  const uint64_t cookie = eligible ? socket_cookie(fd) : 0;
+  const bool decide_after = plan.decides_after_connect();
+  const uint64_t cookie = decide_after ? socket_cookie(fd) : 0;
   int rc = r.connect(fd, addr, len);
-  if (!eligible) {
+  if (!decide_after) {
     if (inet_tcp) {
       SavedErrno saved;
       forget_fresh_socket(fd);  // TCP for good: its registrations stay where they are
@@ -159,7 +166,7 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
     if (inet_tcp && (rc == 0 || errno == EINPROGRESS)) {
       SavedErrno saved;
       engine_call("on_not_proposed", 0, [&] {
-        smcpre::core::Engine::on_not_proposed(not_proposed);
+        smcpre::core::Engine::on_not_proposed(plan.reason);
         return 0;
       });
       // The process uses smcpre now: its exit runs the engine's exit (summary, counters).
@@ -168,13 +175,25 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
     }
     return rc;
   }
+  // The connection goes on without us deciding it (failed, interrupted, or still in
+  // progress after the wait below): no option in a retransmitted SYN.
+  auto abandon = [&] {
+    SavedErrno saved;
+    engine_call("on_connect_abandoned", 0, [&] {
+      smcpre::core::Engine::on_connect_abandoned(fd, plan);
+      return 0;
+    });
+    saved.restore();
+    return rc;
+  };
   if (rc != 0) {
     // A non-blocking connect to an smcpre server: the CLC handshake must come before any
     // application byte, so the connection is completed here (one round trip, bounded by
     // the handshake timeout) and the application still sees EINPROGRESS, then a writable
     // socket with SO_ERROR 0, as it expects. A connect that fails or takes longer stays
-    // TCP, its error left for SO_ERROR untouched.
-    if (!nonblocking || errno != EINPROGRESS) return rc;
+    // TCP, its error left for SO_ERROR untouched. (plan_connect marks a non-blocking
+    // socket for the option program only when it is eligible anyway: only those wait.)
+    if (!nonblocking || errno != EINPROGRESS) return abandon();
     SavedErrno saved;
     const int timeout_ms = static_cast<int>(smcpre::config::current().handshake_timeout_ms);
     pollfd p{fd, POLLOUT, 0};
@@ -182,7 +201,7 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
     while ((n = smcpre::sys::poll(&p, 1, timeout_ms)) < 0 && errno == EINTR) {
     }
     saved.restore();
-    if (n != 1 || p.revents != POLLOUT) return rc;
+    if (n != 1 || p.revents != POLLOUT) return abandon();
   }
   SavedErrno saved;
   // Closed by another thread meanwhile (as with TCP, the connect went on): the number may
@@ -193,7 +212,7 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
   }
   if (std::shared_ptr<Tracked> entry = prepare_entry(fd); entry != nullptr) {
     entry->socket = engine_call("on_connected", std::shared_ptr<smcpre::core::Socket>{},
-                                [&] { return smcpre::core::Engine::on_connected(fd); });
+                                [&] { return smcpre::core::Engine::on_connected(fd, plan); });
     if (entry->socket != nullptr) {
       // Registrations the application made before connect() follow the socket onto its
       // readiness mirror (preconnect_epoll.h).
@@ -201,6 +220,9 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
       entry->epoll_pending.store(!entry->epoll_registrations.empty(), std::memory_order_seq_cst);
       track(fd, entry);
       settle_epoll_registrations(*entry, fd);
+    } else {
+      // Not proposed after all (the server did not announce SMC): counted as a fallback.
+      ensure_process_handlers();
     }
   }
   forget_fresh_socket(fd);
@@ -211,18 +233,26 @@ SMCPRE_HOOK int connect(int fd, const sockaddr* addr, socklen_t len) {
 SMCPRE_HOOK int listen(int fd, int backlog) noexcept {
   const auto& r = real();
   if (r.listen == nullptr) return enosys();
+  // listen() again on a published listener only changes the backlog. A new one is marked
+  // for the option program before the kernel starts listening (its listen callback arms
+  // the socket then).
+  const bool fresh = is_inet_tcp(fd) && !(fds().any() && is_tracked_listener(fd));
+  if (fresh) {
+    SavedErrno saved;
+    engine_call("before_listen", 0, [&] {
+      smcpre::core::Engine::before_listen(fd);
+      return 0;
+    });
+    saved.restore();
+  }
   const int rc = r.listen(fd, backlog);
   if (rc != 0) return rc;
   SavedErrno saved;
   forget_fresh_socket(fd);
-  // listen() again on a published listener only changes the backlog.
-  std::shared_ptr<Tracked> existing = fds().any() ? fds().lookup(fd) : nullptr;
-  if ((existing == nullptr || existing->listener == nullptr) && is_inet_tcp(fd)) {
-    if (std::shared_ptr<Tracked> entry = prepare_entry(fd); entry != nullptr) {
-      entry->listener = engine_call("on_listen", std::shared_ptr<smcpre::core::Listener>{},
-                                    [&] { return smcpre::core::Engine::on_listen(fd); });
-      if (entry->listener != nullptr) track(fd, std::move(entry));
-    }
+  if (std::shared_ptr<Tracked> entry = fresh ? prepare_entry(fd) : nullptr; entry != nullptr) {
+    entry->listener = engine_call("on_listen", std::shared_ptr<smcpre::core::Listener>{},
+                                  [&] { return smcpre::core::Engine::on_listen(fd); });
+    if (entry->listener != nullptr) track(fd, std::move(entry));
   }
   saved.restore();
   return rc;

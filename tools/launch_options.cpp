@@ -66,10 +66,13 @@ constexpr TuningOption kOptions[] = {
      "listeners and counters (default: /run/smcpre for root, else per user)", true},
     {"config", "SMCPRE_CONFIG", "FILE",
      "policy file, smcpre.conf(5), or none (default: /etc/smcpre.conf if there)", true},
+    {"bpf-dir", "SMCPRE_BPF_DIR", "DIR",
+     "the SMC option program's pins, smcpre-bpf(8) (default /sys/fs/bpf/smcpre), or none", true},
 };
 
-// SMCPRE_CONFIG's keyword for "no file", which is no path to make absolute.
-constexpr std::string_view kNoConfigFile = "none";
+// SMCPRE_CONFIG's and SMCPRE_BPF_DIR's keyword for "none", which is no path to make
+// absolute.
+constexpr std::string_view kNone = "none";
 
 const TuningOption* option_named(std::string_view name) {
   for (const TuningOption& o : kOptions) {
@@ -82,7 +85,9 @@ const TuningOption* option_named(std::string_view name) {
 bool resolve_path(const TuningOption& o, RelativePaths relative, std::string* value,
                   std::string* error) {
   if (!o.path || value->empty() || value->front() == '/') return true;
-  if (o.variable == "SMCPRE_CONFIG" && *value == kNoConfigFile) return true;
+  if ((o.variable == "SMCPRE_CONFIG" || o.variable == "SMCPRE_BPF_DIR") && *value == kNone) {
+    return true;
+  }
   if (relative == RelativePaths::kRefuse) {
     *error = std::string(o.variable) + "=\"" + *value +
              "\": expected an absolute path (the service does not run in this directory)";

@@ -55,7 +55,9 @@ commands:
       One line per live process using smcpre (a process appears with its first listener
       or tracked connection): pid, program, connections moved onto SMC and kept on TCP
       since it started, connections open now, links, backlog workers (0: inline mode),
-      receive pool free/size and low water, RNR events, command line. Prints "no
+      receive pool free/size and low water, RNR events, whether the SMC TCP option
+      program is active for it (on: it marks its sockets, smcpre-bpf(8); off: no
+      pinned map it may use; -: not looked for yet), command line. Prints "no
       processes use smcpre" when there are none.
   connections [PID...] [--json] [--runtime-dir DIR]     (also: conns)
       One line per open connection smcpre tracks, like smcss: pid, program, role, local
@@ -71,7 +73,8 @@ commands:
       For each PID (default: every live process using smcpre): the summary that
       SMCPRE_STATS=exit prints (connections by outcome, fallbacks by reason with name and
       explanation, bytes each way on SMC and TCP, CDC and LLC messages, RNR, receive
-      queue and pool low water, backlog), then its link groups (id, role, device, state,
+      queue and pool low water, backlog, the option program: active or not, handshakes
+      it recorded and how many of them the peer announced SMC in), then its link groups (id, role, device, state,
       local/peer QP, receive queue posted/depth and low water, refills cut short, CDC in,
       LLC in/out, RNR events/retries, sends, RDMA writes and bytes, receives,
       connections), its backlog workers (index, CPU, CDC and other messages applied,

@@ -163,16 +163,21 @@ void print_processes_text(const std::vector<Snapshot>& snapshots) {
     return;
   }
   Table table({"PID", "COMM", "SMC", "TCP", "OPEN", "LINKS", "WORKERS", "POOL FREE/SIZE",
-               "POOL LOW", "RNR", "CMDLINE"},
-              {1, 10});
+               "POOL LOW", "RNR", "OPTION", "CMDLINE"},
+              {1, 10, 11});
   for (const Snapshot& s : snapshots) {
     const Totals t = totals(s);
+    const uint64_t option = s.process[&ProcessCounters::option_program];
     table.add(
         {num(s.pid), s.comm, num(t.connections_smc), num(t.connections_fallback),
          num(s.connections.size()), num(s.links.size()),
          num(s.process[&ProcessCounters::backlog_workers]),
          ratio(s.process[&ProcessCounters::pool_free], s.process[&ProcessCounters::pool_size]),
-         num(s.process[&ProcessCounters::pool_low_water]), num(t.rnr_events), s.cmdline});
+         num(s.process[&ProcessCounters::pool_low_water]), num(t.rnr_events),
+         option == smcpre::stats::kOptionActive     ? "on"
+         : option == smcpre::stats::kOptionInactive ? "off"
+                                                    : "-",
+         s.cmdline});
   }
   std::fputs(table.render("").c_str(), stdout);
 }

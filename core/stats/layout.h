@@ -15,7 +15,7 @@
 namespace smcpre::stats {
 
 inline constexpr uint64_t kStatsMagic = 0x31545354'45525043;  // "CPRESTT1", little-endian
-inline constexpr uint32_t kStatsVersion = 3;
+inline constexpr uint32_t kStatsVersion = 4;
 inline constexpr size_t kMaxLinkSlots = 256;
 inline constexpr size_t kMaxWorkerSlots = 64;
 // Connections shown one per line by smcpre-stat. The file is sparse: a slot costs memory
@@ -59,9 +59,18 @@ struct alignas(64) ProcessCounters {
   Counter closed_links_rnr_events;
   Counter closed_links_rnr_retries;
   Counter rq_low_water;  // fewest posted receive buffers any link had (kNoLowWater: none yet)
+  // The SMC TCP option program (doc/design.md §2.9): kOption*, and the handshakes it
+  // recorded for this process's sockets, of which the peer announced SMC in how many.
+  Counter option_program;
+  Counter option_handshakes;
+  Counter option_peer_smc;
 };
 
 inline constexpr uint64_t kNoLowWater = ~uint64_t{0};
+// ProcessCounters::option_program.
+inline constexpr uint64_t kOptionUnknown = 0;   // not looked for yet
+inline constexpr uint64_t kOptionInactive = 1;  // no pinned map this process may use
+inline constexpr uint64_t kOptionActive = 2;    // the map is open: sockets are marked
 
 // One link (one link group: the RDMA relationship with one peer process).
 struct alignas(64) LinkSlot {
@@ -190,6 +199,9 @@ inline constexpr CounterField<ProcessCounters> kProcessFields[] = {
     {"closed_links_rnr_events", &ProcessCounters::closed_links_rnr_events},
     {"closed_links_rnr_retries", &ProcessCounters::closed_links_rnr_retries},
     {"rq_low_water", &ProcessCounters::rq_low_water},
+    {"option_program", &ProcessCounters::option_program},
+    {"option_handshakes", &ProcessCounters::option_handshakes},
+    {"option_peer_smc", &ProcessCounters::option_peer_smc},
 };
 
 inline constexpr CounterField<LinkSlot> kLinkFields[] = {

@@ -292,6 +292,21 @@ std::string summary_text(const Snapshot& s, const std::string& title) {
                       "; CDC " + num(p[&ProcessCounters::cdc_inline]) + " applied inline, " +
                       num(p[&ProcessCounters::cdc_backlogged]) + " by workers; queue max " +
                       num(t.worker_queue_max) + ", sleeps " + num(t.worker_sleeps));
+  switch (p[&ProcessCounters::option_program]) {
+    case kOptionActive:
+      // The map is open; whether the program runs for this process shows in what it
+      // recorded (it runs only in the cgroups it is attached to).
+      line("option", "program active: " + num(p[&ProcessCounters::option_handshakes]) +
+                         " handshakes recorded, " + num(p[&ProcessCounters::option_peer_smc]) +
+                         " with the peer's SMC option");
+      break;
+    case kOptionInactive:
+      line("option", "program not active (the listener registry and SMCPRE_PEERS decide)");
+      break;
+    default:
+      line("option", "program not looked for yet");
+      break;
+  }
   const uint64_t unlisted = p[&ProcessCounters::connection_slots_overflowed];
   if (unlisted != 0) line("note", num(unlisted) + " connections were not listed (slots full)");
   return out;

@@ -6,19 +6,14 @@ kernel TCP connection carries nothing but that handshake -- no application paylo
 import ipaddress
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lo_capture  # noqa: E402
 from harness import MIB, SmcTestCase, app, main  # noqa: E402
 
 CLC_PROPOSAL, CLC_ACCEPT, CLC_CONFIRM = 1, 2, 3
-# Decode options: the heuristic SMC dissector is on by default; say so explicitly, and try
-# heuristics before port-based dissectors (a random port may belong to another protocol).
-DECODE = ["--enable-heuristic", "smc_tcp", "-o", "tcp.try_heuristic_first:TRUE"]
 
 
 class CaptureTest(SmcTestCase):
@@ -33,32 +28,17 @@ class CaptureTest(SmcTestCase):
             raise unittest.SkipTest("capturing on lo needs root")
 
     def fields(self, pcap, display_filter, *names):
-        out = subprocess.run(
-            [self.tshark, "-r", pcap] + DECODE + ["-Y", display_filter, "-T", "fields"]
-            + [a for n in names for a in ("-e", n)],
-            capture_output=True, text=True, timeout=60)
-        self.assertEqual(out.returncode, 0, out.stderr)
-        return [line.split("\t") for line in out.stdout.splitlines() if line.strip()]
+        return lo_capture.fields(self, self.tshark, pcap, display_filter, *names)
 
     def test_handshake_decodes_as_smc_and_carries_no_payload(self):
         size = 4 * MIB
         srv, port = self.start_server("tcpapp", ["--mode", "echo", "--bytes", str(size)])
-        pcap = os.path.join(self.runtime_dir, "capture.pcapng")
-        cap = self.start([self.tshark, "-i", "lo", "-f", "tcp port %d" % port, "-w", pcap],
-                         False, name="tshark")
-        # "Capturing on" comes before dumpcap really captures; tshark 4 reports "Capture
-        # started" once it does. Older versions lack that line: give them a moment.
-        if cap.wait_stderr(r"Capture started", 30) is None:
-            if cap.wait_stderr(r"Capturing on", 1) is None:
-                self.fail("tshark did not start capturing\n" + cap.describe())
-            time.sleep(2)
+        cap, pcap = lo_capture.start(self, self.tshark, port, self.runtime_dir)
         cli = self.start([app("tcpapp"), "client", "--host", "127.0.0.1", "--port", str(port),
                           "--mode", "echo", "--bytes", str(size)], True, name="client")
         self.finish(cli, 60, 0, [srv])
         self.finish(srv, 20, 0, [cli])
-        time.sleep(0.5)  # let the last segments (FIN/ACK) reach the capture
-        os.kill(cap.popen.pid, signal.SIGINT)
-        self.finish(cap, 30, None)
+        lo_capture.stop(self, cap)
         self.assert_records_ok(srv.records(), cli.records(), srv, cli)
 
         smc = self.fields(pcap, "smc", "frame.number", "tcp.srcport", "smc.clc_msg", "tcp.len")

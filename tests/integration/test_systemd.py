@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import main  # noqa: E402
-from toolcase import BUILD, LIB, STAT, SYSTEMD, ToolTestCase, mapped_files, read  # noqa: E402
+from toolcase import BPF, BUILD, LIB, STAT, SYSTEMD, ToolTestCase, mapped_files, read  # noqa: E402
 
 
 UNIT = """[Unit]
@@ -79,6 +79,16 @@ class SystemdTest(ToolTestCase):
         self.assertEqual(out.returncode, expect_rc, "%s: %s%s" % (
             " ".join(argv), out.stdout, out.stderr))
         return out
+
+    def installation_dir(self, name):
+        """The build's configured installation directory `name` (libdir, bindir), as an
+        absolute path (skips the test without a meson build dir)."""
+        meson = shutil.which("meson")
+        if meson is None or not os.path.isdir(os.path.join(BUILD, "meson-private")):
+            self.skipTest("no meson, or %s is no meson build dir" % BUILD)
+        info = json.loads(self.run_tool([meson, "introspect", BUILD, "--buildoptions"]).stdout)
+        opts = {o["name"]: o["value"] for o in info}
+        return os.path.join(opts["prefix"], opts[name])
 
     def verify(self, unit):
         analyze = shutil.which("systemd-analyze")
@@ -235,12 +245,7 @@ class SystemdTest(ToolTestCase):
     def test_root_defaults_to_the_installed_library_path(self):
         """With --root and no --library, the drop-in names the configured installation
         path, which must exist inside the root (not on this system)."""
-        meson = shutil.which("meson")
-        if meson is None or not os.path.isdir(os.path.join(BUILD, "meson-private")):
-            self.skipTest("no meson, or %s is no meson build dir" % BUILD)
-        info = json.loads(self.run_tool([meson, "introspect", BUILD, "--buildoptions"]).stdout)
-        opts = {o["name"]: o["value"] for o in info}
-        installed = os.path.join(opts["prefix"], opts["libdir"], "libsmcpre.so")
+        installed = os.path.join(self.installation_dir("libdir"), "libsmcpre.so")
         self.write_unit("demo.service")
         out = self.systemd("enable", "demo", expect_rc=1)
         self.assertIn(self.root + installed + " does not exist", out.stderr)
@@ -249,6 +254,30 @@ class SystemdTest(ToolTestCase):
         self.systemd("enable", "demo", "-q")
         values = environment_lines(read(self.dropin("demo.service")))
         self.assertEqual(values["LD_PRELOAD"], installed)  # without the root
+
+    def test_bpf_attaches_the_option_program_before_the_service(self):
+        """--bpf: an ExecStartPre= line that runs smcpre-bpf as root (+), on the unit's own
+        cgroup, failing harmlessly (-); with --root the installed smcpre-bpf, which must
+        exist in the root; systemd-analyze accepts the result."""
+        installed = os.path.join(self.installation_dir("bindir"), "smcpre-bpf")
+        self.write_unit("demo.service")
+        out = self.systemd("enable", "demo", "--library", self.LIBRARY, "--bpf", expect_rc=1)
+        self.assertIn(self.root + installed + " is not there", out.stderr)
+        os.makedirs(os.path.dirname(self.root + installed), exist_ok=True)
+        shutil.copy(BPF if os.path.exists(BPF) else "/bin/true", self.root + installed)
+        out = self.systemd("enable", "demo", "--library", self.LIBRARY, "--bpf")
+        line = "ExecStartPre=-+%s attach --cgroup self --quiet" % installed
+        self.assertIn(line, out.stdout)
+        text = read(self.dropin("demo.service"))
+        self.assertIn("\n" + line + "\n", text)
+        self.assertIn("--bpf", text)  # the command that writes it again
+        self.assertEqual(environment_lines(text), {"LD_PRELOAD": self.LIBRARY})
+        self.verify("demo.service")
+        self.assertIn(line, self.systemd("status", "demo").stdout)
+        # An option of enable only; and gone with the drop-in.
+        self.systemd("disable", "demo", "--bpf", expect_rc=2)
+        self.systemd("disable", "demo")
+        self.assertFalse(os.path.exists(self.dropin("demo.service")))
 
     def test_drop_in_environment_on_a_live_server(self):
         """The drop-in's variables, given to a live server as systemd would give them

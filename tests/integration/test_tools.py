@@ -23,7 +23,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import REPO, app, main  # noqa: E402
-from toolcase import BUILD, LIB, RUN, STAT, SYSTEMD, ToolTestCase, mapped_files, read  # noqa: E402
+from toolcase import (BPF, BUILD, LIB, RUN, STAT, SYSTEMD, ToolTestCase, mapped_files,  # noqa: E402
+                      read)
 
 MAN = os.path.join(REPO, "doc", "man")
 
@@ -230,13 +231,13 @@ class RunTest(ToolTestCase):
         bindir = os.path.join(root, opts["bindir"])
         libdir = os.path.join(root, opts["libdir"])
         mandir = os.path.join(root, opts["mandir"])
-        for program in ("smcpre-run", "smcpre-systemd", "smcpre-stat"):
+        for program in ("smcpre-run", "smcpre-systemd", "smcpre-stat", "smcpre-bpf"):
             path = os.path.join(bindir, program)
             self.assertTrue(os.access(path, os.X_OK), path)
         installed_lib = os.path.join(libdir, "libsmcpre.so")
         self.assertTrue(os.path.isfile(installed_lib), installed_lib)
         for page in ("man1/smcpre-run.1", "man1/smcpre-stat.1", "man7/smcpre.7",
-                     "man8/smcpre-systemd.8"):
+                     "man8/smcpre-systemd.8", "man8/smcpre-bpf.8"):
             self.assertTrue(os.path.isfile(os.path.join(mandir, page)), page)
         if os.path.exists(os.path.join(MAN, "smcpre.conf.5")):
             self.assertTrue(os.path.isfile(os.path.join(mandir, "man5/smcpre.conf.5")))
@@ -262,6 +263,13 @@ class RunTest(ToolTestCase):
             self.assertGreater(len(options), 20, helptext)
             for option in options:
                 self.assertIn(option.replace("-", "\\-"), text, "%s: %s" % (page, option))
+        if os.path.exists(BPF):
+            text = read(os.path.join(MAN, "smcpre-bpf.8"))
+            helptext = self.run_tool([BPF, "--help"]).stdout
+            options = set(re.findall(r"^  (--[a-z][a-z-]*)", helptext, re.M))
+            self.assertEqual(options, {"--cgroup", "--pin-dir", "--all", "--quiet"}, helptext)
+            for option in options:
+                self.assertIn(option.replace("-", "\\-"), text, "smcpre-bpf.8: " + option)
         with open(os.path.join(REPO, "config", "settings_table.cpp")) as f:
             variables = set(re.findall(r'^\s*\{"(SMCPRE_[A-Z_]+)",', f.read(), re.M))
         self.assertGreater(len(variables), 20)
@@ -271,7 +279,8 @@ class RunTest(ToolTestCase):
         groff = shutil.which("groff")
         if groff is None:
             self.skipTest("groff is not installed")
-        for page in ("smcpre-run.1", "smcpre-stat.1", "smcpre.7", "smcpre-systemd.8"):
+        for page in ("smcpre-run.1", "smcpre-stat.1", "smcpre.7", "smcpre-systemd.8",
+                     "smcpre-bpf.8", "smcpre.conf.5"):
             out = self.run_tool([groff, "-t", "-man", "-Tutf8", "-ww", os.path.join(MAN, page)])
             self.assertEqual((out.returncode, out.stderr), (0, ""), page)
 

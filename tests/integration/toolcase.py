@@ -2,8 +2,8 @@
 tools are, a test case that runs them with a clean environment in a scratch directory, and
 two programs held alive after a transfer so that the tools can look at them.
 
-Environment (tests/integration/meson.build): SMCPRE_RUN, SMCPRE_SYSTEMD, SMCPRE_STAT (the
-executables; default: tools/ of SMCPRE_LIB's build dir), and harness.py's.
+Environment (tests/integration/meson.build): SMCPRE_RUN, SMCPRE_SYSTEMD, SMCPRE_STAT,
+SMCPRE_BPF (the executables; default: tools/ of SMCPRE_LIB's build dir), and harness.py's.
 """
 
 import json
@@ -22,6 +22,7 @@ BUILD = os.path.dirname(os.path.dirname(os.path.abspath(harness.LIB)))
 RUN = os.environ.get("SMCPRE_RUN") or os.path.join(BUILD, "tools", "smcpre-run")
 SYSTEMD = os.environ.get("SMCPRE_SYSTEMD") or os.path.join(BUILD, "tools", "smcpre-systemd")
 STAT = os.environ.get("SMCPRE_STAT") or os.path.join(BUILD, "tools", "smcpre-stat")
+BPF = os.environ.get("SMCPRE_BPF") or os.path.join(BUILD, "tools", "smcpre-bpf")
 LIB = os.path.realpath(harness.LIB)
 
 

@@ -161,6 +161,14 @@ TEST_CASE("SMCPRE_RUNTIME_DIR", "[config]") {
   bad("SMCPRE_RUNTIME_DIR", "/" + std::string(4000, 'x'));
 }
 
+TEST_CASE("SMCPRE_BPF_DIR", "[config]") {
+  CHECK(parse({}, nullptr).bpf_dir.empty());  // the default, SMCPRE_BPF_DEFAULT_DIR
+  CHECK(good("SMCPRE_BPF_DIR", "/sys/fs/bpf/x").bpf_dir == "/sys/fs/bpf/x");
+  CHECK(good("SMCPRE_BPF_DIR", "/sys/fs/bpf/x//").bpf_dir == "/sys/fs/bpf/x");
+  CHECK(good("SMCPRE_BPF_DIR", "none").bpf_dir == "none");
+  for (const char* v : {"", "sys/fs/bpf", "./x", " /x", "None", "/x\n"}) bad("SMCPRE_BPF_DIR", v);
+}
+
 TEST_CASE("runtime_dir::default_path", "[config]") {
   std::string d = smcpre::runtime_dir::default_path();
   REQUIRE_FALSE(d.empty());
