@@ -1,15 +1,15 @@
 #include "core/wire/llc.h"
 
 #include <cassert>
-#include <cstdarg>
-#include <cstdio>
 #include <cstring>
 
 #include "core/wire/bytes.h"
+#include "core/wire/llc_frame.h"
 
 namespace smcpre::core::llc {
 namespace {
 
+using frame::kFlagResponse;
 using wire::fail;
 using wire::get_be24;
 using wire::get_be32;
@@ -18,12 +18,6 @@ using wire::put_be24;
 using wire::put_be32;
 using wire::put_be64;
 
-// Header: type, length (44), a byte only ADD LINK uses (reject reason), flags.
-constexpr size_t kOffType = 0;
-constexpr size_t kOffLength = 1;
-constexpr size_t kOffFlags = 3;
-
-constexpr uint8_t kFlagResponse = 0x80;
 // CONFIRM LINK: "no RMBE eyecatchers" (two bits; Linux accepts either).
 constexpr uint8_t kFlagNoRmbeEyecatcher = 0x03;
 // DELETE LINK.
@@ -39,6 +33,7 @@ constexpr size_t kOffClQpn = 26;
 constexpr size_t kOffClLinkNum = 29;
 constexpr size_t kOffClLinkUid = 30;
 constexpr size_t kOffClMaxLinks = 34;
+constexpr size_t kOffClMaxConns = 35;
 // TEST LINK body.
 constexpr size_t kOffTlUserData = 4;
 // DELETE LINK body.
@@ -51,27 +46,123 @@ constexpr size_t kOffCrRkey = 5;
 constexpr size_t kOffCrVaddr = 9;
 constexpr uint8_t kMaxRkeysPerMessage = 3;  // Linux's bound on that count
 
-uint8_t* put_header(std::span<uint8_t, kSize> out, Type type, uint8_t flags) {
-  uint8_t* p = out.data();
-  std::memset(p, 0, kSize);
-  p[kOffType] = static_cast<uint8_t>(type);
-  p[kOffLength] = static_cast<uint8_t>(kSize);
-  p[kOffFlags] = flags;
-  return p;
+// Per message type: its LLC type, its flags byte, and its body after the 4-byte header.
+// get_body checks what the type needs; `version` tells fields only one version has.
+
+uint8_t response_flag(bool response) {
+  return response ? kFlagResponse : 0;
 }
 
-// Frame checks shared by every type. Returns the flags byte through *flags.
-bool check_header(std::span<const uint8_t> in, Type type, uint8_t* flags, std::string* error) {
-  if (in.size() != kSize) {
-    return fail(error, "LLC message of %zu bytes, expected %zu", in.size(), kSize);
+Type type_of(const ConfirmLink&) {
+  return Type::kConfirmLink;
+}
+uint8_t flags_of(const ConfirmLink& m) {
+  return kFlagNoRmbeEyecatcher | response_flag(m.response);
+}
+void put_body(const ConfirmLink& m, uint8_t* p) {
+  assert(m.qp_num <= 0xffffff);
+  std::memcpy(p + kOffClMac, m.mac.data(), m.mac.size());
+  std::memcpy(p + kOffClGid, m.gid.data(), m.gid.size());
+  put_be24(p + kOffClQpn, m.qp_num);
+  p[kOffClLinkNum] = m.link_num;
+  put_be32(p + kOffClLinkUid, m.link_uid);
+  p[kOffClMaxLinks] = m.max_links;
+  p[kOffClMaxConns] = m.max_conns;
+}
+bool get_body(const uint8_t* p, uint8_t flags, Version version, ConfirmLink* m,
+              std::string* error) {
+  if ((flags & kFlagNoRmbeEyecatcher) == 0) {
+    return fail(error, "CONFIRM_LINK without the no-RMBE-eyecatcher flag (flags 0x%02x)", flags);
   }
-  if (in[kOffType] != static_cast<uint8_t>(type)) {
-    return fail(error, "expected %s, got type 0x%02x", type_name(type), in[kOffType]);
+  m->response = flags & kFlagResponse;
+  std::memcpy(m->mac.data(), p + kOffClMac, m->mac.size());
+  std::memcpy(m->gid.data(), p + kOffClGid, m->gid.size());
+  m->qp_num = get_be24(p + kOffClQpn);
+  m->link_num = p[kOffClLinkNum];
+  m->link_uid = get_be32(p + kOffClLinkUid);
+  m->max_links = p[kOffClMaxLinks];
+  m->max_conns = version == Version::kV2 ? p[kOffClMaxConns] : 0;
+  return true;
+}
+
+Type type_of(const TestLink&) {
+  return Type::kTestLink;
+}
+uint8_t flags_of(const TestLink& m) {
+  return response_flag(m.response);
+}
+void put_body(const TestLink& m, uint8_t* p) {
+  std::memcpy(p + kOffTlUserData, m.user_data.data(), m.user_data.size());
+}
+bool get_body(const uint8_t* p, uint8_t flags, Version, TestLink* m, std::string*) {
+  m->response = flags & kFlagResponse;
+  std::memcpy(m->user_data.data(), p + kOffTlUserData, m->user_data.size());
+  return true;
+}
+
+Type type_of(const DeleteLink&) {
+  return Type::kDeleteLink;
+}
+uint8_t flags_of(const DeleteLink& m) {
+  return static_cast<uint8_t>(response_flag(m.response) | (m.all ? kFlagDeleteAll : 0) |
+                              (m.orderly ? kFlagDeleteOrderly : 0));
+}
+void put_body(const DeleteLink& m, uint8_t* p) {
+  p[kOffDlLinkNum] = m.link_num;
+  put_be32(p + kOffDlReason, m.reason);
+}
+bool get_body(const uint8_t* p, uint8_t flags, Version, DeleteLink* m, std::string*) {
+  m->response = flags & kFlagResponse;
+  m->all = flags & kFlagDeleteAll;
+  m->orderly = flags & kFlagDeleteOrderly;
+  m->link_num = p[kOffDlLinkNum];
+  m->reason = get_be32(p + kOffDlReason);
+  return true;
+}
+
+Type type_of(const ConfirmRkey&) {
+  return Type::kConfirmRkey;
+}
+uint8_t flags_of(const ConfirmRkey& m) {
+  return static_cast<uint8_t>(response_flag(m.response) | (m.negative ? kFlagRkeyNegative : 0));
+}
+void put_body(const ConfirmRkey& m, uint8_t* p) {
+  p[kOffCrNumOther] = 0;  // only the rkey for this link
+  put_be32(p + kOffCrRkey, m.rkey);
+  put_be64(p + kOffCrVaddr, m.vaddr);
+}
+bool get_body(const uint8_t* p, uint8_t flags, Version, ConfirmRkey* m, std::string* error) {
+  if (p[kOffCrNumOther] > kMaxRkeysPerMessage) {
+    return fail(error, "CONFIRM_RKEY announces %u further rkeys (at most %u)", p[kOffCrNumOther],
+                kMaxRkeysPerMessage);
   }
-  if (in[kOffLength] != kSize) {
-    return fail(error, "%s length byte %u != %zu", type_name(type), in[kOffLength], kSize);
+  m->response = flags & kFlagResponse;
+  m->negative = flags & kFlagRkeyNegative;
+  m->rkey = get_be32(p + kOffCrRkey);
+  m->vaddr = get_be64(p + kOffCrVaddr);
+  return true;
+}
+
+template <typename Message>
+void encode_message(const Message& m, Version version, std::span<uint8_t, kSize> out) {
+  frame::put_header(out, version, type_of(m), flags_of(m));
+  put_body(m, out.data());
+}
+
+template <typename Message>
+bool decode_message(std::span<const uint8_t> in, Version version, Message* out,
+                    std::string* error) {
+  const Type type = type_of(*out);
+  uint8_t flags = 0;
+  frame::ByteOrder order;
+  if (!frame::check_header(in, version, type, &flags, &order, error)) return false;
+  if (in.size() != kSize) {  // version 2 frames may be longer; these are not
+    return fail(error, "%s of %zu bytes, expected %zu", frame::type_text(type, version).c_str(),
+                in.size(), kSize);
   }
-  *flags = in[kOffFlags];
+  Message m;
+  if (!get_body(in.data(), flags, version, &m, error)) return false;
+  *out = m;
   return true;
 }
 
@@ -106,117 +197,54 @@ Disposition disposition(uint8_t first_byte) {
   return Disposition::kViolation;
 }
 
-const char* type_name(Type type) {
-  switch (type) {
-    case Type::kUnknown:
-      return "UNKNOWN";
-    case Type::kConfirmLink:
-      return "CONFIRM_LINK";
-    case Type::kAddLink:
-      return "ADD_LINK";
-    case Type::kAddLinkCont:
-      return "ADD_LINK_CONT";
-    case Type::kDeleteLink:
-      return "DELETE_LINK";
-    case Type::kReqAddLink:
-      return "REQ_ADD_LINK";
-    case Type::kConfirmRkey:
-      return "CONFIRM_RKEY";
-    case Type::kTestLink:
-      return "TEST_LINK";
-    case Type::kConfirmRkeyCont:
-      return "CONFIRM_RKEY_CONT";
-    case Type::kDeleteRkey:
-      return "DELETE_RKEY";
-    case Type::kCdc:
-      return "CDC";
-  }
-  return "UNKNOWN";
-}
-
 void encode(const ConfirmLink& m, std::span<uint8_t, kSize> out) {
-  assert(m.qp_num <= 0xffffff);
-  uint8_t* p =
-      put_header(out, Type::kConfirmLink, kFlagNoRmbeEyecatcher | (m.response ? kFlagResponse : 0));
-  std::memcpy(p + kOffClMac, m.mac.data(), m.mac.size());
-  std::memcpy(p + kOffClGid, m.gid.data(), m.gid.size());
-  put_be24(p + kOffClQpn, m.qp_num);
-  p[kOffClLinkNum] = m.link_num;
-  put_be32(p + kOffClLinkUid, m.link_uid);
-  p[kOffClMaxLinks] = m.max_links;
+  encode_message(m, Version::kV1, out);
 }
-
 void encode(const TestLink& m, std::span<uint8_t, kSize> out) {
-  uint8_t* p = put_header(out, Type::kTestLink, m.response ? kFlagResponse : 0);
-  std::memcpy(p + kOffTlUserData, m.user_data.data(), m.user_data.size());
+  encode_message(m, Version::kV1, out);
 }
-
 void encode(const DeleteLink& m, std::span<uint8_t, kSize> out) {
-  uint8_t* p = put_header(
-      out, Type::kDeleteLink,
-      static_cast<uint8_t>((m.response ? kFlagResponse : 0) | (m.all ? kFlagDeleteAll : 0) |
-                           (m.orderly ? kFlagDeleteOrderly : 0)));
-  p[kOffDlLinkNum] = m.link_num;
-  put_be32(p + kOffDlReason, m.reason);
+  encode_message(m, Version::kV1, out);
 }
-
 void encode(const ConfirmRkey& m, std::span<uint8_t, kSize> out) {
-  uint8_t* p = put_header(out, Type::kConfirmRkey,
-                          static_cast<uint8_t>((m.response ? kFlagResponse : 0) |
-                                               (m.negative ? kFlagRkeyNegative : 0)));
-  p[kOffCrNumOther] = 0;  // only the rkey for this link
-  put_be32(p + kOffCrRkey, m.rkey);
-  put_be64(p + kOffCrVaddr, m.vaddr);
+  encode_message(m, Version::kV1, out);
+}
+void encode(const ConfirmLink& m, Version version, std::span<uint8_t, kSize> out) {
+  encode_message(m, version, out);
+}
+void encode(const TestLink& m, Version version, std::span<uint8_t, kSize> out) {
+  encode_message(m, version, out);
+}
+void encode(const DeleteLink& m, Version version, std::span<uint8_t, kSize> out) {
+  encode_message(m, version, out);
+}
+void encode(const ConfirmRkey& m, Version version, std::span<uint8_t, kSize> out) {
+  encode_message(m, version, out);
 }
 
 bool decode(std::span<const uint8_t> in, ConfirmLink* out, std::string* error) {
-  uint8_t flags = 0;
-  if (!check_header(in, Type::kConfirmLink, &flags, error)) return false;
-  if ((flags & kFlagNoRmbeEyecatcher) == 0) {
-    return fail(error, "CONFIRM_LINK without the no-RMBE-eyecatcher flag (flags 0x%02x)", flags);
-  }
-  const uint8_t* p = in.data();
-  out->response = flags & kFlagResponse;
-  std::memcpy(out->mac.data(), p + kOffClMac, out->mac.size());
-  std::memcpy(out->gid.data(), p + kOffClGid, out->gid.size());
-  out->qp_num = get_be24(p + kOffClQpn);
-  out->link_num = p[kOffClLinkNum];
-  out->link_uid = get_be32(p + kOffClLinkUid);
-  out->max_links = p[kOffClMaxLinks];
-  return true;
+  return decode_message(in, Version::kV1, out, error);
 }
-
 bool decode(std::span<const uint8_t> in, TestLink* out, std::string* error) {
-  uint8_t flags = 0;
-  if (!check_header(in, Type::kTestLink, &flags, error)) return false;
-  out->response = flags & kFlagResponse;
-  std::memcpy(out->user_data.data(), in.data() + kOffTlUserData, out->user_data.size());
-  return true;
+  return decode_message(in, Version::kV1, out, error);
 }
-
 bool decode(std::span<const uint8_t> in, DeleteLink* out, std::string* error) {
-  uint8_t flags = 0;
-  if (!check_header(in, Type::kDeleteLink, &flags, error)) return false;
-  out->response = flags & kFlagResponse;
-  out->all = flags & kFlagDeleteAll;
-  out->orderly = flags & kFlagDeleteOrderly;
-  out->link_num = in[kOffDlLinkNum];
-  out->reason = get_be32(in.data() + kOffDlReason);
-  return true;
+  return decode_message(in, Version::kV1, out, error);
 }
-
 bool decode(std::span<const uint8_t> in, ConfirmRkey* out, std::string* error) {
-  uint8_t flags = 0;
-  if (!check_header(in, Type::kConfirmRkey, &flags, error)) return false;
-  if (in[kOffCrNumOther] > kMaxRkeysPerMessage) {
-    return fail(error, "CONFIRM_RKEY announces %u further rkeys (at most %u)", in[kOffCrNumOther],
-                kMaxRkeysPerMessage);
-  }
-  out->response = flags & kFlagResponse;
-  out->negative = flags & kFlagRkeyNegative;
-  out->rkey = get_be32(in.data() + kOffCrRkey);
-  out->vaddr = get_be64(in.data() + kOffCrVaddr);
-  return true;
+  return decode_message(in, Version::kV1, out, error);
+}
+bool decode(std::span<const uint8_t> in, Version version, ConfirmLink* out, std::string* error) {
+  return decode_message(in, version, out, error);
+}
+bool decode(std::span<const uint8_t> in, Version version, TestLink* out, std::string* error) {
+  return decode_message(in, version, out, error);
+}
+bool decode(std::span<const uint8_t> in, Version version, DeleteLink* out, std::string* error) {
+  return decode_message(in, version, out, error);
+}
+bool decode(std::span<const uint8_t> in, Version version, ConfirmRkey* out, std::string* error) {
+  return decode_message(in, version, out, error);
 }
 
 }  // namespace smcpre::core::llc

@@ -1,6 +1,7 @@
 // Writes the seed inputs that smcpre's own encoders produce into a corpus directory, one
 // subdirectory per harness (tests/fuzz/corpus/<harness>/ours-*): every CLC, CDC and LLC
-// message type in its usual forms, CLC byte streams as the stream harness reads them,
+// message type in its usual forms, of both versions, CLC byte streams as the stream
+// harness reads them,
 // and a connection's CDC sequence for the cursor harness. The Linux kernel's messages
 // come from tests/fuzz/extract_seeds.py.
 //   Usage: write_seeds CORPUS_DIR
@@ -18,9 +19,11 @@
 #include "core/wire/bytes.h"
 #include "core/wire/cdc.h"
 #include "core/wire/clc.h"
+#include "core/wire/clc_v2.h"
 #include "core/wire/cursor.h"
 #include "core/wire/decline.h"
 #include "core/wire/llc.h"
+#include "core/wire/llc_v2.h"
 
 namespace cdc = smcpre::core::cdc;
 namespace clc = smcpre::core::clc;
@@ -107,6 +110,55 @@ void write_clc() {
   write("clc", "decline-out-of-sync", clc::encode(decline(DeclineCode::kSyncErr)));
 }
 
+// Version 2, as Linux sends it: the v2-only Proposal, versions 1 and 2 together, SMC-D
+// offered too; Accept and Confirm with and without first contact; a Decline.
+void write_clc_v2() {
+  clc::ProposalV2 p;
+  p.v2.ueids = {clc::Eid::from_text("SMCPRE-TEST", nullptr).value(),
+                clc::Eid::from_text("OTHER.EID-2", nullptr).value()};
+  p.v2.roce_gid = local(2).gid;
+  p.v2.max_conns = 255;
+  p.v2.max_links = 2;
+  p.v2.feature_mask = clc::kFeatureEmulatedIsm;
+  write("clc", "v2-proposal", clc::encode(p));
+  const clc::Proposal v1 = proposal(1);
+  p.v1_type = clc::SmcType::kR;
+  p.local = v1.local;
+  p.ipv4_subnet_be = v1.ipv4_subnet_be;
+  p.ipv4_prefix_len = v1.ipv4_prefix_len;
+  p.ipv6_prefixes = v1.ipv6_prefixes;
+  write("clc", "v2-proposal-v1-too", clc::encode(p));
+  p.v2_type = clc::SmcType::kBoth;
+  write("clc", "v2-proposal-smcd-too", clc::encode(p));
+  p.v2_type = clc::SmcType::kNone;
+  write("clc", "v2-proposal-v1-only", clc::encode(p));
+
+  clc::AcceptConfirmV2 a;
+  a.smcr = accept_confirm(true, 1);
+  a.eid = p.v2.ueids[0];
+  a.fce.hostname = clc::hostname_field("server");
+  a.fce.max_conns = 255;
+  a.fce.max_links = 1;
+  a.fce.feature_mask = clc::kFeatureEmulatedIsm;
+  write("clc", "v2-accept-first-contact", clc::encode_accept(a));
+  clc::AcceptConfirmV2 c = a;
+  c.smcr = accept_confirm(true, 2);
+  c.gids = {c.smcr.local.gid};
+  write("clc", "v2-confirm-first-contact", clc::encode_confirm(c));
+  a.smcr.first_contact = false;
+  a.fce = {};
+  write("clc", "v2-accept", clc::encode_accept(a));
+  c.smcr.first_contact = false;
+  c.fce = {};
+  c.gids.clear();
+  write("clc", "v2-confirm", clc::encode_confirm(c));
+
+  clc::DeclineV2 d;
+  d.peer_id = local(1).peer_id;
+  d.diagnosis = static_cast<uint32_t>(DeclineCode::kPeerDecl);
+  write("clc", "v2-decline", clc::encode(d));
+}
+
 void write_clc_stream() {
   const Bytes app = {'G', 'E', 'T', ' ', '/', '\r', '\n'};
   const Bytes whole = {0x00};         // no pieces: all at once
@@ -154,7 +206,9 @@ void write_cdc() {
   write("cdc", "abort", out);
 }
 
-void write_llc() {
+// The 44-byte messages, in either version; version 2's names start with "v2-".
+void write_llc(llc::Version version) {
+  const std::string v = version == llc::Version::kV2 ? "v2-" : "";
   std::array<uint8_t, llc::kSize> out{};
   llc::ConfirmLink cl;
   cl.mac = local(1).mac;
@@ -162,34 +216,75 @@ void write_llc() {
   cl.qp_num = 0x11;
   cl.link_num = 1;
   cl.link_uid = 0x12345678;
-  llc::encode(cl, out);
-  write("llc", "confirm-link", out);
+  if (version == llc::Version::kV2) cl.max_conns = 255;
+  llc::encode(cl, version, out);
+  write("llc", v + "confirm-link", out);
   cl.response = true;
-  llc::encode(cl, out);
-  write("llc", "confirm-link-response", out);
+  llc::encode(cl, version, out);
+  write("llc", v + "confirm-link-response", out);
   llc::TestLink tl;
   tl.user_data = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
-  llc::encode(tl, out);
-  write("llc", "test-link", out);
+  llc::encode(tl, version, out);
+  write("llc", v + "test-link", out);
   tl.response = true;
-  llc::encode(tl, out);
-  write("llc", "test-link-response", out);
+  llc::encode(tl, version, out);
+  write("llc", v + "test-link-response", out);
   llc::DeleteLink dl;
   dl.all = true;
   dl.orderly = true;
   dl.link_num = 1;
   dl.reason = static_cast<uint32_t>(llc::DeleteReason::kProgramTerminated);
-  llc::encode(dl, out);
-  write("llc", "delete-link", out);
+  llc::encode(dl, version, out);
+  write("llc", v + "delete-link", out);
   llc::ConfirmRkey cr;
   cr.rkey = 0x36b;
   cr.vaddr = 0x7f43f26e046b0000;
-  llc::encode(cr, out);
-  write("llc", "confirm-rkey", out);
+  llc::encode(cr, version, out);
+  write("llc", v + "confirm-rkey", out);
   cr.response = true;
   cr.negative = true;
-  llc::encode(cr, out);
-  write("llc", "confirm-rkey-negative", out);
+  llc::encode(cr, version, out);
+  write("llc", v + "confirm-rkey-negative", out);
+}
+
+// What only version 2 has: ADD LINK with rkeys and its refusal, DELETE RKEY with many
+// rkeys and its answer, REQ ADD LINK.
+void write_llc_v2() {
+  Bytes message(llc::kV2MaxSize);
+  const Bytes rkeys = {0, 0, 3, 0x6b, 0, 0, 5, 0x66, 0x7f, 0x43, 0xf2, 0x6e, 4, 0x6b, 0, 0,
+                       0, 0, 3, 0x6c, 0, 0, 5, 0x67, 0x7f, 0x43, 0xf2, 0x6e, 5, 0x6b, 0, 0};
+  llc::AddLinkV2 add;
+  add.mac = local(1).mac;
+  add.gid = local(1).gid;
+  add.qp_num = 0x12;
+  add.link_num = 2;
+  add.qp_mtu = 3;
+  add.initial_psn = 0x3e825a;
+  add.has_extension = true;
+  add.direct = true;
+  add.target_gid = local(1).gid;
+  add.rkey_count = 2;
+  add.rkeys = rkeys;
+  write("llc", "v2-add-link", std::span(message).first(llc::encode(add, message)));
+  write("llc", "v2-add-link-reject",
+        std::span(message).first(llc::encode(llc::add_link_reject(add), message)));
+  Bytes keys(40);
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = static_cast<uint8_t>(i);
+  llc::DeleteRkeyV2 del;
+  del.rkey_count = 10;
+  del.rkeys = keys;
+  write("llc", "v2-delete-rkey", std::span(message).first(llc::encode(del, message)));
+  llc::DeleteRkeyV2 answer;
+  answer.response = true;
+  answer.negative = true;
+  answer.rkey_count = 10;
+  answer.invalid_count = 1;
+  write("llc", "v2-delete-rkey-response", std::span(message).first(llc::encode(answer, message)));
+  const Bytes gids(32, 0x0a);
+  llc::ReqAddLinkV2 req;
+  req.gid_count = 2;
+  req.gids = gids;
+  write("llc", "v2-req-add-link", std::span(message).first(llc::encode(req, message)));
 }
 
 // A connection with 64 KiB rings both ways whose streams start just before the u16 wrap
@@ -234,9 +329,12 @@ int main(int argc, char** argv) {
   }
   corpus = argv[1];
   write_clc();
+  write_clc_v2();
   write_clc_stream();
   write_cdc();
-  write_llc();
+  write_llc(llc::Version::kV1);
+  write_llc(llc::Version::kV2);
+  write_llc_v2();
   write_cursor();
   return 0;
 }

@@ -7,7 +7,6 @@
 
 #include <catch2/catch.hpp>
 #include <cstdint>
-#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -17,12 +16,6 @@
 
 namespace clc = smcpre::core::clc;
 using smcpre::core::DeclineCode;
-
-inline Bytes cat(std::initializer_list<Bytes> parts) {
-  Bytes out;
-  for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
-  return out;
-}
 
 inline const char* kLocalHex =
     "01 02 A0 B1 C2 D3 E4 F5"                          // peer id

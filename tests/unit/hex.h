@@ -5,6 +5,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -33,4 +34,15 @@ std::array<uint8_t, N> hex_array(const char* text) {
   std::array<uint8_t, N> out{};
   std::copy(b.begin(), b.end(), out.begin());
   return out;
+}
+
+// Test vectors put together from parts, and runs of zero bytes (reserved fields).
+inline Bytes cat(std::initializer_list<Bytes> parts) {
+  Bytes out;
+  for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+inline Bytes zeros(size_t n) {
+  return Bytes(n, 0);
 }

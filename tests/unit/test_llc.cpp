@@ -38,16 +38,6 @@ bool equal(const llc::ConfirmLink& a, const llc::ConfirmLink& b) {
          a.link_num == b.link_num && a.link_uid == b.link_uid && a.max_links == b.max_links;
 }
 
-Bytes zeros(size_t n) {
-  return Bytes(n, 0);
-}
-
-Bytes cat(std::initializer_list<Bytes> parts) {
-  Bytes out;
-  for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
-  return out;
-}
-
 }  // namespace
 
 TEST_CASE("classify tells CDC, known LLC types and unknown bytes apart") {
