@@ -164,7 +164,8 @@ HandshakeResult client_handshake(int fd, EngineState& engine, bool peer_announce
       send_decline(fd, engine, code(DeclineCode::kNoFds));
       return fallback(code(DeclineCode::kNoFds));
     }
-    pending.group = LinkGroup::create(*device, rdma::Role::kClient, server, config, &error);
+    pending.group = LinkGroup::create(*device, rdma::Role::kClient, server, config,
+                                      v2 ? group_terms(agreed) : GroupTerms{}, &error);
     if (!pending.group) {
       SMC_LOG_WARN("client: cannot create a link group: {}", error);
       send_decline(fd, engine, code(DeclineCode::kMem));

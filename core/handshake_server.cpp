@@ -258,7 +258,8 @@ PendingServerHandshake server_accept(int fd, EngineState& engine,
   if (p->first_contact) {
     config::FdReservation group_fds = reserve_fds(kLinkGroupFds, fd);
     if (!group_fds) return decline(code(DeclineCode::kNoFds));
-    p->pending.group = LinkGroup::create(*device, rdma::Role::kServer, client, config, &error);
+    p->pending.group = LinkGroup::create(*device, rdma::Role::kServer, client, config,
+                                         v2 ? group_terms(agreed) : GroupTerms{}, &error);
     if (!p->pending.group) {
       SMC_LOG_WARN("server: cannot create a link group: {}", error);
       return decline(code(DeclineCode::kMem));

@@ -48,6 +48,16 @@ bool is_ours(const config::Config& config, const clc::Eid& eid) {
 
 }  // namespace
 
+GroupTerms group_terms(const V2Agreement& agreed) {
+  GroupTerms terms;
+  terms.llc_version = llc::Version::kV2;
+  if (agreed.fce.release >= clc::kRelease1) {
+    terms.max_conns = agreed.fce.max_conns;
+    terms.max_links = agreed.fce.max_links;
+  }
+  return terms;
+}
+
 std::vector<clc::Eid> our_eids(const config::Config& config) {
   std::vector<clc::Eid> eids;
   for (const std::string& text : config.eids) {

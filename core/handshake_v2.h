@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "config/config_types.h"
+#include "core/datapath/link_group.h"
 #include "core/wire/clc_v2.h"
 #include "rdma/device.h"
 
@@ -31,6 +32,9 @@ struct V2Agreement {
   clc::Eid eid;
   clc::FirstContactExt fce;
 };
+
+// The link group terms a version 2 first contact settled (LLC version 2, the limits).
+GroupTerms group_terms(const V2Agreement& agreed);
 
 // The configured EIDs (SMCPRE_EID), as the wire carries them.
 std::vector<clc::Eid> our_eids(const config::Config& config);

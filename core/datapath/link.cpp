@@ -27,11 +27,12 @@ bool log_this_one(std::atomic<uint64_t>& count) {
 constexpr int kMaxRecvPerPass = 256;
 }  // namespace
 
-Link::Link(LinkOwner& owner, const LinkFacts& facts, std::unique_ptr<rdma::QueuePair> qp,
-           RecvPool& pool, std::unique_ptr<rdma::MemoryRegion> pool_region, uint32_t recv_depth,
-           Backlog* backlog)
+Link::Link(LinkOwner& owner, const LinkFacts& facts, const LinkLlc& llc,
+           std::unique_ptr<rdma::QueuePair> qp, RecvPool& pool,
+           std::unique_ptr<rdma::MemoryRegion> pool_region, uint32_t recv_depth, Backlog* backlog)
     : owner_(owner),
       group_id_(facts.group_id),
+      llc_(llc),
       qp_(std::move(qp)),
       pool_(pool),
       pool_region_(std::move(pool_region)),
@@ -143,6 +144,13 @@ int Link::post_llc(std::span<const uint8_t, kWrMessageSize> message, uint64_t wr
   return rc;
 }
 
+template <typename Message>
+int Link::post_llc_message(const Message& msg, uint64_t wr_id, bool signaled) {
+  uint8_t out[kWrMessageSize];
+  llc::encode(msg, llc_.version, std::span<uint8_t, kWrMessageSize>(out));
+  return post_llc(out, wr_id, signaled);
+}
+
 void Link::wait_for_send_room(int* round) {
   constexpr int kSpinRounds = 64;
   constexpr int64_t kFirstSleepNs = 20'000;
@@ -194,8 +202,13 @@ bool Link::progress(Reaper reaper) {
         pool_.give(buffer);
         continue;
       }
-      const uint32_t length = std::min(wc[i].byte_len, RecvPool::kBufferSize);
-      if (handle_receive(buffer, length, reaper, draining)) continue;  // handed over
+      if (wc[i].byte_len > RecvPool::kBufferSize) {
+        // Only version 2 LLC messages are this long (a CDC is 44 bytes): applied here.
+        const uint32_t length = assemble_long_message(buffer, wc[i].byte_len);
+        if (length > 0) handle_llc(long_message_.data(), length);
+      } else if (handle_receive(buffer, wc[i].byte_len, reaper, draining)) {
+        continue;  // handed over
+      }
       // Applied (or dropped) here: the same buffer goes up again.
       if (draining) {
         pool_.give(buffer);
@@ -331,68 +344,144 @@ bool Link::handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool 
 }
 
 void Link::handle_llc(const uint8_t* data, uint32_t length) {
-  std::string error;
-  std::span<const uint8_t> bytes(data, length);
-  switch (llc::disposition(data[0])) {
+  const bool v2 = llc_.version == llc::Version::kV2;
+  const llc::Type type = v2 ? llc::classify_message(data[0]).type : llc::classify(data[0]);
+  switch (v2 ? llc::disposition_v2(data[0]) : llc::disposition(data[0])) {
     case llc::Disposition::kAct:
       break;
     case llc::Disposition::kIgnore:
       if (log_this_one(ignored_llc_)) {
-        SMC_LOG_WARN("link: {} ignored (a single-link group; {} so far)",
-                     llc::type_name(llc::classify(data[0])),
+        SMC_LOG_WARN("link: {} ignored (a single-link group; {} so far)", llc::type_name(type),
                      ignored_llc_.load(std::memory_order_relaxed));
       }
       return;
     case llc::Disposition::kViolation:
-      protocol_violation(fmt::format("message of unknown type {:#04x}", data[0]));
+      protocol_violation(fmt::format("message of unknown type {:#04x}{}", data[0],
+                                     v2 ? " in an SMC-Rv2 link group" : ""));
       return;
   }
-  switch (llc::classify(data[0])) {
+  std::string error;
+  const std::span<const uint8_t> bytes(data, length);
+  // A link that is going down answers nothing (the answer could not arrive).
+  const bool may_answer = !error_pending_.load(std::memory_order_acquire);
+  switch (type) {
     case llc::Type::kConfirmLink: {
       llc::ConfirmLink msg;
-      if (!llc::decode(bytes, &msg, &error)) break;
-      if (msg.response) {
-        confirmed_.store(true, std::memory_order_release);
-        stats::set(slot_->state, stats::kLinkActive);
-      } else {
-        llc::ConfirmLink reply = owner_.make_confirm_link(true);
-        uint8_t out[kWrMessageSize];
-        llc::encode(reply, std::span<uint8_t, kWrMessageSize>(out));
-        {
-          std::lock_guard lock(send_mutex_);
-          if (post_llc(out) != 0) break;
-        }
-        confirmed_.store(true, std::memory_order_release);
-        stats::set(slot_->state, stats::kLinkActive);
+      if (!llc::decode(bytes, llc_.version, &msg, &error)) break;
+      if (!msg.response) {
+        std::lock_guard lock(send_mutex_);
+        if (post_llc_message(owner_.make_confirm_link(true)) != 0) return;
       }
+      confirmed_.store(true, std::memory_order_release);
+      stats::set(slot_->state, stats::kLinkActive);
       SMC_LOG_DEBUG("link: CONFIRM LINK {} received", msg.response ? "response" : "request");
       events_.wake();
       return;
     }
     case llc::Type::kTestLink: {
       llc::TestLink msg;
-      if (!llc::decode(bytes, &msg, &error)) break;
-      // A link that is going down answers nothing (the answer could not arrive).
-      if (!msg.response && !error_pending_.load(std::memory_order_acquire)) {
+      if (!llc::decode(bytes, llc_.version, &msg, &error)) break;
+      if (!msg.response && may_answer) {
         msg.response = true;
-        uint8_t out[kWrMessageSize];
-        llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
         std::lock_guard lock(send_mutex_);
-        post_llc(out);
+        post_llc_message(msg);
       }
       return;
     }
     case llc::Type::kDeleteLink: {
       llc::DeleteLink msg;
-      if (!llc::decode(bytes, &msg, &error)) break;
+      if (!llc::decode(bytes, llc_.version, &msg, &error)) break;
       SMC_LOG_INFO("link: peer deleted the link (reason {:#x})", msg.reason);
       fail("peer sent DELETE LINK");
       return;
     }
     default:
+      if (v2) {
+        if (handle_llc_v2(type, bytes, may_answer, &error)) return;
+        break;
+      }
       return;
   }
   protocol_violation("malformed LLC message: " + error);
+}
+
+namespace {
+
+// Encodes a version 2 answer, which is 44 bytes for every type smcpre answers.
+template <typename Message>
+bool encode_answer(const Message& msg, std::span<uint8_t, kWrMessageSize> out) {
+  return llc::encode(msg, out) == kWrMessageSize;
+}
+
+}  // namespace
+
+bool Link::handle_llc_v2(llc::Type type, std::span<const uint8_t> bytes, bool may_answer,
+                         std::string* error) {
+  uint8_t out[kWrMessageSize];
+  switch (type) {
+    case llc::Type::kAddLink: {
+      // The peer's server offers a second link. A group here has one link: refused, as
+      // Linux's own client refuses when it has no second path, and the peer's group
+      // stays single.
+      llc::AddLinkV2 msg;
+      if (!llc::decode(bytes, &msg, error)) return false;
+      if (msg.response || !may_answer) return true;
+      SMC_LOG_DEBUG("link: ADD LINK refused (smcpre keeps one link per link group)");
+      if (!encode_answer(llc::add_link_reject(msg), out)) return true;
+      break;
+    }
+    case llc::Type::kReqAddLink: {
+      // The peer's client invites a second link: answered, adding none.
+      llc::ReqAddLinkV2 msg;
+      if (!llc::decode(bytes, &msg, error)) return false;
+      if (msg.response || !may_answer) return true;
+      llc::ReqAddLinkV2 answer;
+      answer.response = true;
+      if (!encode_answer(answer, out)) return true;
+      break;
+    }
+    case llc::Type::kConfirmRkey: {
+      // A new RMB of the peer's, announced for the links of the group. Its one use here
+      // (this link's rkey) came in the connection's CLC already: confirmed.
+      llc::ConfirmRkey msg;
+      if (!llc::decode(bytes, llc_.version, &msg, error)) return false;
+      if (msg.response || !may_answer) return true;
+      msg.response = true;
+      msg.negative = false;
+      llc::encode(msg, llc_.version, std::span<uint8_t, kWrMessageSize>(out));
+      break;
+    }
+    case llc::Type::kDeleteRkey: {
+      // The peer freed RMBs: no connection of ours writes to them any more (their
+      // connections have ended), so there is nothing to forget.
+      llc::DeleteRkeyV2 msg;
+      if (!llc::decode(bytes, &msg, error)) return false;
+      if (msg.response || !may_answer) return true;
+      llc::DeleteRkeyV2 answer;
+      answer.response = true;
+      answer.rkey_count = msg.rkey_count;
+      if (!encode_answer(answer, out)) return true;
+      break;
+    }
+    default:
+      return true;
+  }
+  std::lock_guard lock(send_mutex_);
+  post_llc(std::span<const uint8_t, kWrMessageSize>(out));
+  return true;
+}
+
+uint32_t Link::assemble_long_message(uint32_t buffer, uint32_t length) {
+  if (llc_.overflow == nullptr || length > RecvPool::kBufferSize + llc_.overflow_size) {
+    // Cannot happen: the device fails a receive longer than what was posted.
+    protocol_violation(fmt::format("a {}-byte message, longer than a receive", length));
+    return 0;
+  }
+  const uint8_t* head = pool_.buffer(buffer);
+  long_message_.assign(head, head + RecvPool::kBufferSize);
+  long_message_.insert(long_message_.end(), llc_.overflow,
+                       llc_.overflow + (length - RecvPool::kBufferSize));
+  return length;
 }
 
 void Link::protocol_violation(const std::string& what) {
@@ -405,11 +494,8 @@ void Link::protocol_violation(const std::string& what) {
 }
 
 int Link::send_test_link() {
-  llc::TestLink msg;
-  uint8_t out[kWrMessageSize];
-  llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
   std::lock_guard lock(send_mutex_);
-  return post_llc(out);
+  return post_llc_message(llc::TestLink{});
 }
 
 bool Link::send_delete_link() {
@@ -418,21 +504,16 @@ bool Link::send_delete_link() {
   msg.orderly = true;
   msg.link_num = 1;
   msg.reason = static_cast<uint32_t>(llc::DeleteReason::kProgramTerminated);
-  uint8_t out[kWrMessageSize];
-  llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
   std::lock_guard lock(send_mutex_);
-  return post_llc(out, kDeleteLinkWrId, true) == 0;
+  return post_llc_message(msg, kDeleteLinkWrId, true) == 0;
 }
 
 bool Link::flush_sends(int64_t deadline_ns) {
   if (failed()) return false;
-  llc::TestLink msg;
-  uint8_t out[kWrMessageSize];
-  llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
   flush_done_.store(false, std::memory_order_relaxed);
   {
     std::lock_guard lock(send_mutex_);
-    if (post_llc(out, kFlushWrId, true) != 0) return false;
+    if (post_llc_message(llc::TestLink{}, kFlushWrId, true) != 0) return false;
   }
   while (!flush_done_.load(std::memory_order_acquire) && !failed() && now_ns() < deadline_ns) {
     progress();
@@ -442,11 +523,8 @@ bool Link::flush_sends(int64_t deadline_ns) {
 }
 
 bool Link::send_confirm_link_request() {
-  llc::ConfirmLink msg = owner_.make_confirm_link(false);
-  uint8_t out[kWrMessageSize];
-  llc::encode(msg, std::span<uint8_t, kWrMessageSize>(out));
   std::lock_guard lock(send_mutex_);
-  return post_llc(out) == 0;
+  return post_llc_message(owner_.make_confirm_link(false)) == 0;
 }
 
 void Link::fail(const char* why) {

@@ -15,6 +15,7 @@
 #include "core/datapath/wait.h"
 #include "core/stats/layout.h"
 #include "core/wire/llc.h"
+#include "core/wire/llc_v2.h"
 #include "rdma/device.h"
 
 namespace smcpre::core {
@@ -70,14 +71,23 @@ struct LinkFacts {
   bool reports_rnr = false;  // rdma::DeviceCaps::reports_rnr
 };
 
+// The LLC a link speaks: the version of its group's CLC handshake (version 2 in an
+// SMC-Rv2 group, as Linux does), and for version 2 the region where messages longer than
+// a receive buffer continue (rdma::QueuePair::set_recv_overflow), already set on the QP.
+struct LinkLlc {
+  llc::Version version = llc::Version::kV1;
+  const uint8_t* overflow = nullptr;
+  uint32_t overflow_size = 0;
+};
+
 class Link {
  public:
   // `pool_region`: the receive pool registered with the link's protection domain.
   // `backlog`: the process's workers, nullptr in inline mode (the reaper applies CDC
   // messages itself and re-posts the same buffer afterwards, as the kernel's SMC does).
-  Link(LinkOwner& owner, const LinkFacts& facts, std::unique_ptr<rdma::QueuePair> qp,
-       RecvPool& pool, std::unique_ptr<rdma::MemoryRegion> pool_region, uint32_t recv_depth,
-       Backlog* backlog);
+  Link(LinkOwner& owner, const LinkFacts& facts, const LinkLlc& llc,
+       std::unique_ptr<rdma::QueuePair> qp, RecvPool& pool,
+       std::unique_ptr<rdma::MemoryRegion> pool_region, uint32_t recv_depth, Backlog* backlog);
   ~Link();
   Link(const Link&) = delete;
   Link& operator=(const Link&) = delete;
@@ -159,6 +169,18 @@ class Link {
   // a worker (else it is free for re-posting).
   bool handle_receive(uint32_t buffer, uint32_t length, Reaper reaper, bool draining);
   void handle_llc(const uint8_t* data, uint32_t length);
+  // Version 2 (LinkLlc): the messages Linux sends in an SMC-Rv2 group, each answered as
+  // Linux's own end would (handle_llc dispatches here).
+  // Returns false with *error for a malformed message (a violation).
+  bool handle_llc_v2(llc::Type type, std::span<const uint8_t> bytes, bool may_answer,
+                     std::string* error);
+  // A message longer than its receive buffer, put together from the buffer and the
+  // overflow region into long_message_; its length, or 0 if it cannot be (then the link
+  // has failed).
+  uint32_t assemble_long_message(uint32_t buffer, uint32_t length);
+  // Encodes `msg` in the link's LLC version and posts it.
+  template <typename Message>
+  int post_llc_message(const Message& msg, uint64_t wr_id = 0, bool signaled = false);
   // The peer sent what no SMC peer sends (garbage in the receive queue): the link fails.
   void protocol_violation(const std::string& what);
   void handle_send_completion(const rdma::WorkCompletion& wc, Reaper reaper);
@@ -169,6 +191,10 @@ class Link {
 
   LinkOwner& owner_;
   const uint32_t group_id_;
+  const LinkLlc llc_;
+  // A long message put together (assemble_long_message); used by the thread that holds
+  // polling_.
+  std::vector<uint8_t> long_message_;
   std::unique_ptr<rdma::QueuePair> qp_;
   RecvPool& pool_;
   std::unique_ptr<rdma::MemoryRegion> pool_region_;

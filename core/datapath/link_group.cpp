@@ -27,9 +27,10 @@ LinkGroup::~LinkGroup() {
 
 std::shared_ptr<LinkGroup> LinkGroup::create(rdma::Device& device, rdma::Role role,
                                              const PeerIdentity& peer, const config::Config& config,
-                                             std::string* error) {
+                                             const GroupTerms& terms, std::string* error) {
   std::shared_ptr<LinkGroup> group(new LinkGroup(role, peer));
   group->device_ = &device;
+  group->terms_ = terms;
   group->pd_ = device.alloc_pd(error);
   if (!group->pd_) return nullptr;
   rdma::QpConfig qp_config;
@@ -54,8 +55,24 @@ std::shared_ptr<LinkGroup> LinkGroup::create(rdma::Device& device, rdma::Role ro
                         .role = role,
                         .device = device.caps().kind,
                         .reports_rnr = device.caps().reports_rnr};
-  group->link_ = std::make_unique<Link>(*group, facts, std::move(qp), *pool, std::move(pool_region),
-                                        config.rq_depth, Backlog::get());
+  LinkLlc llc{.version = terms.llc_version};
+  if (terms.llc_version == llc::Version::kV2) {
+    // Version 2 LLC messages reach 8 KiB; a receive too short for one breaks the QP.
+    constexpr uint32_t kOverflowSize = llc::kV2MaxSize - RecvPool::kBufferSize;
+    group->overflow_ = std::make_unique<uint8_t[]>(kOverflowSize);
+    group->overflow_region_ =
+        group->pd_->register_local(group->overflow_.get(), kOverflowSize, error);
+    if (!group->overflow_region_) return nullptr;
+    if (!qp->set_recv_overflow(group->overflow_.get(), kOverflowSize,
+                               group->overflow_region_->lkey())) {
+      *error = "the device cannot receive SMC-Rv2's long LLC messages";
+      return nullptr;
+    }
+    llc.overflow = group->overflow_.get();
+    llc.overflow_size = kOverflowSize;
+  }
+  group->link_ = std::make_unique<Link>(*group, facts, llc, std::move(qp), *pool,
+                                        std::move(pool_region), config.rq_depth, Backlog::get());
   // Receive buffers go up before the peer can send anything (it learns our QP from CLC).
   if (!group->link_->post_all_receives(error)) return nullptr;
   return group;
@@ -76,7 +93,9 @@ uint32_t LinkGroup::add_connection(const std::shared_ptr<ConnectionEvents>& conn
   if (retired_.load(std::memory_order_relaxed)) return 0;
   size_t index = 0;
   while (index < connections_.size() && connections_[index]) ++index;
-  if (index == kMaxConnectionsPerGroup) return 0;
+  // SMC-Rv2 (release 1) agreed on a limit; the peer's end holds no more either.
+  const size_t limit = terms_.max_conns != 0 ? terms_.max_conns : kMaxConnectionsPerGroup;
+  if (index >= limit) return 0;
   if (index == connections_.size()) {
     connections_.emplace_back();
     token_generation_.push_back(0);
@@ -248,7 +267,8 @@ llc::ConfirmLink LinkGroup::make_confirm_link(bool response) const {
   msg.qp_num = local.qp_num;
   msg.link_num = 1;
   msg.link_uid = id_;
-  msg.max_links = 1;
+  msg.max_links = terms_.max_links;
+  msg.max_conns = terms_.max_conns;
   return msg;
 }
 

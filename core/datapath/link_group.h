@@ -27,13 +27,23 @@ struct PeerIdentity {
   bool operator==(const PeerIdentity&) const = default;
 };
 
+// What the first contact's CLC handshake settled for a link group.
+struct GroupTerms {
+  // The LLC version: 2 in an SMC-Rv2 group, as Linux speaks there.
+  llc::Version llc_version = llc::Version::kV1;
+  // SMC-Rv2 release 1: the agreed connections and links per group, which CONFIRM LINK
+  // repeats (0 connections: not negotiated, no limit but the group's own).
+  uint8_t max_conns = 0;
+  uint8_t max_links = 1;
+};
+
 class LinkGroup final : public LinkOwner, public std::enable_shared_from_this<LinkGroup> {
  public:
   // Creates the protection domain, the queue pair and its receive buffers; the link is
   // connected later by connect().
   static std::shared_ptr<LinkGroup> create(rdma::Device& device, rdma::Role role,
                                            const PeerIdentity& peer, const config::Config& config,
-                                           std::string* error);
+                                           const GroupTerms& terms, std::string* error);
   ~LinkGroup();
 
   rdma::Role role() const { return role_; }
@@ -99,6 +109,11 @@ class LinkGroup final : public LinkOwner, public std::enable_shared_from_this<Li
   uint32_t id_ = 0;
   rdma::Device* device_ = nullptr;
   std::unique_ptr<rdma::ProtectionDomain> pd_;
+  GroupTerms terms_;
+  // Version 2: where receives longer than a pool buffer continue (LinkLlc), and its
+  // registration. Declared before link_, whose queue pair writes into it.
+  std::unique_ptr<uint8_t[]> overflow_;
+  std::unique_ptr<rdma::MemoryRegion> overflow_region_;
   std::unique_ptr<Link> link_;
   uint32_t peer_qp_num_ = 0;
   std::atomic<bool> active_{false};

@@ -16,6 +16,7 @@
 #include "core/wire/clc.h"
 #include "core/wire/cursor.h"
 #include "core/wire/llc.h"
+#include "core/wire/llc_v2.h"
 #include "rdma/shm/memory.h"
 #include "rdma/shm/ring.h"
 #include "rdma/shm/state.h"
@@ -109,6 +110,11 @@ class MalPeer {
     bind_ = bind;
   }
   bool verbs() const { return verbs_ != nullptr; }
+  // Over verbs the victim's link group is SMC-Rv2, whose LLC is version 2.
+  llc::Version llc_version() const { return verbs_ ? llc::Version::kV2 : llc::Version::kV1; }
+  llc::Type llc_type(uint8_t first_byte) const {
+    return verbs_ ? llc::classify_message(first_byte).type : llc::classify(first_byte);
+  }
   // After Confirm: the rendezvous reply, the victim's regions and CONFIRM LINK.
   void bring_up();
 

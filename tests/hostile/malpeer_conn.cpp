@@ -117,12 +117,12 @@ void MalPeer::handle(const uint8_t* msg, uint32_t length) {
     if (m.peer_conn_closed) victim_closed = true;
     return;
   }
-  if (llc::classify(msg[0]) == llc::Type::kTestLink) {
+  if (llc_type(msg[0]) == llc::Type::kTestLink) {
     llc::TestLink t;
-    if (llc::decode(bytes, &t, &error) && !t.response) {
+    if (llc::decode(bytes, llc_version(), &t, &error) && !t.response) {
       t.response = true;
       uint8_t out[llc::kSize];
-      llc::encode(t, std::span<uint8_t, llc::kSize>(out));
+      llc::encode(t, llc_version(), std::span<uint8_t, llc::kSize>(out));
       send_raw(out, sizeof out);
     }
   }

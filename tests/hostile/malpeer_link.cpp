@@ -274,10 +274,10 @@ void MalPeer::bring_up() {
   const int64_t deadline = deadline_after_ms(8000);
   bool confirmed = false;
   auto answer = [&](const uint8_t* msg, uint32_t length) {
-    if (llc::classify(msg[0]) == llc::Type::kConfirmLink) {
+    if (llc_type(msg[0]) == llc::Type::kConfirmLink) {
       llc::ConfirmLink request;
       std::string error;
-      if (!llc::decode(std::span<const uint8_t>(msg, length), &request, &error)) {
+      if (!llc::decode(std::span<const uint8_t>(msg, length), llc_version(), &request, &error)) {
         die("bad CONFIRM LINK: %s", error.c_str());
       }
       llc::ConfirmLink reply{};
@@ -288,8 +288,9 @@ void MalPeer::bring_up() {
       reply.link_num = request.link_num;
       reply.link_uid = request.link_uid;
       reply.max_links = 1;
+      reply.max_conns = request.max_conns;
       uint8_t out[llc::kSize];
-      llc::encode(reply, std::span<uint8_t, llc::kSize>(out));
+      llc::encode(reply, llc_version(), std::span<uint8_t, llc::kSize>(out));
       if (!send_raw(out, sizeof out)) die("cannot answer CONFIRM LINK");
       confirmed = true;
     }
