@@ -12,11 +12,11 @@ import time
 DECODE = ["--enable-heuristic", "smc_tcp", "-o", "tcp.try_heuristic_first:TRUE"]
 
 
-def start(test, tshark, port, directory):
-    """Captures TCP port `port` on lo into a file in `directory`, with `test`'s process
-    bookkeeping (harness.SmcTestCase). Returns (the tshark process, the file)."""
+def start(test, tshark, port, directory, interface="lo"):
+    """Captures TCP port `port` on `interface` into a file in `directory`, with `test`'s
+    process bookkeeping (harness.SmcTestCase). Returns (the tshark process, the file)."""
     pcap = os.path.join(directory, "capture-%d.pcapng" % port)
-    cap = test.start([tshark, "-i", "lo", "-f", "tcp port %d" % port, "-w", pcap], False,
+    cap = test.start([tshark, "-i", interface, "-f", "tcp port %d" % port, "-w", pcap], False,
                      name="tshark")
     # "Capturing on" comes before dumpcap really captures; tshark 4 reports "Capture
     # started" once it does. Older versions lack that line: give them a moment.
