@@ -1,5 +1,5 @@
 // The CLC messages of two Linux 6.12 kernels doing SMC-Rv2 over Soft-RoCE, byte for byte
-// as captured (../shared/reference/kernel-smcr-v2-rxe.pcapng: client 10.77.0.2, server
+// as captured in scripts/rxe-vm's guest on 2026-12-06 (client 10.77.0.2, server
 // 10.77.0.1, both with the UEID "SMCPRE-TEST"), and the field values they decode to. The
 // encoders must reproduce these bytes from these values, and the parsers these values
 // from these bytes (test_clc_v2.cpp). Both kernels ran in one guest, so both send the same

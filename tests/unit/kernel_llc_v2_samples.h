@@ -1,5 +1,5 @@
 // The LLC messages of two Linux 6.12 kernels on the first link of an SMC-Rv2 link group
-// over Soft-RoCE, byte for byte as captured (../shared/reference/kernel-smcr-v2-rxe.pcapng,
+// over Soft-RoCE, byte for byte as captured in scripts/rxe-vm's guest on 2026-12-06 (the capture's
 // frames 9-12: the RoCE payload after the 12-byte BTH, without the ICRC), and the field
 // values they decode to (test_llc_v2.cpp). Server 10.77.0.1, client 10.77.0.2, both on
 // x86: every 16-bit length is little-endian.
